@@ -1,0 +1,319 @@
+//! The config file as written by people: serde types that mirror the YAML one to one.
+//!
+//! These types only describe shape (and generate the JSON Schema in `docs/levee.schema.json`);
+//! they are never used at run time. `validate` turns them into the checked types of
+//! [`super::spec`], which is where meaning (addresses, header names, compiled paths) lives.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::duration::DurationStr;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the gateway accepts client traffic.
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+    /// The admin listener (health, readiness, metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminFile>,
+    /// Named groups of targets that routes send traffic to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    /// Routes, matched in order: the first route whose match accepts a request takes it.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// Worker threads, each with its own event loop and listening socket: `auto` (one per
+    /// core, the default) or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Workers>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<DurationStr>,
+    /// The JSON access log written to stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogFile>,
+}
+
+/// A listening socket for client traffic (HTTP/1.1 and HTTP/2 cleartext on the same port).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// `IP:PORT` to listen on, e.g. `127.0.0.1:8080` or `[::]:8080`. Port 0 picks a free port.
+    pub bind: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `IP:PORT` of the admin listener, e.g. `127.0.0.1:9901`.
+    pub bind: String,
+}
+
+/// `auto` or a positive number of worker threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or a number of worker threads from 1 to 256")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "invalid workers `{v}`: expected `auto` or a number from 1 to 256"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Workers, E> {
+                match v {
+                    1..=256 => Ok(Workers::Count(v as usize)),
+                    _ => Err(E::custom(format!(
+                        "invalid workers `{v}`: expected `auto` or a number from 1 to 256"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                Err(E::custom(format!(
+                    "invalid workers `{v}`: expected `auto` or a number from 1 to 256"
+                )))
+            }
+        }
+        deserializer.deserialize_any(WorkersVisitor)
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => serializer.serialize_str("auto"),
+            Workers::Count(n) => serializer.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl JsonSchema for Workers {
+    fn schema_name() -> Cow<'static, str> {
+        "Workers".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`auto` (one worker per core) or a number of worker threads.",
+            "oneOf": [
+                { "type": "string", "const": "auto" },
+                { "type": "integer", "minimum": 1, "maximum": 256 }
+            ]
+        })
+    }
+}
+
+/// The access log.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// Write one JSON line per request to stdout. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How many lines may wait for the writer before new ones are dropped (and counted in
+    /// `levee_access_log_dropped_total`). Default 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A named group of targets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The targets: `IP:PORT` / `HOST:PORT` strings, or `{ addr, weight }` maps.
+    pub targets: Vec<TargetFile>,
+    /// Load-balancing policy. Default `round_robin`.
+    #[serde(default)]
+    pub balance: BalanceFile,
+    /// For `consistent_hash`: where the key comes from: `header:NAME`, `cookie:NAME` or `ip`
+    /// (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    /// Connect and request timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Keep-alive connection pool to the targets.
+    #[serde(default)]
+    pub pool: PoolFile,
+}
+
+/// A target: a plain `HOST:PORT` string or a map with a weight.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    /// `IP:PORT` or `HOST:PORT`.
+    pub addr: String,
+    /// Relative share of traffic for `round_robin` and `consistent_hash`. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for TargetFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TargetMap {
+            addr: String,
+            #[serde(default = "default_weight")]
+            weight: u32,
+        }
+        struct TargetVisitor;
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = TargetFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a target `HOST:PORT` or a map `{ addr: HOST:PORT, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetFile, E> {
+                Ok(TargetFile {
+                    addr: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetFile, A::Error> {
+                let target = TargetMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TargetFile {
+                    addr: target.addr,
+                    weight: target.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
+/// Load-balancing policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceFile {
+    /// Weighted round robin (smooth: weights interleave rather than burst).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight (relative to its weight).
+    LeastRequest,
+    /// Power of two random choices, scored by peak-EWMA latency times load.
+    P2cEwma,
+    /// A hash ring: the same key goes to the same target; adding a target moves ~1/N keys.
+    ConsistentHash,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Time allowed to establish a TCP connection to a target. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<DurationStr>,
+    /// Time from sending the request until the response headers arrive. Streaming bodies
+    /// are not cut by it. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<DurationStr>,
+}
+
+/// Upstream keep-alive pool settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Idle keep-alive connections kept per target and per worker. Default 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_target: Option<usize>,
+    /// How long an idle pooled connection is kept. Default 90s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<DurationStr>,
+}
+
+/// A route: which requests it takes and where they go.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// What a request must look like to take this route. An empty match takes everything.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchFile,
+    /// The upstream that serves this route.
+    pub upstream: String,
+    /// Remove the matched `path_prefix` before forwarding. Default false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Changes to the request headers sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRewriteFile>,
+    /// Changes to the response headers sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRewriteFile>,
+}
+
+/// Request matching. Every given condition must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Exact path, or a template with `{param}` segments such as `/users/{id}/orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix on segment boundaries: `/users` takes `/users` and `/users/7`, not
+    /// `/usersx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Host (port ignored, case-insensitive); `*.example.com` takes any subdomain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Allowed methods, e.g. `[GET, HEAD]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Header changes: `remove` first, then `set` (replace), then `add` (append).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewriteFile {
+    /// Headers to set, replacing any existing value.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The JSON Schema of the config file, as published in `docs/levee.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(ConfigFile);
+    schema.to_value()
+}

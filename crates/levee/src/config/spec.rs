@@ -1,0 +1,121 @@
+//! The validated configuration: typed, checked values with nothing left to parse at run time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+
+use super::file::ConfigFile;
+use crate::router::RouteMatch;
+
+/// A config that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: Option<AdminSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    pub access_log: AccessLogSpec,
+    /// The file as read, for display by the admin API.
+    pub file: ConfigFile,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogSpec {
+    pub enabled: bool,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: Arc<str>,
+    pub targets: Vec<TargetSpec>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_max_idle_per_target: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// As written in the config (`127.0.0.1:9001`); the label in metrics and logs.
+    pub addr: Arc<str>,
+    pub authority: Authority,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    P2cEwma,
+    ConsistentHash(HashKey),
+}
+
+/// Where a consistent-hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub strip_prefix: bool,
+    pub request_headers: HeaderRewrite,
+    pub response_headers: HeaderRewrite,
+}
+
+/// Header edits, applied as remove, then set, then add.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRewrite {
+    pub remove: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderRewrite {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 16_384;

@@ -1,0 +1,520 @@
+//! Turns a config file into a [`Config`], collecting every problem with its position.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method};
+
+use super::file::{
+    BalanceFile, ConfigFile, HeaderRewriteFile, MatchFile, RouteFile, UpstreamFile, Workers,
+};
+use super::source_map::SourceMap;
+use super::spec::*;
+use super::{ConfigError, ConfigErrors};
+use crate::router::{parse_template, HostMatch, PathMatch, RouteMatch};
+
+/// Collects problems, each tied to the path of the value it is about.
+struct Problems<'a> {
+    file: &'a str,
+    map: SourceMap,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, path: &str, message: impl Into<String>) {
+        let pos = self.map.value(path);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
+    let file: ConfigFile = if text.trim().is_empty() {
+        ConfigFile::default()
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(&e, name)]))?
+    };
+    let mut problems = Problems {
+        file: name,
+        map: SourceMap::build(text),
+        errors: Vec::new(),
+    };
+    let config = check(file, &mut problems);
+    let mut errors = problems.errors;
+    if errors.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors(errors))
+}
+
+/// Rewrites serde's message into ours, adding a "did you mean" for unknown keys.
+fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let (line, col) = error
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let mut message = error.to_string();
+    // serde_yaml appends " at line L column C"; we print the position up front instead.
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    if let Some(rewritten) = unknown_key_message(&message) {
+        message = rewritten;
+    }
+    ConfigError {
+        file: file.to_string(),
+        line,
+        col,
+        message,
+    }
+}
+
+fn unknown_key_message(message: &str) -> Option<String> {
+    let start = message.find("unknown field `")?;
+    let prefix = message.get(..start).unwrap_or("");
+    let rest = message.get(start + "unknown field `".len()..)?;
+    let key = rest.get(..rest.find('`')?)?;
+    let candidates: Vec<&str> = rest
+        .split('`')
+        .skip(2)
+        .step_by(2)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let nearest = nearest(key, candidates.iter().copied());
+    let mut out = format!("{prefix}unknown key `{key}`");
+    match nearest {
+        Some(best) => out.push_str(&format!(" (did you mean `{best}`?)")),
+        None if !candidates.is_empty() => {
+            out.push_str(&format!("; valid keys: {}", candidates.join(", ")))
+        }
+        None => {}
+    }
+    Some(out)
+}
+
+/// The candidate closest to `word`, when it is close enough to be a plausible typo.
+fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
+    if file.listeners.is_empty() {
+        p.at("listeners", "at least one listener is required under `listeners`");
+    }
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut binds = HashSet::new();
+    for (i, l) in file.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !listener_names.insert(l.name.clone()) {
+            p.at(&format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
+        }
+        if let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), p) {
+            if bind.port() != 0 && !binds.insert(bind) {
+                p.at(&format!("{path}.bind"), format!("address {bind} is bound twice"));
+            }
+            listeners.push(ListenerSpec {
+                name: l.name.as_str().into(),
+                bind,
+            });
+        }
+    }
+    let admin = file.admin.as_ref().and_then(|a| {
+        let bind = socket_addr(&a.bind, "admin.bind", p)?;
+        if bind.port() != 0 && binds.contains(&bind) {
+            p.at("admin.bind", format!("address {bind} is already used by a listener"));
+        }
+        Some(AdminSpec { bind })
+    });
+
+    let mut upstreams = Vec::new();
+    let mut upstream_index = HashMap::new();
+    for (name, upstream) in &file.upstreams {
+        if let Some(spec) = check_upstream(name, upstream, p) {
+            upstream_index.insert(name.clone(), upstreams.len());
+            upstreams.push(spec);
+        }
+    }
+
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    let mut route_names: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in file.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if route.name.is_empty() {
+            p.at(&format!("{path}.name"), "route name must not be empty");
+        } else if let Some(first) = route_names.insert(&route.name, i) {
+            p.at(
+                &format!("{path}.name"),
+                format!(
+                    "duplicate route name `{}` (first used by routes[{first}])",
+                    route.name
+                ),
+            );
+        }
+        let Some(spec) = check_route(route, &path, &upstream_index, &file, p) else {
+            continue;
+        };
+        if let Some(earlier) = routes.iter().find(|r| r.matcher.covers(&spec.matcher)) {
+            p.at(
+                &format!("{path}.match"),
+                format!(
+                    "route `{}` can never match: route `{}` comes first and takes every request it would",
+                    spec.name, earlier.name
+                ),
+            );
+        }
+        routes.push(spec);
+    }
+
+    let workers = match file.workers {
+        None | Some(Workers::Auto) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        Some(Workers::Count(n)) => n,
+    };
+    let access_log = AccessLogSpec {
+        enabled: file.access_log.as_ref().is_none_or(|a| a.enabled),
+        queue: file
+            .access_log
+            .as_ref()
+            .and_then(|a| a.queue)
+            .unwrap_or(DEFAULT_ACCESS_LOG_QUEUE),
+    };
+    if access_log.queue == 0 || access_log.queue > 1_048_576 {
+        p.at("access_log.queue", "access_log.queue must be between 1 and 1048576");
+    }
+    let shutdown_grace = file
+        .shutdown_grace
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    Some(Config {
+        listeners,
+        admin,
+        upstreams,
+        routes,
+        workers,
+        shutdown_grace,
+        access_log,
+        file,
+    })
+}
+
+fn socket_addr(text: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.at(
+                path,
+                format!("invalid address `{text}`: expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<UpstreamSpec> {
+    let path = format!("upstreams.{name}");
+    let mut ok = true;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        p.at(
+            &path,
+            format!("invalid upstream name `{name}`: use letters, digits, _, - or ."),
+        );
+        ok = false;
+    }
+    if u.targets.is_empty() {
+        p.at(&format!("{path}.targets"), "an upstream needs at least one target");
+        ok = false;
+    }
+    let mut targets = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let tpath = format!("{path}.targets[{i}]");
+        if t.weight == 0 || t.weight > 1000 {
+            p.at(&tpath, format!("target weight must be from 1 to 1000, got {}", t.weight));
+            ok = false;
+        }
+        match target_authority(&t.addr) {
+            Ok(authority) => {
+                if !seen.insert(authority.as_str().to_ascii_lowercase()) {
+                    p.at(&tpath, format!("target `{}` is listed twice", t.addr));
+                    ok = false;
+                }
+                targets.push(TargetSpec {
+                    addr: t.addr.as_str().into(),
+                    authority,
+                    weight: t.weight,
+                });
+            }
+            Err(message) => {
+                p.at(&tpath, message);
+                ok = false;
+            }
+        }
+    }
+    let balance = match u.balance {
+        BalanceFile::RoundRobin => Balance::RoundRobin,
+        BalanceFile::LeastRequest => Balance::LeastRequest,
+        BalanceFile::P2cEwma => Balance::P2cEwma,
+        BalanceFile::ConsistentHash => {
+            match parse_hash_key(u.hash_key.as_deref().unwrap_or("ip")) {
+                Ok(key) => Balance::ConsistentHash(key),
+                Err(message) => {
+                    p.at(&format!("{path}.hash_key"), message);
+                    ok = false;
+                    Balance::ConsistentHash(HashKey::ClientIp)
+                }
+            }
+        }
+    };
+    if u.hash_key.is_some() && u.balance != BalanceFile::ConsistentHash {
+        p.at(
+            &format!("{path}.hash_key"),
+            "hash_key is only used with `balance: consistent_hash`",
+        );
+        ok = false;
+    }
+    let connect_timeout = u.timeouts.connect.map(|d| d.0).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let request_timeout = u.timeouts.request.map(|d| d.0).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    for (key, value) in [("connect", connect_timeout), ("request", request_timeout)] {
+        if value.is_zero() {
+            p.at(&format!("{path}.timeouts.{key}"), format!("timeouts.{key} must be above zero"));
+            ok = false;
+        }
+    }
+    let pool_max_idle_per_target = u.pool.max_idle_per_target.unwrap_or(DEFAULT_POOL_MAX_IDLE);
+    if pool_max_idle_per_target > 65_536 {
+        p.at(
+            &format!("{path}.pool.max_idle_per_target"),
+            "pool.max_idle_per_target must be at most 65536",
+        );
+        ok = false;
+    }
+    ok.then(|| UpstreamSpec {
+        name: name.into(),
+        targets,
+        balance,
+        connect_timeout,
+        request_timeout,
+        pool_max_idle_per_target,
+        pool_idle_timeout: u.pool.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+    })
+}
+
+fn target_authority(addr: &str) -> Result<Authority, String> {
+    let bad = || format!("invalid target `{addr}`: expected HOST:PORT such as 127.0.0.1:9001");
+    if addr.contains(['/', '@', '?', '#']) {
+        return Err(bad());
+    }
+    let authority: Authority = addr.parse().map_err(|_| bad())?;
+    match authority.port_u16() {
+        Some(port) if port != 0 && !authority.host().is_empty() => Ok(authority),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    if text == "ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return HeaderName::try_from(name)
+            .map(HashKey::Header)
+            .map_err(|_| format!("invalid header name `{name}` in hash_key"));
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() && c != '=' && c != ';') {
+            return Ok(HashKey::Cookie(name.to_string()));
+        }
+        return Err(format!("invalid cookie name `{name}` in hash_key"));
+    }
+    Err(format!(
+        "invalid hash_key `{text}`: expected `ip`, `header:NAME` or `cookie:NAME`"
+    ))
+}
+
+fn check_route(
+    route: &RouteFile,
+    path: &str,
+    upstream_index: &HashMap<String, usize>,
+    file: &ConfigFile,
+    p: &mut Problems,
+) -> Option<RouteSpec> {
+    let upstream = match upstream_index.get(&route.upstream) {
+        Some(i) => Some(*i),
+        None => {
+            // An upstream that exists but failed its own checks is already reported.
+            if !file.upstreams.contains_key(&route.upstream) {
+                let hint = nearest(&route.upstream, file.upstreams.keys().map(String::as_str))
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                p.at(
+                    &format!("{path}.upstream"),
+                    format!("route `{}` names unknown upstream `{}`{hint}", route.name, route.upstream),
+                );
+            }
+            None
+        }
+    };
+    let matcher = check_match(&route.matcher, &format!("{path}.match"), p);
+    if route.strip_prefix && route.matcher.path_prefix.is_none() {
+        p.at(
+            &format!("{path}.strip_prefix"),
+            "strip_prefix needs `match.path_prefix` (there is no prefix to strip)",
+        );
+    }
+    let request_headers = check_rewrite(route.request_headers.as_ref(), &format!("{path}.request_headers"), p);
+    let response_headers = check_rewrite(route.response_headers.as_ref(), &format!("{path}.response_headers"), p);
+    Some(RouteSpec {
+        name: route.name.as_str().into(),
+        matcher: matcher?,
+        upstream: upstream?,
+        strip_prefix: route.strip_prefix,
+        request_headers: request_headers?,
+        response_headers: response_headers?,
+    })
+}
+
+fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch> {
+    let before = p.errors.len();
+    let path_match = match (&m.path, &m.path_prefix) {
+        (Some(_), Some(_)) => {
+            p.at(path, "set either `path` or `path_prefix`, not both");
+            PathMatch::Any
+        }
+        (Some(exact), None) => {
+            if !exact.starts_with('/') {
+                p.at(&format!("{path}.path"), format!("path `{exact}` must start with /"));
+                PathMatch::Any
+            } else if exact.contains(['{', '}']) {
+                match parse_template(exact) {
+                    Ok(segments) => PathMatch::Template(segments),
+                    Err(message) => {
+                        p.at(&format!("{path}.path"), message);
+                        PathMatch::Any
+                    }
+                }
+            } else {
+                PathMatch::Exact(exact.clone())
+            }
+        }
+        (None, Some(prefix)) => {
+            if !prefix.starts_with('/') {
+                p.at(&format!("{path}.path_prefix"), format!("path_prefix `{prefix}` must start with /"));
+            }
+            PathMatch::Prefix(prefix.clone())
+        }
+        (None, None) => PathMatch::Any,
+    };
+    let host = m.host.as_ref().and_then(|h| match HostMatch::parse(h) {
+        Ok(host) => Some(host),
+        Err(message) => {
+            p.at(&format!("{path}.host"), message);
+            None
+        }
+    });
+    let methods = m.methods.as_ref().map(|methods| {
+        let mut parsed = Vec::new();
+        for (i, name) in methods.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !upper.is_empty() => parsed.push(method),
+                _ => p.at(&format!("{path}.methods[{i}]"), format!("invalid method `{name}`")),
+            }
+        }
+        if methods.is_empty() {
+            p.at(&format!("{path}.methods"), "methods must list at least one method (or be left out)");
+        }
+        parsed
+    });
+    let mut headers = Vec::new();
+    for (name, value) in m.headers.iter().flatten() {
+        let hpath = format!("{path}.headers.{name}");
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => p.at(&hpath, format!("invalid header name `{name}`")),
+            (_, Err(_)) => p.at(&hpath, format!("invalid value for header `{name}`")),
+        }
+    }
+    (p.errors.len() == before).then_some(RouteMatch {
+        path: path_match,
+        host,
+        methods,
+        headers,
+    })
+}
+
+fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -> Option<HeaderRewrite> {
+    let Some(rw) = rw else {
+        return Some(HeaderRewrite::default());
+    };
+    let before = p.errors.len();
+    let mut out = HeaderRewrite::default();
+    for (i, name) in rw.remove.iter().enumerate() {
+        match HeaderName::try_from(name.as_str()) {
+            Ok(n) => out.remove.push(n),
+            Err(_) => p.at(&format!("{path}.remove[{i}]"), format!("invalid header name `{name}`")),
+        }
+    }
+    for (key, map, target) in [("set", &rw.set, &mut out.set), ("add", &rw.add, &mut out.add)] {
+        for (name, value) in map {
+            let hpath = format!("{path}.{key}.{name}");
+            match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+                (Ok(n), Ok(v)) => target.push((n, v)),
+                (Err(_), _) => p.at(&hpath, format!("invalid header name `{name}`")),
+                (_, Err(_)) => p.at(&hpath, format!("invalid value for header `{name}`")),
+            }
+        }
+    }
+    (p.errors.len() == before).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let msg = unknown_key_message(
+            "routes[0]: unknown field `upstreem`, expected one of `name`, `match`, `upstream`, `strip_prefix`",
+        )
+        .unwrap();
+        assert_eq!(msg, "routes[0]: unknown key `upstreem` (did you mean `upstream`?)");
+    }
+
+    #[test]
+    fn hash_keys_parse() {
+        assert_eq!(parse_hash_key("ip"), Ok(HashKey::ClientIp));
+        assert_eq!(
+            parse_hash_key("header:x-user"),
+            Ok(HashKey::Header(HeaderName::from_static("x-user")))
+        );
+        assert_eq!(parse_hash_key("cookie:sid"), Ok(HashKey::Cookie("sid".into())));
+        assert!(parse_hash_key("body").is_err());
+    }
+
+    #[test]
+    fn targets_need_host_and_port() {
+        assert!(target_authority("127.0.0.1:9001").is_ok());
+        assert!(target_authority("backend.internal:80").is_ok());
+        assert!(target_authority("127.0.0.1").is_err());
+        assert!(target_authority("http://x:1").is_err());
+        assert!(target_authority("x:0").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The one place where failures become HTTP answers.
+//!
+//! Every error the gateway itself produces is JSON of one shape (PRODUCT.md section 4):
+//! `{"error": {"code", "message", "request_id"}}`. Modules report failures with their own
+//! error types; this module alone decides the status code and the public wording, so the
+//! contract is kept in a single file.
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::ResponseBody;
+use crate::upstream::UpstreamError;
+
+/// A request the gateway answers itself instead of proxying.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::Upstream(e) => match e {
+                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    /// The stable snake_case code clients and dashboards key on.
+    pub fn code(&self) -> &'static str {
+        match self.status() {
+            StatusCode::NOT_FOUND => "no_route",
+            StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
+            StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
+            _ => "upstream_error",
+        }
+    }
+
+    /// A sentence for humans that names no internal address.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "No route matches this request.",
+            Rejection::Upstream(e) => match e {
+                UpstreamError::Connect { .. } => "The upstream service could not be reached.",
+                UpstreamError::Exchange { .. } => "The upstream service failed while answering.",
+                UpstreamError::ConnectTimeout { .. } => "Connecting to the upstream service timed out.",
+                UpstreamError::Timeout { .. } => "The upstream service did not answer in time.",
+                UpstreamError::NoTarget { .. } => "No upstream target is available.",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+/// A JSON error response in the contract's shape.
+pub fn error_response(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            request_id: request_id.to_str().unwrap_or(""),
+        },
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(ResponseBody::full(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The response for a rejection.
+pub fn reject(rejection: &Rejection, request_id: &HeaderValue) -> Response<ResponseBody> {
+    error_response(rejection.status(), rejection.code(), rejection.public_message(), request_id)
+}

@@ -1,0 +1,62 @@
+//! A running config: the route table and upstreams compiled from a [`Config`], and what each
+//! worker thread keeps for itself (connection pools, metrics shard).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::observability::Recorder;
+use crate::router::Router;
+use crate::upstream::{Upstream, UpstreamClient};
+
+/// Everything compiled from one config, shared by all workers.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Gateway {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(|spec| Arc::new(Upstream::new(spec)))
+            .collect();
+        let router = Router::new(config.routes.clone());
+        Gateway {
+            config,
+            router,
+            upstreams,
+        }
+    }
+}
+
+/// One worker thread's view: the shared gateway plus its own pools and counters.
+pub struct WorkerContext {
+    pub gateway: Arc<Gateway>,
+    /// One keep-alive pool per upstream, indexed like `gateway.upstreams`.
+    pub clients: Vec<UpstreamClient>,
+    pub recorder: Arc<Recorder>,
+    sequence: AtomicU64,
+}
+
+impl WorkerContext {
+    pub fn new(gateway: Arc<Gateway>, recorder: Arc<Recorder>) -> WorkerContext {
+        let clients = gateway.upstreams.iter().map(|u| u.client()).collect();
+        WorkerContext {
+            gateway,
+            clients,
+            recorder,
+            // Start workers at different points so round robin does not move in lockstep.
+            sequence: AtomicU64::new(fastrand::u64(..1024)),
+        }
+    }
+
+    /// A per-worker request counter for round robin (never shared across cores).
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,237 @@
+//! Header work every proxied request needs: hop-by-hop removal (RFC 9110 section 7.6.1),
+//! `X-Forwarded-*`, the request id and W3C trace context.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers that never cross the proxy, whatever `Connection` says.
+const HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop headers (and `Proxy-Authorization`) and every header the `Connection`
+/// header lists. With `keep_upgrade` the `Connection: upgrade` and `Upgrade` headers of a
+/// protocol switch (WebSocket) are kept so the switch can reach the other side.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Names listed in Connection are hop-by-hop for this message (RFC 9110 7.6.1).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// True when the request asks to switch protocols (WebSocket over HTTP/1.1).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Appends the client address to `X-Forwarded-For` and sets `-Proto` and `-Host`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+    let client = client.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host.and_then(|h| HeaderValue::try_from(h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
+        out.push(HEX.get(usize::from(b & 0x0f)).copied().unwrap_or(b'0'));
+    }
+}
+
+fn random_hex(len_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len_bytes * 2);
+    let mut remaining = len_bytes;
+    while remaining > 0 {
+        let word = fastrand::u64(..).to_le_bytes();
+        let take = remaining.min(8);
+        hex_into(word.get(..take).unwrap_or(&word), &mut out);
+        remaining -= take;
+    }
+    out
+}
+
+/// The request id: the client's `x-request-id` when it is sane (1-128 visible ASCII
+/// characters), otherwise 32 fresh random hex digits.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return value.clone();
+        }
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(random_hex(16)))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The `traceparent` to send upstream: the client's trace id and flags with a new span id
+/// for this hop, or a new sampled trace when the client sent none (or an invalid one).
+pub fn child_traceparent(headers: &HeaderMap) -> HeaderValue {
+    let span = random_hex(8);
+    let mut out = Vec::with_capacity(55);
+    match headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
+        Some((trace_id, flags)) => {
+            out.extend_from_slice(b"00-");
+            out.extend_from_slice(trace_id);
+            out.push(b'-');
+            out.extend_from_slice(&span);
+            out.push(b'-');
+            out.extend_from_slice(flags);
+        }
+        None => {
+            out.extend_from_slice(b"00-");
+            out.extend_from_slice(&random_hex(16));
+            out.push(b'-');
+            out.extend_from_slice(&span);
+            out.extend_from_slice(b"-01");
+        }
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+}
+
+/// Checks `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context level 1) and returns the trace
+/// id and flags. All-zero ids are invalid per the spec.
+fn parse_traceparent(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    if value.len() < 55 {
+        return None;
+    }
+    let version = value.get(0..2)?;
+    let trace_id = value.get(3..35)?;
+    let parent = value.get(36..52)?;
+    let flags = value.get(53..55)?;
+    let is_hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let seps = value.get(2) == Some(&b'-') && value.get(35) == Some(&b'-') && value.get(52) == Some(&b'-');
+    let valid = seps
+        && is_hex(version)
+        && version != b"ff"
+        && (version != b"00" || value.len() == 55)
+        && is_hex(trace_id)
+        && is_hex(parent)
+        && is_hex(flags)
+        && trace_id.iter().any(|b| *b != b'0')
+        && parent.iter().any(|b| *b != b'0');
+    valid.then_some((trace_id, flags))
+}
+
+/// The trace id of a `traceparent` value (for logs).
+pub fn trace_id(traceparent: &HeaderValue) -> Option<&str> {
+    traceparent.to_str().ok()?.get(3..35)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_upgrade_for_websocket() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn traceparent_keeps_trace_id_and_replaces_span() {
+        let mut h = HeaderMap::new();
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(incoming));
+        let out = child_traceparent(&h);
+        let out = out.to_str().unwrap();
+        assert_eq!(out.len(), 55);
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(out, incoming);
+    }
+
+    #[test]
+    fn invalid_traceparent_starts_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(bad));
+            let out = child_traceparent(&h);
+            assert!(parse_traceparent(out.as_bytes()).is_some());
+            assert!(!out.to_str().unwrap().contains(&bad[3..35]));
+        }
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

@@ -1,0 +1,31 @@
+//! Levee: a reliability-first API and AI gateway.
+//!
+//! The library holds the whole gateway; the `levee` binary only parses the command line.
+//! Start at [`pipeline`], which reads like a request's way through the gateway; each other
+//! module owns one concern:
+//!
+//! * [`config`]: the YAML file, its validation and the checked runtime spec
+//! * [`server`]: listeners, worker threads, graceful shutdown
+//! * [`router`]: route matching
+//! * [`upstream`]: targets, load balancing, pooled connections, timeouts
+//! * [`headers`]: hop-by-hop, forwarding, request id, trace context
+//! * [`edge`]: failures to JSON error responses, in one place
+//! * [`observability`]: metrics and the access log
+//! * [`admin`]: health, readiness and metrics endpoints
+//! * [`demo`]: the self-contained `levee demo`
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod edge;
+pub mod gateway;
+pub mod headers;
+pub mod observability;
+pub mod pipeline;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+pub use config::{load_file, load_str, Config, ConfigError, ConfigErrors};
+pub use server::{AccessLogSink, RunningGateway, StartError};

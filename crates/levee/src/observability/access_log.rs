@@ -1,0 +1,169 @@
+//! The JSON access log: one line per request on stdout, written by a background thread.
+//!
+//! Request tasks hand a finished [`AccessRecord`] to a bounded queue and move on; if the writer
+//! falls behind (a slow pipe, a stalled terminal) new lines are dropped and counted rather than
+//! stalling requests or growing memory.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Method, Version};
+use serde::Serialize;
+
+use super::metrics::Metrics;
+
+/// Everything the access log says about one request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub request_id: HeaderValue,
+    pub trace_id: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    pub listener: Arc<str>,
+    pub protocol: Version,
+    pub method: Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// False when the response body did not finish (client went away, upstream reset).
+    pub completed: bool,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    log: &'static str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    client_ip: String,
+    listener: &'a str,
+    protocol: &'static str,
+    method: &'a str,
+    path: &'a str,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    target: Option<&'a str>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ms: Option<f64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    completed: bool,
+}
+
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+impl AccessRecord {
+    /// The JSON line (without newline).
+    pub fn to_json(&self) -> String {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            log: "access",
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            trace_id: self.trace_id.as_ref().and_then(|t| crate::headers::trace_id(t)),
+            client_ip: self.client_ip.to_string(),
+            listener: &self.listener,
+            protocol: match self.protocol {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_3 => "HTTP/3",
+                _ => "HTTP/1.1",
+            },
+            method: self.method.as_str(),
+            path: &self.path,
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            target: self.target.as_deref(),
+            status: self.status,
+            error: self.error,
+            duration_ms: round3(self.duration_ms),
+            upstream_ms: self.upstream_ms.map(round3),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            completed: self.completed,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// The sending side, cloned into every worker.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<AccessRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// A log that writes nothing.
+    pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
+        AccessLog { tx: None, metrics }
+    }
+
+    /// Starts the writer thread; lines go to `sink` (stdout in production).
+    pub fn start(
+        queue: usize,
+        metrics: Arc<Metrics>,
+        sink: Box<dyn Write + Send>,
+    ) -> std::io::Result<(AccessLog, JoinHandle<()>)> {
+        let (tx, rx) = sync_channel(queue);
+        let writer = std::thread::Builder::new()
+            .name("levee-access-log".into())
+            .spawn(move || write_lines(rx, sink))?;
+        Ok((AccessLog { tx: Some(tx), metrics }, writer))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a record, or drops and counts it when the writer is behind.
+    pub fn log(&self, record: AccessRecord) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(record) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.metrics
+                        .globals
+                        .access_log_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Writes until every sender is gone, flushing whenever the queue runs dry.
+fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    while let Ok(record) = rx.recv() {
+        let mut ok = writeln!(out, "{}", record.to_json()).is_ok();
+        while let Ok(record) = rx.try_recv() {
+            ok &= writeln!(out, "{}", record.to_json()).is_ok();
+        }
+        ok &= out.flush().is_ok();
+        if !ok {
+            // stdout is gone (closed pipe); keep draining so senders never block.
+            continue;
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,309 @@
+//! Prometheus metrics kept per worker and merged at scrape time.
+//!
+//! Each worker thread owns a [`MetricsShard`] that only it writes, so recording a request
+//! costs one uncontended lock and a few map updates instead of atomics bouncing between cores
+//! (PERFORMANCE.md: "no shared mutable state per request across cores"). A scrape locks each
+//! shard briefly, sums them, and writes the text exposition. Label values come only from the
+//! config (route, upstream and target names) or small fixed sets (method, status, outcome),
+//! so every map here is bounded by the config, never by traffic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::Method;
+
+/// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// A latency histogram with per-bucket (not cumulative) counts.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let slot = LATENCY_BUCKETS.partition_point(|bound| *bound < secs);
+        if let Some(count) = self.counts.get_mut(slot) {
+            *count += 1;
+        }
+        self.sum += secs;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum += other.sum;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Method label: the standard methods by name, anything else as `OTHER` (bounded cardinality).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// How one upstream attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    Status1xx,
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    ConnectError,
+    Timeout,
+    Reset,
+}
+
+impl Outcome {
+    pub fn from_status(status: u16) -> Outcome {
+        match status {
+            100..=199 => Outcome::Status1xx,
+            200..=299 => Outcome::Status2xx,
+            300..=399 => Outcome::Status3xx,
+            400..=499 => Outcome::Status4xx,
+            _ => Outcome::Status5xx,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Status1xx => "1xx",
+            Outcome::Status2xx => "2xx",
+            Outcome::Status3xx => "3xx",
+            Outcome::Status4xx => "4xx",
+            Outcome::Status5xx => "5xx",
+            Outcome::ConnectError => "connect_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RouteStats {
+    /// (method, status) -> count; a handful of entries, so a linear scan beats hashing.
+    requests: Vec<((&'static str, u16), u64)>,
+    duration: Histogram,
+}
+
+#[derive(Debug, Default)]
+struct TargetStats {
+    outcomes: BTreeMap<Outcome, u64>,
+    duration: Histogram,
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct Shard {
+    routes: HashMap<Arc<str>, RouteStats>,
+    targets: HashMap<(Arc<str>, Arc<str>), TargetStats>,
+}
+
+impl Shard {
+    /// Counts one finished request. `route` is empty for requests that matched no route.
+    pub fn record_request(&mut self, route: &Arc<str>, method: &'static str, status: u16, elapsed: Duration) {
+        let stats = match self.routes.get_mut(&**route) {
+            Some(stats) => stats,
+            None => self.routes.entry(route.clone()).or_default(),
+        };
+        match stats.requests.iter_mut().find(|(key, _)| *key == (method, status)) {
+            Some((_, count)) => *count += 1,
+            None => stats.requests.push(((method, status), 1)),
+        }
+        stats.duration.observe(elapsed);
+    }
+
+    /// Counts one upstream attempt.
+    pub fn record_upstream(&mut self, upstream: &Arc<str>, target: &Arc<str>, outcome: Outcome, elapsed: Duration) {
+        let key = (upstream.clone(), target.clone());
+        let stats = self.targets.entry(key).or_default();
+        *stats.outcomes.entry(outcome).or_default() += 1;
+        stats.duration.observe(elapsed);
+    }
+}
+
+/// A worker's handle on its own shard.
+#[derive(Debug, Clone)]
+pub struct MetricsShard(Arc<Mutex<Shard>>);
+
+impl MetricsShard {
+    pub fn lock(&self) -> MutexGuard<'_, Shard> {
+        // A panic while holding the lock cannot leave counters inconsistent in a way that
+        // matters; keep counting rather than poisoning every later request.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Process-wide counters that are not per request (rarely written).
+#[derive(Debug, Default)]
+pub struct Globals {
+    pub access_log_dropped: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub config_version: AtomicU64,
+}
+
+/// All shards plus the process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    shards: Mutex<Vec<MetricsShard>>,
+    pub globals: Globals,
+}
+
+impl Metrics {
+    /// A new shard for a worker, included in every later scrape.
+    pub fn shard(&self) -> MetricsShard {
+        let shard = MetricsShard(Arc::default());
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shard.clone());
+        shard
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut routes: BTreeMap<Arc<str>, (BTreeMap<(&'static str, u16), u64>, Histogram)> = BTreeMap::new();
+        let mut targets: BTreeMap<(Arc<str>, Arc<str>), (BTreeMap<Outcome, u64>, Histogram)> = BTreeMap::new();
+        let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for shard in &shards {
+            let shard = shard.lock();
+            for (route, stats) in &shard.routes {
+                let entry = routes.entry(route.clone()).or_default();
+                for (key, count) in &stats.requests {
+                    *entry.0.entry(*key).or_default() += count;
+                }
+                entry.1.merge(&stats.duration);
+            }
+            for (key, stats) in &shard.targets {
+                let entry = targets.entry(key.clone()).or_default();
+                for (outcome, count) in &stats.outcomes {
+                    *entry.0.entry(*outcome).or_default() += count;
+                }
+                entry.1.merge(&stats.duration);
+            }
+        }
+
+        let mut out = String::with_capacity(4096);
+        family(&mut out, "levee_requests_total", "counter", "Requests answered, by route, method and status.");
+        for (route, (counts, _)) in &routes {
+            for ((method, status), count) in counts {
+                let _ = writeln!(
+                    out,
+                    "levee_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {count}",
+                    escape(route)
+                );
+            }
+        }
+        family(&mut out, "levee_request_duration_seconds", "histogram", "Time from request received to response finished, by route.");
+        for (route, (_, hist)) in &routes {
+            histogram(&mut out, "levee_request_duration_seconds", &format!("route=\"{}\"", escape(route)), hist);
+        }
+        family(&mut out, "levee_upstream_requests_total", "counter", "Upstream attempts, by upstream, target and outcome.");
+        for ((upstream, target), (outcomes, _)) in &targets {
+            for (outcome, count) in outcomes {
+                let _ = writeln!(
+                    out,
+                    "levee_upstream_requests_total{{upstream=\"{}\",target=\"{}\",outcome=\"{}\"}} {count}",
+                    escape(upstream),
+                    escape(target),
+                    outcome.label()
+                );
+            }
+        }
+        family(&mut out, "levee_upstream_duration_seconds", "histogram", "Time from sending an upstream attempt to its response headers (or failure).");
+        for ((upstream, target), (_, hist)) in &targets {
+            let labels = format!("upstream=\"{}\",target=\"{}\"", escape(upstream), escape(target));
+            histogram(&mut out, "levee_upstream_duration_seconds", &labels, hist);
+        }
+        let g = &self.globals;
+        family(&mut out, "levee_access_log_dropped_total", "counter", "Access log lines dropped because the writer fell behind.");
+        let _ = writeln!(out, "levee_access_log_dropped_total {}", g.access_log_dropped.load(Ordering::Relaxed));
+        family(&mut out, "levee_connections_accepted_total", "counter", "Client connections accepted.");
+        let _ = writeln!(out, "levee_connections_accepted_total {}", g.connections_accepted.load(Ordering::Relaxed));
+        family(&mut out, "levee_config_version", "gauge", "Version of the active config (1 for the config loaded at start).");
+        let _ = writeln!(out, "levee_config_version {}", g.config_version.load(Ordering::Relaxed));
+        out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, hist: &Histogram) {
+    let mut cumulative = 0;
+    for (bound, count) in LATENCY_BUCKETS.iter().zip(hist.counts.iter()) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let total = hist.count();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", hist.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+}
+
+/// Escapes a label value per the exposition format.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_summed_at_scrape() {
+        let metrics = Metrics::default();
+        let a = metrics.shard();
+        let b = metrics.shard();
+        let route: Arc<str> = "users".into();
+        a.lock().record_request(&route, "GET", 200, Duration::from_millis(3));
+        b.lock().record_request(&route, "GET", 200, Duration::from_millis(30));
+        b.lock().record_request(&route, "GET", 502, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"200\"} 2"));
+        assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"502\"} 1"));
+        assert!(text.contains("levee_request_duration_seconds_bucket{route=\"users\",le=\"0.005\"} 2"));
+        assert!(text.contains("levee_request_duration_seconds_count{route=\"users\"} 3"));
+    }
+
+    #[test]
+    fn histogram_bucket_edges_are_inclusive() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(1));
+        assert_eq!(h.counts[1], 1, "1ms lands in le=0.001");
+        h.observe(Duration::from_secs(120));
+        assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1, "beyond the last bound lands in +Inf");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

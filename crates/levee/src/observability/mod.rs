@@ -1,0 +1,105 @@
+//! What the gateway tells operators: metrics and the access log.
+//!
+//! A request's facts are gathered in a [`RequestRecord`] as it travels, and recorded once,
+//! when its response has finished streaming (or was abandoned): so duration and bytes cover
+//! the whole exchange, and nothing is written on the hot path but a queue push and one
+//! uncontended lock.
+
+pub mod access_log;
+pub mod metrics;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Version};
+use tokio::time::Instant;
+
+use access_log::{AccessLog, AccessRecord};
+use metrics::{method_label, MetricsShard, Outcome};
+
+/// What one worker needs to record requests.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub metrics: MetricsShard,
+    pub access_log: AccessLog,
+}
+
+/// Facts about the upstream attempt that served a request.
+#[derive(Debug, Clone)]
+pub struct UpstreamFacts {
+    pub upstream: Arc<str>,
+    pub target: Arc<str>,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+}
+
+/// A request in flight; recorded when dropped or finished.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub recorder: Arc<Recorder>,
+    pub started: Instant,
+    pub wall_start: SystemTime,
+    pub request_id: HeaderValue,
+    pub traceparent: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    pub listener: Arc<str>,
+    pub version: Version,
+    pub method: Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub upstream: Option<UpstreamFacts>,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    /// Keeps the request counted as in flight on its target until the response ends.
+    pub inflight: Option<crate::upstream::InflightGuard>,
+}
+
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
+impl RequestRecord {
+    /// Records metrics and the access log line. `completed` is false when the response body
+    /// was cut short.
+    pub fn finish(mut self, bytes_out: u64, completed: bool) {
+        self.inflight = None;
+        let elapsed = self.started.elapsed();
+        {
+            let mut shard = self.recorder.metrics.lock();
+            let route = self.route.as_ref().unwrap_or(&NO_ROUTE);
+            shard.record_request(route, method_label(&self.method), self.status, elapsed);
+            if let Some(up) = &self.upstream {
+                shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
+            }
+        }
+        if !self.recorder.access_log.enabled() {
+            return;
+        }
+        let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
+        let (upstream, target) = match self.upstream {
+            Some(u) => (Some(u.upstream), Some(u.target)),
+            None => (None, None),
+        };
+        self.recorder.access_log.log(AccessRecord {
+            time: self.wall_start,
+            request_id: self.request_id,
+            trace_id: self.traceparent,
+            client_ip: self.client_ip,
+            listener: self.listener,
+            protocol: self.version,
+            method: self.method,
+            path: self.path,
+            route: self.route,
+            upstream,
+            target,
+            status: self.status,
+            error: self.error,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms,
+            bytes_in: self.bytes_in.map(|b| b.load(Ordering::Relaxed)).unwrap_or(0),
+            bytes_out,
+            completed,
+        });
+    }
+}

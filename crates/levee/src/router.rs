@@ -1,0 +1,402 @@
+//! Route matching: which configured route takes a request.
+//!
+//! Routes are tried in config order and the first whose every condition holds wins, as in
+//! Envoy. Because order decides, a route that an earlier one fully covers can never match;
+//! [`RouteMatch::covers`] lets validation refuse such configs instead of silently ignoring a
+//! route. Everything here is compiled at load time: matching a request only compares bytes.
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::spec::RouteSpec;
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    /// Prefix on segment boundaries (see [`prefix_matches`]).
+    Prefix(String),
+    /// `/users/{id}`: literal segments and single-segment parameters.
+    Template(Vec<Segment>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// How a route matches the host (port ignored, ASCII case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+/// The compiled conditions of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub host: Option<HostMatch>,
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `/users` takes `/users`, `/users/` and `/users/7` but not `/usersx`; a prefix that ends in
+/// `/` takes whatever starts with it.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.ends_with('/') {
+        return path.starts_with(prefix);
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Splits a template such as `/users/{id}/orders` into segments.
+pub fn parse_template(path: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for part in path.split('/').skip(1) {
+        if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let valid = !inner.is_empty()
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(format!(
+                    "invalid template parameter `{part}`: use {{name}} with letters, digits, _ or -"
+                ));
+            }
+            if names.contains(&inner) {
+                return Err(format!("template parameter `{inner}` appears twice"));
+            }
+            names.push(inner);
+            segments.push(Segment::Param(inner.to_string()));
+        } else if part.contains(['{', '}']) {
+            return Err(format!(
+                "invalid path segment `{part}`: a template parameter must be a whole segment, like /users/{{id}}"
+            ));
+        } else {
+            segments.push(Segment::Literal(part.to_string()));
+        }
+    }
+    Ok(segments)
+}
+
+fn template_matches(template: &[Segment], path: &str) -> bool {
+    let mut parts = path.split('/').skip(1);
+    for segment in template {
+        match (segment, parts.next()) {
+            (Segment::Literal(lit), Some(part)) if lit == part => {}
+            (Segment::Param(_), Some(part)) if !part.is_empty() => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
+}
+
+/// The host a request is addressed to, without port: the URI authority (HTTP/2, absolute
+/// form) or else the Host header.
+pub fn request_host(parts: &Parts) -> Option<&str> {
+    let raw = match parts.uri.host() {
+        Some(host) => host,
+        None => {
+            let value = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+            strip_port(value)
+        }
+    };
+    Some(raw)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return match host.find(']') {
+            Some(end) => host.get(..=end).unwrap_or(host),
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => host.get(..i).unwrap_or(host),
+        None => host,
+    }
+}
+
+impl HostMatch {
+    pub fn parse(host: &str) -> Result<HostMatch, String> {
+        let lower = host.to_ascii_lowercase();
+        let (is_wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        if !valid {
+            return Err(format!(
+                "invalid host `{host}`: expected a DNS name such as api.example.com or *.example.com (no port)"
+            ));
+        }
+        Ok(if is_wildcard {
+            HostMatch::Suffix(format!(".{name}"))
+        } else {
+            HostMatch::Exact(name.to_string())
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+            }
+        }
+    }
+
+    fn covers(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Suffix(_), HostMatch::Exact(b)) => self.matches(b),
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => a == b || b.ends_with(a.as_str()),
+            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+        }
+    }
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
+            PathMatch::Template(template) => template_matches(template, path),
+        }
+    }
+
+    /// True when every path `other` takes, `self` takes too.
+    fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Any, _) => true,
+            (PathMatch::Prefix(p), PathMatch::Any) => p == "/",
+            (PathMatch::Prefix(p), PathMatch::Exact(e)) => prefix_matches(p, e),
+            (PathMatch::Prefix(p), PathMatch::Prefix(q)) => prefix_matches(p, q),
+            (PathMatch::Prefix(p), PathMatch::Template(t)) => {
+                // Covered when the prefix lies within the template's leading literals.
+                let literal_head: Vec<&str> = t
+                    .iter()
+                    .map_while(|s| match s {
+                        Segment::Literal(l) => Some(l.as_str()),
+                        Segment::Param(_) => None,
+                    })
+                    .collect();
+                let head = format!("/{}", literal_head.join("/"));
+                prefix_matches(p, &head)
+            }
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Template(t), PathMatch::Exact(e)) => template_matches(t, e),
+            (PathMatch::Template(a), PathMatch::Template(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| match (x, y) {
+                        (Segment::Param(_), _) => true,
+                        (Segment::Literal(l), Segment::Literal(m)) => l == m,
+                        (Segment::Literal(_), Segment::Param(_)) => false,
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+impl RouteMatch {
+    /// Whether a request takes this route.
+    pub fn matches(&self, parts: &Parts) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.contains(&parts.method) {
+                return false;
+            }
+        }
+        if !self.path.matches(parts.uri.path()) {
+            return false;
+        }
+        if let Some(host_match) = &self.host {
+            match request_host(parts) {
+                Some(host) if host_match.matches(host) => {}
+                _ => return false,
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| parts.headers.get_all(name).iter().any(|v| v == value))
+    }
+
+    /// True when every request `later` would take, `self` takes first: `later` is unreachable.
+    pub fn covers(&self, later: &RouteMatch) -> bool {
+        let host = match (&self.host, &later.host) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.covers(b),
+            (Some(_), None) => false,
+        };
+        let methods = match (&self.methods, &later.methods) {
+            (None, _) => true,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+            (Some(_), None) => false,
+        };
+        let headers = self.headers.iter().all(|h| later.headers.contains(h));
+        host && methods && headers && self.path.covers(&later.path)
+    }
+}
+
+/// The path to forward once `prefix` is stripped: always starts with `/`.
+pub fn strip_path_prefix<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => rest.into(),
+        Some(rest) => format!("/{rest}").into(),
+        None => path.into(),
+    }
+}
+
+/// The compiled route table.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<RouteSpec>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<RouteSpec>) -> Router {
+        Router { routes }
+    }
+
+    /// The first route that takes the request, with its index.
+    pub fn route(&self, parts: &Parts) -> Option<(usize, &RouteSpec)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, route)| route.matcher.matches(parts))
+    }
+
+    pub fn routes(&self) -> &[RouteSpec] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn any() -> RouteMatch {
+        RouteMatch {
+            path: PathMatch::Any,
+            host: None,
+            methods: None,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn prefix_respects_segments() {
+        assert!(prefix_matches("/users", "/users"));
+        assert!(prefix_matches("/users", "/users/7"));
+        assert!(!prefix_matches("/users", "/usersx"));
+        assert!(prefix_matches("/users/", "/users/7"));
+        assert!(!prefix_matches("/users/", "/users"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn templates_match_whole_segments() {
+        let t = parse_template("/users/{id}/orders").unwrap();
+        assert!(template_matches(&t, "/users/7/orders"));
+        assert!(!template_matches(&t, "/users//orders"));
+        assert!(!template_matches(&t, "/users/7/orders/9"));
+        assert!(!template_matches(&t, "/users/7"));
+        assert!(parse_template("/users/{id").is_err());
+        assert!(parse_template("/users/x{id}").is_err());
+        assert!(parse_template("/a/{id}/b/{id}").is_err());
+    }
+
+    #[test]
+    fn host_ignores_port_and_case() {
+        let m = RouteMatch {
+            host: Some(HostMatch::parse("API.example.com").unwrap()),
+            ..any()
+        };
+        assert!(m.matches(&parts("GET", "/", &[("host", "api.EXAMPLE.com:8080")])));
+        assert!(!m.matches(&parts("GET", "/", &[("host", "other.com")])));
+        assert!(m.matches(&parts("GET", "http://api.example.com/x", &[])));
+        let wild = RouteMatch {
+            host: Some(HostMatch::parse("*.example.com").unwrap()),
+            ..any()
+        };
+        assert!(wild.matches(&parts("GET", "/", &[("host", "a.example.com")])));
+        assert!(!wild.matches(&parts("GET", "/", &[("host", "example.com")])));
+    }
+
+    #[test]
+    fn methods_and_headers_must_all_hold() {
+        let m = RouteMatch {
+            methods: Some(vec![Method::POST]),
+            headers: vec![(
+                HeaderName::from_static("x-env"),
+                HeaderValue::from_static("canary"),
+            )],
+            ..any()
+        };
+        assert!(m.matches(&parts("POST", "/", &[("x-env", "canary")])));
+        assert!(!m.matches(&parts("GET", "/", &[("x-env", "canary")])));
+        assert!(!m.matches(&parts("POST", "/", &[("x-env", "prod")])));
+    }
+
+    #[test]
+    fn covering_detects_unreachable_routes() {
+        let prefix = |p: &str| RouteMatch {
+            path: PathMatch::Prefix(p.into()),
+            ..any()
+        };
+        let exact = |p: &str| RouteMatch {
+            path: PathMatch::Exact(p.into()),
+            ..any()
+        };
+        let template = |p: &str| RouteMatch {
+            path: PathMatch::Template(parse_template(p).unwrap()),
+            ..any()
+        };
+        assert!(prefix("/users").covers(&exact("/users/7")));
+        assert!(prefix("/users").covers(&prefix("/users/admin")));
+        assert!(!prefix("/users/admin").covers(&prefix("/users")));
+        assert!(prefix("/users").covers(&template("/users/{id}")));
+        assert!(!prefix("/users/admin").covers(&template("/users/{id}")));
+        assert!(template("/users/{id}").covers(&exact("/users/7")));
+        assert!(template("/users/{id}").covers(&template("/users/{uid}")));
+        assert!(!exact("/users/7").covers(&template("/users/{id}")));
+        // Narrower conditions on the earlier route leave the later one reachable.
+        let get_only = RouteMatch {
+            methods: Some(vec![Method::GET]),
+            ..prefix("/")
+        };
+        assert!(!get_only.covers(&prefix("/users")));
+        assert!(any().covers(&get_only));
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        assert_eq!(strip_path_prefix("/api", "/api/users"), "/users");
+        assert_eq!(strip_path_prefix("/api", "/api"), "/");
+        assert_eq!(strip_path_prefix("/api/", "/api/users"), "/users");
+    }
+}

@@ -1,0 +1,355 @@
+//! Listening, worker threads and graceful shutdown.
+//!
+//! Levee runs one single-threaded event loop per core, each with its own `SO_REUSEPORT`
+//! listening socket, its own upstream connection pools and its own metrics shard: the shape
+//! of nginx and Envoy workers. The kernel spreads new connections across the sockets, and a
+//! request never touches another core's state (see `docs/adr/0001-runtime-and-http-stack.md`
+//! for the measurements behind this choice).
+//!
+//! Shutdown: readiness turns to 503, every worker stops accepting, open connections are told
+//! to finish (HTTP/1 closes after the response in flight, HTTP/2 sends GOAWAY), and the
+//! process waits up to the grace period for them.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::Config;
+use crate::gateway::{Gateway, WorkerContext};
+use crate::observability::access_log::AccessLog;
+use crate::observability::metrics::Metrics;
+use crate::observability::Recorder;
+use crate::pipeline;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// State the admin API and the workers share.
+#[derive(Debug)]
+pub struct SharedState {
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    pub gateway: Arc<Gateway>,
+}
+
+/// Where access log lines go.
+pub enum AccessLogSink {
+    Stdout,
+    Writer(Box<dyn io::Write + Send>),
+}
+
+/// A started gateway. Dropping it shuts it down (without waiting for the grace period to
+/// pass unless connections are still busy).
+pub struct RunningGateway {
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    state: Arc<SharedState>,
+    shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    access_log: Option<JoinHandle<()>>,
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+impl RunningGateway {
+    /// Binds every listener, then starts the workers, the admin listener and the access log
+    /// writer. Fails without serving anything if a socket cannot be bound.
+    pub fn start(config: Config, sink: AccessLogSink) -> Result<RunningGateway, StartError> {
+        let workers = config.workers.max(1);
+        // Bind everything first: a port conflict must fail the start, not a worker.
+        let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut listeners = Vec::new();
+        for spec in &config.listeners {
+            let bind_err = |source| StartError::Bind {
+                name: spec.name.to_string(),
+                addr: spec.bind,
+                source,
+            };
+            let first = bind_reuseport(spec.bind).map_err(bind_err)?;
+            let actual = first.local_addr().map_err(bind_err)?;
+            listeners.push((spec.name.clone(), actual));
+            let mut per_worker = vec![first];
+            for _ in 1..workers {
+                per_worker.push(bind_reuseport(actual).map_err(bind_err)?);
+            }
+            for (slot, socket) in sockets.iter_mut().zip(per_worker) {
+                slot.push((spec.name.clone(), socket));
+            }
+        }
+        let admin_socket = match &config.admin {
+            Some(admin) => {
+                let listener = std::net::TcpListener::bind(admin.bind).map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr: admin.bind,
+                    source,
+                })?;
+                listener.set_nonblocking(true).map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr: admin.bind,
+                    source,
+                })?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let admin_addr = admin_socket.as_ref().and_then(|l| l.local_addr().ok());
+
+        let metrics = Arc::new(Metrics::default());
+        metrics.globals.config_version.store(1, Ordering::Relaxed);
+        let (access_log, access_log_thread) = if config.access_log.enabled {
+            let sink: Box<dyn io::Write + Send> = match sink {
+                AccessLogSink::Stdout => Box::new(io::stdout()),
+                AccessLogSink::Writer(w) => w,
+            };
+            let (log, thread) = AccessLog::start(config.access_log.queue, metrics.clone(), sink)
+                .map_err(|source| StartError::Thread { name: "access-log".into(), source })?;
+            (log, Some(thread))
+        } else {
+            (AccessLog::disabled(metrics.clone()), None)
+        };
+        let grace = config.shutdown_grace;
+        let gateway = Arc::new(Gateway::new(config));
+        let state = Arc::new(SharedState {
+            metrics: metrics.clone(),
+            draining: AtomicBool::new(false),
+            gateway: gateway.clone(),
+        });
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut worker_threads = Vec::new();
+        for (id, sockets) in sockets.into_iter().enumerate() {
+            let recorder = Arc::new(Recorder {
+                metrics: metrics.shard(),
+                access_log: access_log.clone(),
+            });
+            let gateway = gateway.clone();
+            let rx = shutdown_rx.clone();
+            let state = state.clone();
+            let name = format!("levee-worker-{id}");
+            let thread = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker_main(sockets, gateway, recorder, state, rx, grace))
+                .map_err(|source| StartError::Thread { name, source })?;
+            worker_threads.push(thread);
+        }
+        // The workers hold the only senders now: when they exit, the writer drains and ends.
+        drop(access_log);
+
+        let (admin_shutdown, admin_rx) = watch::channel(false);
+        let admin = match admin_socket {
+            Some(socket) => {
+                let state = state.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("levee-admin".into())
+                        .spawn(move || admin::serve_blocking(socket, state, admin_rx))
+                        .map_err(|source| StartError::Thread { name: "admin".into(), source })?,
+                )
+            }
+            None => None,
+        };
+
+        Ok(RunningGateway {
+            listeners,
+            admin_addr,
+            state,
+            shutdown,
+            admin_shutdown,
+            workers: worker_threads,
+            admin,
+            access_log: access_log_thread,
+        })
+    }
+
+    /// The bound address of the listener `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| &**n == name).map(|(_, a)| *a)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.listeners
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn state(&self) -> &Arc<SharedState> {
+        &self.state
+    }
+
+    /// Starts draining: readiness fails and workers stop accepting. Returns at once.
+    pub fn begin_shutdown(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Drains (if not already) and blocks until in-flight requests are done or the grace
+    /// period has passed, then stops the admin listener and flushes the access log.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.begin_shutdown();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.join();
+        }
+        if let Some(writer) = self.access_log.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn worker_main(
+    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    gateway: Arc<Gateway>,
+    recorder: Arc<Recorder>,
+    state: Arc<SharedState>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "worker could not start its event loop");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let context = Arc::new(WorkerContext::new(gateway, recorder));
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let mut accept_loops = tokio::task::JoinSet::new();
+        for (name, socket) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    accept_loops.spawn(accept_loop(
+                        listener,
+                        name,
+                        context.clone(),
+                        builder.clone(),
+                        graceful.clone(),
+                        state.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(error) => tracing::error!(%error, listener = %name, "cannot register listener"),
+            }
+        }
+        while accept_loops.join_next().await.is_some() {}
+        // Listeners are closed now; let open connections finish what they are doing.
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+                tracing::warn!(grace = ?grace, "shutdown grace period ended with connections still open");
+            }
+        }
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    context: Arc<WorkerContext>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    state: Arc<SharedState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors or similar: back off briefly instead of spinning.
+                tracing::warn!(%error, listener = %name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        state.metrics.globals.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnInfo { peer, listener: name.clone() });
+        let context = context.clone();
+        let service = service_fn(move |request| {
+            let context = context.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(pipeline::handle(&context, &conn, request).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = watched.await {
+                tracing::debug!(%error, %peer, "client connection ended with an error");
+            }
+        });
+    }
+}

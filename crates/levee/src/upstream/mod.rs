@@ -1,0 +1,257 @@
+//! Upstreams: their targets, the per-target load signals balancers read, and sending one
+//! attempt to a target over a pooled keep-alive connection.
+
+pub mod balancer;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::config::spec::{TargetSpec, UpstreamSpec};
+use balancer::{Balancer, PickContext};
+
+/// Why an upstream attempt failed. Each variant knows whether a retry could help.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to {target}: {source}")]
+    Connect {
+        target: Arc<str>,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("connecting to {target} timed out after {after:?}")]
+    ConnectTimeout { target: Arc<str>, after: Duration },
+    #[error("{target} did not answer within {after:?}")]
+    Timeout { target: Arc<str>, after: Duration },
+    #[error("the exchange with {target} failed: {source}")]
+    Exchange {
+        target: Arc<str>,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {upstream} has no target to send to")]
+    NoTarget { upstream: Arc<str> },
+}
+
+impl UpstreamError {
+    /// Whether the request certainly never reached the target (safe to retry elsewhere).
+    pub fn never_sent(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } | UpstreamError::NoTarget { .. })
+    }
+}
+
+/// Peak-EWMA latency with a 10s decay, as in linkerd and Finagle.
+#[derive(Debug)]
+struct Ewma {
+    value_ms: f64,
+    stamp: Instant,
+}
+
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// One target of an upstream and the load signals the balancers read.
+#[derive(Debug)]
+pub struct Target {
+    pub addr: Arc<str>,
+    pub authority: Authority,
+    pub weight: u32,
+    inflight: AtomicUsize,
+    ewma: Mutex<Ewma>,
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Upstream>, usize);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Some(target) = self.0.targets.get(self.1) {
+            target.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Target {
+    pub fn new(spec: &TargetSpec) -> Target {
+        Target {
+            addr: spec.addr.clone(),
+            authority: spec.authority.clone(),
+            weight: spec.weight.max(1),
+            inflight: AtomicUsize::new(0),
+            ewma: Mutex::new(Ewma {
+                value_ms: 0.0,
+                stamp: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub fn start_request(&self) -> impl Drop + '_ {
+        struct G<'a>(&'a AtomicUsize);
+        impl Drop for G<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        G(&self.inflight)
+    }
+
+    /// Feeds one latency sample: a sample above the average replaces it at once (peak), a
+    /// lower one is blended in with weight growing with the time since the last sample.
+    pub fn observe_latency(&self, sample: Duration) {
+        let sample_ms = sample.as_secs_f64() * 1000.0;
+        let now = Instant::now();
+        let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        if sample_ms > ewma.value_ms {
+            ewma.value_ms = sample_ms;
+        } else {
+            let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
+            let keep = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+            ewma.value_ms = ewma.value_ms * keep + sample_ms * (1.0 - keep);
+        }
+        ewma.stamp = now;
+    }
+
+    pub fn ewma_ms(&self) -> f64 {
+        self.ewma.lock().map(|e| e.value_ms).unwrap_or(0.0)
+    }
+
+    /// p2c cost: expected latency scaled by the queue in front of it, per unit of weight.
+    fn cost(&self) -> f64 {
+        (self.ewma_ms() + 0.001) * (self.inflight() as f64 + 1.0) / f64::from(self.weight)
+    }
+}
+
+/// An upstream: its targets and balancer, shared by all workers.
+#[derive(Debug)]
+pub struct Upstream {
+    pub spec: UpstreamSpec,
+    pub targets: Vec<Target>,
+    balancer: Balancer,
+}
+
+/// The per-worker connection pool of one upstream.
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// A target chosen for one attempt.
+pub struct Picked {
+    pub index: usize,
+    pub addr: Arc<str>,
+    pub guard: InflightGuard,
+}
+
+impl Upstream {
+    pub fn new(spec: UpstreamSpec) -> Upstream {
+        let targets = spec.targets.iter().map(Target::new).collect();
+        let balancer = Balancer::new(&spec.balance, &spec.targets);
+        Upstream { spec, targets, balancer }
+    }
+
+    /// A keep-alive client for one worker. Connections are never shared across workers.
+    pub fn client(&self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.spec.connect_timeout));
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.spec.pool_idle_timeout)
+            .pool_max_idle_per_host(self.spec.pool_max_idle_per_target)
+            // The client's own replay of a request that lost a race with a closing pooled
+            // connection is safe: it only happens when nothing was written.
+            .retry_canceled_requests(true)
+            .set_host(false)
+            .build(connector)
+    }
+
+    /// Chooses a target and counts the request against it.
+    pub fn pick(self: &Arc<Self>, ctx: &PickContext) -> Result<Picked, UpstreamError> {
+        let index = self.balancer.pick(&self.targets, ctx).ok_or_else(|| UpstreamError::NoTarget {
+            upstream: self.spec.name.clone(),
+        })?;
+        let target = self.targets.get(index).ok_or_else(|| UpstreamError::NoTarget {
+            upstream: self.spec.name.clone(),
+        })?;
+        target.inflight.fetch_add(1, Ordering::Relaxed);
+        Ok(Picked {
+            index,
+            addr: target.addr.clone(),
+            guard: InflightGuard(self.clone(), index),
+        })
+    }
+
+    /// The URI of `path` on target `index`.
+    pub fn target_uri(&self, index: usize, path: PathAndQuery) -> Option<Uri> {
+        let target = self.targets.get(index)?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(target.authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    }
+
+    /// Sends one attempt and waits for the response headers, within the request timeout.
+    pub async fn send(
+        &self,
+        client: &UpstreamClient,
+        index: usize,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let target = self
+            .targets
+            .get(index)
+            .map(|t| t.addr.clone())
+            .unwrap_or_else(|| self.spec.name.clone());
+        let started = Instant::now();
+        let timeout = self.spec.request_timeout;
+        let result = tokio::time::timeout(timeout, client.request(request)).await;
+        let outcome = match result {
+            Err(_) => Err(UpstreamError::Timeout { target, after: timeout }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() => {
+                if is_timeout(&error) {
+                    Err(UpstreamError::ConnectTimeout {
+                        target,
+                        after: self.spec.connect_timeout,
+                    })
+                } else {
+                    Err(UpstreamError::Connect { target, source: error })
+                }
+            }
+            Ok(Err(error)) => Err(UpstreamError::Exchange { target, source: error }),
+        };
+        if let (Ok(_), Some(t)) = (&outcome, self.targets.get(index)) {
+            t.observe_latency(started.elapsed());
+        }
+        outcome
+    }
+}
+
+/// Whether an error's cause chain holds an I/O timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
