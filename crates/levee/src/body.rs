@@ -132,7 +132,7 @@ impl Body for ResponseBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         let polled = match this.source.as_mut().project() {
             SourceProj::Upstream { body } => ready!(body.poll_frame(cx)),
             SourceProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
