@@ -220,7 +220,9 @@ mod tests {
             h.insert("traceparent", HeaderValue::from_static(bad));
             let out = child_traceparent(&h);
             assert!(parse_traceparent(out.as_bytes()).is_some());
-            assert!(!out.to_str().unwrap().contains(&bad[3..35]));
+            if let Some(old_trace) = bad.get(3..35) {
+                assert!(!out.to_str().unwrap().contains(old_trace));
+            }
         }
     }
 

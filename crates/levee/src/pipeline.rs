@@ -30,7 +30,7 @@ use crate::gateway::WorkerContext;
 use crate::headers;
 use crate::observability::metrics::Outcome;
 use crate::observability::{RequestRecord, UpstreamFacts};
-use crate::router::{request_host, strip_path_prefix};
+use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::UpstreamError;
@@ -127,7 +127,8 @@ async fn forward(
     // Rewrite the request for the target.
     let original_host: Option<HeaderValue> = match parts.headers.get(HOST) {
         Some(host) => Some(host.clone()),
-        None => request_host(&parts).and_then(|h| HeaderValue::from_str(h).ok()),
+        // HTTP/2 carries the host in :authority (port included).
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let path = upstream_path(route, &parts);
     let uri = upstream

@@ -1,0 +1,103 @@
+//! Starts a real gateway in-process on loopback port 0, with the access log captured.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use levee::{AccessLogSink, RunningGateway};
+
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct Harness {
+    pub gateway: Option<RunningGateway>,
+    pub logs: SharedBuf,
+    /// `http://127.0.0.1:PORT` of the `public` listener.
+    pub base: String,
+    pub admin: String,
+}
+
+impl Harness {
+    /// Starts a gateway from `yaml`; a `public` listener and the admin listener are added on
+    /// port 0 unless the YAML declares its own.
+    pub fn start(yaml: &str) -> Harness {
+        let mut text = String::new();
+        if !yaml.contains("listeners:") {
+            text.push_str("listeners:\n  - name: public\n    bind: 127.0.0.1:0\n");
+        }
+        if !yaml.contains("admin:") {
+            text.push_str("admin:\n  bind: 127.0.0.1:0\n");
+        }
+        if !yaml.contains("workers:") {
+            text.push_str("workers: 1\n");
+        }
+        if !yaml.contains("shutdown_grace:") {
+            text.push_str("shutdown_grace: 5s\n");
+        }
+        text.push_str(yaml);
+        let config = levee::load_str(&text, "test.yaml").unwrap_or_else(|e| panic!("config:\n{e}\n---\n{text}"));
+        let logs = SharedBuf::default();
+        let gateway = RunningGateway::start(config, AccessLogSink::Writer(Box::new(logs.clone()))).unwrap();
+        let base = format!("http://{}", gateway.listener_addr("public").unwrap());
+        let admin = format!("http://{}", gateway.admin_addr().unwrap());
+        Harness {
+            gateway: Some(gateway),
+            logs,
+            base,
+            admin,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn gateway(&self) -> &RunningGateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    /// Access log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        let bytes = self.logs.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Stops the gateway from a blocking thread (joining workers must not block the test's
+    /// event loop).
+    pub async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            tokio::task::spawn_blocking(move || gateway.stop()).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            // Dropping joins worker threads; do it off the test's event loop thread.
+            std::thread::spawn(move || drop(gateway));
+        }
+    }
+}
+
+/// An upstreams+routes block with one upstream `u` of `targets` and a catch-all route.
+pub fn single_upstream(targets: &[std::net::SocketAddr], extra_upstream: &str, extra_route: &str) -> String {
+    let list: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "upstreams:\n  u:\n    targets: [{}]\n{extra_upstream}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: u\n{extra_route}",
+        list.join(", ")
+    )
+}
