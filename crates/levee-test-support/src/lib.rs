@@ -107,7 +107,9 @@ impl MockUpstream {
         let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let log = log.clone();
@@ -158,7 +160,11 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn answer(request: Request<Incoming>, handler: Handler, log: Arc<Mutex<Vec<Seen>>>) -> Response<TestBody> {
+async fn answer(
+    request: Request<Incoming>,
+    handler: Handler,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Response<TestBody> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let seen = Seen {
@@ -215,17 +221,25 @@ pub async fn refused_addr() -> SocketAddr {
     addr
 }
 
-/// An upstream that accepts connections and reads forever without answering.
-pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// An upstream that accepts connections and never answers. The counter says how many
+/// connections it has accepted.
+pub async fn silent_upstream() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(stream);
         }
     });
-    (addr, task)
+    (addr, accepted, task)
 }
 
 /// An upstream that accepts a connection, reads the request, then resets the connection.
@@ -277,7 +291,8 @@ impl Answer {
 pub mod serde_like {
     pub type Value = serde_json::Value;
     pub fn parse(bytes: &[u8]) -> Value {
-        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
     }
 }
 

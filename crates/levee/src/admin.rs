@@ -20,7 +20,11 @@ use crate::edge::error_response;
 use crate::server::SharedState;
 
 /// Serves the admin API until `shutdown` turns true.
-pub fn serve_blocking(socket: std::net::TcpListener, state: Arc<SharedState>, shutdown: watch::Receiver<bool>) {
+pub fn serve_blocking(
+    socket: std::net::TcpListener,
+    state: Arc<SharedState>,
+    shutdown: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
@@ -93,7 +97,12 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             );
             response
         }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "No such admin endpoint.", &request_id),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No such admin endpoint.",
+            &request_id,
+        ),
     }
 }
 

@@ -37,7 +37,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let (Some(Ok(frame)), Some(counter)) = (&frame, this.received.as_ref()) {
@@ -98,7 +101,10 @@ impl ResponseBody {
     pub fn upstream(body: Incoming) -> ResponseBody {
         ResponseBody {
             source: Source::Upstream { body },
-            finisher: Finisher { record: None, sent: 0 },
+            finisher: Finisher {
+                record: None,
+                sent: 0,
+            },
         }
     }
 
@@ -108,7 +114,10 @@ impl ResponseBody {
             source: Source::Full {
                 data: (!data.is_empty()).then_some(data),
             },
-            finisher: Finisher { record: None, sent: 0 },
+            finisher: Finisher {
+                record: None,
+                sent: 0,
+            },
         }
     }
 
@@ -131,7 +140,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = match this.source.as_mut().project() {
             SourceProj::Upstream { body } => ready!(body.poll_frame(cx)),

@@ -116,7 +116,8 @@ impl Demo {
             .map_err(DemoError::Upstreams)?;
 
         let load = |g: u16, a: u16| {
-            crate::config::load_str(&demo_config(g, a, healthy, flaky), "demo.yaml").map_err(DemoError::Config)
+            crate::config::load_str(&demo_config(g, a, healthy, flaky), "demo.yaml")
+                .map_err(DemoError::Config)
         };
         let gateway = match RunningGateway::start(load(gateway_port, admin_port)?, AccessLogSink::Stdout) {
             Ok(gateway) => gateway,
@@ -139,7 +140,11 @@ impl Demo {
             .listener_addr("public")
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let admin = self.gateway.admin_addr().map(|a| a.to_string()).unwrap_or_default();
+        let admin = self
+            .gateway
+            .admin_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         format!(
             "Levee demo is running.\n\
              \n  gateway:  http://{gw}\n  admin:    http://{admin}\n\

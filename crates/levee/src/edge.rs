@@ -5,7 +5,7 @@
 //! error types; this module alone decides the status code and the public wording, so the
 //! contract is kept in a single file.
 
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
@@ -27,7 +27,9 @@ impl Rejection {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
-                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
                 UpstreamError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
         }
@@ -71,7 +73,12 @@ struct ErrorDetail<'a> {
 }
 
 /// A JSON error response in the contract's shape.
-pub fn error_response(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
     let body = ErrorBody {
         error: ErrorDetail {
             code,
@@ -90,5 +97,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, request_id:
 
 /// The response for a rejection.
 pub fn reject(rejection: &Rejection, request_id: &HeaderValue) -> Response<ResponseBody> {
-    error_response(rejection.status(), rejection.code(), rejection.public_message(), request_id)
+    error_response(
+        rejection.status(),
+        rejection.code(),
+        rejection.public_message(),
+        request_id,
+    )
 }

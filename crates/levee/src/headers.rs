@@ -118,7 +118,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 pub fn child_traceparent(headers: &HeaderMap) -> HeaderValue {
     let span = random_hex(8);
     let mut out = Vec::with_capacity(55);
-    match headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
+    match headers
+        .get(&TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
         Some((trace_id, flags)) => {
             out.extend_from_slice(b"00-");
             out.extend_from_slice(trace_id);
@@ -135,8 +138,9 @@ pub fn child_traceparent(headers: &HeaderMap) -> HeaderValue {
             out.extend_from_slice(b"-01");
         }
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
-        .unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 /// Checks `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context level 1) and returns the trace

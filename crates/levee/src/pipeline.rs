@@ -36,7 +36,11 @@ use crate::upstream::balancer::PickContext;
 use crate::upstream::UpstreamError;
 
 /// Serves one request. Never fails: every problem becomes a JSON error response.
-pub async fn handle(worker: &WorkerContext, conn: &ConnInfo, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    worker: &WorkerContext,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
 
     // 2. Request id and trace context.
@@ -73,7 +77,9 @@ pub async fn handle(worker: &WorkerContext, conn: &ConnInfo, request: Request<In
         Ok(response) => {
             // 5. Response.
             let mut response = response;
-            response.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id);
+            response
+                .headers_mut()
+                .insert(headers::X_REQUEST_ID.clone(), request_id);
             route.response_headers.apply(response.headers_mut());
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, body.with_record(record))
@@ -108,7 +114,10 @@ async fn forward(
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let gateway = &worker.gateway;
-    let (Some(upstream), Some(client)) = (gateway.upstreams.get(route.upstream), worker.clients.get(route.upstream)) else {
+    let (Some(upstream), Some(client)) = (
+        gateway.upstreams.get(route.upstream),
+        worker.clients.get(route.upstream),
+    ) else {
         return Err(Rejection::NoRoute);
     };
     let picked = upstream.pick(&PickContext {
@@ -128,12 +137,17 @@ async fn forward(
     let original_host: Option<HeaderValue> = match parts.headers.get(HOST) {
         Some(host) => Some(host.clone()),
         // HTTP/2 carries the host in :authority (port included).
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let path = upstream_path(route, &parts);
     let uri = upstream
         .target_uri(picked.index, path)
-        .ok_or_else(|| UpstreamError::NoTarget { upstream: upstream.spec.name.clone() })?;
+        .ok_or_else(|| UpstreamError::NoTarget {
+            upstream: upstream.spec.name.clone(),
+        })?;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
@@ -148,9 +162,13 @@ async fn forward(
         "http",
         original_host.as_ref().and_then(|h| h.to_str().ok()),
     );
-    parts.headers.insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
     if let Some(traceparent) = &record.traceparent {
-        parts.headers.insert(headers::TRACEPARENT.clone(), traceparent.clone());
+        parts
+            .headers
+            .insert(headers::TRACEPARENT.clone(), traceparent.clone());
     }
     route.request_headers.apply(&mut parts.headers);
 

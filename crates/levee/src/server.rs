@@ -102,7 +102,8 @@ impl RunningGateway {
     pub fn start(config: Config, sink: AccessLogSink) -> Result<RunningGateway, StartError> {
         let workers = config.workers.max(1);
         // Bind everything first: a port conflict must fail the start, not a worker.
-        let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
         for spec in &config.listeners {
             let bind_err = |source| StartError::Bind {
@@ -123,16 +124,19 @@ impl RunningGateway {
         }
         let admin_socket = match &config.admin {
             Some(admin) => {
-                let listener = std::net::TcpListener::bind(admin.bind).map_err(|source| StartError::Bind {
-                    name: "admin".into(),
-                    addr: admin.bind,
-                    source,
-                })?;
-                listener.set_nonblocking(true).map_err(|source| StartError::Bind {
-                    name: "admin".into(),
-                    addr: admin.bind,
-                    source,
-                })?;
+                let listener =
+                    std::net::TcpListener::bind(admin.bind).map_err(|source| StartError::Bind {
+                        name: "admin".into(),
+                        addr: admin.bind,
+                        source,
+                    })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|source| StartError::Bind {
+                        name: "admin".into(),
+                        addr: admin.bind,
+                        source,
+                    })?;
                 Some(listener)
             }
             None => None,
@@ -141,17 +145,21 @@ impl RunningGateway {
 
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);
-        let (access_log, access_log_thread) = if config.access_log.enabled {
-            let sink: Box<dyn io::Write + Send> = match sink {
-                AccessLogSink::Stdout => Box::new(io::stdout()),
-                AccessLogSink::Writer(w) => w,
+        let (access_log, access_log_thread) =
+            if config.access_log.enabled {
+                let sink: Box<dyn io::Write + Send> = match sink {
+                    AccessLogSink::Stdout => Box::new(io::stdout()),
+                    AccessLogSink::Writer(w) => w,
+                };
+                let (log, thread) = AccessLog::start(config.access_log.queue, metrics.clone(), sink)
+                    .map_err(|source| StartError::Thread {
+                        name: "access-log".into(),
+                        source,
+                    })?;
+                (log, Some(thread))
+            } else {
+                (AccessLog::disabled(metrics.clone()), None)
             };
-            let (log, thread) = AccessLog::start(config.access_log.queue, metrics.clone(), sink)
-                .map_err(|source| StartError::Thread { name: "access-log".into(), source })?;
-            (log, Some(thread))
-        } else {
-            (AccessLog::disabled(metrics.clone()), None)
-        };
         let grace = config.shutdown_grace;
         let gateway = Arc::new(Gateway::new(config));
         let state = Arc::new(SharedState {
@@ -188,7 +196,10 @@ impl RunningGateway {
                     std::thread::Builder::new()
                         .name("levee-admin".into())
                         .spawn(move || admin::serve_blocking(socket, state, admin_rx))
-                        .map_err(|source| StartError::Thread { name: "admin".into(), source })?,
+                        .map_err(|source| StartError::Thread {
+                            name: "admin".into(),
+                            source,
+                        })?,
                 )
             }
             None => None,
@@ -333,9 +344,16 @@ async fn accept_loop(
                 continue;
             }
         };
-        state.metrics.globals.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .globals
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo { peer, listener: name.clone() });
+        let conn = Arc::new(ConnInfo {
+            peer,
+            listener: name.clone(),
+        });
         let context = context.clone();
         let service = service_fn(move |request| {
             let context = context.clone();

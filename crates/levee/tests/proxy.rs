@@ -1,5 +1,10 @@
 //! The proxy core over real loopback sockets: forwarding, headers, protocols, streaming.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -23,7 +28,13 @@ fn is_hex(s: &str) -> bool {
 
 #[tokio::test]
 async fn forwards_and_rewrites_hop_by_hop_and_forwarding_headers() {
-    let upstream = MockUpstream::start(|_| Reply::ok("hello").header("connection", "x-upstream-private").header("x-upstream-private", "1").header("keep-alive", "timeout=5")).await;
+    let upstream = MockUpstream::start(|_| {
+        Reply::ok("hello")
+            .header("connection", "x-upstream-private")
+            .header("x-upstream-private", "1")
+            .header("keep-alive", "timeout=5")
+    })
+    .await;
     let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
     let answer = get(
         &h.url("/some/path?q=1"),
@@ -44,9 +55,17 @@ async fn forwards_and_rewrites_hop_by_hop_and_forwarding_headers() {
     assert_eq!(seen.uri.path_and_query().unwrap().as_str(), "/some/path?q=1");
     assert_eq!(seen.version, Version::HTTP_11);
     let header = |name: &str| seen.headers.get(name).map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(header("host").as_deref(), Some("api.example.com"), "Host is preserved");
+    assert_eq!(
+        header("host").as_deref(),
+        Some("api.example.com"),
+        "Host is preserved"
+    );
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
-    assert_eq!(header("x-secret"), None, "Connection-listed headers are hop-by-hop");
+    assert_eq!(
+        header("x-secret"),
+        None,
+        "Connection-listed headers are hop-by-hop"
+    );
     assert_eq!(header("te"), None);
     assert_eq!(header("proxy-authorization"), None);
     assert_eq!(header("x-forwarded-for").as_deref(), Some("10.1.2.3, 127.0.0.1"));
@@ -55,11 +74,18 @@ async fn forwards_and_rewrites_hop_by_hop_and_forwarding_headers() {
     let request_id = header("x-request-id").unwrap();
     assert_eq!(request_id.len(), 32);
     assert!(is_hex(&request_id));
-    assert_eq!(answer.header("x-request-id"), Some(request_id.as_str()), "the client sees the same id");
+    assert_eq!(
+        answer.header("x-request-id"),
+        Some(request_id.as_str()),
+        "the client sees the same id"
+    );
     let traceparent = header("traceparent").unwrap();
     let fields: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(fields.len(), 4);
-    assert_eq!((fields[0], fields[1].len(), fields[2].len(), fields[3]), ("00", 32, 16, "01"));
+    assert_eq!(
+        (fields[0], fields[1].len(), fields[2].len(), fields[3]),
+        ("00", 32, 16, "01")
+    );
     // Response hop-by-hop headers are dropped too.
     assert_eq!(answer.header("x-upstream-private"), None);
     assert_eq!(answer.header("keep-alive"), None);
@@ -70,14 +96,24 @@ async fn keeps_the_clients_request_id_and_trace() {
     let upstream = MockUpstream::fixed("ok").await;
     let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-    let answer = get(&h.url("/"), &[("x-request-id", "req-42"), ("traceparent", parent)]).await;
+    let answer = get(
+        &h.url("/"),
+        &[("x-request-id", "req-42"), ("traceparent", parent)],
+    )
+    .await;
     assert_eq!(answer.header("x-request-id"), Some("req-42"));
     let seen = &upstream.seen()[0];
     assert_eq!(seen.headers["x-request-id"], "req-42");
     let sent = seen.headers["traceparent"].to_str().unwrap();
-    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "same trace: {sent}");
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "same trace: {sent}"
+    );
     assert!(sent.ends_with("-00"), "sampling flag kept: {sent}");
-    assert!(!sent.contains("00f067aa0ba902b7"), "a new span id for this hop: {sent}");
+    assert!(
+        !sent.contains("00f067aa0ba902b7"),
+        "a new span id for this hop: {sent}"
+    );
 }
 
 #[tokio::test]
@@ -124,11 +160,15 @@ async fn streaming_upstream(
                 });
                 let rx = resp_rx.lock().await.take().unwrap();
                 let mut response = Response::new(body_from(rx));
-                response.headers_mut().insert("content-type", content_type.parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("content-type", content_type.parse().unwrap());
                 Ok::<_, Infallible>(response)
             }
         });
-        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     });
     (addr, req_chunk_rx, resp_chunk_tx)
 }
@@ -145,18 +185,33 @@ async fn bodies_stream_both_ways_without_buffering() {
     // Each request chunk reaches the upstream while the client is still sending.
     for chunk in ["first", "second"] {
         client_send.send(Bytes::from(chunk)).await.unwrap();
-        let got = tokio::time::timeout(DEADLINE, upstream_got.recv()).await.expect("chunk forwarded before the body ended").unwrap();
+        let got = tokio::time::timeout(DEADLINE, upstream_got.recv())
+            .await
+            .expect("chunk forwarded before the body ended")
+            .unwrap();
         assert_eq!(got, chunk);
     }
     // Each response chunk reaches the client while the upstream is still sending.
     upstream_send.send(Bytes::from("one")).await.unwrap();
-    let response = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap().unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let frame = tokio::time::timeout(DEADLINE, body.frame()).await.expect("first chunk before the body ended").unwrap().unwrap();
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("first chunk before the body ended")
+        .unwrap()
+        .unwrap();
     assert_eq!(frame.into_data().unwrap(), "one");
     upstream_send.send(Bytes::from("two")).await.unwrap();
-    let frame = tokio::time::timeout(DEADLINE, body.frame()).await.unwrap().unwrap().unwrap();
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(frame.into_data().unwrap(), "two");
     drop(upstream_send);
     drop(client_send);
@@ -168,7 +223,12 @@ async fn server_sent_events_pass_through_as_they_happen() {
     let h = Harness::start(&single_upstream(&[addr], "", ""));
     let response = tokio::time::timeout(
         DEADLINE,
-        client(false).request(Request::get(h.url("/events")).header("accept", "text/event-stream").body(empty()).unwrap()),
+        client(false).request(
+            Request::get(h.url("/events"))
+                .header("accept", "text/event-stream")
+                .body(empty())
+                .unwrap(),
+        ),
     );
     events.send(Bytes::from("data: one\n\n")).await.unwrap();
     let response = response.await.unwrap().unwrap();
@@ -178,7 +238,11 @@ async fn server_sent_events_pass_through_as_they_happen() {
         if event != "data: one\n\n" {
             events.send(Bytes::from(event)).await.unwrap();
         }
-        let frame = tokio::time::timeout(DEADLINE, body.frame()).await.expect("event relayed at once").unwrap().unwrap();
+        let frame = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("event relayed at once")
+            .unwrap()
+            .unwrap();
         assert_eq!(frame.into_data().unwrap(), event);
     }
 }
@@ -237,8 +301,16 @@ async fn websocket_upgrade_tunnels_both_ways() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await.unwrap().unwrap();
-        assert_eq!(n, 1, "connection closed during the handshake: {}", String::from_utf8_lossy(&head));
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -248,7 +320,10 @@ async fn websocket_upgrade_tunnels_both_ways() {
     for message in [&b"ping"[..], b"second message"] {
         stream.write_all(message).await.unwrap();
         let mut echo = vec![0u8; message.len()];
-        tokio::time::timeout(DEADLINE, stream.read_exact(&mut echo)).await.unwrap().unwrap();
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(echo, message);
     }
 }
@@ -265,7 +340,11 @@ async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
         b"\x00\x01\x02\x03\r\n\r\n",
     ] {
         let answer = raw_exchange(addr, garbage).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{:?} -> {answer:?}", String::from_utf8_lossy(garbage));
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} -> {answer:?}",
+            String::from_utf8_lossy(garbage)
+        );
     }
     assert_eq!(upstream.hits(), 0, "nothing malformed reached the upstream");
     assert_eq!(get(&h.url("/"), &[]).await.text(), "fine");
@@ -279,5 +358,9 @@ async fn connections_to_upstreams_are_reused() {
         assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
     }
     assert_eq!(upstream.hits(), 5);
-    assert_eq!(upstream.connections(), 1, "one pooled keep-alive connection served every request");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one pooled keep-alive connection served every request"
+    );
 }

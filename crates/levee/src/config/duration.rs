@@ -48,7 +48,7 @@ fn bad_duration(text: &str) -> String {
 impl fmt::Display for DurationStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -77,7 +77,9 @@ impl<'de> Deserialize<'de> for DurationStr {
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationStr, E> {
-                Err(E::custom(format!("duration `{v}` needs a unit: write {v}ms or {v}s")))
+                Err(E::custom(format!(
+                    "duration `{v}` needs a unit: write {v}ms or {v}s"
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationStr, E> {
                 Err(E::custom(format!("duration `{v}` needs a unit: write {v}s")))

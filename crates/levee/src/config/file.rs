@@ -166,14 +166,36 @@ pub struct UpstreamFile {
 }
 
 /// A target: a plain `HOST:PORT` string or a map with a weight.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TargetFile {
     /// `IP:PORT` or `HOST:PORT`.
     pub addr: String,
-    /// Relative share of traffic for `round_robin` and `consistent_hash`. Default 1.
-    #[serde(default = "default_weight")]
+    /// Relative share of traffic for `round_robin`, `least_request`, `p2c_ewma` and
+    /// `consistent_hash`. Default 1.
     pub weight: u32,
+}
+
+impl JsonSchema for TargetFile {
+    fn schema_name() -> Cow<'static, str> {
+        "Target".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A target: `HOST:PORT`, or `{ addr: HOST:PORT, weight: N }` (weight 1 to 1000, default 1).",
+            "oneOf": [
+                { "type": "string", "examples": ["127.0.0.1:9001"] },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["addr"],
+                    "properties": {
+                        "addr": { "type": "string", "description": "`IP:PORT` or `HOST:PORT`." },
+                        "weight": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 1 }
+                    }
+                }
+            ]
+        })
+    }
 }
 
 fn default_weight() -> u32 {

@@ -53,10 +53,7 @@ impl SourceMap {
 
     /// The position of the key naming the value at `path`, falling back to the value.
     pub fn key(&self, path: &str) -> Position {
-        self.keys
-            .get(path)
-            .copied()
-            .unwrap_or_else(|| self.value(path))
+        self.keys.get(path).copied().unwrap_or_else(|| self.value(path))
     }
 }
 
@@ -169,7 +166,8 @@ mod tests {
 
     #[test]
     fn indexes_nested_paths() {
-        let text = "listeners:\n  - name: a\n    bind: 1.2.3.4:5\nroutes:\n  - name: r\n    match: { path: /x }\n";
+        let text =
+            "listeners:\n  - name: a\n    bind: 1.2.3.4:5\nroutes:\n  - name: r\n    match: { path: /x }\n";
         let map = SourceMap::build(text);
         assert_eq!(map.value("listeners[0].bind"), Position { line: 3, col: 11 });
         assert_eq!(map.value("routes[0].match.path"), Position { line: 6, col: 20 });

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method};
 
-use super::file::{
-    BalanceFile, ConfigFile, HeaderRewriteFile, MatchFile, RouteFile, UpstreamFile, Workers,
-};
+use super::file::{BalanceFile, ConfigFile, HeaderRewriteFile, MatchFile, RouteFile, UpstreamFile, Workers};
 use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
@@ -57,10 +55,7 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
 
 /// Rewrites serde's message into ours, adding a "did you mean" for unknown keys.
 fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
-    let (line, col) = error
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
+    let (line, col) = error.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
     let mut message = error.to_string();
     // serde_yaml appends " at line L column C"; we print the position up front instead.
     if let Some(cut) = message.find(" at line ") {
@@ -92,9 +87,7 @@ fn unknown_key_message(message: &str) -> Option<String> {
     let mut out = format!("{prefix}unknown key `{key}`");
     match nearest {
         Some(best) => out.push_str(&format!(" (did you mean `{best}`?)")),
-        None if !candidates.is_empty() => {
-            out.push_str(&format!("; valid keys: {}", candidates.join(", ")))
-        }
+        None if !candidates.is_empty() => out.push_str(&format!("; valid keys: {}", candidates.join(", "))),
         None => {}
     }
     Some(out)
@@ -119,7 +112,10 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     for (i, l) in file.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         if !listener_names.insert(l.name.clone()) {
-            p.at(&format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
+            p.at(
+                &format!("{path}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
         }
         if let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), p) {
             if bind.port() != 0 && !binds.insert(bind) {
@@ -134,7 +130,10 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let admin = file.admin.as_ref().and_then(|a| {
         let bind = socket_addr(&a.bind, "admin.bind", p)?;
         if bind.port() != 0 && binds.contains(&bind) {
-            p.at("admin.bind", format!("address {bind} is already used by a listener"));
+            p.at(
+                "admin.bind",
+                format!("address {bind} is already used by a listener"),
+            );
         }
         Some(AdminSpec { bind })
     });
@@ -179,9 +178,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     }
 
     let workers = match file.workers {
-        None | Some(Workers::Auto) => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None | Some(Workers::Auto) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         Some(Workers::Count(n)) => n,
     };
     let access_log = AccessLogSpec {
@@ -193,12 +190,12 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             .unwrap_or(DEFAULT_ACCESS_LOG_QUEUE),
     };
     if access_log.queue == 0 || access_log.queue > 1_048_576 {
-        p.at("access_log.queue", "access_log.queue must be between 1 and 1048576");
+        p.at(
+            "access_log.queue",
+            "access_log.queue must be between 1 and 1048576",
+        );
     }
-    let shutdown_grace = file
-        .shutdown_grace
-        .map(|d| d.0)
-        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     Some(Config {
         listeners,
         admin,
@@ -239,7 +236,10 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         ok = false;
     }
     if u.targets.is_empty() {
-        p.at(&format!("{path}.targets"), "an upstream needs at least one target");
+        p.at(
+            &format!("{path}.targets"),
+            "an upstream needs at least one target",
+        );
         ok = false;
     }
     let mut targets = Vec::new();
@@ -247,7 +247,10 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
     for (i, t) in u.targets.iter().enumerate() {
         let tpath = format!("{path}.targets[{i}]");
         if t.weight == 0 || t.weight > 1000 {
-            p.at(&tpath, format!("target weight must be from 1 to 1000, got {}", t.weight));
+            p.at(
+                &tpath,
+                format!("target weight must be from 1 to 1000, got {}", t.weight),
+            );
             ok = false;
         }
         match target_authority(&t.addr) {
@@ -272,16 +275,14 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         BalanceFile::RoundRobin => Balance::RoundRobin,
         BalanceFile::LeastRequest => Balance::LeastRequest,
         BalanceFile::P2cEwma => Balance::P2cEwma,
-        BalanceFile::ConsistentHash => {
-            match parse_hash_key(u.hash_key.as_deref().unwrap_or("ip")) {
-                Ok(key) => Balance::ConsistentHash(key),
-                Err(message) => {
-                    p.at(&format!("{path}.hash_key"), message);
-                    ok = false;
-                    Balance::ConsistentHash(HashKey::ClientIp)
-                }
+        BalanceFile::ConsistentHash => match parse_hash_key(u.hash_key.as_deref().unwrap_or("ip")) {
+            Ok(key) => Balance::ConsistentHash(key),
+            Err(message) => {
+                p.at(&format!("{path}.hash_key"), message);
+                ok = false;
+                Balance::ConsistentHash(HashKey::ClientIp)
             }
-        }
+        },
     };
     if u.hash_key.is_some() && u.balance != BalanceFile::ConsistentHash {
         p.at(
@@ -294,7 +295,10 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
     let request_timeout = u.timeouts.request.map(|d| d.0).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
     for (key, value) in [("connect", connect_timeout), ("request", request_timeout)] {
         if value.is_zero() {
-            p.at(&format!("{path}.timeouts.{key}"), format!("timeouts.{key} must be above zero"));
+            p.at(
+                &format!("{path}.timeouts.{key}"),
+                format!("timeouts.{key} must be above zero"),
+            );
             ok = false;
         }
     }
@@ -313,7 +317,11 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         connect_timeout,
         request_timeout,
         pool_max_idle_per_target,
-        pool_idle_timeout: u.pool.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+        pool_idle_timeout: u
+            .pool
+            .idle_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
     })
 }
 
@@ -366,7 +374,10 @@ fn check_route(
                     .unwrap_or_default();
                 p.at(
                     &format!("{path}.upstream"),
-                    format!("route `{}` names unknown upstream `{}`{hint}", route.name, route.upstream),
+                    format!(
+                        "route `{}` names unknown upstream `{}`{hint}",
+                        route.name, route.upstream
+                    ),
                 );
             }
             None
@@ -379,8 +390,16 @@ fn check_route(
             "strip_prefix needs `match.path_prefix` (there is no prefix to strip)",
         );
     }
-    let request_headers = check_rewrite(route.request_headers.as_ref(), &format!("{path}.request_headers"), p);
-    let response_headers = check_rewrite(route.response_headers.as_ref(), &format!("{path}.response_headers"), p);
+    let request_headers = check_rewrite(
+        route.request_headers.as_ref(),
+        &format!("{path}.request_headers"),
+        p,
+    );
+    let response_headers = check_rewrite(
+        route.response_headers.as_ref(),
+        &format!("{path}.response_headers"),
+        p,
+    );
     Some(RouteSpec {
         name: route.name.as_str().into(),
         matcher: matcher?,
@@ -400,7 +419,10 @@ fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch
         }
         (Some(exact), None) => {
             if !exact.starts_with('/') {
-                p.at(&format!("{path}.path"), format!("path `{exact}` must start with /"));
+                p.at(
+                    &format!("{path}.path"),
+                    format!("path `{exact}` must start with /"),
+                );
                 PathMatch::Any
             } else if exact.contains(['{', '}']) {
                 match parse_template(exact) {
@@ -416,7 +438,10 @@ fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch
         }
         (None, Some(prefix)) => {
             if !prefix.starts_with('/') {
-                p.at(&format!("{path}.path_prefix"), format!("path_prefix `{prefix}` must start with /"));
+                p.at(
+                    &format!("{path}.path_prefix"),
+                    format!("path_prefix `{prefix}` must start with /"),
+                );
             }
             PathMatch::Prefix(prefix.clone())
         }
@@ -435,18 +460,27 @@ fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch
             let upper = name.to_ascii_uppercase();
             match Method::from_bytes(upper.as_bytes()) {
                 Ok(method) if !upper.is_empty() => parsed.push(method),
-                _ => p.at(&format!("{path}.methods[{i}]"), format!("invalid method `{name}`")),
+                _ => p.at(
+                    &format!("{path}.methods[{i}]"),
+                    format!("invalid method `{name}`"),
+                ),
             }
         }
         if methods.is_empty() {
-            p.at(&format!("{path}.methods"), "methods must list at least one method (or be left out)");
+            p.at(
+                &format!("{path}.methods"),
+                "methods must list at least one method (or be left out)",
+            );
         }
         parsed
     });
     let mut headers = Vec::new();
     for (name, value) in m.headers.iter().flatten() {
         let hpath = format!("{path}.headers.{name}");
-        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             (Ok(n), Ok(v)) => headers.push((n, v)),
             (Err(_), _) => p.at(&hpath, format!("invalid header name `{name}`")),
             (_, Err(_)) => p.at(&hpath, format!("invalid value for header `{name}`")),
@@ -469,13 +503,19 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
     for (i, name) in rw.remove.iter().enumerate() {
         match HeaderName::try_from(name.as_str()) {
             Ok(n) => out.remove.push(n),
-            Err(_) => p.at(&format!("{path}.remove[{i}]"), format!("invalid header name `{name}`")),
+            Err(_) => p.at(
+                &format!("{path}.remove[{i}]"),
+                format!("invalid header name `{name}`"),
+            ),
         }
     }
     for (key, map, target) in [("set", &rw.set, &mut out.set), ("add", &rw.add, &mut out.add)] {
         for (name, value) in map {
             let hpath = format!("{path}.{key}.{name}");
-            match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            match (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::try_from(value.as_str()),
+            ) {
                 (Ok(n), Ok(v)) => target.push((n, v)),
                 (Err(_), _) => p.at(&hpath, format!("invalid header name `{name}`")),
                 (_, Err(_)) => p.at(&hpath, format!("invalid value for header `{name}`")),
@@ -495,7 +535,10 @@ mod tests {
             "routes[0]: unknown field `upstreem`, expected one of `name`, `match`, `upstream`, `strip_prefix`",
         )
         .unwrap();
-        assert_eq!(msg, "routes[0]: unknown key `upstreem` (did you mean `upstream`?)");
+        assert_eq!(
+            msg,
+            "routes[0]: unknown key `upstreem` (did you mean `upstream`?)"
+        );
     }
 
     #[test]

@@ -128,7 +128,13 @@ impl AccessLog {
         let writer = std::thread::Builder::new()
             .name("levee-access-log".into())
             .spawn(move || write_lines(rx, sink))?;
-        Ok((AccessLog { tx: Some(tx), metrics }, writer))
+        Ok((
+            AccessLog {
+                tx: Some(tx),
+                metrics,
+            },
+            writer,
+        ))
     }
 
     pub fn enabled(&self) -> bool {

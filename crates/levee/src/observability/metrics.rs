@@ -17,8 +17,7 @@ use http::Method;
 
 /// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
 pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// A latency histogram with per-bucket (not cumulative) counts.
@@ -131,7 +130,11 @@ impl Shard {
             Some(stats) => stats,
             None => self.routes.entry(route.clone()).or_default(),
         };
-        match stats.requests.iter_mut().find(|(key, _)| *key == (method, status)) {
+        match stats
+            .requests
+            .iter_mut()
+            .find(|(key, _)| *key == (method, status))
+        {
             Some((_, count)) => *count += 1,
             None => stats.requests.push(((method, status), 1)),
         }
@@ -139,13 +142,24 @@ impl Shard {
     }
 
     /// Counts one upstream attempt.
-    pub fn record_upstream(&mut self, upstream: &Arc<str>, target: &Arc<str>, outcome: Outcome, elapsed: Duration) {
+    pub fn record_upstream(
+        &mut self,
+        upstream: &Arc<str>,
+        target: &Arc<str>,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
         let key = (upstream.clone(), target.clone());
         let stats = self.targets.entry(key).or_default();
         *stats.outcomes.entry(outcome).or_default() += 1;
         stats.duration.observe(elapsed);
     }
 }
+
+/// Per route, summed over shards: (method, status) counts and the duration histogram.
+type RouteTotals = (BTreeMap<(&'static str, u16), u64>, Histogram);
+/// Per (upstream, target), summed over shards: outcome counts and the duration histogram.
+type TargetTotals = (BTreeMap<Outcome, u64>, Histogram);
 
 /// A worker's handle on its own shard.
 #[derive(Debug, Clone)]
@@ -187,8 +201,8 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut routes: BTreeMap<Arc<str>, (BTreeMap<(&'static str, u16), u64>, Histogram)> = BTreeMap::new();
-        let mut targets: BTreeMap<(Arc<str>, Arc<str>), (BTreeMap<Outcome, u64>, Histogram)> = BTreeMap::new();
+        let mut routes: BTreeMap<Arc<str>, RouteTotals> = BTreeMap::new();
+        let mut targets: BTreeMap<(Arc<str>, Arc<str>), TargetTotals> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -209,7 +223,12 @@ impl Metrics {
         }
 
         let mut out = String::with_capacity(4096);
-        family(&mut out, "levee_requests_total", "counter", "Requests answered, by route, method and status.");
+        family(
+            &mut out,
+            "levee_requests_total",
+            "counter",
+            "Requests answered, by route, method and status.",
+        );
         for (route, (counts, _)) in &routes {
             for ((method, status), count) in counts {
                 let _ = writeln!(
@@ -219,11 +238,26 @@ impl Metrics {
                 );
             }
         }
-        family(&mut out, "levee_request_duration_seconds", "histogram", "Time from request received to response finished, by route.");
+        family(
+            &mut out,
+            "levee_request_duration_seconds",
+            "histogram",
+            "Time from request received to response finished, by route.",
+        );
         for (route, (_, hist)) in &routes {
-            histogram(&mut out, "levee_request_duration_seconds", &format!("route=\"{}\"", escape(route)), hist);
+            histogram(
+                &mut out,
+                "levee_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+                hist,
+            );
         }
-        family(&mut out, "levee_upstream_requests_total", "counter", "Upstream attempts, by upstream, target and outcome.");
+        family(
+            &mut out,
+            "levee_upstream_requests_total",
+            "counter",
+            "Upstream attempts, by upstream, target and outcome.",
+        );
         for ((upstream, target), (outcomes, _)) in &targets {
             for (outcome, count) in outcomes {
                 let _ = writeln!(
@@ -235,18 +269,50 @@ impl Metrics {
                 );
             }
         }
-        family(&mut out, "levee_upstream_duration_seconds", "histogram", "Time from sending an upstream attempt to its response headers (or failure).");
+        family(
+            &mut out,
+            "levee_upstream_duration_seconds",
+            "histogram",
+            "Time from sending an upstream attempt to its response headers (or failure).",
+        );
         for ((upstream, target), (_, hist)) in &targets {
             let labels = format!("upstream=\"{}\",target=\"{}\"", escape(upstream), escape(target));
             histogram(&mut out, "levee_upstream_duration_seconds", &labels, hist);
         }
         let g = &self.globals;
-        family(&mut out, "levee_access_log_dropped_total", "counter", "Access log lines dropped because the writer fell behind.");
-        let _ = writeln!(out, "levee_access_log_dropped_total {}", g.access_log_dropped.load(Ordering::Relaxed));
-        family(&mut out, "levee_connections_accepted_total", "counter", "Client connections accepted.");
-        let _ = writeln!(out, "levee_connections_accepted_total {}", g.connections_accepted.load(Ordering::Relaxed));
-        family(&mut out, "levee_config_version", "gauge", "Version of the active config (1 for the config loaded at start).");
-        let _ = writeln!(out, "levee_config_version {}", g.config_version.load(Ordering::Relaxed));
+        family(
+            &mut out,
+            "levee_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the writer fell behind.",
+        );
+        let _ = writeln!(
+            out,
+            "levee_access_log_dropped_total {}",
+            g.access_log_dropped.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "levee_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+        );
+        let _ = writeln!(
+            out,
+            "levee_connections_accepted_total {}",
+            g.connections_accepted.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "levee_config_version",
+            "gauge",
+            "Version of the active config (1 for the config loaded at start).",
+        );
+        let _ = writeln!(
+            out,
+            "levee_config_version {}",
+            g.config_version.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -270,7 +336,10 @@ fn histogram(out: &mut String, name: &str, labels: &str, hist: &Histogram) {
 
 /// Escapes a label value per the exposition format.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -283,9 +352,12 @@ mod tests {
         let a = metrics.shard();
         let b = metrics.shard();
         let route: Arc<str> = "users".into();
-        a.lock().record_request(&route, "GET", 200, Duration::from_millis(3));
-        b.lock().record_request(&route, "GET", 200, Duration::from_millis(30));
-        b.lock().record_request(&route, "GET", 502, Duration::from_millis(1));
+        a.lock()
+            .record_request(&route, "GET", 200, Duration::from_millis(3));
+        b.lock()
+            .record_request(&route, "GET", 200, Duration::from_millis(30));
+        b.lock()
+            .record_request(&route, "GET", 502, Duration::from_millis(1));
         let text = metrics.render();
         assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"200\"} 2"));
         assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"502\"} 1"));
@@ -299,7 +371,11 @@ mod tests {
         h.observe(Duration::from_millis(1));
         assert_eq!(h.counts[1], 1, "1ms lands in le=0.001");
         h.observe(Duration::from_secs(120));
-        assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1, "beyond the last bound lands in +Inf");
+        assert_eq!(
+            h.counts[LATENCY_BUCKETS.len()],
+            1,
+            "beyond the last bound lands in +Inf"
+        );
     }
 
     #[test]

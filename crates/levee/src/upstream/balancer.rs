@@ -24,10 +24,16 @@ const MAX_SCHEDULE: u64 = 65_536;
 
 #[derive(Debug)]
 pub enum Balancer {
-    RoundRobin { schedule: Vec<usize>, cumulative: Vec<u64> },
+    RoundRobin {
+        schedule: Vec<usize>,
+        cumulative: Vec<u64>,
+    },
     LeastRequest,
     P2cEwma,
-    ConsistentHash { ring: Vec<(u64, usize)>, key: HashKey },
+    ConsistentHash {
+        ring: Vec<(u64, usize)>,
+        key: HashKey,
+    },
 }
 
 /// What a balancer may look at to choose.
@@ -101,12 +107,14 @@ impl Balancer {
 fn least_loaded(targets: &[Target], start: u64) -> Option<usize> {
     let n = targets.len();
     let offset = (start % n as u64) as usize;
-    (0..n)
-        .map(|i| (i + offset) % n)
-        .min_by(|&a, &b| {
-            let load = |i: usize| targets.get(i).map_or(f64::MAX, |t| t.inflight() as f64 / f64::from(t.weight));
-            load(a).total_cmp(&load(b))
-        })
+    (0..n).map(|i| (i + offset) % n).min_by(|&a, &b| {
+        let load = |i: usize| {
+            targets
+                .get(i)
+                .map_or(f64::MAX, |t| t.inflight() as f64 / f64::from(t.weight))
+        };
+        load(a).total_cmp(&load(b))
+    })
 }
 
 /// nginx's smooth weighted round robin, unrolled into one full cycle.
@@ -229,7 +237,11 @@ mod tests {
         let p = parts(&[]);
         let mut counts = [0; 2];
         for sequence in 0..400 {
-            let ctx = PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence };
+            let ctx = PickContext {
+                parts: &p,
+                client_ip: [127, 0, 0, 1].into(),
+                sequence,
+            };
             counts[b.pick(&ts, &ctx).unwrap()] += 1;
         }
         assert_eq!(counts, [300, 100]);
@@ -245,7 +257,11 @@ mod tests {
         let b = Balancer::new(&Balance::LeastRequest, &specs);
         let p = parts(&[]);
         for sequence in 0..10 {
-            let ctx = PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence };
+            let ctx = PickContext {
+                parts: &p,
+                client_ip: [127, 0, 0, 1].into(),
+                sequence,
+            };
             assert_eq!(b.pick(&ts, &ctx), Some(1));
         }
     }
@@ -261,7 +277,11 @@ mod tests {
         let p = parts(&[]);
         let mut counts = [0; 2];
         for sequence in 0..200 {
-            let ctx = PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence };
+            let ctx = PickContext {
+                parts: &p,
+                client_ip: [127, 0, 0, 1].into(),
+                sequence,
+            };
             counts[b.pick(&ts, &ctx).unwrap()] += 1;
         }
         assert_eq!(counts, [200, 0], "with two targets p2c compares both every time");
@@ -271,7 +291,11 @@ mod tests {
         for _ in 0..20 {
             ts[1].observe_latency(Duration::from_millis(1));
         }
-        let ctx = PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence: 0 };
+        let ctx = PickContext {
+            parts: &p,
+            client_ip: [127, 0, 0, 1].into(),
+            sequence: 0,
+        };
         assert_eq!(b.pick(&ts, &ctx), Some(1));
     }
 
@@ -288,10 +312,32 @@ mod tests {
         let n = 10_000;
         for user in 0..n {
             let p = parts(&[("x-user", &format!("user-{user}"))]);
-            let ctx = PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence: user };
+            let ctx = PickContext {
+                parts: &p,
+                client_ip: [127, 0, 0, 1].into(),
+                sequence: user,
+            };
             let before = b4.pick(&t4, &ctx).unwrap();
-            assert_eq!(b4.pick(&t4, &PickContext { sequence: user + 1, ..ctx }), Some(before));
-            let after = b5.pick(&t5, &PickContext { parts: &p, client_ip: [127, 0, 0, 1].into(), sequence: 0 }).unwrap();
+            assert_eq!(
+                b4.pick(
+                    &t4,
+                    &PickContext {
+                        sequence: user + 1,
+                        ..ctx
+                    }
+                ),
+                Some(before)
+            );
+            let after = b5
+                .pick(
+                    &t5,
+                    &PickContext {
+                        parts: &p,
+                        client_ip: [127, 0, 0, 1].into(),
+                        sequence: 0,
+                    },
+                )
+                .unwrap();
             *spread.entry(before).or_default() += 1;
             if after != before {
                 assert_eq!(after, 4, "keys only move to the new target");
@@ -314,9 +360,26 @@ mod tests {
         let ts = targets(&specs);
         let b = Balancer::new(&Balance::ConsistentHash(HashKey::ClientIp), &specs);
         let ip: IpAddr = [127, 0, 0, 9].into();
-        let first = b.pick(&ts, &PickContext { parts: &p, client_ip: ip, sequence: 0 });
+        let first = b.pick(
+            &ts,
+            &PickContext {
+                parts: &p,
+                client_ip: ip,
+                sequence: 0,
+            },
+        );
         for sequence in 1..50 {
-            assert_eq!(b.pick(&ts, &PickContext { parts: &p, client_ip: ip, sequence }), first);
+            assert_eq!(
+                b.pick(
+                    &ts,
+                    &PickContext {
+                        parts: &p,
+                        client_ip: ip,
+                        sequence
+                    }
+                ),
+                first
+            );
         }
         let _ = Arc::new(());
     }

@@ -45,7 +45,12 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the request certainly never reached the target (safe to retry elsewhere).
     pub fn never_sent(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } | UpstreamError::NoTarget { .. })
+        matches!(
+            self,
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::NoTarget { .. }
+        )
     }
 }
 
@@ -158,7 +163,11 @@ impl Upstream {
     pub fn new(spec: UpstreamSpec) -> Upstream {
         let targets = spec.targets.iter().map(Target::new).collect();
         let balancer = Balancer::new(&spec.balance, &spec.targets);
-        Upstream { spec, targets, balancer }
+        Upstream {
+            spec,
+            targets,
+            balancer,
+        }
     }
 
     /// A keep-alive client for one worker. Connections are never shared across workers.
@@ -181,9 +190,12 @@ impl Upstream {
 
     /// Chooses a target and counts the request against it.
     pub fn pick(self: &Arc<Self>, ctx: &PickContext) -> Result<Picked, UpstreamError> {
-        let index = self.balancer.pick(&self.targets, ctx).ok_or_else(|| UpstreamError::NoTarget {
-            upstream: self.spec.name.clone(),
-        })?;
+        let index = self
+            .balancer
+            .pick(&self.targets, ctx)
+            .ok_or_else(|| UpstreamError::NoTarget {
+                upstream: self.spec.name.clone(),
+            })?;
         let target = self.targets.get(index).ok_or_else(|| UpstreamError::NoTarget {
             upstream: self.spec.name.clone(),
         })?;
@@ -221,7 +233,10 @@ impl Upstream {
         let timeout = self.spec.request_timeout;
         let result = tokio::time::timeout(timeout, client.request(request)).await;
         let outcome = match result {
-            Err(_) => Err(UpstreamError::Timeout { target, after: timeout }),
+            Err(_) => Err(UpstreamError::Timeout {
+                target,
+                after: timeout,
+            }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if error.is_connect() => {
                 if is_timeout(&error) {
@@ -230,10 +245,16 @@ impl Upstream {
                         after: self.spec.connect_timeout,
                     })
                 } else {
-                    Err(UpstreamError::Connect { target, source: error })
+                    Err(UpstreamError::Connect {
+                        target,
+                        source: error,
+                    })
                 }
             }
-            Ok(Err(error)) => Err(UpstreamError::Exchange { target, source: error }),
+            Ok(Err(error)) => Err(UpstreamError::Exchange {
+                target,
+                source: error,
+            }),
         };
         if let (Ok(_), Some(t)) = (&outcome, self.targets.get(index)) {
             t.observe_latency(started.elapsed());

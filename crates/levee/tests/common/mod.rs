@@ -1,5 +1,11 @@
 //! Starts a real gateway in-process on loopback port 0, with the access log captured.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -45,7 +51,8 @@ impl Harness {
             text.push_str("shutdown_grace: 5s\n");
         }
         text.push_str(yaml);
-        let config = levee::load_str(&text, "test.yaml").unwrap_or_else(|e| panic!("config:\n{e}\n---\n{text}"));
+        let config =
+            levee::load_str(&text, "test.yaml").unwrap_or_else(|e| panic!("config:\n{e}\n---\n{text}"));
         let logs = SharedBuf::default();
         let gateway = RunningGateway::start(config, AccessLogSink::Writer(Box::new(logs.clone()))).unwrap();
         let base = format!("http://{}", gateway.listener_addr("public").unwrap());

@@ -1,0 +1,244 @@
+//! The `levee` binary: exit codes, `check` output, `run` with signals, and `demo`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use levee_test_support::*;
+
+const LEVEE: &str = env!("CARGO_BIN_EXE_levee");
+
+fn levee(args: &[&str]) -> std::process::Output {
+    Command::new(LEVEE).args(args).output().unwrap()
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("levee.yaml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Kills the child if a test fails midway.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, at most `DEADLINE`.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "levee did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn version_and_usage_errors() {
+    let out = levee(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("levee "));
+    let out = levee(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn check_accepts_a_valid_file_and_lists_every_problem_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(
+        &dir,
+        "listeners: [{ name: p, bind: 127.0.0.1:0 }]\nupstreams: { u: { targets: [127.0.0.1:1] } }\nroutes: [{ name: r, upstream: u }]\n",
+    );
+    let out = levee(&["check", "--config", &good]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = write_config(
+        &dir,
+        "listeners: [{ name: p, bind: 127.0.0.1:0 }]\nupstreams: { u: { targets: [127.0.0.1:1] } }\nroutes:\n  - { name: r, upstream: nope }\n  - { name: r, upstream: u }\n",
+    );
+    let out = levee(&["check", "--config", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for line in lines {
+        let mut parts = line.splitn(4, ':');
+        assert_eq!(parts.next(), Some(bad.as_str()));
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{line}");
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{line}");
+        assert!(parts.next().unwrap().len() > 5, "{line}");
+    }
+
+    let out = levee(&["check", "--config", "/nonexistent/levee.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn run_refuses_to_start_on_a_bad_config_or_a_taken_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(
+        &dir,
+        "listeners: [{ name: p, bind: 127.0.0.1:0 }]\nroutes: [{ name: r, upstream: missing }]\n",
+    );
+    let out = levee(&["run", "--config", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown upstream `missing`"));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{ name: p, bind: 127.0.0.1:{port} }}]\nupstreams: {{ u: {{ targets: [127.0.0.1:1] }} }}\nroutes: [{{ name: r, upstream: u }}]\n"
+        ),
+    );
+    let out = levee(&["run", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+/// Reads stdout lines in the background.
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(child: &mut Child) -> Lines {
+        let stdout = child.stdout.take().unwrap();
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Lines(lines)
+    }
+
+    fn find(&self, predicate: &impl Fn(&str) -> bool) -> Option<String> {
+        self.0.lock().unwrap().iter().find(|l| predicate(l)).cloned()
+    }
+
+    async fn wait_for(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
+        eventually(what, || std::future::ready(self.find(&predicate).is_some())).await;
+        self.find(&predicate).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let upstream = MockUpstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(700))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\nadmin: {{ bind: 127.0.0.1:0 }}\nupstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes: [{{ name: r, upstream: u }}]\n",
+            upstream.addr
+        ),
+    );
+    let mut child = Running(
+        Command::new(LEVEE)
+            .args(["run", "--config", &cfg])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    let listening = lines
+        .wait_for("listening log line", |l| l.contains("\"listening\""))
+        .await;
+    let admin_line = lines
+        .wait_for("admin log line", |l| l.contains("admin listening"))
+        .await;
+    let addr = |line: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (public, admin) = (addr(&listening), addr(&admin_line));
+
+    let url = format!("http://{public}/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    eventually("request reached the upstream", || {
+        std::future::ready(upstream.hits() == 1)
+    })
+    .await;
+    signal(&child.0, "TERM");
+    let ready = get(&format!("http://{admin}/readyz"), &[]).await;
+    assert_eq!(ready.status, 503, "readiness fails while draining");
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.text(), "finished", "the in-flight request completed");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The access log line of the drained request was flushed before exit.
+    let log = lines
+        .wait_for("access log line", |l| l.contains("\"log\":\"access\""))
+        .await;
+    assert!(log.contains("\"path\":\"/slow\""), "{log}");
+}
+
+#[tokio::test]
+async fn demo_serves_the_urls_it_prints() {
+    let mut child = Running(
+        Command::new(LEVEE)
+            .args(["demo", "--port", "0", "--admin-port", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    let gateway = lines
+        .wait_for("gateway URL", |l| l.trim_start().starts_with("gateway:"))
+        .await;
+    let gateway = gateway.split_whitespace().nth(1).unwrap().to_string();
+    let healthy = get(&format!("{gateway}/healthy/hello"), &[]).await;
+    assert_eq!(healthy.status, 200);
+    assert_eq!(healthy.json()["upstream"], "healthy");
+    // The flaky upstream fails a share of requests; the gateway answers every one.
+    let mut statuses = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        statuses.insert(get(&format!("{gateway}/flaky/x"), &[]).await.status.as_u16());
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.iter().any(|s| *s >= 500), "{statuses:?}");
+    assert_eq!(get(&format!("{gateway}/nowhere"), &[]).await.status, 404);
+    signal(&child.0, "INT");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,178 @@
+//! Config validation: every problem reported as FILE:LINE:COL with a useful message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::PathBuf;
+
+const BASE: &str = "listeners:
+  - name: public
+    bind: 127.0.0.1:8080
+upstreams:
+  users:
+    targets: [127.0.0.1:9001]
+";
+
+/// Errors for `yaml`, rendered as the CLI prints them.
+fn errors(yaml: &str) -> Vec<String> {
+    match levee::load_str(yaml, "levee.yaml") {
+        Ok(_) => panic!("config should be rejected:\n{yaml}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_valid_config_loads() {
+    let config = levee::load_str(
+        &format!("{BASE}routes:\n  - name: users\n    upstream: users\n"),
+        "levee.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.upstreams[0].targets[0].addr.as_ref(), "127.0.0.1:9001");
+}
+
+#[test]
+fn unknown_keys_name_the_position_and_the_nearest_key() {
+    let yaml = format!("{BASE}routes:\n  - name: users\n    upstreem: users\n");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("levee.yaml:9:5: "), "{}", errs[0]);
+    assert!(
+        errs[0].contains("unknown key `upstreem` (did you mean `upstream`?)"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
+    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    retry: {{ attempts: 3 }}\n");
+    let errs = errors(&yaml);
+    assert!(
+        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `retry`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_durations_point_at_the_value() {
+    let yaml = "listeners:\n  - name: public\n    bind: 127.0.0.1:8080\nupstreams:\n  users:\n    targets: [127.0.0.1:9001]\n    timeouts: { connect: 10 }\nroutes: []\n";
+    let errs = errors(yaml);
+    assert!(errs[0].starts_with("levee.yaml:7:"), "{errs:?}");
+    assert!(errs[0].contains("duration `10` needs a unit"), "{errs:?}");
+    let errs = errors(&yaml.replace("10 }", "ten seconds }"));
+    assert!(errs[0].contains("invalid duration `ten seconds`"), "{errs:?}");
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_positions() {
+    let yaml = format!(
+        "{BASE}routes:
+  - name: users
+    upstream: userz
+  - name: users
+    match: {{ path_prefix: /api }}
+    upstream: users
+  - name: api-users
+    match: {{ path_prefix: /api/users }}
+    upstream: users
+  - name: bad-template
+    match: {{ path: \"/u/{{id\" }}
+    upstream: users
+"
+    );
+    let errs = errors(&yaml);
+    assert_eq!(
+        errs,
+        vec![
+            "levee.yaml:9:15: route `users` names unknown upstream `userz` (did you mean `users`?)",
+            "levee.yaml:10:11: duplicate route name `users` (first used by routes[0])",
+            "levee.yaml:14:12: route `api-users` can never match: route `users` comes first and takes every request it would",
+            "levee.yaml:17:20: invalid path segment `{id`: a template parameter must be a whole segment, like /users/{id}",
+        ]
+    );
+}
+
+#[test]
+fn addresses_targets_and_balancing_are_checked() {
+    let yaml = "listeners:
+  - name: public
+    bind: localhost:80
+upstreams:
+  u:
+    targets: [\"127.0.0.1\", { addr: 127.0.0.1:9, weight: 0 }]
+    hash_key: header:x-user
+routes:
+  - name: r
+    upstream: u
+    strip_prefix: true
+";
+    let errs = errors(yaml);
+    let joined = errs.join("\n");
+    assert!(
+        joined.contains("levee.yaml:3:11: invalid address `localhost:80`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("levee.yaml:6:15: invalid target `127.0.0.1`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("target weight must be from 1 to 1000, got 0"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("levee.yaml:7:15: hash_key is only used with `balance: consistent_hash`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("strip_prefix needs `match.path_prefix`"),
+        "{joined}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_positions_too() {
+    let errs = errors("listeners:\n  - name: [unclosed\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("levee.yaml:"), "{errs:?}");
+    let parts: Vec<&str> = errs[0].splitn(4, ':').collect();
+    assert!(parts[1].parse::<usize>().unwrap() >= 2, "{errs:?}");
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            if let Err(e) = levee::load_file(&path) {
+                panic!("{} is invalid:\n{e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "expected at least the minimal and multi-upstream examples"
+    );
+}
+
+#[test]
+fn the_published_json_schema_is_current() {
+    let generated = serde_json::to_string_pretty(&levee::config::file::json_schema()).unwrap();
+    let published = std::fs::read_to_string(repo_root().join("docs/levee.schema.json")).unwrap_or_default();
+    assert_eq!(
+        published.trim(),
+        generated.trim(),
+        "docs/levee.schema.json is stale: run `cargo run -p levee-cli -- schema > docs/levee.schema.json`"
+    );
+}

@@ -1,0 +1,221 @@
+//! Admin endpoints, metrics, the access log and graceful shutdown.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{single_upstream, Harness};
+use http::StatusCode;
+use levee_test_support::*;
+
+#[tokio::test]
+async fn health_readiness_and_unknown_admin_paths() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    assert_eq!(
+        get(&format!("{}/healthz", h.admin), &[]).await.status,
+        StatusCode::OK
+    );
+    let ready = get(&format!("{}/readyz", h.admin), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["status"], "ready");
+    let missing = get(&format!("{}/nope", h.admin), &[]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_upstream_attempts() {
+    let upstream = MockUpstream::start(|seen| {
+        if seen.uri.path() == "/fail" {
+            Reply::status(500)
+        } else {
+            Reply::ok("ok")
+        }
+    })
+    .await;
+    let dead = refused_addr().await;
+    let h = Harness::start(&format!(
+        "upstreams:\n  good:\n    targets: [\"{}\"]\n  dead:\n    targets: [\"{dead}\"]\nroutes:\n  - name: to-dead\n    match: {{ path_prefix: /dead }}\n    upstream: dead\n  - name: main\n    upstream: good\n",
+        upstream.addr
+    ));
+    for path in ["/a", "/b", "/fail", "/dead"] {
+        get(&h.url(path), &[]).await;
+    }
+    send(
+        &client(false),
+        http::Request::post(h.url("/a")).body(full("x")).unwrap(),
+    )
+    .await;
+    let url = format!("{}/metrics", h.admin);
+    // Requests are recorded when their response body ends, which can trail the client by a
+    // moment: poll.
+    eventually("metrics include the last request", || async {
+        get(&url, &[]).await.text().contains("method=\"POST\"")
+    })
+    .await;
+    let metrics = get(&url, &[]).await;
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text();
+    let target = upstream.addr.to_string();
+    for line in [
+        "levee_requests_total{route=\"main\",method=\"GET\",status=\"200\"} 2".to_string(),
+        "levee_requests_total{route=\"main\",method=\"GET\",status=\"500\"} 1".to_string(),
+        "levee_requests_total{route=\"main\",method=\"POST\",status=\"200\"} 1".to_string(),
+        "levee_requests_total{route=\"to-dead\",method=\"GET\",status=\"502\"} 1".to_string(),
+        "levee_request_duration_seconds_count{route=\"main\"} 4".to_string(),
+        format!("levee_upstream_requests_total{{upstream=\"good\",target=\"{target}\",outcome=\"2xx\"}} 3"),
+        format!("levee_upstream_requests_total{{upstream=\"good\",target=\"{target}\",outcome=\"5xx\"}} 1"),
+        format!("levee_upstream_requests_total{{upstream=\"dead\",target=\"{dead}\",outcome=\"connect_error\"}} 1"),
+        format!("levee_upstream_duration_seconds_count{{upstream=\"good\",target=\"{target}\"}} 4"),
+        "levee_config_version 1".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+    }
+    promtool_accepts(&text);
+}
+
+/// `promtool check metrics` must report nothing. Skipped (with a note) only when promtool is
+/// not installed; the project's test script installs it.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("promtool not installed: exposition not linted");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+#[tokio::test]
+async fn one_access_log_line_per_request_with_the_contract_fields() {
+    let upstream = MockUpstream::fixed("hello").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    get(&h.url("/users/7?token=secret"), &[("x-request-id", "log-me")]).await;
+    send(
+        &client(false),
+        http::Request::post(h.url("/upload")).body(full("12345")).unwrap(),
+    )
+    .await;
+    get(&h.url("/x"), &[("x-request-id", "third")]).await;
+    eventually("three access log lines", || async { h.access_log().len() == 3 }).await;
+    let lines = h.access_log();
+    let first = lines.iter().find(|l| l["request_id"] == "log-me").unwrap();
+    assert_eq!(first["log"], "access");
+    assert_eq!(first["route"], "all");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(
+        first["path"], "/users/7",
+        "the query string (may hold secrets) is not logged"
+    );
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["upstream"], "u");
+    assert_eq!(first["target"], upstream.addr.to_string());
+    assert_eq!(first["bytes_out"], 5);
+    assert_eq!(first["completed"], true);
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(first["trace_id"].as_str().unwrap().len(), 32);
+    let upload = lines.iter().find(|l| l["method"] == "POST").unwrap();
+    assert_eq!(upload["bytes_in"], 5);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
+    let upstream =
+        MockUpstream::start(|_| Reply::ok("slow but complete").delay(Duration::from_millis(600))).await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let url = h.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    eventually("the request reached the upstream", || async {
+        upstream.hits() == 1
+    })
+    .await;
+
+    h.gateway().begin_shutdown();
+    let ready = get(&format!("{}/readyz", h.admin), &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json()["status"], "draining");
+    let listener = h.gateway().listener_addr("public").unwrap();
+    eventually("the listener stops accepting", || async {
+        tokio::net::TcpStream::connect(listener).await.is_err()
+    })
+    .await;
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "slow but complete");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let (silent, accepted, _task) = silent_upstream().await;
+    let h = Harness::start(&format!(
+        "shutdown_grace: 300ms\n{}",
+        single_upstream(&[silent], "    timeouts: { request: 60s }\n", "")
+    ));
+    let url = h.url("/hang");
+    let _stuck = tokio::spawn(async move {
+        client(false)
+            .request(http::Request::get(url).body(empty()).unwrap())
+            .await
+    });
+    eventually("the request reached the upstream", || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    h.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "stop took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_workers_serve_one_port() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "workers: 2\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = h.url("/");
+        tasks.push(tokio::spawn(async move { get(&url, &[]).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, then runs every check CI runs.
+#   scripts/test.sh
+# Checks: cargo fmt --check, cargo clippy (all targets, warnings are errors), and the whole
+# test suite with cargo-nextest (falls back to cargo test if nextest cannot be installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null; }
+  else
+    echo "cannot install $* (need root and apt-get); install it by hand" >&2
+    return 1
+  fi
+}
+
+log "tools"
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
+# promtool lints the metrics exposition in the tests (Debian ships it in `prometheus`).
+command -v promtool >/dev/null || apt_install prometheus
+command -v promtool >/dev/null && promtool --version 2>&1 | head -1
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest >/dev/null 2>&1 || echo "cargo-nextest unavailable; using cargo test"
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --profile ci
+  # nextest does not run doctests.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace
+fi
