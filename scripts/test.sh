@@ -39,9 +39,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --profile ci
-  # nextest does not run doctests.
+  # nextest does not run doctests; run them first so nextest's summary closes the output.
   cargo test --workspace --doc --quiet
+  cargo nextest run --workspace --profile ci
 else
   cargo test --workspace
 fi

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use levee::{AccessLogSink, RunningGateway};
 
+// mimalloc measured faster than glibc malloc on the proxy path (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "levee", version, about = "A reliability-first API and AI gateway")]
 struct Cli {
@@ -128,8 +132,10 @@ fn run(path: &Path) -> ExitCode {
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!(%addr, "admin listening");
     }
+    let mut signals = signals;
     let signal = signals.wait();
     tracing::info!(signal, "draining");
+    signals.force_exit_on_second();
     gateway.stop();
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -151,8 +157,10 @@ fn demo(port: u16, admin_port: u16) -> ExitCode {
         }
     };
     println!("{}", demo.instructions());
+    let mut signals = signals;
     let signal = signals.wait();
     tracing::info!(signal, "stopping demo");
+    signals.force_exit_on_second();
     demo.stop();
     ExitCode::SUCCESS
 }
@@ -177,8 +185,23 @@ impl Signals {
         Ok(Signals { runtime, term, int })
     }
 
+    /// After the first signal: a second one stops the process at once, for an operator who
+    /// does not want to wait out the drain.
+    fn force_exit_on_second(mut self) {
+        let spawned = std::thread::Builder::new()
+            .name("levee-signals".into())
+            .spawn(move || {
+                let signal = self.wait();
+                tracing::warn!(signal, "second signal: exiting without finishing the drain");
+                std::process::exit(1);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot watch for a second signal");
+        }
+    }
+
     /// Blocks until SIGTERM or SIGINT and returns its name.
-    fn wait(mut self) -> &'static str {
+    fn wait(&mut self) -> &'static str {
         let (term, int) = (&mut self.term, &mut self.int);
         self.runtime.block_on(async {
             tokio::select! {

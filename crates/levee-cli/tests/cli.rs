@@ -155,6 +155,29 @@ impl Lines {
     }
 }
 
+/// Starts `levee run --config cfg` with stdout followed.
+fn run_levee(cfg: &str) -> (Running, Lines) {
+    let mut child = Running(
+        Command::new(LEVEE)
+            .args(["run", "--config", cfg])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    (child, lines)
+}
+
+/// The `addr` field of the JSON log line whose message is `message`.
+async fn logged_addr(lines: &Lines, message: &str) -> String {
+    let needle = format!("\"message\":\"{message}\"");
+    let line = lines.wait_for(message, |l| l.contains(&needle)).await;
+    serde_json::from_str::<serde_json::Value>(&line).unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let upstream = MockUpstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(700))).await;
@@ -166,27 +189,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
             upstream.addr
         ),
     );
-    let mut child = Running(
-        Command::new(LEVEE)
-            .args(["run", "--config", &cfg])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let lines = Lines::follow(&mut child.0);
-    let listening = lines
-        .wait_for("listening log line", |l| l.contains("\"listening\""))
-        .await;
-    let admin_line = lines
-        .wait_for("admin log line", |l| l.contains("admin listening"))
-        .await;
-    let addr = |line: &str| -> String {
-        serde_json::from_str::<serde_json::Value>(line).unwrap()["addr"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (public, admin) = (addr(&listening), addr(&admin_line));
+    let (mut child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    let admin = logged_addr(&lines, "admin listening").await;
 
     let url = format!("http://{public}/slow");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
@@ -241,4 +246,39 @@ async fn demo_serves_the_urls_it_prints() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_without_waiting_for_the_drain() {
+    let (silent, accepted, _task) = silent_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\nshutdown_grace: 60s\nupstreams: {{ u: {{ targets: [\"{silent}\"], timeouts: {{ request: 60s }} }} }}\nroutes: [{{ name: r, upstream: u }}]\n"
+        ),
+    );
+    let (mut child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    let url = format!("http://{public}/hang");
+    let _stuck = tokio::spawn(async move {
+        client(false)
+            .request(http::Request::get(url).body(empty()).unwrap())
+            .await
+    });
+    eventually("request reached the upstream", || {
+        std::future::ready(accepted.load(std::sync::atomic::Ordering::SeqCst) == 1)
+    })
+    .await;
+    signal(&child.0, "TERM");
+    lines
+        .wait_for("draining log line", |l| l.contains("\"draining\""))
+        .await;
+    signal(&child.0, "TERM");
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "a forced stop is not a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::observability::Recorder;
 use crate::router::Router;
-use crate::upstream::{Upstream, UpstreamClient};
+use crate::upstream::{Upstream, WorkerUpstream};
 
 /// Everything compiled from one config, shared by all workers.
 #[derive(Debug)]
@@ -34,21 +34,35 @@ impl Gateway {
     }
 }
 
-/// One worker thread's view: the shared gateway plus its own pools and counters.
+/// One worker thread's view: the shared gateway plus its own pools, load signals, label
+/// copies and counters. Nothing in here is written by another core.
 pub struct WorkerContext {
     pub gateway: Arc<Gateway>,
-    /// One keep-alive pool per upstream, indexed like `gateway.upstreams`.
-    pub clients: Vec<UpstreamClient>,
+    /// Indexed like `gateway.upstreams`.
+    pub upstreams: Vec<Arc<WorkerUpstream>>,
+    /// Worker-local copies of route names, indexed like the routes.
+    pub route_names: Vec<Arc<str>>,
     pub recorder: Arc<Recorder>,
     sequence: AtomicU64,
 }
 
 impl WorkerContext {
     pub fn new(gateway: Arc<Gateway>, recorder: Arc<Recorder>) -> WorkerContext {
-        let clients = gateway.upstreams.iter().map(|u| u.client()).collect();
+        let upstreams = gateway
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(WorkerUpstream::new(u.clone())))
+            .collect();
+        let route_names = gateway
+            .router
+            .routes()
+            .iter()
+            .map(|r| Arc::from(&*r.name))
+            .collect();
         WorkerContext {
             gateway,
-            clients,
+            upstreams,
+            route_names,
             recorder,
             // Start workers at different points so round robin does not move in lockstep.
             sequence: AtomicU64::new(fastrand::u64(..1024)),

@@ -63,24 +63,26 @@ pub async fn handle(
         upstream: None,
         bytes_in: None,
         inflight: None,
+        emitted: false,
     };
 
     // 3. Route match.
     let gateway = &worker.gateway;
-    let Some((_, route)) = gateway.router.route(&parts) else {
+    let Some((route_index, route)) = gateway.router.route(&parts) else {
         return answer(Rejection::NoRoute, record);
     };
-    record.route = Some(route.name.clone());
+    record.route = worker.route_names.get(route_index).cloned();
 
     // 4. Upstream.
     match forward(worker, conn, route, parts, body, &mut record).await {
         Ok(response) => {
             // 5. Response.
             let mut response = response;
+            // Route rewrites first, so the gateway's own headers always win.
+            route.response_headers.apply(response.headers_mut());
             response
                 .headers_mut()
                 .insert(headers::X_REQUEST_ID.clone(), request_id);
-            route.response_headers.apply(response.headers_mut());
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, body.with_record(record))
         }
@@ -113,11 +115,7 @@ async fn forward(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let gateway = &worker.gateway;
-    let (Some(upstream), Some(client)) = (
-        gateway.upstreams.get(route.upstream),
-        worker.clients.get(route.upstream),
-    ) else {
+    let Some(upstream) = worker.upstreams.get(route.upstream) else {
         return Err(Rejection::NoRoute);
     };
     let picked = upstream.pick(&PickContext {
@@ -146,11 +144,13 @@ async fn forward(
     let uri = upstream
         .target_uri(picked.index, path)
         .ok_or_else(|| UpstreamError::NoTarget {
-            upstream: upstream.spec.name.clone(),
+            upstream: upstream.name.clone(),
         })?;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    // Route rewrites first, so the gateway's own headers below always win.
+    route.request_headers.apply(&mut parts.headers);
     if let Some(host) = &original_host {
         if !parts.headers.contains_key(HOST) {
             parts.headers.insert(HOST, host.clone());
@@ -170,7 +170,6 @@ async fn forward(
             .headers
             .insert(headers::TRACEPARENT.clone(), traceparent.clone());
     }
-    route.request_headers.apply(&mut parts.headers);
 
     let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
     record.bytes_in = received.clone();
@@ -179,18 +178,19 @@ async fn forward(
     let target_addr = picked.addr.clone();
     record.inflight = Some(picked.guard);
     let started = Instant::now();
-    let result = upstream.send(client, picked.index, request).await;
+    let result = upstream.send(picked.index, request).await;
     let elapsed = started.elapsed();
     let response = match result {
         Ok(response) => response,
         Err(error) => {
             let outcome = match &error {
                 UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => Outcome::Timeout,
-                UpstreamError::Connect { .. } | UpstreamError::NoTarget { .. } => Outcome::ConnectError,
+                UpstreamError::Connect { .. } => Outcome::ConnectError,
+                UpstreamError::NoTarget { .. } => Outcome::Unavailable,
                 UpstreamError::Exchange { .. } => Outcome::Reset,
             };
             record.upstream = Some(UpstreamFacts {
-                upstream: upstream.spec.name.clone(),
+                upstream: upstream.name.clone(),
                 target: target_addr,
                 outcome,
                 elapsed,
@@ -202,7 +202,7 @@ async fn forward(
     let (mut rparts, rbody) = response.into_parts();
     record.status = rparts.status.as_u16();
     record.upstream = Some(UpstreamFacts {
-        upstream: upstream.spec.name.clone(),
+        upstream: upstream.name.clone(),
         target: target_addr,
         outcome: Outcome::from_status(record.status),
         elapsed,

@@ -119,7 +119,8 @@ impl RunningGateway {
                 per_worker.push(bind_reuseport(actual).map_err(bind_err)?);
             }
             for (slot, socket) in sockets.iter_mut().zip(per_worker) {
-                slot.push((spec.name.clone(), socket));
+                // A worker-local copy of the name: it is cloned per request for the logs.
+                slot.push((Arc::from(&*spec.name), socket));
             }
         }
         let admin_socket = match &config.admin {

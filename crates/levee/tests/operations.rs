@@ -219,3 +219,58 @@ async fn two_workers_serve_one_port() {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_is_logged_as_499() {
+    let (silent, accepted, _task) = silent_upstream().await;
+    let h = Harness::start(&single_upstream(
+        &[silent],
+        "    timeouts: { request: 30s }\n",
+        "",
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the request reached the upstream", || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(stream);
+    eventually("the abandoned request is logged", || async {
+        h.access_log().len() == 1
+    })
+    .await;
+    let line = &h.access_log()[0];
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["error"], "client_closed");
+    assert_eq!(line["path"], "/gone");
+    assert_eq!(line["completed"], false);
+    let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    assert!(
+        metrics.contains("levee_requests_total{route=\"all\",method=\"GET\",status=\"499\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn route_rewrites_cannot_remove_the_request_id() {
+    let upstream = MockUpstream::fixed("ok").await;
+    // Validation refuses rewriting x-request-id; other rewrites still apply before the
+    // gateway's own headers.
+    let bad = format!(
+        "{}    response_headers: {{ remove: [x-request-id] }}\n",
+        single_upstream(&[upstream.addr], "", "")
+    );
+    let err = levee::load_str(
+        &format!("listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\n{bad}"),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("header `x-request-id` is managed by the gateway"),
+        "{err}"
+    );
+}

@@ -494,12 +494,42 @@ fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch
     })
 }
 
+/// Headers a route may not rewrite: hop-by-hop and framing headers belong to each connection,
+/// and the request id and trace context are the gateway's own.
+const PROTECTED_HEADERS: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-request-id",
+    "traceparent",
+];
+
 fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -> Option<HeaderRewrite> {
     let Some(rw) = rw else {
         return Some(HeaderRewrite::default());
     };
     let before = p.errors.len();
     let mut out = HeaderRewrite::default();
+    let names = rw
+        .remove
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{path}.remove[{i}]"), n))
+        .chain(rw.set.keys().map(|n| (format!("{path}.set.{n}"), n)))
+        .chain(rw.add.keys().map(|n| (format!("{path}.add.{n}"), n)));
+    for (npath, name) in names {
+        if PROTECTED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            p.at(
+                &npath,
+                format!("header `{name}` is managed by the gateway and cannot be rewritten"),
+            );
+        }
+    }
     for (i, name) in rw.remove.iter().enumerate() {
         match HeaderName::try_from(name.as_str()) {
             Ok(n) => out.remove.push(n),

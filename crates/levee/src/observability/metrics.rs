@@ -76,6 +76,8 @@ pub enum Outcome {
     ConnectError,
     Timeout,
     Reset,
+    /// No target could take the attempt.
+    Unavailable,
 }
 
 impl Outcome {
@@ -99,6 +101,7 @@ impl Outcome {
             Outcome::ConnectError => "connect_error",
             Outcome::Timeout => "timeout",
             Outcome::Reset => "reset",
+            Outcome::Unavailable => "unavailable",
         }
     }
 }
@@ -120,7 +123,8 @@ struct TargetStats {
 #[derive(Debug, Default)]
 pub struct Shard {
     routes: HashMap<Arc<str>, RouteStats>,
-    targets: HashMap<(Arc<str>, Arc<str>), TargetStats>,
+    /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
+    targets: HashMap<Arc<str>, HashMap<Arc<str>, TargetStats>>,
 }
 
 impl Shard {
@@ -149,8 +153,14 @@ impl Shard {
         outcome: Outcome,
         elapsed: Duration,
     ) {
-        let key = (upstream.clone(), target.clone());
-        let stats = self.targets.entry(key).or_default();
+        let targets = match self.targets.get_mut(&**upstream) {
+            Some(targets) => targets,
+            None => self.targets.entry(upstream.clone()).or_default(),
+        };
+        let stats = match targets.get_mut(&**target) {
+            Some(stats) => stats,
+            None => targets.entry(target.clone()).or_default(),
+        };
         *stats.outcomes.entry(outcome).or_default() += 1;
         stats.duration.observe(elapsed);
     }
@@ -213,12 +223,14 @@ impl Metrics {
                 }
                 entry.1.merge(&stats.duration);
             }
-            for (key, stats) in &shard.targets {
-                let entry = targets.entry(key.clone()).or_default();
-                for (outcome, count) in &stats.outcomes {
-                    *entry.0.entry(*outcome).or_default() += count;
+            for (upstream, per_target) in &shard.targets {
+                for (target, stats) in per_target {
+                    let entry = targets.entry((upstream.clone(), target.clone())).or_default();
+                    for (outcome, count) in &stats.outcomes {
+                        *entry.0.entry(*outcome).or_default() += count;
+                    }
+                    entry.1.merge(&stats.duration);
                 }
-                entry.1.merge(&stats.duration);
             }
         }
 

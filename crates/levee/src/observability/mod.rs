@@ -35,7 +35,7 @@ pub struct UpstreamFacts {
     pub elapsed: Duration,
 }
 
-/// A request in flight; recorded when dropped or finished.
+/// A request in flight; recorded exactly once, when finished or dropped.
 #[derive(Debug)]
 pub struct RequestRecord {
     pub recorder: Arc<Recorder>,
@@ -55,6 +55,8 @@ pub struct RequestRecord {
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Keeps the request counted as in flight on its target until the response ends.
     pub inflight: Option<crate::upstream::InflightGuard>,
+    /// Set once metrics and the log line are written, so that happens exactly once.
+    pub emitted: bool,
 }
 
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
@@ -63,7 +65,20 @@ impl RequestRecord {
     /// Records metrics and the access log line. `completed` is false when the response body
     /// was cut short.
     pub fn finish(mut self, bytes_out: u64, completed: bool) {
+        self.emit(bytes_out, completed);
+    }
+
+    fn emit(&mut self, bytes_out: u64, completed: bool) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
         self.inflight = None;
+        if self.status == 0 {
+            // Dropped before any response existed: the client went away (nginx's 499).
+            self.status = 499;
+            self.error = Some("client_closed");
+        }
         let elapsed = self.started.elapsed();
         {
             let mut shard = self.recorder.metrics.lock();
@@ -77,29 +92,41 @@ impl RequestRecord {
             return;
         }
         let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
-        let (upstream, target) = match self.upstream {
+        let (upstream, target) = match self.upstream.take() {
             Some(u) => (Some(u.upstream), Some(u.target)),
             None => (None, None),
         };
         self.recorder.access_log.log(AccessRecord {
             time: self.wall_start,
-            request_id: self.request_id,
-            trace_id: self.traceparent,
+            request_id: self.request_id.clone(),
+            trace_id: self.traceparent.take(),
             client_ip: self.client_ip,
-            listener: self.listener,
+            listener: self.listener.clone(),
             protocol: self.version,
-            method: self.method,
-            path: self.path,
-            route: self.route,
+            method: std::mem::replace(&mut self.method, Method::GET),
+            path: std::mem::take(&mut self.path),
+            route: self.route.take(),
             upstream,
             target,
             status: self.status,
             error: self.error,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms,
-            bytes_in: self.bytes_in.map(|b| b.load(Ordering::Relaxed)).unwrap_or(0),
+            bytes_in: self
+                .bytes_in
+                .as_ref()
+                .map(|b| b.load(Ordering::Relaxed))
+                .unwrap_or(0),
             bytes_out,
             completed,
         });
+    }
+}
+
+impl Drop for RequestRecord {
+    /// A request abandoned before it finished (client disconnect, stream reset, shutdown
+    /// past the grace period) is still counted and logged.
+    fn drop(&mut self) {
+        self.emit(0, false);
     }
 }

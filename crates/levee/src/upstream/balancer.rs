@@ -286,11 +286,12 @@ mod tests {
         }
         assert_eq!(counts, [200, 0], "with two targets p2c compares both every time");
 
-        // Peak EWMA decays: after the slow target recovers and time passes, it is chosen again.
+        // Without new samples the estimate decays, so a penalised target is tried again...
         tokio::time::advance(Duration::from_secs(60)).await;
-        for _ in 0..20 {
-            ts[1].observe_latency(Duration::from_millis(1));
-        }
+        assert!(ts[1].ewma_ms() < 1.0, "decayed to {}", ts[1].ewma_ms());
+        // ...and when the other target turns slow, traffic moves back.
+        ts[0].observe_latency(Duration::from_millis(50));
+        ts[1].observe_latency(Duration::from_millis(1));
         let ctx = PickContext {
             parts: &p,
             client_ip: [127, 0, 0, 1].into(),

@@ -63,9 +63,18 @@ struct Ewma {
 
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
-/// One target of an upstream and the load signals the balancers read.
+/// A failed attempt counts as this slow (at least), so p2c steers away from failing targets;
+/// the penalty fades with the same decay as any other sample.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// One target as one worker sees it: address plus that worker's load signals.
+///
+/// Load signals are per worker, as in Envoy: each core balances its own traffic without
+/// touching another core's cache lines.
 #[derive(Debug)]
 pub struct Target {
+    /// A worker-local copy of the address (labels are cloned per request; a shared `Arc`
+    /// would bounce its reference count between cores).
     pub addr: Arc<str>,
     pub authority: Authority,
     pub weight: u32,
@@ -73,22 +82,10 @@ pub struct Target {
     ewma: Mutex<Ewma>,
 }
 
-/// Counts a request as in flight until dropped.
-#[derive(Debug)]
-pub struct InflightGuard(Arc<Upstream>, usize);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if let Some(target) = self.0.targets.get(self.1) {
-            target.inflight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Target {
     pub fn new(spec: &TargetSpec) -> Target {
         Target {
-            addr: spec.addr.clone(),
+            addr: Arc::from(&*spec.addr),
             authority: spec.authority.clone(),
             weight: spec.weight.max(1),
             inflight: AtomicUsize::new(0),
@@ -115,24 +112,30 @@ impl Target {
         G(&self.inflight)
     }
 
-    /// Feeds one latency sample: a sample above the average replaces it at once (peak), a
-    /// lower one is blended in with weight growing with the time since the last sample.
+    /// Feeds one latency sample: a sample above the (decayed) average replaces it at once
+    /// (peak), a lower one is blended in with a weight that grows with the time since the
+    /// last sample.
     pub fn observe_latency(&self, sample: Duration) {
         let sample_ms = sample.as_secs_f64() * 1000.0;
         let now = Instant::now();
         let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
-        if sample_ms > ewma.value_ms {
-            ewma.value_ms = sample_ms;
+        let keep = decay(now, ewma.stamp);
+        let current = ewma.value_ms * keep;
+        ewma.value_ms = if sample_ms > current {
+            sample_ms
         } else {
-            let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
-            let keep = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            ewma.value_ms = ewma.value_ms * keep + sample_ms * (1.0 - keep);
-        }
+            current + (sample_ms - current) * (1.0 - keep)
+        };
         ewma.stamp = now;
     }
 
+    /// The latency estimate now: it decays toward zero while no samples arrive, so a target
+    /// penalised for failures gets tried again.
     pub fn ewma_ms(&self) -> f64 {
-        self.ewma.lock().map(|e| e.value_ms).unwrap_or(0.0)
+        match self.ewma.lock() {
+            Ok(e) => e.value_ms * decay(Instant::now(), e.stamp),
+            Err(_) => 0.0,
+        }
     }
 
     /// p2c cost: expected latency scaled by the queue in front of it, per unit of weight.
@@ -141,16 +144,49 @@ impl Target {
     }
 }
 
-/// An upstream: its targets and balancer, shared by all workers.
+fn decay(now: Instant, since: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(since).as_secs_f64();
+    (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
+}
+
+/// An upstream as configured: shared, immutable, the same for every worker.
 #[derive(Debug)]
 pub struct Upstream {
     pub spec: UpstreamSpec,
-    pub targets: Vec<Target>,
     balancer: Balancer,
 }
 
-/// The per-worker connection pool of one upstream.
+impl Upstream {
+    pub fn new(spec: UpstreamSpec) -> Upstream {
+        let balancer = Balancer::new(&spec.balance, &spec.targets);
+        Upstream { spec, balancer }
+    }
+}
+
+/// The per-worker keep-alive client of one upstream.
 pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// One worker's side of an upstream: its connection pool and its view of target load.
+#[derive(Debug)]
+pub struct WorkerUpstream {
+    shared: Arc<Upstream>,
+    /// Worker-local copy of the upstream name (for labels).
+    pub name: Arc<str>,
+    pub targets: Vec<Target>,
+    client: UpstreamClient,
+}
+
+/// Counts a request as in flight on a target until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<WorkerUpstream>, usize);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Some(target) = self.0.targets.get(self.1) {
+            target.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A target chosen for one attempt.
 pub struct Picked {
@@ -159,46 +195,49 @@ pub struct Picked {
     pub guard: InflightGuard,
 }
 
-impl Upstream {
-    pub fn new(spec: UpstreamSpec) -> Upstream {
-        let targets = spec.targets.iter().map(Target::new).collect();
-        let balancer = Balancer::new(&spec.balance, &spec.targets);
-        Upstream {
-            spec,
-            targets,
-            balancer,
-        }
-    }
-
-    /// A keep-alive client for one worker. Connections are never shared across workers.
-    pub fn client(&self) -> UpstreamClient {
+impl WorkerUpstream {
+    /// A worker's view of `shared`, with a fresh connection pool. Connections are never
+    /// shared across workers.
+    pub fn new(shared: Arc<Upstream>) -> WorkerUpstream {
+        let spec = &shared.spec;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.spec.connect_timeout));
+        connector.set_connect_timeout(Some(spec.connect_timeout));
         connector.enforce_http(true);
-        Client::builder(TokioExecutor::new())
+        let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.spec.pool_idle_timeout)
-            .pool_max_idle_per_host(self.spec.pool_max_idle_per_target)
+            .pool_idle_timeout(spec.pool_idle_timeout)
+            .pool_max_idle_per_host(spec.pool_max_idle_per_target)
             // The client's own replay of a request that lost a race with a closing pooled
             // connection is safe: it only happens when nothing was written.
             .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector)
+            // Sets Host from the target only when the request has none (an HTTP/1.0 client).
+            .set_host(true)
+            .build(connector);
+        WorkerUpstream {
+            name: Arc::from(&*spec.name),
+            targets: spec.targets.iter().map(Target::new).collect(),
+            client,
+            shared,
+        }
+    }
+
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.shared.spec
     }
 
     /// Chooses a target and counts the request against it.
     pub fn pick(self: &Arc<Self>, ctx: &PickContext) -> Result<Picked, UpstreamError> {
+        let no_target = || UpstreamError::NoTarget {
+            upstream: self.name.clone(),
+        };
         let index = self
+            .shared
             .balancer
             .pick(&self.targets, ctx)
-            .ok_or_else(|| UpstreamError::NoTarget {
-                upstream: self.spec.name.clone(),
-            })?;
-        let target = self.targets.get(index).ok_or_else(|| UpstreamError::NoTarget {
-            upstream: self.spec.name.clone(),
-        })?;
+            .ok_or_else(no_target)?;
+        let target = self.targets.get(index).ok_or_else(no_target)?;
         target.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             index,
@@ -220,45 +259,48 @@ impl Upstream {
     /// Sends one attempt and waits for the response headers, within the request timeout.
     pub async fn send(
         &self,
-        client: &UpstreamClient,
         index: usize,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let target = self
-            .targets
-            .get(index)
-            .map(|t| t.addr.clone())
-            .unwrap_or_else(|| self.spec.name.clone());
+        let spec = &self.shared.spec;
+        let Some(target) = self.targets.get(index) else {
+            return Err(UpstreamError::NoTarget {
+                upstream: self.name.clone(),
+            });
+        };
         let started = Instant::now();
-        let timeout = self.spec.request_timeout;
-        let result = tokio::time::timeout(timeout, client.request(request)).await;
+        let timeout = spec.request_timeout;
+        let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+        let addr = || target.addr.clone();
         let outcome = match result {
             Err(_) => Err(UpstreamError::Timeout {
-                target,
+                target: addr(),
                 after: timeout,
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if error.is_connect() => {
                 if is_timeout(&error) {
                     Err(UpstreamError::ConnectTimeout {
-                        target,
-                        after: self.spec.connect_timeout,
+                        target: addr(),
+                        after: spec.connect_timeout,
                     })
                 } else {
                     Err(UpstreamError::Connect {
-                        target,
+                        target: addr(),
                         source: error,
                     })
                 }
             }
             Ok(Err(error)) => Err(UpstreamError::Exchange {
-                target,
+                target: addr(),
                 source: error,
             }),
         };
-        if let (Ok(_), Some(t)) = (&outcome, self.targets.get(index)) {
-            t.observe_latency(started.elapsed());
-        }
+        let elapsed = started.elapsed();
+        target.observe_latency(match outcome {
+            Ok(_) => elapsed,
+            Err(_) => elapsed.max(FAILURE_PENALTY),
+        });
         outcome
     }
 }
