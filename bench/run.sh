@@ -4,6 +4,8 @@
 # Starts, all on loopback:
 #   127.0.0.1:18081  nginx "upstream": answers every request with 200 "ok\n"
 #   127.0.0.1:18082  nginx reverse proxy in front of 18081 (the baseline)
+#   127.0.0.1:18084  bare hyper proxy in front of 18081 (crates/levee/examples/bare_proxy.rs:
+#                    thread-per-core, no features: the HTTP stack alone)
 #   127.0.0.1:18083  Levee in front of 18081 (config: bench/levee.yaml)
 # then drives each with wrk for ROUNDS rounds and prints/records medians.
 #
@@ -11,6 +13,9 @@
 #   ROUNDS     number of measured rounds (default 3)
 #   DURATION   seconds per wrk run (default 5)
 #   LEVEE_BIN  path to a levee binary; if unset, `cargo build --release -p levee-cli`
+#   BARE_BIN   path to a bare_proxy binary; if unset, `cargo build --release --example
+#              bare_proxy -p levee` (when LEVEE_BIN is set, only if
+#              target/release/examples/bare_proxy does not exist yet)
 #   KEEP_TMP   if 1, keep the temp dir (configs, logs, raw wrk output) for inspection
 #
 # See bench/README.md.
@@ -26,12 +31,16 @@ UP_PORT=18081
 NGX_PORT=18082
 LEVEE_PORT=18083
 LEVEE_ADMIN_PORT=19901   # must match bench/levee.yaml
-SETUPS=(direct nginx levee)
+BARE_PORT=18084
+BARE_WORKERS=2
+SETUPS=(direct nginx bare levee)
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_ROOT"
 RESULTS_FILE="$REPO_ROOT/bench/RESULTS.md"
+# The "## Runs" table header; the row printf near the end must match it.
+RUNS_HEADER='| date (UTC) | commit | machine | command | direct req/s | nginx req/s | bare req/s | levee req/s | nginx p50 / p99 ms | bare p50 / p99 ms | levee p50 / p99 ms | bare/nginx | levee/nginx | errors |'
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -79,19 +88,48 @@ install_tools() {
 
 install_tools
 
-# ---------------------------------------------------------------- levee ----
+# A RESULTS.md written by an older version of this script has fewer columns:
+# say so now rather than after the run (the row is still appended).
+results_header_stale() {
+  [[ -f "$RESULTS_FILE" ]] && grep -q '^## Runs' "$RESULTS_FILE" && ! grep -qxF "$RUNS_HEADER" "$RESULTS_FILE"
+}
+if results_header_stale; then
+  log "warning: the runs table header in ${RESULTS_FILE#"$REPO_ROOT"/} does not match this script's columns; update it to:"
+  log "  $RUNS_HEADER"
+fi
+
+# ------------------------------------------------------- levee, bare ----
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 LEVEE_BIN_FROM_ENV="${LEVEE_BIN:-}"
+BARE_BIN_FROM_ENV="${BARE_BIN:-}"
+BARE_DEFAULT="$TARGET_DIR/release/examples/bare_proxy"
+build_bare() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust or set BARE_BIN"
+  log "building the bare proxy: cargo build --release --example bare_proxy -p levee"
+  cargo build --release --example bare_proxy -p levee
+  BARE_BIN="$BARE_DEFAULT"
+}
 if [[ -z "$LEVEE_BIN_FROM_ENV" ]]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust or set LEVEE_BIN"
   log "building levee: cargo build --release -p levee-cli"
   cargo build --release -p levee-cli
-  LEVEE_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/levee"
+  LEVEE_BIN="$TARGET_DIR/release/levee"
+  if [[ -z "$BARE_BIN_FROM_ENV" ]]; then build_bare; fi
+elif [[ -z "$BARE_BIN_FROM_ENV" ]]; then
+  # Levee comes prebuilt: reuse an existing bare proxy build rather than compile.
+  if [[ -x "$BARE_DEFAULT" ]]; then
+    log "using existing ${BARE_DEFAULT#"$REPO_ROOT"/} (set BARE_BIN to choose another)"
+    BARE_BIN="$BARE_DEFAULT"
+  else
+    build_bare
+  fi
 fi
 [[ -x "$LEVEE_BIN" ]] || die "LEVEE_BIN '$LEVEE_BIN' is not an executable file"
+[[ -x "$BARE_BIN" ]] || die "BARE_BIN '$BARE_BIN' is not an executable file"
 
 # -------------------------------------------------------- preflight/tmp ----
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$UP_PORT" "$NGX_PORT" "$LEVEE_PORT" "$LEVEE_ADMIN_PORT"; do
+for p in "$UP_PORT" "$NGX_PORT" "$LEVEE_PORT" "$LEVEE_ADMIN_PORT" "$BARE_PORT"; do
   if port_open "$p"; then die "127.0.0.1:$p is already in use (a previous run still alive?)"; fi
 done
 
@@ -243,6 +281,16 @@ start_nginx nginx
 NGX_PID=$STARTED_PID
 wait_port "nginx proxy" "$NGX_PORT" "$NGX_PID" "$TMP/nginx/error.log"
 
+# The bare proxy logs nothing per request. Its BARE_* env toggles (auto h1/h2
+# builder, header-read timeout, per-request timeout) are cleared so that it
+# stays featureless whatever the caller's environment holds.
+BARE_LOG="$TMP/bare.log"
+: >"$BARE_LOG"
+start_bg "$BARE_LOG" env -u BARE_AUTO -u BARE_HRT -u BARE_TIMEOUT \
+  "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$BARE_WORKERS"
+BARE_PID=$STARTED_PID
+wait_port "bare proxy" "$BARE_PORT" "$BARE_PID" "$BARE_LOG"
+
 LEVEE_LOG="$TMP/levee.log"   # Levee's access log goes to stdout, so here
 : >"$LEVEE_LOG"
 start_bg "$LEVEE_LOG" "$LEVEE_BIN" run --config "$REPO_ROOT/bench/levee.yaml"
@@ -252,6 +300,7 @@ wait_port "levee" "$LEVEE_PORT" "$LEVEE_PID" "$LEVEE_LOG"
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
+  [bare]="http://127.0.0.1:$BARE_PORT/"
   [levee]="http://127.0.0.1:$LEVEE_PORT/"
 )
 for s in "${SETUPS[@]}"; do check_body "$s" "${URL[$s]}"; done
@@ -293,7 +342,7 @@ parse_wrk() {
 
 WRK_CMD="wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency"
 declare -A RPS P50 P99 NON SOCK SOCKD REQ
-RATIOS=()
+RATIOS=() BARE_RATIOS=()
 
 run_wrk() {
   local setup="$1" round="$2" out="$TMP/wrk-$1-$2.txt" parsed
@@ -324,6 +373,7 @@ echo
 echo "Levee benchmark: $ROUNDS round(s) of: $WRK_CMD URL"
 echo "  direct  ${URL[direct]}   (nginx upstream, 1 worker)"
 echo "  nginx   ${URL[nginx]}   (nginx proxy, 2 workers, keepalive to upstream, buffered access log)"
+echo "  bare    ${URL[bare]}   ($BARE_BIN, $BARE_WORKERS workers, no features, no log)"
 echo "  levee   ${URL[levee]}   ($LEVEE_BIN, access log to a file)"
 echo "  $("$NGINX" -v 2>&1); $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}'); $(nproc) cores"
 echo
@@ -344,13 +394,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
     truncate_logs
   done
   RATIOS+=("$(awk -v l="${RPS[levee,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { printf "%.3f", (n > 0 ? l / n : 0) }')")
+  BARE_RATIOS+=("$(awk -v b="${RPS[bare,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { printf "%.3f", (n > 0 ? b / n : 0) }')")
 
   echo "Round $r/$ROUNDS"
   row setup "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" requests
   for s in "${SETUPS[@]}"; do
     row "$s" "${RPS[$s,$r]}" "${P50[$s,$r]}" "${P99[$s,$r]}" "${NON[$s,$r]}" "${SOCK[$s,$r]}" "${REQ[$s,$r]}"
   done
-  echo "levee/nginx req/s: ${RATIOS[$((r - 1))]}   (levee log lines this round: $levee_lines)"
+  echo "bare/nginx req/s: ${BARE_RATIOS[$((r - 1))]}   levee/nginx req/s: ${RATIOS[$((r - 1))]}   (levee log lines this round: $levee_lines)"
   echo
 done
 
@@ -369,12 +420,14 @@ for s in "${SETUPS[@]}"; do
   MED_P99[$s]="$(median '%.3f' "${vals_p99[@]}")"
 done
 MED_RATIO="$(median '%.3f' "${RATIOS[@]}")"
+MED_BARE_RATIO="$(median '%.3f' "${BARE_RATIOS[@]}")"
 
 echo "Summary: medians over $ROUNDS round(s)"
 row setup "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" ""
 for s in "${SETUPS[@]}"; do
   row "$s" "${MED_RPS[$s]}" "${MED_P50[$s]}" "${MED_P99[$s]}" "${TOT_NON[$s]}" "${TOT_SOCK[$s]}" ""
 done
+echo "bare/nginx req/s per round: ${BARE_RATIOS[*]}   median: $MED_BARE_RATIO"
 echo "levee/nginx req/s per round: ${RATIOS[*]}   median: $MED_RATIO"
 echo
 
@@ -404,6 +457,7 @@ cpu_model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev
 machine="$(nproc) cores, $(uname -r), ${cpu_model:-unknown CPU}"
 cmdline="ROUNDS=$ROUNDS DURATION=$DURATION"
 if [[ -n "$LEVEE_BIN_FROM_ENV" ]]; then cmdline+=" LEVEE_BIN=$LEVEE_BIN_FROM_ENV"; fi
+if [[ -n "$BARE_BIN_FROM_ENV" ]]; then cmdline+=" BARE_BIN=$BARE_BIN_FROM_ENV"; fi
 cmdline+=" bench/run.sh"
 errors_cell="none"
 if ((${#ERRORS[@]})); then
@@ -426,12 +480,18 @@ Columns:
   uncommitted changes (changes to this file are ignored).
 - **machine**: core count (`nproc`), kernel (`uname -r`), CPU model.
 - **command**: how the script was invoked (env vars included).
-- **direct / nginx / levee req/s**: median over the rounds of wrk's
-  `Requests/sec` against the upstream itself, the nginx proxy and Levee.
-- **nginx / levee p50 / p99 ms**: median over the rounds of wrk's 50% and 99%
-  latency lines, in milliseconds.
+- **direct / nginx / bare / levee req/s**: median over the rounds of wrk's
+  `Requests/sec` against the upstream itself, the nginx proxy, the bare hyper
+  proxy (`crates/levee/examples/bare_proxy.rs`: thread-per-core, no routing,
+  logging, metrics or timeouts) and Levee.
+- **nginx / bare / levee p50 / p99 ms**: median over the rounds of wrk's 50%
+  and 99% latency lines, in milliseconds.
+- **bare/nginx**: median of the per-round ratios of the bare proxy's req/s to
+  nginx's: what the HTTP stack (hyper + tokio) alone achieves next to nginx.
 - **levee/nginx**: median of the per-round ratios of Levee's req/s to nginx's
-  (above 1 means Levee served more requests per second than nginx).
+  (above 1 means Levee served more requests per second than nginx). The
+  distance between bare/nginx and levee/nginx is what Levee's own features
+  cost; the distance from bare/nginx to 1 is the HTTP stack's.
 - **errors**: non-2xx responses and socket errors summed over the measured
   rounds, per setup; `none` if there were none (the script then exits 0).
 
@@ -445,22 +505,23 @@ EOF
 fi
 if ! grep -q '^## Runs' "$RESULTS_FILE"; then
   if [[ -n "$(tail -c1 "$RESULTS_FILE")" ]]; then echo >>"$RESULTS_FILE"; fi
-  cat >>"$RESULTS_FILE" <<'EOF'
-
-## Runs
-
-| date (UTC) | commit | machine | command | direct req/s | nginx req/s | levee req/s | nginx p50 / p99 ms | levee p50 / p99 ms | levee/nginx | errors |
-|---|---|---|---|---|---|---|---|---|---|---|
-EOF
+  {
+    printf '\n## Runs\n\n%s\n' "$RUNS_HEADER"
+    # One |---| per column of the header.
+    printf '%s\n' "$RUNS_HEADER" | awk -F'|' '{ s = "|"; for (i = 2; i < NF; i++) s = s "---|"; print s }'
+  } >>"$RESULTS_FILE"
 fi
 if [[ -n "$(tail -c1 "$RESULTS_FILE")" ]]; then echo >>"$RESULTS_FILE"; fi
 # shellcheck disable=SC2016  # the backticks are Markdown
-printf '| %s | %s | %s | `%s` | %s | %s | %s | %s / %s | %s / %s | %s | %s |\n' \
+printf '| %s | %s | %s | `%s` | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n' \
   "$(date -u '+%Y-%m-%d %H:%M')" "$(md_escape "$commit")" "$(md_escape "$machine")" "$(md_escape "$cmdline")" \
-  "${MED_RPS[direct]}" "${MED_RPS[nginx]}" "${MED_RPS[levee]}" \
-  "${MED_P50[nginx]}" "${MED_P99[nginx]}" "${MED_P50[levee]}" "${MED_P99[levee]}" \
-  "$MED_RATIO" "$(md_escape "$errors_cell")" >>"$RESULTS_FILE"
+  "${MED_RPS[direct]}" "${MED_RPS[nginx]}" "${MED_RPS[bare]}" "${MED_RPS[levee]}" \
+  "${MED_P50[nginx]}" "${MED_P99[nginx]}" "${MED_P50[bare]}" "${MED_P99[bare]}" "${MED_P50[levee]}" "${MED_P99[levee]}" \
+  "$MED_BARE_RATIO" "$MED_RATIO" "$(md_escape "$errors_cell")" >>"$RESULTS_FILE"
 log "appended a row to ${RESULTS_FILE#"$REPO_ROOT"/}"
+if results_header_stale; then
+  log "warning: that row has more columns than the file's runs table header (see the warning at the start)"
+fi
 
 if ((${#ERRORS[@]})); then
   for e in "${ERRORS[@]}"; do log "errors: $e"; done

@@ -1,5 +1,9 @@
 //! A featureless thread-per-core hyper proxy, for benchmarking the HTTP stack itself against
 //! Levee: `cargo run --release --example bare_proxy -- LISTEN UPSTREAM [WORKERS]`.
+//!
+//! Env toggles add one Levee ingredient each, to price them separately: `BARE_AUTO` (the
+//! HTTP/1 + h2c auto-detecting server), `BARE_HRT` (a header-read timeout timer), and
+//! `BARE_TIMEOUT` (a per-request tokio timeout).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -67,9 +71,13 @@ fn main() {
                                     };
                                     Ok::<_, Infallible>(match res {
                                         Ok(r) => r.map(http_body_util::Either::Left),
-                                        Err(_) => http::Response::new(http_body_util::Either::Right(
-                                            http_body_util::Empty::<bytes::Bytes>::new(),
-                                        )),
+                                        Err(_) => {
+                                            let mut r = http::Response::new(http_body_util::Either::Right(
+                                                http_body_util::Empty::<bytes::Bytes>::new(),
+                                            ));
+                                            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                                            r
+                                        }
                                     })
                                 }
                             });
