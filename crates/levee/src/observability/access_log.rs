@@ -7,10 +7,10 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Version};
 use serde::Serialize;
@@ -74,6 +74,13 @@ fn round3(ms: f64) -> f64 {
 impl AccessRecord {
     /// The JSON line (without newline).
     pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the JSON line (without newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         let line = Line {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             log: "access",
@@ -101,7 +108,7 @@ impl AccessRecord {
             bytes_out: self.bytes_out,
             completed: self.completed,
         };
-        serde_json::to_string(&line).unwrap_or_default()
+        let _ = serde_json::to_writer(out, &line);
     }
 }
 
@@ -157,19 +164,37 @@ impl AccessLog {
     }
 }
 
-/// Writes until every sender is gone, flushing whenever the queue runs dry.
+/// How often the writer wakes to drain the queue. Senders never wake it: on a busy gateway a
+/// wake-up per line would cost more than writing the line.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Writes until every sender is gone, draining the queue every [`DRAIN_INTERVAL`].
 fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(record) = rx.recv() {
-        let mut ok = writeln!(out, "{}", record.to_json()).is_ok();
-        while let Ok(record) = rx.try_recv() {
-            ok &= writeln!(out, "{}", record.to_json()).is_ok();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
+    let mut line = Vec::with_capacity(512);
+    loop {
+        let mut wrote = false;
+        let disconnected = loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    line.clear();
+                    record.write_json(&mut line);
+                    line.push(b'\n');
+                    // A closed stdout must not stop the draining, or senders would only
+                    // ever drop; so write errors are ignored here.
+                    let _ = out.write_all(&line);
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        if wrote {
+            let _ = out.flush();
         }
-        ok &= out.flush().is_ok();
-        if !ok {
-            // stdout is gone (closed pipe); keep draining so senders never block.
-            continue;
+        if disconnected {
+            return;
         }
+        std::thread::park_timeout(DRAIN_INTERVAL);
     }
-    let _ = out.flush();
 }

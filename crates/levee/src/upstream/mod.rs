@@ -86,7 +86,12 @@ impl Target {
     pub fn new(spec: &TargetSpec) -> Target {
         Target {
             addr: Arc::from(&*spec.addr),
-            authority: spec.authority.clone(),
+            // A copy, not a clone: a clone would share the config's reference count.
+            authority: spec
+                .authority
+                .as_str()
+                .parse()
+                .unwrap_or_else(|_| spec.authority.clone()),
             weight: spec.weight.max(1),
             inflight: AtomicUsize::new(0),
             ewma: Mutex::new(Ewma {
