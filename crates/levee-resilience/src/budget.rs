@@ -1,0 +1,95 @@
+//! A retry budget: retries may add at most `ratio` of the recent request rate, plus a small
+//! floor so low-traffic routes can still retry (Finagle's and linkerd's design).
+//!
+//! Why a budget and not just an attempt limit: with 3 attempts per request, an upstream that
+//! fails everything receives 3x its normal load exactly when it is least able to take it, and
+//! every layer that retries multiplies again. A budget of 0.2 caps the extra load at 20%
+//! whatever the failure rate, so retries help with sporadic failures and fade out in an
+//! outage.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::window::Window;
+
+/// Requests deposited and retries withdrawn over a sliding window (10 s by default).
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_second: f64,
+    window_seconds: f64,
+    /// a = requests, b = retries.
+    window: Window,
+}
+
+impl RetryBudget {
+    /// `ratio`: retries allowed per request (0.2 = 20%); `min_per_second`: retries always
+    /// allowed per second of the window, whatever the traffic.
+    pub fn new(ratio: f64, min_per_second: f64, window: Duration, now: Instant) -> RetryBudget {
+        RetryBudget {
+            ratio: ratio.max(0.0),
+            min_per_second: min_per_second.max(0.0),
+            window_seconds: window.as_secs_f64().max(1.0),
+            window: Window::new(window, now),
+        }
+    }
+
+    /// Counts an original (first-attempt) request.
+    pub fn deposit(&mut self, now: Instant) {
+        self.window.add_a(now, 1);
+    }
+
+    /// Takes one retry from the budget if there is one left.
+    pub fn try_withdraw(&mut self, now: Instant) -> bool {
+        let (requests, retries) = self.window.totals(now);
+        let allowed = self.min_per_second * self.window_seconds + self.ratio * requests as f64;
+        if (retries as f64) + 1.0 <= allowed {
+            self.window.add_b(now, 1);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_capped_at_the_ratio_plus_floor() {
+        let window = Duration::from_secs(10);
+        let mut budget = RetryBudget::new(0.2, 0.0, window, Instant::now());
+        for _ in 0..100 {
+            budget.deposit(Instant::now());
+        }
+        let granted = (0..100).filter(|_| budget.try_withdraw(Instant::now())).count();
+        assert_eq!(granted, 20);
+
+        // The floor lets a quiet route retry a little: 1/s over 10 s.
+        let mut quiet = RetryBudget::new(0.2, 1.0, window, Instant::now());
+        let granted = (0..100).filter(|_| quiet.try_withdraw(Instant::now())).count();
+        assert_eq!(granted, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_refills_as_the_window_slides() {
+        let mut budget = RetryBudget::new(0.5, 0.0, Duration::from_secs(2), Instant::now());
+        budget.deposit(Instant::now());
+        budget.deposit(Instant::now());
+        assert!(budget.try_withdraw(Instant::now()));
+        assert!(!budget.try_withdraw(Instant::now()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(
+            !budget.try_withdraw(Instant::now()),
+            "old requests no longer count"
+        );
+        budget.deposit(Instant::now());
+        budget.deposit(Instant::now());
+        assert!(
+            budget.try_withdraw(Instant::now()),
+            "old retries no longer count either"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! The state machines that keep a gateway from making failures worse: a circuit breaker,
+//! a retry budget and jittered exponential backoff.
+//!
+//! They are written here, by hand, because they are the heart of what Levee promises: each
+//! is a small, synchronous value that takes the current time as an argument, so it can be
+//! tested exhaustively on tokio's paused clock and owned by one worker thread without locks
+//! shared across cores. None of them touch the network.
+//!
+//! Why each exists, in one line: retries turn a transient failure into a success, the budget
+//! stops retries from multiplying load on an upstream that is already failing (a retry storm),
+//! backoff with full jitter spreads the retries that do happen, and the breaker stops sending
+//! to a target that keeps failing so clients fail fast instead of waiting on it.
+
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod window;
+
+pub use backoff::full_jitter;
+pub use breaker::{BreakerConfig, CircuitBreaker, Permit, State};
+pub use budget::RetryBudget;
