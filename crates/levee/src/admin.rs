@@ -90,7 +90,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             }
         }
         "/metrics" => {
-            let mut response = Response::new(ResponseBody::full(state.metrics.render()));
+            let mut response = Response::new(ResponseBody::full(state.metrics.render_with(&state.gauges())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

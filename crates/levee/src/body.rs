@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -17,20 +17,78 @@ use pin_project_lite::pin_project;
 
 use crate::observability::RequestRecord;
 
-pin_project! {
-    /// The client's request body on its way upstream.
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        received: Option<Arc<AtomicU64>>,
+/// The client's body, shared by every attempt of one request.
+///
+/// Frames are streamed upstream as they arrive (nothing waits for the whole body) and, up to
+/// `cap` bytes, kept: an attempt that fails can then be retried with the same body, replayed
+/// from memory and continued from the client. A body longer than `cap` stops being kept and
+/// makes the request unretryable, so memory per request stays bounded.
+#[derive(Debug)]
+struct ReplaySource {
+    incoming: Option<Incoming>,
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    cap: usize,
+    overflowed: bool,
+    finished: bool,
+    received: Arc<AtomicU64>,
+}
+
+/// A handle on the request body that can produce one [`RequestBody`] per attempt.
+#[derive(Debug, Clone)]
+pub struct ReplayableBody {
+    source: Option<Arc<Mutex<ReplaySource>>>,
+}
+
+impl ReplayableBody {
+    /// Wraps the client's body, keeping up to `cap` bytes for replays. An empty body costs
+    /// nothing.
+    pub fn new(incoming: Incoming, cap: usize) -> ReplayableBody {
+        if incoming.is_end_stream() {
+            return ReplayableBody { source: None };
+        }
+        ReplayableBody {
+            source: Some(Arc::new(Mutex::new(ReplaySource {
+                incoming: Some(incoming),
+                kept: Vec::new(),
+                kept_bytes: 0,
+                cap,
+                overflowed: false,
+                finished: false,
+                received: Arc::default(),
+            }))),
+        }
+    }
+
+    /// Whether a new attempt can send the whole body again.
+    pub fn replayable(&self) -> bool {
+        match &self.source {
+            None => true,
+            Some(source) => source.lock().map(|s| !s.overflowed).unwrap_or(false),
+        }
+    }
+
+    /// Bytes received from the client so far (for the access log).
+    pub fn received(&self) -> Option<Arc<AtomicU64>> {
+        let source = self.source.as_ref()?;
+        source.lock().ok().map(|s| s.received.clone())
+    }
+
+    /// The body for one attempt: kept frames first, then the rest from the client.
+    pub fn attempt(&self) -> RequestBody {
+        RequestBody {
+            source: self.source.clone(),
+            position: 0,
+        }
     }
 }
 
-impl RequestBody {
-    /// Wraps `inner`; `received` (when given) counts the bytes read from the client.
-    pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> RequestBody {
-        RequestBody { inner, received }
-    }
+/// One attempt's request body.
+#[derive(Debug)]
+pub struct RequestBody {
+    source: Option<Arc<Mutex<ReplaySource>>>,
+    /// Next kept frame to replay.
+    position: usize,
 }
 
 impl Body for RequestBody {
@@ -38,25 +96,76 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(Ok(frame)), Some(counter)) = (&frame, this.received.as_ref()) {
-            if let Some(data) = frame.data_ref() {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let Some(source) = self.source.clone() else {
+            return Poll::Ready(None);
+        };
+        let Ok(mut source) = source.lock() else {
+            return Poll::Ready(None);
+        };
+        if !source.overflowed {
+            if let Some(frame) = source.kept.get(self.position) {
+                let frame = frame.clone();
+                self.position += 1;
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
         }
-        Poll::Ready(frame)
+        if source.finished {
+            return Poll::Ready(None);
+        }
+        let Some(incoming) = source.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(Pin::new(incoming).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    source.received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if !source.overflowed {
+                        if source.kept_bytes + data.len() > source.cap {
+                            // Too long to keep: stream the rest, never retry.
+                            source.overflowed = true;
+                            source.kept = Vec::new();
+                        } else {
+                            source.kept_bytes += data.len();
+                            source.kept.push(data.clone());
+                            self.position = source.kept.len();
+                        }
+                    }
+                }
+            }
+            Some(Err(_)) => source.overflowed = true,
+            None => {
+                source.finished = true;
+                source.incoming = None;
+            }
+        }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            None => true,
+            Some(source) => source
+                .lock()
+                .map(|s| s.finished && (s.overflowed || self.position >= s.kept.len()))
+                .unwrap_or(true),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            None => SizeHint::with_exact(0),
+            Some(source) => match source.lock() {
+                // Before anything was read the client's own hint (its Content-Length) holds.
+                Ok(s) if s.kept_bytes == 0 && !s.overflowed => {
+                    s.incoming.as_ref().map(|i| i.size_hint()).unwrap_or_default()
+                }
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 

@@ -30,7 +30,9 @@ impl Rejection {
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
-                UpstreamError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
         }
     }
@@ -55,6 +57,7 @@ impl Rejection {
                 UpstreamError::ConnectTimeout { .. } => "Connecting to the upstream service timed out.",
                 UpstreamError::Timeout { .. } => "The upstream service did not answer in time.",
                 UpstreamError::NoTarget { .. } => "No upstream target is available.",
+                UpstreamError::BulkheadFull { .. } => "The upstream service is at its concurrency limit.",
             },
         }
     }

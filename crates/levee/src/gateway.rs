@@ -2,8 +2,11 @@
 //! worker thread keeps for itself (connection pools, metrics shard).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use levee_resilience::RetryBudget;
+
+use crate::config::spec::RETRY_BUDGET_WINDOW;
 use crate::config::Config;
 use crate::observability::Recorder;
 use crate::router::Router;
@@ -42,6 +45,8 @@ pub struct WorkerContext {
     pub upstreams: Vec<Arc<WorkerUpstream>>,
     /// Worker-local copies of route names, indexed like the routes.
     pub route_names: Vec<Arc<str>>,
+    /// Each route's retry budget on this worker (`None` for routes without a retry policy).
+    pub retry_budgets: Vec<Option<Mutex<RetryBudget>>>,
     pub recorder: Arc<Recorder>,
     sequence: AtomicU64,
 }
@@ -59,10 +64,26 @@ impl WorkerContext {
             .iter()
             .map(|r| Arc::from(&*r.name))
             .collect();
+        let retry_budgets = gateway
+            .router
+            .routes()
+            .iter()
+            .map(|r| {
+                r.retry.as_ref().map(|p| {
+                    Mutex::new(RetryBudget::new(
+                        p.budget,
+                        p.min_per_second,
+                        RETRY_BUDGET_WINDOW,
+                        tokio::time::Instant::now(),
+                    ))
+                })
+            })
+            .collect();
         WorkerContext {
             gateway,
             upstreams,
             route_names,
+            retry_budgets,
             recorder,
             // Start workers at different points so round robin does not move in lockstep.
             sequence: AtomicU64::new(fastrand::u64(..1024)),

@@ -3,28 +3,28 @@
 //! 1. accept (connection limits, slow-client timeouts): `server`
 //! 2. request id and trace context
 //! 3. route match
-//! 4. upstream: pick a target, then forward within the timeouts
-//! 5. response: header rewrite, protocol switch for WebSocket
+//! 4. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
+//!    whose breaker is open) → circuit admission → per-try timeout → forward }
+//! 5. response: the route's fallback for 502/503/504, header rewrite, protocol switch
 //! 6. access log and metrics, recorded when the response body ends (`observability`)
 //!
-//! Later stages of the contract (auth, rate limits, fault injection, cache, bulkhead, the
-//! retry loop with circuit admission) slot in between 3 and 4 in that order.
+//! Later stages of the contract (auth, rate limits, fault injection, cache) slot in between
+//! 3 and 4 in that order.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::config::spec::RouteSpec;
+use crate::body::{ReplayableBody, ResponseBody};
+use crate::config::spec::{Fallback, RouteSpec};
 use crate::edge::{self, Rejection};
 use crate::gateway::WorkerContext;
 use crate::headers;
@@ -63,6 +63,9 @@ pub async fn handle(
         upstream: None,
         bytes_in: None,
         inflight: None,
+        bulkhead: None,
+        attempts: 0,
+        fallback_for: None,
         emitted: false,
     };
 
@@ -73,10 +76,25 @@ pub async fn handle(
     };
     record.route = worker.route_names.get(route_index).cloned();
 
-    // 4. Upstream.
-    match forward(worker, conn, route, parts, body, &mut record).await {
+    // 4. Upstream: bulkhead, then the retry loop.
+    let result = forward(worker, conn, route_index, route, parts, body, &mut record).await;
+
+    // 5. Response: the route's fallback replaces 502/503/504, whoever produced them.
+    if let Some(fallback) = &route.fallback {
+        let status = match &result {
+            Ok(response) => response.status(),
+            Err(rejection) => rejection.status(),
+        };
+        if matches!(status.as_u16(), 502..=504) {
+            if let Err(rejection) = &result {
+                record.error = Some(rejection.code());
+            }
+            return answer_fallback(fallback, status, record);
+        }
+    }
+    match result {
         Ok(response) => {
-            // 5. Response.
+            record.status = response.status().as_u16();
             let mut response = response;
             // Route rewrites first, so the gateway's own headers always win.
             route.response_headers.apply(response.headers_mut());
@@ -88,6 +106,23 @@ pub async fn handle(
         }
         Err(rejection) => answer(rejection, record),
     }
+}
+
+/// Answers with the route's static fallback in place of a 502/503/504.
+fn answer_fallback(
+    fallback: &Fallback,
+    replaced: StatusCode,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(fallback.body.clone()));
+    *response.status_mut() = fallback.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, fallback.content_type.clone());
+    headers.insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    record.status = fallback.status.as_u16();
+    record.fallback_for = Some(replaced.as_u16());
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_record(record))
 }
 
 /// Answers with the gateway's own JSON error and records the request.
@@ -106,10 +141,33 @@ fn answer(rejection: Rejection, mut record: RequestRecord) -> Response<ResponseB
     Response::from_parts(parts, body.with_record(record))
 }
 
-/// Picks a target, sends the request and returns the upstream's response (headers cleaned).
+/// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Status,
+}
+
+impl RetryReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::ConnectFailure => "connect_failure",
+            RetryReason::Reset => "reset",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Status => "status",
+        }
+    }
+}
+
+/// Bulkhead, then the retry loop: pick a target (the balancer skips targets whose breaker is
+/// open, and prefers one not tried yet), send within the per-try timeout, feed the outcome to
+/// the breaker, and retry while the policy, the budget and the body allow.
 async fn forward(
     worker: &WorkerContext,
     conn: &ConnInfo,
+    route_index: usize,
     route: &RouteSpec,
     mut parts: Parts,
     body: Incoming,
@@ -118,11 +176,19 @@ async fn forward(
     let Some(upstream) = worker.upstreams.get(route.upstream) else {
         return Err(Rejection::NoRoute);
     };
-    let picked = upstream.pick(&PickContext {
-        parts: &parts,
-        client_ip: conn.peer.ip(),
-        sequence: worker.next_sequence(),
-    })?;
+
+    // Bulkhead: a full upstream refuses at once rather than queueing without bound.
+    match upstream.enter() {
+        Ok(permit) => record.bulkhead = Some(permit),
+        Err(error) => {
+            worker
+                .recorder
+                .metrics
+                .lock()
+                .record_bulkhead_rejected(&upstream.name);
+            return Err(error.into());
+        }
+    }
 
     // A protocol switch (WebSocket) is only possible from HTTP/1.1.
     let client_upgrade = if parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers) {
@@ -130,8 +196,20 @@ async fn forward(
     } else {
         None
     };
+    let policy = route
+        .retry
+        .as_ref()
+        .filter(|_| client_upgrade.is_none() && (parts.method.is_idempotent() || route.retry_non_idempotent));
+    let max_attempts = policy.map_or(1, |p| p.attempts.max(1));
+    let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
+    let budget = worker.retry_budgets.get(route_index).and_then(Option::as_ref);
+    if let (Some(_), Some(budget)) = (policy, budget) {
+        if let Ok(mut budget) = budget.lock() {
+            budget.deposit(Instant::now());
+        }
+    }
 
-    // Rewrite the request for the target.
+    // Rewrite the request for the upstream, once for every attempt.
     let original_host: Option<HeaderValue> = match parts.headers.get(HOST) {
         Some(host) => Some(host.clone()),
         // HTTP/2 carries the host in :authority (port included).
@@ -141,12 +219,6 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let path = upstream_path(route, &parts);
-    let uri = upstream
-        .target_uri(picked.index, path)
-        .ok_or_else(|| UpstreamError::NoTarget {
-            upstream: upstream.name.clone(),
-        })?;
-    parts.uri = uri;
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
     // Route rewrites first, so the gateway's own headers below always win.
@@ -170,43 +242,128 @@ async fn forward(
             .headers
             .insert(headers::TRACEPARENT.clone(), traceparent.clone());
     }
+    let body = ReplayableBody::new(body, policy.map_or(0, |p| p.max_replay_body));
+    record.bytes_in = body.received();
 
-    let received = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicU64::new(0)));
-    record.bytes_in = received.clone();
-    let request = Request::from_parts(parts, RequestBody::new(body, received));
-
-    let target_addr = picked.addr.clone();
-    record.inflight = Some(picked.guard);
-    let started = Instant::now();
-    let result = upstream.send(picked.index, request).await;
-    let elapsed = started.elapsed();
-    let response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            let outcome = match &error {
-                UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => Outcome::Timeout,
-                UpstreamError::Connect { .. } => Outcome::ConnectError,
-                UpstreamError::NoTarget { .. } => Outcome::Unavailable,
-                UpstreamError::Exchange { .. } => Outcome::Reset,
-            };
-            record.upstream = Some(UpstreamFacts {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt: u32 = 1;
+    loop {
+        let picked = upstream.pick(
+            &PickContext {
+                parts: &parts,
+                client_ip: conn.peer.ip(),
+                sequence: worker.next_sequence(),
+            },
+            &tried,
+        )?;
+        let uri = upstream
+            .target_uri(picked.index, path.clone())
+            .ok_or_else(|| UpstreamError::NoTarget {
                 upstream: upstream.name.clone(),
-                target: target_addr,
-                outcome,
-                elapsed,
-            });
-            return Err(error.into());
-        }
-    };
+            })?;
+        let mut request = Request::new(body.attempt());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = if attempt == max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
 
+        let target_addr = picked.addr.clone();
+        let (index, permit) = (picked.index, picked.permit);
+        record.inflight = Some(picked.guard);
+        record.attempts = attempt;
+        let started = Instant::now();
+        let result = upstream.send(index, request, per_try_timeout).await;
+        let elapsed = started.elapsed();
+
+        let (outcome, failed, reason) = match &result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry = policy.is_some_and(|p| p.on.status(status));
+                (
+                    Outcome::from_status(status),
+                    status >= 500,
+                    retry.then_some(RetryReason::Status),
+                )
+            }
+            Err(error) => {
+                let on = policy.map(|p| &p.on);
+                let (outcome, reason, wanted) = match error {
+                    UpstreamError::Connect { .. } => (
+                        Outcome::ConnectError,
+                        RetryReason::ConnectFailure,
+                        on.is_some_and(|o| o.connect_failure),
+                    ),
+                    UpstreamError::ConnectTimeout { .. } => (
+                        Outcome::Timeout,
+                        RetryReason::ConnectFailure,
+                        on.is_some_and(|o| o.connect_failure),
+                    ),
+                    UpstreamError::Timeout { .. } => (
+                        Outcome::Timeout,
+                        RetryReason::Timeout,
+                        on.is_some_and(|o| o.timeout),
+                    ),
+                    UpstreamError::Exchange { .. } => {
+                        (Outcome::Reset, RetryReason::Reset, on.is_some_and(|o| o.reset))
+                    }
+                    UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
+                        (Outcome::Unavailable, RetryReason::ConnectFailure, false)
+                    }
+                };
+                (outcome, true, wanted.then_some(reason))
+            }
+        };
+        if let Some(target) = upstream.targets.get(index) {
+            target.record(permit, !failed);
+        }
+        let facts = UpstreamFacts {
+            upstream: upstream.name.clone(),
+            target: target_addr,
+            outcome,
+            elapsed,
+        };
+
+        let retry = reason.filter(|_| {
+            attempt < max_attempts
+                && body.replayable()
+                && budget.is_some_and(|b| b.lock().is_ok_and(|mut b| b.try_withdraw(Instant::now())))
+        });
+        let Some(reason) = retry else {
+            record.upstream = Some(facts);
+            return match result {
+                Ok(response) => Ok(finish_response(response, client_upgrade)),
+                Err(error) => Err(error.into()),
+            };
+        };
+
+        // This attempt is over: count it now (the record only carries the last one).
+        {
+            let mut shard = worker.recorder.metrics.lock();
+            shard.record_upstream(&facts.upstream, &facts.target, facts.outcome, facts.elapsed);
+            if let Some(name) = worker.route_names.get(route_index) {
+                shard.record_retry(name, reason.label());
+            }
+        }
+        drop(result);
+        if let Some(policy) = policy {
+            let delay = full_jitter(attempt, policy.backoff, policy.max_backoff, fastrand::f64());
+            tokio::time::sleep(delay).await;
+        }
+        tried.push(index);
+        attempt += 1;
+    }
+}
+
+/// Cleans the upstream's response for the client and starts a protocol switch if agreed.
+fn finish_response(
+    response: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ResponseBody> {
     let (mut rparts, rbody) = response.into_parts();
-    record.status = rparts.status.as_u16();
-    record.upstream = Some(UpstreamFacts {
-        upstream: upstream.name.clone(),
-        target: target_addr,
-        outcome: Outcome::from_status(record.status),
-        elapsed,
-    });
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     if let (true, Some(client_side), Some(upstream_side)) =
         (switching, client_upgrade, rparts.extensions.remove::<OnUpgrade>())
@@ -214,7 +371,7 @@ async fn forward(
         tokio::spawn(tunnel(client_side, upstream_side));
     }
     headers::remove_hop_by_hop(&mut rparts.headers, switching);
-    Ok(Response::from_parts(rparts, ResponseBody::upstream(rbody)))
+    Response::from_parts(rparts, ResponseBody::upstream(rbody))
 }
 
 /// The path (and query) to send upstream, with the route's prefix stripped if asked.

@@ -30,9 +30,10 @@ use crate::admin;
 use crate::config::Config;
 use crate::gateway::{Gateway, WorkerContext};
 use crate::observability::access_log::AccessLog;
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::{Gauge, Metrics};
 use crate::observability::Recorder;
 use crate::pipeline;
+use crate::upstream::WorkerUpstream;
 
 /// Who is on the other end of a client connection.
 #[derive(Debug)]
@@ -65,6 +66,42 @@ pub struct SharedState {
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
     pub gateway: Arc<Gateway>,
+    /// Each worker's view of the upstreams (breakers, load), for the admin API and gauges.
+    pub worker_upstreams: std::sync::Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
+}
+
+impl SharedState {
+    /// Gauges read from live state: in-flight requests per upstream and the breaker state per
+    /// target (the worst any worker sees: 0 closed, 1 half-open, 2 open).
+    pub fn gauges(&self) -> Vec<Gauge> {
+        let mut gauges = Vec::new();
+        for upstream in &self.gateway.upstreams {
+            gauges.push(Gauge {
+                name: "levee_inflight_requests",
+                help: "Requests in flight to an upstream (what its bulkhead counts).",
+                labels: vec![("upstream", upstream.spec.name.to_string())],
+                value: upstream.inflight() as f64,
+            });
+        }
+        let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        for (u, upstream) in self.gateway.upstreams.iter().enumerate() {
+            for (t, target) in upstream.spec.targets.iter().enumerate() {
+                let worst = workers
+                    .iter()
+                    .filter_map(|w| w.get(u)?.targets.get(t))
+                    .map(|t| t.circuit().gauge())
+                    .max()
+                    .unwrap_or(0);
+                gauges.push(Gauge {
+                    name: "levee_circuit_state",
+                    help: "Circuit breaker state per target: 0 closed, 1 half-open, 2 open (worst over workers).",
+                    labels: vec![("upstream", upstream.spec.name.to_string()), ("target", target.addr.to_string())],
+                    value: f64::from(worst),
+                });
+            }
+        }
+        gauges
+    }
 }
 
 /// Where access log lines go.
@@ -167,6 +204,7 @@ impl RunningGateway {
             metrics: metrics.clone(),
             draining: AtomicBool::new(false),
             gateway: gateway.clone(),
+            worker_upstreams: Default::default(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -286,6 +324,11 @@ fn worker_main(
     };
     runtime.block_on(async move {
         let context = Arc::new(WorkerContext::new(gateway, recorder));
+        state
+            .worker_upstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(context.upstreams.clone());
         let graceful = Arc::new(GracefulShutdown::new());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

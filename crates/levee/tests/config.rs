@@ -50,10 +50,11 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 
 #[test]
 fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
-    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    retry: {{ attempts: 3 }}\n");
+    let yaml =
+        format!("{BASE}routes:\n  - name: users\n    upstream: users\n    rate_limit: {{ rate: 10/s }}\n");
     let errs = errors(&yaml);
     assert!(
-        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `retry`"),
+        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `rate_limit`"),
         "{errs:?}"
     );
 }

@@ -163,6 +163,98 @@ pub struct UpstreamFile {
     /// Keep-alive connection pool to the targets.
     #[serde(default)]
     pub pool: PoolFile,
+    /// Per-target circuit breaker. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerFile>,
+    /// Bulkhead: requests in flight to this upstream at most (across all workers); beyond it
+    /// new requests get 503 at once. Default 1024 (Envoy's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+}
+
+/// Circuit breaker thresholds (see docs/resilience.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    /// Set false to turn the breaker off. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Share of failed requests in the window that opens the breaker. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// Requests the window must hold before the failure rate counts. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Sliding window for the failure rate. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<DurationStr>,
+    /// How long the breaker stays open before letting probes through. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<DurationStr>,
+    /// Failures in a row that open the breaker whatever the rate (0 = off). Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Probe requests let through at a time while half-open; that many successes close
+    /// the breaker. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+}
+
+/// Retry policy of a route (see docs/resilience.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts in all, the first included (3 = up to 2 retries). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// What is retried: `connect_failure`, `reset`, `timeout`, `5xx`, or status codes such as
+    /// 502. Default `[connect_failure]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<RetryOnFile>>,
+    /// Base of the exponential backoff (full jitter). Default 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<DurationStr>,
+    /// Cap of the backoff. Default 10 x `backoff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<DurationStr>,
+    /// Retries may add at most this share of the route's requests over the last 10s.
+    /// Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// Retries always allowed per second and worker, whatever the traffic. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<f64>,
+    /// Timeout of each attempt until response headers; default: the upstream's
+    /// `timeouts.request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<DurationStr>,
+    /// Request bodies up to this many bytes are kept so they can be sent again; a longer
+    /// body is streamed and never retried. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replay_body: Option<usize>,
+}
+
+/// A retry condition: a name or a status code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetryOnFile {
+    Status(u16),
+    Name(String),
+}
+
+/// A static answer that replaces 502/503/504 answers on a route.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackFile {
+    /// Status of the fallback answer. Default 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Body of the fallback answer.
+    #[serde(default)]
+    pub body: String,
+    /// Content-Type of the body. Default `application/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 /// A target: a plain `HOST:PORT` string or a map with a weight.
@@ -295,6 +387,15 @@ pub struct RouteFile {
     /// Changes to the response headers sent to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderRewriteFile>,
+    /// Retry policy; without one, nothing is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryFile>,
+    /// Allow retries of non-idempotent methods (POST, PATCH). Default false.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// A static answer that replaces any 502/503/504 answer on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackFile>,
 }
 
 /// Request matching. Every given condition must hold.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+use levee_resilience::BreakerConfig;
+
 use super::file::ConfigFile;
 use crate::router::RouteMatch;
 
@@ -50,6 +52,9 @@ pub struct UpstreamSpec {
     pub request_timeout: Duration,
     pub pool_max_idle_per_target: usize,
     pub pool_idle_timeout: Duration,
+    /// `None` when the breaker is turned off.
+    pub circuit_breaker: Option<BreakerConfig>,
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +90,47 @@ pub struct RouteSpec {
     pub strip_prefix: bool,
     pub request_headers: HeaderRewrite,
     pub response_headers: HeaderRewrite,
+    pub retry: Option<RetryPolicy>,
+    pub retry_non_idempotent: bool,
+    pub fallback: Option<Fallback>,
+}
+
+/// When and how a route retries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub on: RetryOn,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub budget: f64,
+    pub min_per_second: f64,
+    pub per_try_timeout: Option<Duration>,
+    pub max_replay_body: usize,
+}
+
+/// Which failures a route retries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub any_5xx: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    pub fn status(&self, status: u16) -> bool {
+        (self.any_5xx && (500..600).contains(&status)) || self.statuses.contains(&status)
+    }
+}
+
+/// The static answer that replaces 502/503/504 on a route.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+    pub content_type: HeaderValue,
 }
 
 /// Header edits, applied as remove, then set, then add.
@@ -119,3 +165,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 16_384;
+pub const DEFAULT_MAX_CONCURRENT: usize = 1024;
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+pub const DEFAULT_RETRY_MIN_PER_SECOND: f64 = 1.0;
+pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
+/// The retry budget's window: requests and retries of the last 10 s count.
+pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);

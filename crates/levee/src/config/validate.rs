@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method};
 
-use super::file::{BalanceFile, ConfigFile, HeaderRewriteFile, MatchFile, RouteFile, UpstreamFile, Workers};
+use levee_resilience::BreakerConfig;
+
+use super::file::{
+    BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, MatchFile, RetryFile,
+    RetryOnFile, RouteFile, UpstreamFile, Workers,
+};
 use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
@@ -310,7 +315,23 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         );
         ok = false;
     }
+    let circuit_breaker = check_breaker(
+        u.circuit_breaker.as_ref(),
+        &format!("{path}.circuit_breaker"),
+        p,
+        &mut ok,
+    );
+    let max_concurrent = u.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+    if max_concurrent == 0 || max_concurrent > 1_000_000 {
+        p.at(
+            &format!("{path}.max_concurrent"),
+            "max_concurrent must be from 1 to 1000000",
+        );
+        ok = false;
+    }
     ok.then(|| UpstreamSpec {
+        circuit_breaker,
+        max_concurrent,
         name: name.into(),
         targets,
         balance,
@@ -400,7 +421,28 @@ fn check_route(
         &format!("{path}.response_headers"),
         p,
     );
+    let retry = route
+        .retry
+        .as_ref()
+        .map(|r| check_retry(r, &format!("{path}.retry"), p))
+        .transpose()
+        .ok()?;
+    let fallback = route
+        .fallback
+        .as_ref()
+        .map(|f| check_fallback(f, &format!("{path}.fallback"), p))
+        .transpose()
+        .ok()?;
+    if route.retry_non_idempotent && route.retry.is_none() {
+        p.at(
+            &format!("{path}.retry_non_idempotent"),
+            "retry_non_idempotent needs a `retry` policy",
+        );
+    }
     Some(RouteSpec {
+        retry,
+        retry_non_idempotent: route.retry_non_idempotent,
+        fallback,
         name: route.name.as_str().into(),
         matcher: matcher?,
         upstream: upstream?,
@@ -553,6 +595,183 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
         }
     }
     (p.errors.len() == before).then_some(out)
+}
+
+fn check_breaker(
+    file: Option<&CircuitBreakerFile>,
+    path: &str,
+    p: &mut Problems,
+    ok: &mut bool,
+) -> Option<BreakerConfig> {
+    let defaults = BreakerConfig::default();
+    let Some(file) = file else {
+        return Some(defaults);
+    };
+    if file.enabled == Some(false) {
+        return None;
+    }
+    let config = BreakerConfig {
+        failure_rate: file.failure_rate.unwrap_or(defaults.failure_rate),
+        min_requests: file.min_requests.unwrap_or(defaults.min_requests),
+        window: file.window.map(|d| d.0).unwrap_or(defaults.window),
+        open_for: file.open_for.map(|d| d.0).unwrap_or(defaults.open_for),
+        consecutive_failures: file.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+        half_open_probes: file.half_open_probes.unwrap_or(defaults.half_open_probes),
+    };
+    let mut bad = |key: &str, message: &str| {
+        p.at(&format!("{path}.{key}"), message);
+        *ok = false;
+    };
+    if !(config.failure_rate > 0.0 && config.failure_rate <= 1.0) {
+        bad(
+            "failure_rate",
+            "failure_rate must be above 0 and at most 1 (0.5 = half the requests)",
+        );
+    }
+    if config.window.is_zero() || config.window > std::time::Duration::from_secs(3600) {
+        bad("window", "window must be from 1s to 1h");
+    }
+    if config.open_for.is_zero() {
+        bad("open_for", "open_for must be above zero");
+    }
+    if config.half_open_probes == 0 || config.half_open_probes > 1000 {
+        bad("half_open_probes", "half_open_probes must be from 1 to 1000");
+    }
+    Some(config)
+}
+
+fn check_retry(file: &RetryFile, path: &str, p: &mut Problems) -> Result<RetryPolicy, ()> {
+    let before = p.errors.len();
+    let attempts = file.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+    if attempts == 0 || attempts > 10 {
+        p.at(
+            &format!("{path}.attempts"),
+            "attempts must be from 1 to 10 (the first attempt included)",
+        );
+    }
+    let mut on = RetryOn::default();
+    match &file.on {
+        None => on.connect_failure = true,
+        Some(list) => {
+            if list.is_empty() {
+                p.at(&format!("{path}.on"), "`on` must name at least one condition");
+            }
+            for (i, item) in list.iter().enumerate() {
+                match item {
+                    RetryOnFile::Status(code)
+                        if (500..600).contains(code) || *code == 429 || *code == 408 =>
+                    {
+                        on.statuses.push(*code)
+                    }
+                    RetryOnFile::Status(code) => p.at(
+                        &format!("{path}.on[{i}]"),
+                        format!("retrying status {code} makes no sense: use 5xx codes, 408 or 429"),
+                    ),
+                    RetryOnFile::Name(name) => match name.as_str() {
+                        "connect_failure" => on.connect_failure = true,
+                        "reset" => on.reset = true,
+                        "timeout" => on.timeout = true,
+                        "5xx" => on.any_5xx = true,
+                        other => {
+                            let hint =
+                                nearest(other, ["connect_failure", "reset", "timeout", "5xx"].into_iter())
+                                    .map(|n| format!(" (did you mean `{n}`?)"))
+                                    .unwrap_or_default();
+                            p.at(
+                                &format!("{path}.on[{i}]"),
+                                format!("unknown retry condition `{other}`{hint}: use connect_failure, reset, timeout, 5xx or a status code"),
+                            )
+                        }
+                    },
+                }
+            }
+        }
+    }
+    let backoff = file.backoff.map(|d| d.0).unwrap_or(DEFAULT_RETRY_BACKOFF);
+    let max_backoff = file
+        .max_backoff
+        .map(|d| d.0)
+        .unwrap_or(backoff.saturating_mul(10));
+    if max_backoff < backoff {
+        p.at(
+            &format!("{path}.max_backoff"),
+            "max_backoff must be at least backoff",
+        );
+    }
+    let budget = file.budget.unwrap_or(DEFAULT_RETRY_BUDGET);
+    if !(0.0..=10.0).contains(&budget) {
+        p.at(
+            &format!("{path}.budget"),
+            "budget must be from 0 to 10 (0.2 = retries add at most 20% load)",
+        );
+    }
+    let min_per_second = file.min_per_second.unwrap_or(DEFAULT_RETRY_MIN_PER_SECOND);
+    if !(0.0..=1000.0).contains(&min_per_second) {
+        p.at(
+            &format!("{path}.min_per_second"),
+            "min_per_second must be from 0 to 1000",
+        );
+    }
+    let per_try_timeout = file.per_try_timeout.map(|d| d.0);
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        p.at(
+            &format!("{path}.per_try_timeout"),
+            "per_try_timeout must be above zero",
+        );
+    }
+    let max_replay_body = file.max_replay_body.unwrap_or(DEFAULT_MAX_REPLAY_BODY);
+    if max_replay_body > 16 * 1024 * 1024 {
+        p.at(
+            &format!("{path}.max_replay_body"),
+            "max_replay_body must be at most 16777216 (16 MiB)",
+        );
+    }
+    if p.errors.len() != before {
+        return Err(());
+    }
+    Ok(RetryPolicy {
+        attempts,
+        on,
+        backoff,
+        max_backoff,
+        budget,
+        min_per_second,
+        per_try_timeout,
+        max_replay_body,
+    })
+}
+
+fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<Fallback, ()> {
+    let before = p.errors.len();
+    let status = match http::StatusCode::from_u16(file.status.unwrap_or(503)) {
+        Ok(status) if status.as_u16() >= 200 => status,
+        _ => {
+            p.at(
+                &format!("{path}.status"),
+                "fallback status must be from 200 to 599",
+            );
+            http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    let content_type = file.content_type.as_deref().unwrap_or("application/json");
+    let content_type = match HeaderValue::try_from(content_type) {
+        Ok(value) => value,
+        Err(_) => {
+            p.at(
+                &format!("{path}.content_type"),
+                format!("invalid content_type `{content_type}`"),
+            );
+            HeaderValue::from_static("application/json")
+        }
+    };
+    if p.errors.len() != before {
+        return Err(());
+    }
+    Ok(Fallback {
+        status,
+        body: bytes::Bytes::from(file.body.clone()),
+        content_type,
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     /// False when the response body did not finish (client went away, upstream reset).
     pub completed: bool,
+    /// Upstream attempts made (retries included).
+    pub attempts: u32,
+    /// The 502/503/504 a route fallback replaced.
+    pub fallback_for: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +69,9 @@ struct Line<'a> {
     bytes_in: u64,
     bytes_out: u64,
     completed: bool,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_for: Option<u16>,
 }
 
 fn round3(ms: f64) -> f64 {
@@ -107,6 +114,8 @@ impl AccessRecord {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             completed: self.completed,
+            attempts: self.attempts,
+            fallback_for: self.fallback_for,
         };
         let _ = serde_json::to_writer(out, &line);
     }

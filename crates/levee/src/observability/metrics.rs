@@ -123,6 +123,10 @@ struct TargetStats {
 #[derive(Debug, Default)]
 pub struct Shard {
     routes: HashMap<Arc<str>, RouteStats>,
+    /// route -> reason -> retries.
+    retries: HashMap<Arc<str>, BTreeMap<&'static str, u64>>,
+    /// upstream -> requests refused by the bulkhead.
+    bulkhead_rejected: HashMap<Arc<str>, u64>,
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
     targets: HashMap<Arc<str>, HashMap<Arc<str>, TargetStats>>,
 }
@@ -145,6 +149,25 @@ impl Shard {
         stats.duration.observe(elapsed);
     }
 
+    /// Counts one retry of `route` for `reason`.
+    pub fn record_retry(&mut self, route: &Arc<str>, reason: &'static str) {
+        let reasons = match self.retries.get_mut(&**route) {
+            Some(reasons) => reasons,
+            None => self.retries.entry(route.clone()).or_default(),
+        };
+        *reasons.entry(reason).or_default() += 1;
+    }
+
+    /// Counts one request refused by `upstream`'s bulkhead.
+    pub fn record_bulkhead_rejected(&mut self, upstream: &Arc<str>) {
+        match self.bulkhead_rejected.get_mut(&**upstream) {
+            Some(count) => *count += 1,
+            None => {
+                self.bulkhead_rejected.insert(upstream.clone(), 1);
+            }
+        }
+    }
+
     /// Counts one upstream attempt.
     pub fn record_upstream(
         &mut self,
@@ -164,6 +187,16 @@ impl Shard {
         *stats.outcomes.entry(outcome).or_default() += 1;
         stats.duration.observe(elapsed);
     }
+}
+
+/// One gauge sample read from live state at scrape time. Samples of one family must be
+/// adjacent.
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
 }
 
 /// Per route, summed over shards: (method, status) counts and the duration histogram.
@@ -209,10 +242,32 @@ impl Metrics {
         shard
     }
 
+    /// The Prometheus text exposition (format 0.0.4), with `gauges` (state read from the
+    /// running gateway at scrape time) appended.
+    pub fn render_with(&self, gauges: &[Gauge]) -> String {
+        let mut out = self.render();
+        let mut last = "";
+        for gauge in gauges {
+            if gauge.name != last {
+                family(&mut out, gauge.name, "gauge", gauge.help);
+                last = gauge.name;
+            }
+            let labels: Vec<String> = gauge
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = writeln!(out, "{}{{{}}} {}", gauge.name, labels.join(","), gauge.value);
+        }
+        out
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut routes: BTreeMap<Arc<str>, RouteTotals> = BTreeMap::new();
         let mut targets: BTreeMap<(Arc<str>, Arc<str>), TargetTotals> = BTreeMap::new();
+        let mut retries: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
+        let mut bulkhead: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -222,6 +277,14 @@ impl Metrics {
                     *entry.0.entry(*key).or_default() += count;
                 }
                 entry.1.merge(&stats.duration);
+            }
+            for (route, reasons) in &shard.retries {
+                for (reason, count) in reasons {
+                    *retries.entry((route.clone(), *reason)).or_default() += count;
+                }
+            }
+            for (upstream, count) in &shard.bulkhead_rejected {
+                *bulkhead.entry(upstream.clone()).or_default() += count;
             }
             for (upstream, per_target) in &shard.targets {
                 for (target, stats) in per_target {
@@ -290,6 +353,32 @@ impl Metrics {
         for ((upstream, target), (_, hist)) in &targets {
             let labels = format!("upstream=\"{}\",target=\"{}\"", escape(upstream), escape(target));
             histogram(&mut out, "levee_upstream_duration_seconds", &labels, hist);
+        }
+        family(
+            &mut out,
+            "levee_retries_total",
+            "counter",
+            "Retries, by route and reason (connect_failure, reset, timeout, status).",
+        );
+        for ((route, reason), count) in &retries {
+            let _ = writeln!(
+                out,
+                "levee_retries_total{{route=\"{}\",reason=\"{reason}\"}} {count}",
+                escape(route)
+            );
+        }
+        family(
+            &mut out,
+            "levee_bulkhead_rejected_total",
+            "counter",
+            "Requests refused because the upstream's max_concurrent was reached.",
+        );
+        for (upstream, count) in &bulkhead {
+            let _ = writeln!(
+                out,
+                "levee_bulkhead_rejected_total{{upstream=\"{}\"}} {count}",
+                escape(upstream)
+            );
         }
         let g = &self.globals;
         family(

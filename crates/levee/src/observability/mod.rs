@@ -55,6 +55,12 @@ pub struct RequestRecord {
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Keeps the request counted as in flight on its target until the response ends.
     pub inflight: Option<crate::upstream::InflightGuard>,
+    /// The request's place in its upstream's bulkhead, held until the response ends.
+    pub bulkhead: Option<crate::upstream::BulkheadPermit>,
+    /// Upstream attempts made (0 when none was).
+    pub attempts: u32,
+    /// The status a route fallback replaced, if it did.
+    pub fallback_for: Option<u16>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -74,6 +80,7 @@ impl RequestRecord {
         }
         self.emitted = true;
         self.inflight = None;
+        self.bulkhead = None;
         if self.status == 0 {
             // Dropped before any response existed: the client went away (nginx's 499).
             self.status = 499;
@@ -119,6 +126,8 @@ impl RequestRecord {
                 .unwrap_or(0),
             bytes_out,
             completed,
+            attempts: self.attempts,
+            fallback_for: self.fallback_for,
         });
     }
 }

@@ -69,52 +69,73 @@ impl Balancer {
         }
     }
 
-    /// The index of the chosen target, or `None` when there are no targets.
-    pub fn pick(&self, targets: &[Target], ctx: &PickContext) -> Option<usize> {
-        if targets.len() <= 1 {
-            return (!targets.is_empty()).then_some(0);
+    /// The index of the chosen target among those `eligible` accepts (breaker closed, not
+    /// already tried), or `None` when no target is eligible.
+    pub fn pick(
+        &self,
+        targets: &[Target],
+        ctx: &PickContext,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = targets.len();
+        if n <= 1 {
+            return (n == 1 && eligible(0)).then_some(0);
         }
         match self {
             Balancer::RoundRobin { schedule, cumulative } => {
                 if !schedule.is_empty() {
-                    let slot = (ctx.sequence % schedule.len() as u64) as usize;
-                    return schedule.get(slot).copied();
+                    let len = schedule.len() as u64;
+                    return (0..len)
+                        .filter_map(|offset| schedule.get(((ctx.sequence + offset) % len) as usize).copied())
+                        .find(|i| eligible(*i));
                 }
                 let total = cumulative.last().copied().unwrap_or(1).max(1);
-                let point = ctx.sequence % total;
-                Some(cumulative.partition_point(|c| *c <= point))
+                let first = cumulative.partition_point(|c| *c <= ctx.sequence % total);
+                (0..n).map(|offset| (first + offset) % n).find(|i| eligible(*i))
             }
-            Balancer::LeastRequest => least_loaded(targets, ctx.sequence),
+            Balancer::LeastRequest => least_loaded(targets, ctx.sequence, eligible),
             Balancer::P2cEwma => {
-                let a = fastrand::usize(..targets.len());
-                let mut b = fastrand::usize(..targets.len() - 1);
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let cost = |i: usize| targets.get(i).map_or(f64::MAX, Target::cost);
-                Some(if cost(b) < cost(a) { b } else { a })
+                if eligible(a) && eligible(b) {
+                    let cost = |i: usize| targets.get(i).map_or(f64::MAX, Target::cost);
+                    return Some(if cost(b) < cost(a) { b } else { a });
+                }
+                // Some targets are out: the cheapest of the rest.
+                (0..n).filter(|i| eligible(*i)).min_by(|x, y| {
+                    let cost = |i: usize| targets.get(i).map_or(f64::MAX, Target::cost);
+                    cost(*x).total_cmp(&cost(*y))
+                })
             }
             Balancer::ConsistentHash { ring, key } => match hash_key(key, ctx) {
-                Some(hash) => ring_lookup(ring, hash),
+                Some(hash) => ring_lookup(ring, hash, eligible),
                 // No key on this request: spread it like round robin would.
-                None => Some((ctx.sequence % targets.len() as u64) as usize),
+                None => (0..n)
+                    .map(|offset| ((ctx.sequence + offset as u64) % n as u64) as usize)
+                    .find(|i| eligible(*i)),
             },
         }
     }
 }
 
 /// Fewest in flight per unit of weight; ties go round robin from `start`.
-fn least_loaded(targets: &[Target], start: u64) -> Option<usize> {
+fn least_loaded(targets: &[Target], start: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
     let n = targets.len();
     let offset = (start % n as u64) as usize;
-    (0..n).map(|i| (i + offset) % n).min_by(|&a, &b| {
-        let load = |i: usize| {
-            targets
-                .get(i)
-                .map_or(f64::MAX, |t| t.inflight() as f64 / f64::from(t.weight))
-        };
-        load(a).total_cmp(&load(b))
-    })
+    (0..n)
+        .map(|i| (i + offset) % n)
+        .filter(|i| eligible(*i))
+        .min_by(|&a, &b| {
+            let load = |i: usize| {
+                targets
+                    .get(i)
+                    .map_or(f64::MAX, |t| t.inflight() as f64 / f64::from(t.weight))
+            };
+            load(a).total_cmp(&load(b))
+        })
 }
 
 /// nginx's smooth weighted round robin, unrolled into one full cycle.
@@ -167,9 +188,14 @@ fn build_ring(targets: &[TargetSpec]) -> Vec<(u64, usize)> {
     ring
 }
 
-fn ring_lookup(ring: &[(u64, usize)], hash: u64) -> Option<usize> {
-    let at = ring.partition_point(|(point, _)| *point < hash);
-    ring.get(at).or_else(|| ring.first()).map(|(_, index)| *index)
+/// The first eligible target clockwise from `hash`: when a target is out, its keys move to
+/// the next target on the ring and nobody else's keys move.
+fn ring_lookup(ring: &[(u64, usize)], hash: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let start = ring.partition_point(|(point, _)| *point < hash);
+    (0..ring.len())
+        .filter_map(|offset| ring.get((start + offset) % ring.len()))
+        .map(|(_, index)| *index)
+        .find(|i| eligible(*i))
 }
 
 fn hash_key(key: &HashKey, ctx: &PickContext) -> Option<u64> {
@@ -242,7 +268,7 @@ mod tests {
                 client_ip: [127, 0, 0, 1].into(),
                 sequence,
             };
-            counts[b.pick(&ts, &ctx).unwrap()] += 1;
+            counts[b.pick(&ts, &ctx, &|_| true).unwrap()] += 1;
         }
         assert_eq!(counts, [300, 100]);
     }
@@ -262,7 +288,7 @@ mod tests {
                 client_ip: [127, 0, 0, 1].into(),
                 sequence,
             };
-            assert_eq!(b.pick(&ts, &ctx), Some(1));
+            assert_eq!(b.pick(&ts, &ctx, &|_| true), Some(1));
         }
     }
 
@@ -282,7 +308,7 @@ mod tests {
                 client_ip: [127, 0, 0, 1].into(),
                 sequence,
             };
-            counts[b.pick(&ts, &ctx).unwrap()] += 1;
+            counts[b.pick(&ts, &ctx, &|_| true).unwrap()] += 1;
         }
         assert_eq!(counts, [200, 0], "with two targets p2c compares both every time");
 
@@ -297,7 +323,7 @@ mod tests {
             client_ip: [127, 0, 0, 1].into(),
             sequence: 0,
         };
-        assert_eq!(b.pick(&ts, &ctx), Some(1));
+        assert_eq!(b.pick(&ts, &ctx, &|_| true), Some(1));
     }
 
     #[test]
@@ -318,14 +344,15 @@ mod tests {
                 client_ip: [127, 0, 0, 1].into(),
                 sequence: user,
             };
-            let before = b4.pick(&t4, &ctx).unwrap();
+            let before = b4.pick(&t4, &ctx, &|_| true).unwrap();
             assert_eq!(
                 b4.pick(
                     &t4,
                     &PickContext {
                         sequence: user + 1,
                         ..ctx
-                    }
+                    },
+                    &|_| true
                 ),
                 Some(before)
             );
@@ -337,6 +364,7 @@ mod tests {
                         client_ip: [127, 0, 0, 1].into(),
                         sequence: 0,
                     },
+                    &|_| true,
                 )
                 .unwrap();
             *spread.entry(before).or_default() += 1;
@@ -349,6 +377,32 @@ mod tests {
         assert!((1400..=2600).contains(&moved), "moved {moved} of {n}");
         for (_, count) in spread {
             assert!((1750..=3250).contains(&count), "uneven spread {count}");
+        }
+    }
+
+    #[test]
+    fn every_policy_skips_ineligible_targets() {
+        let specs = specs(&[1, 1, 1]);
+        let ts = targets(&specs);
+        let p = parts(&[("x-user", "u1")]);
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        for balance in [
+            Balance::RoundRobin,
+            Balance::LeastRequest,
+            Balance::P2cEwma,
+            Balance::ConsistentHash(key),
+        ] {
+            let b = Balancer::new(&balance, &specs);
+            for sequence in 0..50 {
+                let ctx = PickContext {
+                    parts: &p,
+                    client_ip: [127, 0, 0, 1].into(),
+                    sequence,
+                };
+                assert_ne!(b.pick(&ts, &ctx, &|i| i != 1), Some(1), "{balance:?}");
+                assert_eq!(b.pick(&ts, &ctx, &|i| i == 2), Some(2), "{balance:?}");
+                assert_eq!(b.pick(&ts, &ctx, &|_| false), None, "{balance:?}");
+            }
         }
     }
 
@@ -368,6 +422,7 @@ mod tests {
                 client_ip: ip,
                 sequence: 0,
             },
+            &|_| true,
         );
         for sequence in 1..50 {
             assert_eq!(
@@ -377,7 +432,8 @@ mod tests {
                         parts: &p,
                         client_ip: ip,
                         sequence
-                    }
+                    },
+                    &|_| true
                 ),
                 first
             );

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::config::spec::{TargetSpec, UpstreamSpec};
 use balancer::{Balancer, PickContext};
+use levee_resilience::{BreakerConfig, CircuitBreaker, Permit, State};
 
 /// Why an upstream attempt failed. Each variant knows whether a retry could help.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,10 @@ pub enum UpstreamError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("upstream {upstream} has no target to send to")]
+    #[error("upstream {upstream} has no target available (all circuits open or none configured)")]
     NoTarget { upstream: Arc<str> },
+    #[error("upstream {upstream} already has {limit} requests in flight (bulkhead full)")]
+    BulkheadFull { upstream: Arc<str>, limit: usize },
 }
 
 impl UpstreamError {
@@ -80,11 +83,18 @@ pub struct Target {
     pub weight: u32,
     inflight: AtomicUsize,
     ewma: Mutex<Ewma>,
+    /// This worker's breaker for the target (`None` when breakers are off).
+    breaker: Option<Mutex<CircuitBreaker>>,
 }
 
 impl Target {
     pub fn new(spec: &TargetSpec) -> Target {
+        Target::with_breaker(spec, None)
+    }
+
+    pub fn with_breaker(spec: &TargetSpec, breaker: Option<&BreakerConfig>) -> Target {
         Target {
+            breaker: breaker.map(|config| Mutex::new(CircuitBreaker::new(config.clone(), Instant::now()))),
             addr: Arc::from(&*spec.addr),
             // A copy, not a clone: a clone would share the config's reference count.
             authority: spec
@@ -143,6 +153,41 @@ impl Target {
         }
     }
 
+    /// Whether the breaker would let a request through now.
+    pub fn admits(&self, now: Instant) -> bool {
+        match &self.breaker {
+            None => true,
+            Some(b) => b.lock().map(|mut b| b.would_admit(now)).unwrap_or(true),
+        }
+    }
+
+    /// The breaker state now (closed when breakers are off).
+    pub fn circuit(&self) -> State {
+        match &self.breaker {
+            None => State::Closed,
+            Some(b) => b
+                .lock()
+                .map(|mut b| b.state(Instant::now()))
+                .unwrap_or(State::Closed),
+        }
+    }
+
+    fn acquire(&self, now: Instant) -> Option<Permit> {
+        match &self.breaker {
+            None => Some(Permit::Normal),
+            Some(b) => b.lock().ok().and_then(|mut b| b.try_acquire(now)),
+        }
+    }
+
+    /// Feeds an attempt's outcome to the breaker.
+    pub fn record(&self, permit: Permit, success: bool) {
+        if let Some(b) = &self.breaker {
+            if let Ok(mut b) = b.lock() {
+                b.record(permit, success, Instant::now());
+            }
+        }
+    }
+
     /// p2c cost: expected latency scaled by the queue in front of it, per unit of weight.
     fn cost(&self) -> f64 {
         (self.ewma_ms() + 0.001) * (self.inflight() as f64 + 1.0) / f64::from(self.weight)
@@ -159,12 +204,33 @@ fn decay(now: Instant, since: Instant) -> f64 {
 pub struct Upstream {
     pub spec: UpstreamSpec,
     balancer: Balancer,
+    /// Requests in flight across all workers: the bulkhead's count, and
+    /// `levee_inflight_requests`.
+    inflight: AtomicUsize,
 }
 
 impl Upstream {
     pub fn new(spec: UpstreamSpec) -> Upstream {
         let balancer = Balancer::new(&spec.balance, &spec.targets);
-        Upstream { spec, balancer }
+        Upstream {
+            spec,
+            balancer,
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// A place in an upstream's bulkhead, released when dropped.
+#[derive(Debug)]
+pub struct BulkheadPermit(Arc<WorkerUpstream>);
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        self.0.shared.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -198,6 +264,8 @@ pub struct Picked {
     pub index: usize,
     pub addr: Arc<str>,
     pub guard: InflightGuard,
+    /// The breaker's permission, to hand back with the outcome.
+    pub permit: Permit,
 }
 
 impl WorkerUpstream {
@@ -222,7 +290,11 @@ impl WorkerUpstream {
             .build(connector);
         WorkerUpstream {
             name: Arc::from(&*spec.name),
-            targets: spec.targets.iter().map(Target::new).collect(),
+            targets: spec
+                .targets
+                .iter()
+                .map(|t| Target::with_breaker(t, spec.circuit_breaker.as_ref()))
+                .collect(),
             client,
             shared,
         }
@@ -232,22 +304,49 @@ impl WorkerUpstream {
         &self.shared.spec
     }
 
-    /// Chooses a target and counts the request against it.
-    pub fn pick(self: &Arc<Self>, ctx: &PickContext) -> Result<Picked, UpstreamError> {
+    /// Takes a place in the bulkhead, or fails at once when it is full.
+    pub fn enter(self: &Arc<Self>) -> Result<BulkheadPermit, UpstreamError> {
+        let limit = self.shared.spec.max_concurrent;
+        let before = self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        let permit = BulkheadPermit(self.clone());
+        if before >= limit {
+            drop(permit);
+            return Err(UpstreamError::BulkheadFull {
+                upstream: self.name.clone(),
+                limit,
+            });
+        }
+        Ok(permit)
+    }
+
+    /// Chooses a target whose breaker admits a request, preferring one not in `tried`, and
+    /// counts the request against it.
+    pub fn pick(self: &Arc<Self>, ctx: &PickContext, tried: &[usize]) -> Result<Picked, UpstreamError> {
         let no_target = || UpstreamError::NoTarget {
             upstream: self.name.clone(),
         };
-        let index = self
-            .shared
-            .balancer
-            .pick(&self.targets, ctx)
+        let now = Instant::now();
+        let admits = |i: usize| self.targets.get(i).is_some_and(|t| t.admits(now));
+        let balancer = &self.shared.balancer;
+        let index = balancer
+            .pick(&self.targets, ctx, &|i| !tried.contains(&i) && admits(i))
+            // Every other target is out: the one that failed may still be worth a retry.
+            .or_else(|| {
+                if tried.is_empty() {
+                    None
+                } else {
+                    balancer.pick(&self.targets, ctx, &admits)
+                }
+            })
             .ok_or_else(no_target)?;
         let target = self.targets.get(index).ok_or_else(no_target)?;
+        let permit = target.acquire(now).ok_or_else(no_target)?;
         target.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             index,
             addr: target.addr.clone(),
             guard: InflightGuard(self.clone(), index),
+            permit,
         })
     }
 
@@ -261,11 +360,13 @@ impl WorkerUpstream {
         Uri::from_parts(parts).ok()
     }
 
-    /// Sends one attempt and waits for the response headers, within the request timeout.
+    /// Sends one attempt and waits for the response headers, within `timeout` (the
+    /// upstream's request timeout unless the route sets a per-try timeout).
     pub async fn send(
         &self,
         index: usize,
         request: Request<RequestBody>,
+        timeout: Option<Duration>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let spec = &self.shared.spec;
         let Some(target) = self.targets.get(index) else {
@@ -274,7 +375,7 @@ impl WorkerUpstream {
             });
         };
         let started = Instant::now();
-        let timeout = spec.request_timeout;
+        let timeout = timeout.unwrap_or(spec.request_timeout);
         let result = tokio::time::timeout(timeout, self.client.request(request)).await;
         let addr = || target.addr.clone();
         let outcome = match result {
