@@ -92,19 +92,36 @@ pub struct MockUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    conn_tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl MockUpstream {
     /// Starts a mock that answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> MockUpstream {
-        let handler: Handler = Arc::new(handler);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        MockUpstream::serve(listener, Arc::new(handler))
+    }
+
+    /// Starts a mock on a given address (to bring a killed target back on its port).
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> MockUpstream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        MockUpstream::serve(socket.listen(1024).unwrap(), Arc::new(handler))
+    }
+
+    fn serve(listener: TcpListener, handler: Handler) -> MockUpstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let accepted = connections.clone();
+        let conn_tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let tasks = conn_tasks.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -113,7 +130,7 @@ impl MockUpstream {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let log = log.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let handler = handler.clone();
                         let log = log.clone();
@@ -124,13 +141,24 @@ impl MockUpstream {
                         .with_upgrades()
                         .await;
                 });
+                tasks.lock().unwrap().push(conn.abort_handle());
             }
         });
         MockUpstream {
             addr,
             seen,
             connections,
+            conn_tasks,
             task,
+        }
+    }
+
+    /// Kills the mock like a crashed process: the port refuses connections and every open
+    /// connection is closed.
+    pub fn kill(&self) {
+        self.task.abort();
+        for task in self.conn_tasks.lock().unwrap().drain(..) {
+            task.abort();
         }
     }
 
@@ -156,7 +184,7 @@ impl MockUpstream {
 
 impl Drop for MockUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 

@@ -1,0 +1,351 @@
+//! Retries, budgets, circuit breakers, bulkheads and fallbacks over real loopback sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Harness;
+use http::StatusCode;
+use levee_test_support::*;
+
+fn upstreams(targets: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("upstreams:\n  u:\n    targets: [{}]\n{extra}", list.join(", "))
+}
+
+/// A value from the metrics exposition, 0 when the series is absent.
+async fn metric(h: &Harness, series: &str) -> f64 {
+    let text = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn retries_hide_a_flaky_target_within_the_budget() {
+    let a = MockUpstream::fixed("a").await;
+    let b = MockUpstream::fixed("b").await;
+    // Target c fails 30% of its requests with 503, in a fixed pattern.
+    let count = Arc::new(AtomicUsize::new(0));
+    let n = count.clone();
+    let c = MockUpstream::start(move |_| {
+        if n.fetch_add(1, Ordering::SeqCst) % 10 < 3 {
+            Reply::status(503)
+        } else {
+            Reply::ok("c")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 3, on: [503], backoff: 1ms, budget: 0.2 }}\n",
+        upstreams(&[a.addr, b.addr, c.addr], "")
+    ));
+    let requests = 600;
+    let mut errors = 0;
+    for _ in 0..requests {
+        if get(&h.url("/"), &[]).await.status != StatusCode::OK {
+            errors += 1;
+        }
+    }
+    let sent = a.hits() + b.hits() + c.hits();
+    let extra = sent - requests;
+    assert!(
+        errors * 100 < requests,
+        "{errors} errors in {requests} (must be under 1%)"
+    );
+    assert!(extra > 0, "the flaky target's failures were retried");
+    // The budget: 20% of the requests plus the floor of 1 retry/s over the 10 s window.
+    assert!(
+        extra <= requests / 5 + 10,
+        "{extra} extra upstream requests for {requests}"
+    );
+    let retried = metric(&h, "levee_retries_total{route=\"all\",reason=\"status\"}").await;
+    assert_eq!(retried as usize, extra, "every extra request is a counted retry");
+}
+
+#[tokio::test]
+async fn the_budget_stops_a_retry_storm() {
+    let down = MockUpstream::start(|_| Reply::status(503)).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 5, on: [5xx], backoff: 1ms, budget: 0.2, min_per_second: 0 }}\n",
+        upstreams(&[down.addr], "    circuit_breaker: { enabled: false }\n")
+    ));
+    let requests = 100;
+    for _ in 0..requests {
+        assert_eq!(
+            get(&h.url("/"), &[]).await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    // Without a budget 5 attempts each would be 500 requests; with it, at most 20% more.
+    assert!(
+        down.hits() <= requests + requests / 5,
+        "{} upstream requests",
+        down.hits()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_target_is_avoided_and_taken_back_when_it_returns() {
+    let a = MockUpstream::fixed("a").await;
+    let b = MockUpstream::fixed("b").await;
+    let c = MockUpstream::fixed("c").await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 3, on: [connect_failure, reset], backoff: 1ms }}\n",
+        upstreams(
+            &[a.addr, b.addr, c.addr],
+            "    circuit_breaker: { consecutive_failures: 3, open_for: 300ms }\n"
+        )
+    ));
+    let url = h.url("/");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Steady load from 4 clients until told to stop (bounded by a request cap).
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, sent, failed, stop) = (url.clone(), sent.clone(), failed.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let http = client(false);
+            while !stop.load(Ordering::SeqCst) && sent.load(Ordering::SeqCst) < 50_000 {
+                let request = http::Request::get(&url).body(empty()).unwrap();
+                let ok = matches!(
+                    tokio::time::timeout(DEADLINE, http.request(request)).await,
+                    Ok(Ok(r)) if r.status() == StatusCode::OK
+                );
+                sent.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    eventually("load is flowing", || async { sent.load(Ordering::SeqCst) > 300 }).await;
+    let b_addr = b.addr;
+    b.kill();
+    let killed_at = sent.load(Ordering::SeqCst);
+    eventually("the breaker opens for the dead target", || async {
+        metric(
+            &h,
+            &format!("levee_circuit_state{{upstream=\"u\",target=\"{b_addr}\"}}"),
+        )
+        .await
+            == 2.0
+    })
+    .await;
+    eventually("traffic continues without it", || async {
+        sent.load(Ordering::SeqCst) > killed_at + 1000
+    })
+    .await;
+
+    // The target comes back on its port: half-open probes find it and it gets traffic again.
+    let back = MockUpstream::start_on(b_addr, |_| Reply::ok("b")).await;
+    eventually("the returned target serves again", || async { back.hits() > 20 }).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(
+        failed * 1000 <= sent,
+        "{failed} of {sent} requests failed (must be at most 0.1%)"
+    );
+    let connect_errors = metric(
+        &h,
+        &format!(
+            "levee_upstream_requests_total{{upstream=\"u\",target=\"{b_addr}\",outcome=\"connect_error\"}}"
+        ),
+    )
+    .await;
+    assert!(
+        connect_errors < 50.0,
+        "{connect_errors} attempts hit the dead target: after the breaker opened only probes should"
+    );
+    assert!(a.hits() > 0 && c.hits() > 0);
+}
+
+#[tokio::test]
+async fn a_hung_upstream_trips_the_breaker_and_then_fails_fast() {
+    let hang = Arc::new(AtomicBool::new(true));
+    let flag = hang.clone();
+    let upstream = MockUpstream::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ok("late").delay(Duration::from_secs(30))
+        } else {
+            Reply::ok("back")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    timeouts: { request: 200ms }\n    circuit_breaker: { consecutive_failures: 3, open_for: 500ms }\n"
+        )
+    ));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = get(&h.url("/"), &[]).await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+    // Open: fail fast, well under the timeout, without touching the upstream.
+    let hits = upstream.hits();
+    let started = Instant::now();
+    let answer = get(&h.url("/"), &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"]["code"], "upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream.hits(), hits);
+    let state = format!(
+        "levee_circuit_state{{upstream=\"u\",target=\"{}\"}}",
+        upstream.addr
+    );
+    assert_eq!(metric(&h, &state).await, 2.0);
+
+    // The upstream recovers; after open_for a probe gets through and closes the breaker.
+    hang.store(false, Ordering::SeqCst);
+    eventually("a half-open probe succeeds", || async {
+        get(&h.url("/"), &[]).await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(get(&h.url("/"), &[]).await.text(), "back");
+    assert_eq!(metric(&h, &state).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_refuses_at_once() {
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(800))).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(&[upstream.addr], "    max_concurrent: 2\n")
+    ));
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let url = h.url("/");
+        slow.push(tokio::spawn(async move { get(&url, &[]).await.status }));
+    }
+    eventually("two requests in flight", || async { upstream.hits() == 2 }).await;
+    assert_eq!(metric(&h, "levee_inflight_requests{upstream=\"u\"}").await, 2.0);
+    let started = Instant::now();
+    let answer = get(&h.url("/"), &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"]["code"], "upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "refused at once, not queued"
+    );
+    for task in slow {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "the refused request never reached the upstream"
+    );
+    assert_eq!(
+        metric(&h, "levee_bulkhead_rejected_total{upstream=\"u\"}").await,
+        1.0
+    );
+    eventually("the bulkhead empties", || async {
+        metric(&h, "levee_inflight_requests{upstream=\"u\"}").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fallback_replaces_502_503_and_504() {
+    let dead = refused_addr().await;
+    let busy = MockUpstream::start(|_| Reply::status(503)).await;
+    let h = Harness::start(&format!(
+        r#"upstreams:
+  dead:
+    targets: ["{dead}"]
+  busy:
+    targets: ["{}"]
+routes:
+  - name: dead
+    match: {{ path_prefix: /dead }}
+    upstream: dead
+    fallback: {{ status: 200, body: '{{"items":[],"degraded":true}}' }}
+  - name: busy
+    upstream: busy
+    fallback: {{ body: '{{"error":"temporarily degraded"}}' }}
+"#,
+        busy.addr
+    ));
+    let answer = get(&h.url("/dead/x"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["degraded"], true);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert!(answer.header("x-request-id").is_some());
+    let answer = get(&h.url("/x"), &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"], "temporarily degraded");
+    eventually("two access log lines", || async { h.access_log().len() == 2 }).await;
+    let log = h.access_log();
+    let dead_line = log.iter().find(|l| l["route"] == "dead").unwrap();
+    assert_eq!(dead_line["fallback_for"], 502);
+    assert_eq!(dead_line["error"], "upstream_error");
+    assert_eq!(dead_line["status"], 200);
+}
+
+#[tokio::test]
+async fn bodies_are_replayed_on_retry_only_when_allowed_and_small() {
+    let first = Arc::new(AtomicBool::new(true));
+    let flag = first.clone();
+    // Fails the first request it ever sees, then echoes bodies back.
+    let upstream = MockUpstream::start(move |seen| {
+        if flag.swap(false, Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok(seen.body.clone())
+        }
+    })
+    .await;
+    let route = |extra: &str| {
+        format!(
+            "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 2, on: [503], backoff: 1ms, max_replay_body: 1024 }}\n{extra}",
+            upstreams(&[upstream.addr], "    circuit_breaker: { enabled: false }\n")
+        )
+    };
+    let post = |h: &Harness, body: Vec<u8>| {
+        let request = http::Request::post(h.url("/")).body(full(body)).unwrap();
+        async move { send(&client(false), request).await }
+    };
+
+    // POST is not idempotent: no retry unless the route opts in.
+    let h = Harness::start(&route(""));
+    assert_eq!(
+        post(&h, b"hello".to_vec()).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    drop(h);
+
+    first.store(true, Ordering::SeqCst);
+    let h = Harness::start(&route("    retry_non_idempotent: true\n"));
+    let answer = post(&h, b"hello".to_vec()).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.text(),
+        "hello",
+        "the retried attempt carried the whole body"
+    );
+
+    // A body over max_replay_body is streamed once and never retried.
+    first.store(true, Ordering::SeqCst);
+    let big = vec![b'x'; 4096];
+    assert_eq!(post(&h, big).await.status, StatusCode::SERVICE_UNAVAILABLE);
+}
