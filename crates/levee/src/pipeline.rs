@@ -33,7 +33,7 @@ use crate::observability::{RequestRecord, UpstreamFacts};
 use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
 use crate::upstream::balancer::PickContext;
-use crate::upstream::UpstreamError;
+use crate::upstream::{health, UpstreamError};
 
 /// Serves one request. Never fails: every problem becomes a JSON error response.
 pub async fn handle(
@@ -320,6 +320,7 @@ async fn forward(
         if let Some(target) = upstream.targets.get(index) {
             target.record(permit, !failed);
         }
+        health::record_outcome(upstream.shared(), index, failed, Instant::now());
         let facts = UpstreamFacts {
             upstream: upstream.name.clone(),
             target: target_addr,

@@ -83,6 +83,21 @@ impl SharedState {
                 value: upstream.inflight() as f64,
             });
         }
+        let now = tokio::time::Instant::now();
+        for upstream in &self.gateway.upstreams {
+            let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
+            for (target, health) in upstream.spec.targets.iter().zip(&upstream.health) {
+                gauges.push(Gauge {
+                    name: "levee_target_healthy",
+                    help: "1 when the target passes its health checks and is not ejected as an outlier.",
+                    labels: vec![
+                        ("upstream", upstream.spec.name.to_string()),
+                        ("target", target.addr.to_string()),
+                    ],
+                    value: if health.usable(now_ms) { 1.0 } else { 0.0 },
+                });
+            }
+        }
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
         for (u, upstream) in self.gateway.upstreams.iter().enumerate() {
             for (t, target) in upstream.spec.targets.iter().enumerate() {
@@ -120,6 +135,7 @@ pub struct RunningGateway {
     admin_shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
+    health: Option<JoinHandle<()>>,
     access_log: Option<JoinHandle<()>>,
 }
 
@@ -227,6 +243,29 @@ impl RunningGateway {
         // The workers hold the only senders now: when they exit, the writer drains and ends.
         drop(access_log);
 
+        // One health checker for the whole process, not one per worker.
+        let health = if gateway.upstreams.iter().any(|u| u.spec.health_check.is_some()) {
+            let upstreams = gateway.upstreams.clone();
+            let rx = shutdown_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name("levee-health".into())
+                .spawn(
+                    move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => runtime.block_on(crate::upstream::health::run_checks(upstreams, rx)),
+                        Err(error) => {
+                            tracing::error!(%error, "health checker could not start its event loop")
+                        }
+                    },
+                )
+                .map_err(|source| StartError::Thread {
+                    name: "health".into(),
+                    source,
+                })?;
+            Some(thread)
+        } else {
+            None
+        };
+
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let admin = match admin_socket {
             Some(socket) => {
@@ -252,6 +291,7 @@ impl RunningGateway {
             admin_shutdown,
             workers: worker_threads,
             admin,
+            health,
             access_log: access_log_thread,
         })
     }
@@ -290,6 +330,9 @@ impl RunningGateway {
         self.begin_shutdown();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
+        }
+        if let Some(health) = self.health.take() {
+            let _ = health.join();
         }
         let _ = self.admin_shutdown.send(true);
         if let Some(admin) = self.admin.take() {

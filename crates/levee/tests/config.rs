@@ -171,9 +171,8 @@ fn every_example_config_is_valid() {
 fn the_published_json_schema_is_current() {
     let generated = serde_json::to_string_pretty(&levee::config::file::json_schema()).unwrap();
     let published = std::fs::read_to_string(repo_root().join("docs/levee.schema.json")).unwrap_or_default();
-    assert_eq!(
-        published.trim(),
-        generated.trim(),
+    assert!(
+        published.trim() == generated.trim(),
         "docs/levee.schema.json is stale: run `cargo run -p levee-cli -- schema > docs/levee.schema.json`"
     );
 }

@@ -349,3 +349,104 @@ async fn bodies_are_replayed_on_retry_only_when_allowed_and_small() {
     let big = vec![b'x'; 4096];
     assert_eq!(post(&h, big).await.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_target_out_and_bring_it_back() {
+    let a = MockUpstream::fixed("a").await;
+    let status = Arc::new(AtomicUsize::new(200));
+    let s = status.clone();
+    let b = MockUpstream::start(move |seen| {
+        if seen.uri.path() == "/healthz" {
+            Reply::status(s.load(Ordering::SeqCst) as u16)
+        } else {
+            Reply::ok("b")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[a.addr, b.addr],
+            "    health_check: { path: /healthz, interval: 50ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }\n"
+        )
+    ));
+    let healthy = format!("levee_target_healthy{{upstream=\"u\",target=\"{}\"}}", b.addr);
+    eventually("b is checked", || async {
+        b.seen()
+            .iter()
+            .any(|s| s.uri.path() == "/healthz" && s.headers["user-agent"] == "levee-health-check")
+    })
+    .await;
+    assert_eq!(metric(&h, &healthy).await, 1.0);
+
+    status.store(503, Ordering::SeqCst);
+    eventually("b is marked unhealthy", || async {
+        metric(&h, &healthy).await == 0.0
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(&h.url("/"), &[]).await.text(),
+            "a",
+            "no traffic to an unhealthy target"
+        );
+    }
+
+    status.store(200, Ordering::SeqCst);
+    eventually("b passes healthy_after checks", || async {
+        metric(&h, &healthy).await == 1.0
+    })
+    .await;
+    let mut answers = std::collections::HashSet::new();
+    for _ in 0..10 {
+        answers.insert(get(&h.url("/"), &[]).await.text());
+    }
+    assert!(answers.contains("b"), "b takes traffic again: {answers:?}");
+}
+
+#[tokio::test]
+async fn a_tcp_health_check_notices_a_dead_target() {
+    let a = MockUpstream::fixed("a").await;
+    let b = MockUpstream::fixed("b").await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[a.addr, b.addr],
+            "    health_check: { interval: 50ms, unhealthy_after: 2 }\n"
+        )
+    ));
+    let healthy = format!("levee_target_healthy{{upstream=\"u\",target=\"{}\"}}", b.addr);
+    assert_eq!(metric(&h, &healthy).await, 1.0);
+    b.kill();
+    eventually("b is marked unhealthy", || async {
+        metric(&h, &healthy).await == 0.0
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_target_is_ejected_as_an_outlier() {
+    let a = MockUpstream::fixed("a").await;
+    let b = MockUpstream::fixed("b").await;
+    let bad = MockUpstream::start(|_| Reply::status(500)).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[a.addr, b.addr, bad.addr],
+            "    circuit_breaker: { enabled: false }\n    outlier_detection: { consecutive_failures: 3, base_ejection: 1h, max_ejection: 1h }\n"
+        )
+    ));
+    let mut errors = 0;
+    for _ in 0..60 {
+        if get(&h.url("/"), &[]).await.status != StatusCode::OK {
+            errors += 1;
+        }
+    }
+    assert_eq!(bad.hits(), 3, "ejected after 3 failures in a row, for everyone");
+    assert_eq!(errors, 3);
+    let healthy = format!("levee_target_healthy{{upstream=\"u\",target=\"{}\"}}", bad.addr);
+    assert_eq!(metric(&h, &healthy).await, 0.0);
+}

@@ -166,10 +166,62 @@ pub struct UpstreamFile {
     /// Per-target circuit breaker. On by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerFile>,
+    /// Active health checks: HTTP GET of `path` on each target (TCP connect when no path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckFile>,
+    /// Passive outlier ejection, shared by all workers. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierFile>,
     /// Bulkhead: requests in flight to this upstream at most (across all workers); beyond it
     /// new requests get 503 at once. Default 1024 (Envoy's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<usize>,
+}
+
+/// Active health checking of each target.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Path to GET, e.g. `/healthz`; without one a TCP connect is the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between checks of a target. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationStr>,
+    /// Time a check may take. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationStr>,
+    /// Failed checks in a row that mark a target unhealthy. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_after: Option<u32>,
+    /// Passed checks in a row that bring an unhealthy target back. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_after: Option<u32>,
+    /// Statuses that pass. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_statuses: Option<Vec<u16>>,
+}
+
+/// Passive outlier ejection: a target that fails many requests in a row is taken out of
+/// rotation for a while, by every worker at once.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Set false to turn ejection off. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Failures in a row (connect failures, timeouts, resets, 5xx) that eject. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection period; each repeat ejection lasts one more period. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<DurationStr>,
+    /// Longest ejection. Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<DurationStr>,
+    /// At most this share of the targets is ejected at once (one always may be). Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
 }
 
 /// Circuit breaker thresholds (see docs/resilience.md).

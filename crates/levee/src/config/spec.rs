@@ -55,6 +55,29 @@ pub struct UpstreamSpec {
     /// `None` when the breaker is turned off.
     pub circuit_breaker: Option<BreakerConfig>,
     pub max_concurrent: usize,
+    pub health_check: Option<HealthCheckSpec>,
+    /// `None` when ejection is turned off.
+    pub outlier: Option<OutlierSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSpec {
+    /// `None`: a TCP connect is the check.
+    pub path: Option<http::uri::PathAndQuery>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    /// Empty: any 2xx passes.
+    pub expected_statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierSpec {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use http::{HeaderName, HeaderValue, Method};
 use levee_resilience::BreakerConfig;
 
 use super::file::{
-    BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, MatchFile, RetryFile,
-    RetryOnFile, RouteFile, UpstreamFile, Workers,
+    BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile, MatchFile,
+    OutlierFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
 };
 use super::source_map::SourceMap;
 use super::spec::*;
@@ -329,7 +329,19 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         );
         ok = false;
     }
+    let health_check = u
+        .health_check
+        .as_ref()
+        .and_then(|h| check_health(h, &format!("{path}.health_check"), p, &mut ok));
+    let outlier = check_outlier(
+        u.outlier_detection.as_ref(),
+        &format!("{path}.outlier_detection"),
+        p,
+        &mut ok,
+    );
     ok.then(|| UpstreamSpec {
+        health_check,
+        outlier,
         circuit_breaker,
         max_concurrent,
         name: name.into(),
@@ -595,6 +607,133 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
         }
     }
     (p.errors.len() == before).then_some(out)
+}
+
+fn check_health(
+    file: &HealthCheckFile,
+    path: &str,
+    p: &mut Problems,
+    ok: &mut bool,
+) -> Option<HealthCheckSpec> {
+    let before = p.errors.len();
+    let check_path = match &file.path {
+        None => None,
+        Some(text) if text.starts_with('/') => match http::uri::PathAndQuery::try_from(text.as_str()) {
+            Ok(pq) => Some(pq),
+            Err(_) => {
+                p.at(
+                    &format!("{path}.path"),
+                    format!("invalid health check path `{text}`"),
+                );
+                None
+            }
+        },
+        Some(text) => {
+            p.at(
+                &format!("{path}.path"),
+                format!("health check path `{text}` must start with /"),
+            );
+            None
+        }
+    };
+    let interval = file
+        .interval
+        .map(|d| d.0)
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let timeout = file
+        .timeout
+        .map(|d| d.0)
+        .unwrap_or(std::time::Duration::from_secs(1));
+    if interval < std::time::Duration::from_millis(10) {
+        p.at(&format!("{path}.interval"), "interval must be at least 10ms");
+    }
+    if timeout.is_zero() {
+        p.at(&format!("{path}.timeout"), "timeout must be above zero");
+    }
+    let unhealthy_after = file.unhealthy_after.unwrap_or(2);
+    let healthy_after = file.healthy_after.unwrap_or(2);
+    for (key, value) in [
+        ("unhealthy_after", unhealthy_after),
+        ("healthy_after", healthy_after),
+    ] {
+        if value == 0 || value > 100 {
+            p.at(&format!("{path}.{key}"), format!("{key} must be from 1 to 100"));
+        }
+    }
+    let expected_statuses = file.expected_statuses.clone().unwrap_or_default();
+    for (i, status) in expected_statuses.iter().enumerate() {
+        if !(100..600).contains(status) {
+            p.at(
+                &format!("{path}.expected_statuses[{i}]"),
+                format!("invalid status {status}"),
+            );
+        }
+    }
+    if p.errors.len() != before {
+        *ok = false;
+        return None;
+    }
+    Some(HealthCheckSpec {
+        path: check_path,
+        interval,
+        timeout,
+        unhealthy_after,
+        healthy_after,
+        expected_statuses,
+    })
+}
+
+fn check_outlier(
+    file: Option<&OutlierFile>,
+    path: &str,
+    p: &mut Problems,
+    ok: &mut bool,
+) -> Option<OutlierSpec> {
+    if file.is_some_and(|f| f.enabled == Some(false)) {
+        return None;
+    }
+    let file = file.cloned().unwrap_or_default();
+    let spec = OutlierSpec {
+        consecutive_failures: file.consecutive_failures.unwrap_or(5),
+        base_ejection: file
+            .base_ejection
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(30)),
+        max_ejection: file
+            .max_ejection
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(300)),
+        max_ejected_percent: file.max_ejected_percent.unwrap_or(50),
+    };
+    let before = p.errors.len();
+    if spec.consecutive_failures == 0 {
+        p.at(
+            &format!("{path}.consecutive_failures"),
+            "consecutive_failures must be at least 1 (or set enabled: false)",
+        );
+    }
+    if spec.base_ejection.is_zero() {
+        p.at(
+            &format!("{path}.base_ejection"),
+            "base_ejection must be above zero",
+        );
+    }
+    if spec.max_ejection < spec.base_ejection {
+        p.at(
+            &format!("{path}.max_ejection"),
+            "max_ejection must be at least base_ejection",
+        );
+    }
+    if spec.max_ejected_percent > 100 {
+        p.at(
+            &format!("{path}.max_ejected_percent"),
+            "max_ejected_percent must be from 0 to 100",
+        );
+    }
+    if p.errors.len() != before {
+        *ok = false;
+    }
+    Some(spec)
 }
 
 fn check_breaker(

@@ -2,6 +2,7 @@
 //! attempt to a target over a pooled keep-alive connection.
 
 pub mod balancer;
+pub mod health;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -207,12 +208,22 @@ pub struct Upstream {
     /// Requests in flight across all workers: the bulkhead's count, and
     /// `levee_inflight_requests`.
     inflight: AtomicUsize,
+    /// Per target, shared by all workers: health check verdict and outlier ejection.
+    pub health: Vec<health::TargetHealth>,
+    /// The clock outlier ejection counts from.
+    pub epoch: Instant,
 }
 
 impl Upstream {
     pub fn new(spec: UpstreamSpec) -> Upstream {
         let balancer = Balancer::new(&spec.balance, &spec.targets);
         Upstream {
+            health: spec
+                .targets
+                .iter()
+                .map(|_| health::TargetHealth::default())
+                .collect(),
+            epoch: Instant::now(),
             spec,
             balancer,
             inflight: AtomicUsize::new(0),
@@ -304,6 +315,10 @@ impl WorkerUpstream {
         &self.shared.spec
     }
 
+    pub fn shared(&self) -> &Arc<Upstream> {
+        &self.shared
+    }
+
     /// Takes a place in the bulkhead, or fails at once when it is full.
     pub fn enter(self: &Arc<Self>) -> Result<BulkheadPermit, UpstreamError> {
         let limit = self.shared.spec.max_concurrent;
@@ -326,18 +341,18 @@ impl WorkerUpstream {
             upstream: self.name.clone(),
         };
         let now = Instant::now();
+        let now_ms = health::millis_since(self.shared.epoch, now);
         let admits = |i: usize| self.targets.get(i).is_some_and(|t| t.admits(now));
+        let usable = |i: usize| self.shared.health.get(i).is_some_and(|h| h.usable(now_ms));
         let balancer = &self.shared.balancer;
         let index = balancer
-            .pick(&self.targets, ctx, &|i| !tried.contains(&i) && admits(i))
-            // Every other target is out: the one that failed may still be worth a retry.
-            .or_else(|| {
-                if tried.is_empty() {
-                    None
-                } else {
-                    balancer.pick(&self.targets, ctx, &admits)
-                }
+            .pick(&self.targets, ctx, &|i| {
+                !tried.contains(&i) && usable(i) && admits(i)
             })
+            // Every other target is out: the one that failed may still be worth a retry.
+            .or_else(|| balancer.pick(&self.targets, ctx, &|i| usable(i) && admits(i)))
+            // Nothing healthy is left: panic routing, health signals may be wrong.
+            .or_else(|| balancer.pick(&self.targets, ctx, &admits))
             .ok_or_else(no_target)?;
         let target = self.targets.get(index).ok_or_else(no_target)?;
         let permit = target.acquire(now).ok_or_else(no_target)?;
