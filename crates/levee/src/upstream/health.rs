@@ -227,9 +227,9 @@ mod tests {
     }
 
     fn fail(u: &Upstream, index: usize, times: u32) -> bool {
-        (0..times)
-            .map(|_| record_outcome(u, index, true, Instant::now()))
-            .any(|e| e)
+        (0..times).fold(false, |ejected, _| {
+            record_outcome(u, index, true, Instant::now()) || ejected
+        })
     }
 
     fn usable(u: &Upstream, index: usize) -> bool {
