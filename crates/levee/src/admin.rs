@@ -89,6 +89,14 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
                 json(StatusCode::OK, r#"{"status":"ready"}"#)
             }
         }
+        "/api/v1/upstreams" => {
+            let body = serde_json::to_vec(&state.upstreams_json()).unwrap_or_default();
+            let mut response = Response::new(ResponseBody::full(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         "/metrics" => {
             let mut response = Response::new(ResponseBody::full(state.metrics.render_with(&state.gauges())));
             response.headers_mut().insert(

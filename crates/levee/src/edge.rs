@@ -17,6 +17,8 @@ use crate::upstream::UpstreamError;
 pub enum Rejection {
     #[error("no route matches this request")]
     NoRoute,
+    #[error("the gateway is at its in-flight request limit")]
+    Overloaded,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -25,6 +27,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -51,6 +54,7 @@ impl Rejection {
     pub fn public_message(&self) -> &'static str {
         match self {
             Rejection::NoRoute => "No route matches this request.",
+            Rejection::Overloaded => "The gateway is overloaded; try again shortly.",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",

@@ -1,12 +1,12 @@
 //! A running config: the route table and upstreams compiled from a [`Config`], and what each
 //! worker thread keeps for itself (connection pools, metrics shard).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use levee_resilience::RetryBudget;
 
-use crate::config::spec::RETRY_BUDGET_WINDOW;
+use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::observability::Recorder;
 use crate::router::Router;
@@ -48,7 +48,32 @@ pub struct WorkerContext {
     /// Each route's retry budget on this worker (`None` for routes without a retry policy).
     pub retry_budgets: Vec<Option<Mutex<RetryBudget>>>,
     pub recorder: Arc<Recorder>,
+    /// This worker's share of the process-wide caps.
+    pub limits: LimitsSpec,
+    /// Requests in flight on this worker (load shedding).
+    pub inflight: Arc<AtomicUsize>,
+    /// Client connections open on this worker (load shedding).
+    pub connections: Arc<AtomicUsize>,
     sequence: AtomicU64,
+}
+
+/// Counts one unit (a request or a connection) against a worker's cap until dropped.
+#[derive(Debug)]
+pub struct LoadPermit(Arc<AtomicUsize>);
+
+impl LoadPermit {
+    /// Takes a unit if fewer than `cap` are taken.
+    pub fn try_take(counter: &Arc<AtomicUsize>, cap: usize) -> Option<LoadPermit> {
+        let before = counter.fetch_add(1, Ordering::Relaxed);
+        let permit = LoadPermit(counter.clone());
+        (before < cap).then_some(permit)
+    }
+}
+
+impl Drop for LoadPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WorkerContext {
@@ -79,12 +104,16 @@ impl WorkerContext {
                 })
             })
             .collect();
+        let limits = gateway.config.limits.per_worker(gateway.config.workers);
         WorkerContext {
             gateway,
             upstreams,
             route_names,
             retry_budgets,
             recorder,
+            limits,
+            inflight: Arc::default(),
+            connections: Arc::default(),
             // Start workers at different points so round robin does not move in lockstep.
             sequence: AtomicU64::new(fastrand::u64(..1024)),
         }

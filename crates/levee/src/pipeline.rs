@@ -1,7 +1,7 @@
 //! The request's way through the gateway, in order (PRODUCT.md section 7):
 //!
-//! 1. accept (connection limits, slow-client timeouts): `server`
-//! 2. request id and trace context
+//! 1. accept (connection cap, header-read timeout): `server`
+//! 2. request id and trace context; load shedding past the in-flight cap
 //! 3. route match
 //! 4. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
 //!    whose breaker is open) → circuit admission → per-try timeout → forward }
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::body::{ReplayableBody, ResponseBody};
 use crate::config::spec::{Fallback, RouteSpec};
 use crate::edge::{self, Rejection};
-use crate::gateway::WorkerContext;
+use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
 use crate::observability::metrics::Outcome;
 use crate::observability::{RequestRecord, UpstreamFacts};
@@ -63,11 +63,27 @@ pub async fn handle(
         upstream: None,
         bytes_in: None,
         inflight: None,
+        admission: None,
         bulkhead: None,
         attempts: 0,
         fallback_for: None,
         emitted: false,
     };
+
+    // Load shedding: past the worker's in-flight cap, refuse at once.
+    match LoadPermit::try_take(&worker.inflight, worker.limits.max_inflight) {
+        Some(permit) => record.admission = Some(permit),
+        None => {
+            worker
+                .recorder
+                .access_log
+                .metrics()
+                .globals
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return answer(Rejection::Overloaded, record);
+        }
+    }
 
     // 3. Route match.
     let gateway = &worker.gateway;

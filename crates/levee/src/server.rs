@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Config;
-use crate::gateway::{Gateway, WorkerContext};
+use crate::gateway::{Gateway, LoadPermit, WorkerContext};
 use crate::observability::access_log::AccessLog;
 use crate::observability::metrics::{Gauge, Metrics};
 use crate::observability::Recorder;
@@ -71,6 +71,54 @@ pub struct SharedState {
 }
 
 impl SharedState {
+    /// `GET /api/v1/upstreams`: every target's health, breaker state (the worst any worker
+    /// sees), requests in flight (summed over workers) and peak-EWMA latency (the highest).
+    pub fn upstreams_json(&self) -> serde_json::Value {
+        let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let upstreams: Vec<serde_json::Value> = self
+            .gateway
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(u, upstream)| {
+                let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
+                let targets: Vec<serde_json::Value> = upstream
+                    .spec
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .map(|(t, target)| {
+                        let views: Vec<_> = workers.iter().filter_map(|w| w.get(u)?.targets.get(t)).collect();
+                        let circuit = views
+                            .iter()
+                            .map(|v| v.circuit())
+                            .max_by_key(|state| state.gauge())
+                            .unwrap_or(levee_resilience::State::Closed);
+                        let health = upstream.health.get(t);
+                        serde_json::json!({
+                            "addr": &*target.addr,
+                            "weight": target.weight,
+                            "healthy": health.is_some_and(|h| h.usable(now_ms)),
+                            "health_check_passing": health.is_some_and(|h| h.healthy()),
+                            "ejected": health.is_some_and(|h| h.ejected(now_ms)),
+                            "circuit": circuit.name(),
+                            "inflight": views.iter().map(|v| v.inflight()).sum::<usize>(),
+                            "ewma_ms": views.iter().map(|v| v.ewma_ms()).fold(0.0, f64::max),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": &*upstream.spec.name,
+                    "inflight": upstream.inflight(),
+                    "max_concurrent": upstream.spec.max_concurrent,
+                    "targets": targets,
+                })
+            })
+            .collect();
+        serde_json::json!({ "upstreams": upstreams })
+    }
+
     /// Gauges read from live state: in-flight requests per upstream and the breaker state per
     /// target (the worst any worker sees: 0 closed, 1 half-open, 2 open).
     pub fn gauges(&self) -> Vec<Gauge> {
@@ -436,6 +484,13 @@ async fn accept_loop(
             .globals
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        let Some(connection_permit) =
+            LoadPermit::try_take(&context.connections, context.limits.max_connections)
+        else {
+            state.metrics.globals.shed.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(refuse_politely(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnInfo {
             peer,
@@ -455,6 +510,23 @@ async fn accept_loop(
             if let Err(error) = watched.await {
                 tracing::debug!(%error, %peer, "client connection ended with an error");
             }
+            drop(connection_permit);
         });
     }
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without reading the request:
+/// the client learns why instead of seeing a reset, and the gateway spends almost nothing.
+async fn refuse_politely(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":{"code":"upstream_unavailable","message":"The gateway is at its connection limit; try again shortly.","request_id":""}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

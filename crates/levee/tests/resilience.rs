@@ -225,6 +225,21 @@ async fn a_hung_upstream_trips_the_breaker_and_then_fails_fast() {
     assert_eq!(metric(&h, &state).await, 0.0);
 }
 
+/// Starts `n` requests and waits until the (slow) upstream holds all of them.
+async fn in_flight(
+    h: &Harness,
+    upstream: &MockUpstream,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<StatusCode>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let url = h.url("/");
+        tasks.push(tokio::spawn(async move { get(&url, &[]).await.status }));
+    }
+    eventually("requests in flight", || async { upstream.hits() == n }).await;
+    tasks
+}
+
 #[tokio::test]
 async fn a_full_bulkhead_refuses_at_once() {
     let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(800))).await;
@@ -232,12 +247,7 @@ async fn a_full_bulkhead_refuses_at_once() {
         "{}routes:\n  - name: all\n    upstream: u\n",
         upstreams(&[upstream.addr], "    max_concurrent: 2\n")
     ));
-    let mut slow = Vec::new();
-    for _ in 0..2 {
-        let url = h.url("/");
-        slow.push(tokio::spawn(async move { get(&url, &[]).await.status }));
-    }
-    eventually("two requests in flight", || async { upstream.hits() == 2 }).await;
+    let slow = in_flight(&h, &upstream, 2).await;
     assert_eq!(metric(&h, "levee_inflight_requests{upstream=\"u\"}").await, 2.0);
     let started = Instant::now();
     let answer = get(&h.url("/"), &[]).await;
@@ -449,4 +459,88 @@ async fn a_failing_target_is_ejected_as_an_outlier() {
     assert_eq!(errors, 3);
     let healthy = format!("levee_target_healthy{{upstream=\"u\",target=\"{}\"}}", bad.addr);
     assert_eq!(metric(&h, &healthy).await, 0.0);
+}
+
+#[tokio::test]
+async fn load_shedding_refuses_requests_past_the_inflight_cap() {
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(600))).await;
+    let h = Harness::start(&format!(
+        "limits: {{ max_inflight: 2 }}\n{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(&[upstream.addr], "")
+    ));
+    let slow = in_flight(&h, &upstream, 2).await;
+    let started = Instant::now();
+    let answer = get(&h.url("/"), &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"]["code"], "upstream_unavailable");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(metric(&h, "levee_shed_total").await, 1.0);
+    for task in slow {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        get(&h.url("/"), &[]).await.status,
+        StatusCode::OK,
+        "capacity is back"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_get_a_503_and_are_closed() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "limits: {{ max_connections: 2 }}\n{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(&[upstream.addr], "")
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let _held: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    eventually("both connections are counted", || async {
+        metric(&h, "levee_connections_accepted_total").await == 2.0
+    })
+    .await;
+    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("upstream_unavailable"), "{answer}");
+    assert!(answer.to_lowercase().contains("connection: close"), "{answer}");
+    assert_eq!(metric(&h, "levee_shed_total").await, 1.0);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_each_targets_state() {
+    let a = MockUpstream::fixed("a").await;
+    let dead = refused_addr().await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[a.addr, dead],
+            "    circuit_breaker: { consecutive_failures: 1, open_for: 1h }\n"
+        )
+    ));
+    for _ in 0..4 {
+        get(&h.url("/"), &[]).await;
+    }
+    let answer = get(&format!("{}/api/v1/upstreams", h.admin), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let json = answer.json();
+    let upstream = &json["upstreams"][0];
+    assert_eq!(upstream["name"], "u");
+    assert_eq!(upstream["max_concurrent"], 1024);
+    let targets = upstream["targets"].as_array().unwrap();
+    let by_addr = |addr: String| {
+        targets
+            .iter()
+            .find(|t| t["addr"] == addr.as_str())
+            .unwrap()
+            .clone()
+    };
+    let good = by_addr(a.addr.to_string());
+    assert_eq!(good["circuit"], "closed");
+    assert_eq!(good["healthy"], true);
+    assert_eq!(good["inflight"], 0);
+    assert!(good["ewma_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(by_addr(dead.to_string())["circuit"], "open");
 }

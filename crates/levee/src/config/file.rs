@@ -41,6 +41,22 @@ pub struct ConfigFile {
     /// The JSON access log written to stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogFile>,
+    /// Load shedding: caps that protect the gateway itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsFile>,
+}
+
+/// Caps on the gateway's own load; past them new work is refused quickly with 503.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Requests in flight in the whole process (split evenly across workers). Default 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<usize>,
+    /// Open client connections in the whole process (split evenly across workers); a
+    /// connection past it gets a 503 and is closed. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// A listening socket for client traffic (HTTP/1.1 and HTTP/2 cleartext on the same port).

@@ -22,6 +22,7 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_grace: Duration,
     pub access_log: AccessLogSpec,
+    pub limits: LimitsSpec,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
 }
@@ -35,6 +36,24 @@ pub struct ListenerSpec {
 #[derive(Debug, Clone)]
 pub struct AdminSpec {
     pub bind: SocketAddr,
+}
+
+/// Process-wide caps (each worker enforces its even share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsSpec {
+    pub max_inflight: usize,
+    pub max_connections: usize,
+}
+
+impl LimitsSpec {
+    /// One worker's share of each cap (at least one).
+    pub fn per_worker(&self, workers: usize) -> LimitsSpec {
+        let share = |total: usize| total.div_ceil(workers.max(1)).max(1);
+        LimitsSpec {
+            max_inflight: share(self.max_inflight),
+            max_connections: share(self.max_connections),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -196,3 +215,5 @@ pub const DEFAULT_RETRY_MIN_PER_SECOND: f64 = 1.0;
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 /// The retry budget's window: requests and retries of the last 10 s count.
 pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_INFLIGHT: usize = 16_384;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;

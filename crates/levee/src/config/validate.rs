@@ -200,6 +200,29 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             "access_log.queue must be between 1 and 1048576",
         );
     }
+    let limits = LimitsSpec {
+        max_inflight: file
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_inflight)
+            .unwrap_or(DEFAULT_MAX_INFLIGHT),
+        max_connections: file
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    };
+    for (key, value) in [
+        ("max_inflight", limits.max_inflight),
+        ("max_connections", limits.max_connections),
+    ] {
+        if value == 0 || value > 10_000_000 {
+            p.at(
+                &format!("limits.{key}"),
+                format!("limits.{key} must be from 1 to 10000000"),
+            );
+        }
+    }
     let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     Some(Config {
         listeners,
@@ -209,6 +232,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         workers,
         shutdown_grace,
         access_log,
+        limits,
         file,
     })
 }

@@ -157,6 +157,10 @@ impl AccessLog {
         self.tx.is_some()
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Queues a record, or drops and counts it when the writer is behind.
     pub fn log(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx {

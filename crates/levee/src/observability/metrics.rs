@@ -220,6 +220,8 @@ impl MetricsShard {
 #[derive(Debug, Default)]
 pub struct Globals {
     pub access_log_dropped: AtomicU64,
+    /// Requests and connections refused by load shedding.
+    pub shed: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub config_version: AtomicU64,
 }
@@ -392,6 +394,13 @@ impl Metrics {
             "levee_access_log_dropped_total {}",
             g.access_log_dropped.load(Ordering::Relaxed)
         );
+        family(
+            &mut out,
+            "levee_shed_total",
+            "counter",
+            "Requests and connections refused because the gateway was at its limits.",
+        );
+        let _ = writeln!(out, "levee_shed_total {}", g.shed.load(Ordering::Relaxed));
         family(
             &mut out,
             "levee_connections_accepted_total",

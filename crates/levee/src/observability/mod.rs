@@ -55,6 +55,8 @@ pub struct RequestRecord {
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Keeps the request counted as in flight on its target until the response ends.
     pub inflight: Option<crate::upstream::InflightGuard>,
+    /// The request's place under the worker's in-flight cap, held until the response ends.
+    pub admission: Option<crate::gateway::LoadPermit>,
     /// The request's place in its upstream's bulkhead, held until the response ends.
     pub bulkhead: Option<crate::upstream::BulkheadPermit>,
     /// Upstream attempts made (0 when none was).
@@ -81,6 +83,7 @@ impl RequestRecord {
         self.emitted = true;
         self.inflight = None;
         self.bulkhead = None;
+        self.admission = None;
         if self.status == 0 {
             // Dropped before any response existed: the client went away (nginx's 499).
             self.status = 499;
