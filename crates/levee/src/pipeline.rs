@@ -193,8 +193,8 @@ async fn forward(
         return Err(Rejection::NoRoute);
     };
 
-    // Bulkhead: a full upstream refuses at once rather than queueing without bound.
-    match upstream.enter() {
+    // Bulkhead: a full upstream refuses at once, or after a bounded wait in its queue.
+    match upstream.enter().await {
         Ok(permit) => record.bulkhead = Some(permit),
         Err(error) => {
             worker

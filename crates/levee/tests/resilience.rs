@@ -544,3 +544,62 @@ async fn the_admin_api_shows_each_targets_state() {
     assert!(good["ewma_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(by_addr(dead.to_string())["circuit"], "open");
 }
+
+#[tokio::test]
+async fn a_bulkhead_queue_waits_a_bounded_time_for_a_place() {
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(300))).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    max_concurrent: 1\n    queue: { size: 1, timeout: 2s }\n"
+        )
+    ));
+    let first = in_flight(&h, &upstream, 1).await;
+    // The second waits in the queue and is served when the first finishes.
+    let url = h.url("/");
+    let queued = tokio::spawn(async move { get(&url, &[]).await.status });
+    eventually("one request queued", || async {
+        metric(&h, "levee_inflight_requests{upstream=\"u\"}").await == 1.0 && upstream.hits() == 1
+    })
+    .await;
+    // The queue is full: a third is refused at once.
+    let started = Instant::now();
+    assert_eq!(
+        get(&h.url("/"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(started.elapsed() < Duration::from_millis(200));
+    for task in first {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(queued.await.unwrap(), StatusCode::OK);
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_queued_request_gives_up_at_the_queue_timeout() {
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(1500))).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    max_concurrent: 1\n    queue: { size: 5, timeout: 200ms }\n"
+        )
+    ));
+    let _first = in_flight(&h, &upstream, 1).await;
+    let started = Instant::now();
+    assert_eq!(
+        get(&h.url("/"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(1000),
+        "{waited:?}"
+    );
+    assert_eq!(
+        metric(&h, "levee_bulkhead_rejected_total{upstream=\"u\"}").await,
+        1.0
+    );
+}

@@ -192,6 +192,20 @@ pub struct UpstreamFile {
     /// new requests get 503 at once. Default 1024 (Envoy's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<usize>,
+    /// A bounded wait for a place when the bulkhead is full. Without it (the default) a full
+    /// bulkhead refuses at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueFile>,
+}
+
+/// The bulkhead's waiting room.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Requests that may wait at once; more are refused at once.
+    pub size: usize,
+    /// How long a request may wait for a place before it is refused.
+    pub timeout: DurationStr,
 }
 
 /// Active health checking of each target.

@@ -74,6 +74,8 @@ pub struct UpstreamSpec {
     /// `None` when the breaker is turned off.
     pub circuit_breaker: Option<BreakerConfig>,
     pub max_concurrent: usize,
+    /// (waiters at most, longest wait) when the bulkhead is full; `None`: refuse at once.
+    pub queue: Option<(usize, Duration)>,
     pub health_check: Option<HealthCheckSpec>,
     /// `None` when ejection is turned off.
     pub outlier: Option<OutlierSpec>,

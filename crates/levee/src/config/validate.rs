@@ -353,6 +353,23 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         );
         ok = false;
     }
+    let queue = u.queue.as_ref().map(|q| (q.size, q.timeout.0));
+    if let Some((size, timeout)) = queue {
+        if size == 0 || size > 1_000_000 {
+            p.at(
+                &format!("{path}.queue.size"),
+                "queue.size must be from 1 to 1000000",
+            );
+            ok = false;
+        }
+        if timeout.is_zero() {
+            p.at(
+                &format!("{path}.queue.timeout"),
+                "queue.timeout must be above zero",
+            );
+            ok = false;
+        }
+    }
     let health_check = u
         .health_check
         .as_ref()
@@ -368,6 +385,7 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         outlier,
         circuit_breaker,
         max_concurrent,
+        queue,
         name: name.into(),
         targets,
         balance,

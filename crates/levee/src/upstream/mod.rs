@@ -208,6 +208,9 @@ pub struct Upstream {
     /// Requests in flight across all workers: the bulkhead's count, and
     /// `levee_inflight_requests`.
     inflight: AtomicUsize,
+    /// Requests waiting in the bulkhead's queue, and the signal that a place freed up.
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
     /// Per target, shared by all workers: health check verdict and outlier ejection.
     pub health: Vec<health::TargetHealth>,
     /// The clock outlier ejection counts from.
@@ -227,6 +230,8 @@ impl Upstream {
             spec,
             balancer,
             inflight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -241,7 +246,12 @@ pub struct BulkheadPermit(Arc<WorkerUpstream>);
 
 impl Drop for BulkheadPermit {
     fn drop(&mut self) {
-        self.0.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        let shared = &self.0.shared;
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        // Only pay for a wake-up when someone waits.
+        if shared.waiting.load(Ordering::SeqCst) > 0 {
+            shared.freed.notify_one();
+        }
     }
 }
 
@@ -319,19 +329,50 @@ impl WorkerUpstream {
         &self.shared
     }
 
-    /// Takes a place in the bulkhead, or fails at once when it is full.
-    pub fn enter(self: &Arc<Self>) -> Result<BulkheadPermit, UpstreamError> {
-        let limit = self.shared.spec.max_concurrent;
-        let before = self.shared.inflight.fetch_add(1, Ordering::Relaxed);
-        let permit = BulkheadPermit(self.clone());
-        if before >= limit {
-            drop(permit);
-            return Err(UpstreamError::BulkheadFull {
-                upstream: self.name.clone(),
-                limit,
-            });
+    /// Takes a place in the bulkhead. When it is full: waits in the bounded queue if the
+    /// upstream has one (and it has room), else fails at once.
+    pub async fn enter(self: &Arc<Self>) -> Result<BulkheadPermit, UpstreamError> {
+        if let Some(permit) = self.try_enter() {
+            return Ok(permit);
         }
-        Ok(permit)
+        let limit = self.shared.spec.max_concurrent;
+        let full = || UpstreamError::BulkheadFull {
+            upstream: self.name.clone(),
+            limit,
+        };
+        let Some((size, timeout)) = self.shared.spec.queue else {
+            return Err(full());
+        };
+        let shared = &self.shared;
+        if shared.waiting.fetch_add(1, Ordering::SeqCst) >= size {
+            shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(full());
+        }
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let freed = shared.freed.notified();
+                tokio::pin!(freed);
+                // Register before re-checking, so a place freed in between is not missed.
+                freed.as_mut().enable();
+                if let Some(permit) = self.try_enter() {
+                    return permit;
+                }
+                freed.await;
+            }
+        })
+        .await;
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        waited.map_err(|_| full())
+    }
+
+    fn try_enter(self: &Arc<Self>) -> Option<BulkheadPermit> {
+        let limit = self.shared.spec.max_concurrent;
+        if self.shared.inflight.fetch_add(1, Ordering::SeqCst) >= limit {
+            // Undo without waking anyone: this place was never really taken.
+            self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(BulkheadPermit(self.clone()))
     }
 
     /// Chooses a target whose breaker admits a request, preferring one not in `tried`, and
