@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::observability::RequestRecord;
+use crate::stale::Capture;
 
 /// The client's body, shared by every attempt of one request.
 ///
@@ -177,14 +178,21 @@ pin_project! {
     }
 }
 
-/// Records the request once, whichever way the response ends.
+/// Records the request once, whichever way the response ends, and hands a fully sent body
+/// to the stale cache when one is being captured.
 struct Finisher {
     record: Option<RequestRecord>,
+    capture: Option<Capture>,
     sent: u64,
 }
 
 impl Finisher {
     fn finish(&mut self, completed: bool) {
+        if let Some(capture) = self.capture.take() {
+            if completed {
+                capture.complete();
+            }
+        }
         if let Some(record) = self.record.take() {
             record.finish(self.sent, completed);
         }
@@ -212,6 +220,7 @@ impl ResponseBody {
             source: Source::Upstream { body },
             finisher: Finisher {
                 record: None,
+                capture: None,
                 sent: 0,
             },
         }
@@ -225,6 +234,7 @@ impl ResponseBody {
             },
             finisher: Finisher {
                 record: None,
+                capture: None,
                 sent: 0,
             },
         }
@@ -232,6 +242,12 @@ impl ResponseBody {
 
     pub fn empty() -> ResponseBody {
         ResponseBody::full(Bytes::new())
+    }
+
+    /// Captures the body for the stale cache as it streams.
+    pub fn with_capture(mut self, capture: Capture) -> ResponseBody {
+        self.finisher.capture = Some(capture);
+        self
     }
 
     /// Attaches the record to write when this body ends.
@@ -262,6 +278,9 @@ impl Body for ResponseBody {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.finisher.sent += data.len() as u64;
+                    if let Some(capture) = this.finisher.capture.as_mut() {
+                        capture.push(data);
+                    }
                 }
                 // hyper stops polling once a sized body is exhausted, so notice the end here.
                 let ended = match this.source.as_ref().get_ref() {

@@ -10,6 +10,7 @@ use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::observability::Recorder;
 use crate::router::Router;
+use crate::stale::StaleCache;
 use crate::upstream::{Upstream, WorkerUpstream};
 
 /// Everything compiled from one config, shared by all workers.
@@ -18,6 +19,8 @@ pub struct Gateway {
     pub config: Config,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Each route's stale-if-error store (`None` where the route has none).
+    pub stale: Vec<Option<Arc<StaleCache>>>,
 }
 
 impl Gateway {
@@ -29,10 +32,16 @@ impl Gateway {
             .map(|spec| Arc::new(Upstream::new(spec)))
             .collect();
         let router = Router::new(config.routes.clone());
+        let stale = config
+            .routes
+            .iter()
+            .map(|r| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
+            .collect();
         Gateway {
             config,
             router,
             upstreams,
+            stale,
         }
     }
 }

@@ -10,6 +10,8 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Marks an answer served from the stale-if-error store.
+pub static X_LEVEE_CACHE: HeaderName = HeaderName::from_static("x-levee-cache");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -11,7 +11,8 @@
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
 //! * [`edge`]: failures to JSON error responses, in one place
 //! * [`observability`]: metrics and the access log
-//! * [`admin`]: health, readiness and metrics endpoints
+//! * [`stale`]: the last good answers, served when an upstream fails
+//! * [`admin`]: health, readiness, metrics and the upstreams API
 //! * [`demo`]: the self-contained `levee demo`
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod observability;
 pub mod pipeline;
 pub mod router;
 pub mod server;
+pub mod stale;
 pub mod upstream;
 
 pub use config::{load_file, load_str, Config, ConfigError, ConfigErrors};

@@ -5,13 +5,14 @@
 //! 3. route match
 //! 4. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
 //!    whose breaker is open) → circuit admission → per-try timeout → forward }
-//! 5. response: the route's fallback for 502/503/504, header rewrite, protocol switch
+//! 5. response: on failure the last good answer (stale-if-error) or the route's fallback;
+//!    else header rewrite, stale-cache capture, protocol switch
 //! 6. access log and metrics, recorded when the response body ends (`observability`)
 //!
 //! Later stages of the contract (auth, rate limits, fault injection, cache) slot in between
 //! 3 and 4 in that order.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::request::Parts;
@@ -32,6 +33,7 @@ use crate::observability::metrics::Outcome;
 use crate::observability::{RequestRecord, UpstreamFacts};
 use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
+use crate::stale::{Capture, StaleCache, StaleEntry};
 use crate::upstream::balancer::PickContext;
 use crate::upstream::{health, UpstreamError};
 
@@ -67,6 +69,7 @@ pub async fn handle(
         bulkhead: None,
         attempts: 0,
         fallback_for: None,
+        degraded: None,
         emitted: false,
     };
 
@@ -92,21 +95,33 @@ pub async fn handle(
     };
     record.route = worker.route_names.get(route_index).cloned();
 
+    // Stale-if-error: only GETs without credentials are stored or served.
+    let stale = gateway
+        .stale
+        .get(route_index)
+        .and_then(Option::as_ref)
+        .and_then(|cache| Some((cache, StaleCache::key(&parts)?)));
+
     // 4. Upstream: bulkhead, then the retry loop.
     let result = forward(worker, conn, route_index, route, parts, body, &mut record).await;
 
-    // 5. Response: the route's fallback replaces 502/503/504, whoever produced them.
-    if let Some(fallback) = &route.fallback {
-        let status = match &result {
-            Ok(response) => response.status(),
-            Err(rejection) => rejection.status(),
-        };
-        if matches!(status.as_u16(), 502..=504) {
-            if let Err(rejection) = &result {
-                record.error = Some(rejection.code());
-            }
-            return answer_fallback(fallback, status, record);
+    // 5. Response. A failure is replaced by the last good answer if there is one, else by
+    // the route's fallback.
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(rejection) => rejection.status(),
+    };
+    let failed = status.is_server_error();
+    if let Err(rejection) = &result {
+        record.error = Some(rejection.code());
+    }
+    if let (true, Some((cache, key))) = (failed, &stale) {
+        if let Some((entry, age)) = cache.get(key, Instant::now()) {
+            return answer_stale(entry, age, status, record);
         }
+    }
+    if let (Some(fallback), true) = (&route.fallback, matches!(status.as_u16(), 502..=504)) {
+        return answer_fallback(fallback, status, record);
     }
     match result {
         Ok(response) => {
@@ -114,14 +129,49 @@ pub async fn handle(
             let mut response = response;
             // Route rewrites first, so the gateway's own headers always win.
             route.response_headers.apply(response.headers_mut());
+            let capture = match &stale {
+                Some((cache, key)) if StaleCache::storable(response.status(), response.headers()) => {
+                    Some(Capture::new(
+                        (*cache).clone(),
+                        key.clone(),
+                        response.status(),
+                        response.headers().clone(),
+                    ))
+                }
+                _ => None,
+            };
             response
                 .headers_mut()
                 .insert(headers::X_REQUEST_ID.clone(), request_id);
-            let (parts, body) = response.into_parts();
+            let (parts, mut body) = response.into_parts();
+            if let Some(capture) = capture {
+                body = body.with_capture(capture);
+            }
             Response::from_parts(parts, body.with_record(record))
         }
         Err(rejection) => answer(rejection, record),
     }
+}
+
+/// Answers with the last good answer in place of a failure, marked as stale.
+fn answer_stale(
+    entry: StaleEntry,
+    age: Duration,
+    replaced: StatusCode,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(entry.body));
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers;
+    let headers = response.headers_mut();
+    headers.insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+    headers.insert(headers::X_LEVEE_CACHE.clone(), HeaderValue::from_static("stale"));
+    headers.insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    record.status = entry.status.as_u16();
+    record.fallback_for = Some(replaced.as_u16());
+    record.degraded = Some("stale");
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_record(record))
 }
 
 /// Answers with the route's static fallback in place of a 502/503/504.
@@ -137,6 +187,7 @@ fn answer_fallback(
     headers.insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
     record.status = fallback.status.as_u16();
     record.fallback_for = Some(replaced.as_u16());
+    record.degraded = Some("fallback");
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_record(record))
 }

@@ -603,3 +603,65 @@ async fn a_queued_request_gives_up_at_the_queue_timeout() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn stale_if_error_serves_the_last_good_answer_for_a_while() {
+    let down = Arc::new(AtomicBool::new(false));
+    let flag = down.clone();
+    let upstream = MockUpstream::start(move |seen| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok(format!("items at {}", seen.uri.path()))
+                .header("content-type", "text/plain")
+                .header(
+                    "cache-control",
+                    if seen.uri.path() == "/private" {
+                        "private"
+                    } else {
+                        "max-age=5"
+                    },
+                )
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    stale_if_error: {{ max_age: 1s }}\n",
+        upstreams(&[upstream.addr], "    circuit_breaker: { enabled: false }\n")
+    ));
+    for path in ["/items", "/private"] {
+        assert_eq!(get(&h.url(path), &[]).await.status, StatusCode::OK);
+    }
+    // Wait until the stored answer is complete (recorded when its body ended).
+    eventually("both answers logged", || async { h.access_log().len() == 2 }).await;
+    down.store(true, Ordering::SeqCst);
+
+    let answer = get(&h.url("/items"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "items at /items");
+    assert_eq!(answer.header("x-levee-cache"), Some("stale"));
+    assert_eq!(answer.header("content-type"), Some("text/plain"));
+    assert!(answer.header("age").is_some());
+    // Personal requests and private answers are never served from the store.
+    assert_eq!(
+        get(&h.url("/items"), &[("authorization", "Bearer x")])
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(&h.url("/private"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    eventually("access log marks the stale answer", || async {
+        h.access_log()
+            .iter()
+            .any(|l| l["degraded"] == "stale" && l["fallback_for"] == 503)
+    })
+    .await;
+    // Past max_age the failure shows through.
+    eventually("the stored answer expires", || async {
+        get(&h.url("/items"), &[]).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+}

@@ -478,6 +478,24 @@ pub struct RouteFile {
     /// A static answer that replaces any 502/503/504 answer on this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackFile>,
+    /// Serve the last good answer to a GET when the upstream fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<StaleFile>,
+}
+
+/// Stale-if-error settings (see docs/resilience.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaleFile {
+    /// How old a stored answer may be and still be served. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<DurationStr>,
+    /// Answers kept for the route at most (oldest dropped first). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    /// Bodies larger than this are not kept. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<usize>,
 }
 
 /// Request matching. Every given condition must hold.

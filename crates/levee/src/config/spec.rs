@@ -137,6 +137,15 @@ pub struct RouteSpec {
     pub retry: Option<RetryPolicy>,
     pub retry_non_idempotent: bool,
     pub fallback: Option<Fallback>,
+    pub stale_if_error: Option<StaleSpec>,
+}
+
+/// Serving the last good GET answer when the upstream fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleSpec {
+    pub max_age: Duration,
+    pub max_entries: usize,
+    pub max_body: usize,
 }
 
 /// When and how a route retries.

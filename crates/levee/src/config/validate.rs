@@ -493,7 +493,36 @@ fn check_route(
             "retry_non_idempotent needs a `retry` policy",
         );
     }
+    let stale_if_error = route.stale_if_error.as_ref().map(|f| StaleSpec {
+        max_age: f
+            .max_age
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(300)),
+        max_entries: f.max_entries.unwrap_or(1000),
+        max_body: f.max_body.unwrap_or(65_536),
+    });
+    if let Some(stale) = &stale_if_error {
+        if stale.max_age.is_zero() {
+            p.at(
+                &format!("{path}.stale_if_error.max_age"),
+                "max_age must be above zero",
+            );
+        }
+        if stale.max_entries == 0 || stale.max_entries > 1_000_000 {
+            p.at(
+                &format!("{path}.stale_if_error.max_entries"),
+                "max_entries must be from 1 to 1000000",
+            );
+        }
+        if stale.max_body > 16 * 1024 * 1024 {
+            p.at(
+                &format!("{path}.stale_if_error.max_body"),
+                "max_body must be at most 16777216 (16 MiB)",
+            );
+        }
+    }
     Some(RouteSpec {
+        stale_if_error,
         retry,
         retry_non_idempotent: route.retry_non_idempotent,
         fallback,

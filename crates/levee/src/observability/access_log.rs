@@ -43,6 +43,8 @@ pub struct AccessRecord {
     pub attempts: u32,
     /// The 502/503/504 a route fallback replaced.
     pub fallback_for: Option<u16>,
+    /// How a failure was replaced: `stale` or `fallback`.
+    pub degraded: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +74,8 @@ struct Line<'a> {
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback_for: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<&'static str>,
 }
 
 fn round3(ms: f64) -> f64 {
@@ -116,6 +120,7 @@ impl AccessRecord {
             completed: self.completed,
             attempts: self.attempts,
             fallback_for: self.fallback_for,
+            degraded: self.degraded,
         };
         let _ = serde_json::to_writer(out, &line);
     }

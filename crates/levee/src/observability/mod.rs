@@ -63,6 +63,8 @@ pub struct RequestRecord {
     pub attempts: u32,
     /// The status a route fallback replaced, if it did.
     pub fallback_for: Option<u16>,
+    /// How a failure was replaced: `stale` or `fallback`.
+    pub degraded: Option<&'static str>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -131,6 +133,7 @@ impl RequestRecord {
             completed,
             attempts: self.attempts,
             fallback_for: self.fallback_for,
+            degraded: self.degraded,
         });
     }
 }
