@@ -102,7 +102,7 @@ async fn a_killed_target_is_avoided_and_taken_back_when_it_returns() {
         "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 3, on: [connect_failure, reset], backoff: 1ms }}\n",
         upstreams(
             &[a.addr, b.addr, c.addr],
-            "    circuit_breaker: { consecutive_failures: 3, open_for: 300ms }\n"
+            "    circuit_breaker: { consecutive_failures: 3, open_for: 300ms }\n    outlier_detection: { consecutive_failures: 3, base_ejection: 500ms, max_ejection: 1s }\n"
         )
     ));
     let url = h.url("/");
