@@ -249,6 +249,10 @@ async fn demo_serves_the_urls_it_prints() {
     assert!(statuses.contains(&200), "{statuses:?}");
     assert!(statuses.iter().any(|s| *s >= 500), "{statuses:?}");
     assert_eq!(get(&format!("{gateway}/nowhere"), &[]).await.status, 404);
+    // With retries and a fallback the same upstream always answers 200.
+    for _ in 0..20 {
+        assert_eq!(get(&format!("{gateway}/retried/x"), &[]).await.status, 200);
+    }
     signal(&child.0, "INT");
     let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
         .await

@@ -169,6 +169,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// Gives back a permit whose request was abandoned (client gone, shutdown) without an
+    /// outcome: it says nothing about the target, but a probe's slot must be freed or a
+    /// half-open breaker would refuse forever.
+    pub fn release(&mut self, permit: Permit) {
+        if permit == Permit::Probe && self.state == State::HalfOpen {
+            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = State::Open;
         self.opened_at = now;
@@ -305,5 +314,20 @@ mod tests {
         assert_eq!(b.state(Instant::now()), State::Closed);
         // Closed again with a clean slate.
         assert!(send(&mut b, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_its_slot() {
+        let mut b = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        });
+        send(&mut b, false);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = b.try_acquire(Instant::now()).unwrap();
+        assert!(b.try_acquire(Instant::now()).is_none());
+        b.release(probe);
+        assert!(b.try_acquire(Instant::now()).is_some(), "the slot is free again");
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Why each exists, in one line: retries turn a transient failure into a success, the budget
 //! stops retries from multiplying load on an upstream that is already failing (a retry storm),
-//! backoff with full jitter spreads the retries that do happen, and the breaker stops sending
+//! backoff with full jitter spreads the retries that do happen (in AWS's 2015 analysis it
+//! did as well as the best alternative, with the simplest code), and the breaker stops sending
 //! to a target that keeps failing so clients fail fast instead of waiting on it.
 
 pub mod backoff;

@@ -33,7 +33,15 @@ struct ReplaySource {
     overflowed: bool,
     finished: bool,
     received: Arc<AtomicU64>,
+    /// The attempt allowed to read: an older one still being sent by an abandoned
+    /// connection must not take frames a newer one needs.
+    generation: u64,
 }
+
+/// An attempt's body was taken over by a retry.
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a retry")]
+pub struct Superseded;
 
 /// A handle on the request body that can produce one [`RequestBody`] per attempt.
 #[derive(Debug, Clone)]
@@ -57,6 +65,7 @@ impl ReplayableBody {
                 overflowed: false,
                 finished: false,
                 received: Arc::default(),
+                generation: 0,
             }))),
         }
     }
@@ -75,11 +84,23 @@ impl ReplayableBody {
         source.lock().ok().map(|s| s.received.clone())
     }
 
-    /// The body for one attempt: kept frames first, then the rest from the client.
+    /// The body for one attempt: kept frames first, then the rest from the client. Any
+    /// earlier attempt's body stops reading (it fails with [`Superseded`]).
     pub fn attempt(&self) -> RequestBody {
+        let generation = match &self.source {
+            Some(source) => source
+                .lock()
+                .map(|mut s| {
+                    s.generation += 1;
+                    s.generation
+                })
+                .unwrap_or(0),
+            None => 0,
+        };
         RequestBody {
             source: self.source.clone(),
             position: 0,
+            generation,
         }
     }
 }
@@ -90,22 +111,28 @@ pub struct RequestBody {
     source: Option<Arc<Mutex<ReplaySource>>>,
     /// Next kept frame to replay.
     position: usize,
+    generation: u64,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(source) = self.source.clone() else {
             return Poll::Ready(None);
         };
         let Ok(mut source) = source.lock() else {
             return Poll::Ready(None);
         };
+        if source.generation != self.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
         if !source.overflowed {
             if let Some(frame) = source.kept.get(self.position) {
                 let frame = frame.clone();
@@ -143,7 +170,7 @@ impl Body for RequestBody {
                 source.incoming = None;
             }
         }
-        Poll::Ready(polled)
+        Poll::Ready(polled.map(|frame| frame.map_err(|e| Box::new(e) as BoxError)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -70,6 +70,12 @@ routes:
     match: {{ path_prefix: /flaky }}
     upstream: flaky
     strip_prefix: true
+  - name: flaky-retried
+    match: {{ path_prefix: /retried }}
+    upstream: flaky
+    strip_prefix: true
+    retry: {{ attempts: 3, on: [503, timeout], per_try_timeout: 500ms, backoff: 10ms }}
+    fallback: {{ status: 200, body: '{{"upstream":"fallback","note":"served by the gateway while the upstream fails"}}' }}
 "#
     )
 }
@@ -152,6 +158,8 @@ impl Demo {
              \x20 curl -i http://{gw}/healthy/hello        # proxied to the healthy upstream\n\
              \x20 curl -i http://{gw}/users/42             # a {{param}} route template\n\
              \x20 curl -i http://{gw}/flaky/hello          # ~30% 503 from the upstream, ~10% 504 (too slow)\n\
+             \x20 curl -i http://{gw}/retried/hello        # the same upstream with retries and a fallback\n\
+             \x20 curl http://{admin}/api/v1/upstreams     # targets: health, breaker state, load\n\
              \x20 curl -i http://{gw}/nowhere              # 404 no_route, as JSON\n\
              \x20 curl http://{admin}/metrics              # Prometheus metrics\n\
              \x20 curl http://{admin}/readyz               # readiness\n\

@@ -35,7 +35,7 @@ use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
 use crate::stale::{Capture, StaleCache, StaleEntry};
 use crate::upstream::balancer::PickContext;
-use crate::upstream::{health, UpstreamError};
+use crate::upstream::{health, Picked, UpstreamError};
 
 /// Serves one request. Never fails: every problem becomes a JSON error response.
 pub async fn handle(
@@ -197,10 +197,14 @@ fn answer(rejection: Rejection, mut record: RequestRecord) -> Response<ResponseB
     if let Rejection::Upstream(error) = &rejection {
         tracing::debug!(request_id = ?record.request_id, %error, "upstream attempt failed");
     }
-    let response = edge::reject(&rejection, &record.request_id);
+    let mut response = edge::reject(&rejection, &record.request_id);
+    if matches!(rejection, Rejection::Overloaded) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     record.status = response.status().as_u16();
     record.error = Some(rejection.code());
-    let mut response = response;
     response
         .headers_mut()
         .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
@@ -263,10 +267,10 @@ async fn forward(
     } else {
         None
     };
-    let policy = route
-        .retry
-        .as_ref()
-        .filter(|_| client_upgrade.is_none() && (parts.method.is_idempotent() || route.retry_non_idempotent));
+    let policy = route.retry.as_ref().filter(|_| client_upgrade.is_none());
+    // A non-idempotent request may only be retried when it certainly never left (a failed
+    // connect), unless the route opts in (nginx's rule too).
+    let any_reason = parts.method.is_idempotent() || route.retry_non_idempotent;
     let max_attempts = policy.map_or(1, |p| p.attempts.max(1));
     let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
     let budget = worker.retry_budgets.get(route_index).and_then(Option::as_ref);
@@ -314,15 +318,43 @@ async fn forward(
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
+    // The attempt before this one, when it is being retried: returned as is if no target is
+    // left for the retry, and counted in the metrics once the retry really starts.
+    let mut previous: Option<(
+        Result<Response<Incoming>, UpstreamError>,
+        UpstreamFacts,
+        RetryReason,
+    )> = None;
     loop {
-        let picked = upstream.pick(
+        let picked = match upstream.pick(
             &PickContext {
                 parts: &parts,
                 client_ip: conn.peer.ip(),
                 sequence: worker.next_sequence(),
             },
             &tried,
-        )?;
+        ) {
+            Ok(picked) => picked,
+            Err(error) => {
+                return match previous {
+                    Some((result, facts, _)) => {
+                        record.upstream = Some(facts);
+                        result
+                            .map(|response| finish_response(response, client_upgrade))
+                            .map_err(Rejection::from)
+                    }
+                    None => Err(error.into()),
+                };
+            }
+        };
+        if let Some((result, facts, reason)) = previous.take() {
+            drop(result);
+            let mut shard = worker.recorder.metrics.lock();
+            shard.record_upstream(&facts.upstream, &facts.target, facts.outcome, facts.elapsed);
+            if let Some(name) = worker.route_names.get(route_index) {
+                shard.record_retry(name, reason.label());
+            }
+        }
         let uri = upstream
             .target_uri(picked.index, path.clone())
             .ok_or_else(|| UpstreamError::NoTarget {
@@ -338,18 +370,23 @@ async fn forward(
             parts.headers.clone()
         };
 
-        let target_addr = picked.addr.clone();
-        let (index, permit) = (picked.index, picked.permit);
-        record.inflight = Some(picked.guard);
+        let Picked {
+            index,
+            addr,
+            guard,
+            ticket,
+        } = picked;
+        record.inflight = Some(guard);
         record.attempts = attempt;
         let started = Instant::now();
         let result = upstream.send(index, request, per_try_timeout).await;
         let elapsed = started.elapsed();
 
+        let on = policy.map(|p| &p.on);
         let (outcome, failed, reason) = match &result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry = policy.is_some_and(|p| p.on.status(status));
+                let retry = any_reason && on.is_some_and(|o| o.status(status));
                 (
                     Outcome::from_status(status),
                     status >= 500,
@@ -357,7 +394,6 @@ async fn forward(
                 )
             }
             Err(error) => {
-                let on = policy.map(|p| &p.on);
                 let (outcome, reason, wanted) = match error {
                     UpstreamError::Connect { .. } => (
                         Outcome::ConnectError,
@@ -372,11 +408,13 @@ async fn forward(
                     UpstreamError::Timeout { .. } => (
                         Outcome::Timeout,
                         RetryReason::Timeout,
-                        on.is_some_and(|o| o.timeout),
+                        any_reason && on.is_some_and(|o| o.timeout),
                     ),
-                    UpstreamError::Exchange { .. } => {
-                        (Outcome::Reset, RetryReason::Reset, on.is_some_and(|o| o.reset))
-                    }
+                    UpstreamError::Exchange { .. } => (
+                        Outcome::Reset,
+                        RetryReason::Reset,
+                        any_reason && on.is_some_and(|o| o.reset),
+                    ),
                     UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
                         (Outcome::Unavailable, RetryReason::ConnectFailure, false)
                     }
@@ -384,13 +422,11 @@ async fn forward(
                 (outcome, true, wanted.then_some(reason))
             }
         };
-        if let Some(target) = upstream.targets.get(index) {
-            target.record(permit, !failed);
-        }
+        ticket.settle(!failed);
         health::record_outcome(upstream.shared(), index, failed, Instant::now());
         let facts = UpstreamFacts {
             upstream: upstream.name.clone(),
-            target: target_addr,
+            target: addr,
             outcome,
             elapsed,
         };
@@ -407,16 +443,7 @@ async fn forward(
                 Err(error) => Err(error.into()),
             };
         };
-
-        // This attempt is over: count it now (the record only carries the last one).
-        {
-            let mut shard = worker.recorder.metrics.lock();
-            shard.record_upstream(&facts.upstream, &facts.target, facts.outcome, facts.elapsed);
-            if let Some(name) = worker.route_names.get(route_index) {
-                shard.record_retry(name, reason.label());
-            }
-        }
-        drop(result);
+        previous = Some((result, facts, reason));
         if let Some(policy) = policy {
             let delay = full_jitter(attempt, policy.backoff, policy.max_backoff, fastrand::f64());
             tokio::time::sleep(delay).await;

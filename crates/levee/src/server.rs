@@ -527,6 +527,16 @@ async fn refuse_politely(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        // Read what the client sent until it closes: closing with unread data would send a
+        // reset that can destroy the 503 before the client reads it.
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+            total += n;
+            if n == 0 || total > 64 * 1024 {
+                break;
+            }
+        }
     })
     .await;
 }

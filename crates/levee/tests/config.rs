@@ -176,3 +176,31 @@ fn the_published_json_schema_is_current() {
         "docs/levee.schema.json is stale: run `cargo run -p levee-cli -- schema > docs/levee.schema.json`"
     );
 }
+
+#[test]
+fn resilience_keys_are_validated_and_every_problem_reported() {
+    let yaml = format!(
+        "{BASE}    circuit_breaker: {{ failure_rate: 2 }}
+    queue: {{ size: 0, timeout: 1s }}
+routes:
+  - name: a
+    match: {{ path_prefix: /a }}
+    upstream: users
+    retry: {{ on: [connect_fail] }}
+    fallback: {{ status: 700 }}
+  - name: b
+    upstream: users
+    stale_if_error: {{ max_entries: 0 }}
+"
+    );
+    let joined = errors(&yaml).join("\n");
+    for expected in [
+        "failure_rate must be above 0 and at most 1",
+        "queue.size must be from 1 to 1000000",
+        "unknown retry condition `connect_fail` (did you mean `connect_failure`?)",
+        "fallback status must be from 200 to 599",
+        "max_entries must be from 1 to 1000000",
+    ] {
+        assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
+    }
+}

@@ -665,3 +665,121 @@ async fn stale_if_error_serves_the_last_good_answer_for_a_while() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn per_try_timeouts_move_a_slow_attempt_to_another_target() {
+    let slow = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_secs(5))).await;
+    let fast = MockUpstream::fixed("fast").await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 2, on: [timeout], per_try_timeout: 100ms, backoff: 1ms }}\n",
+        upstreams(&[slow.addr, fast.addr], "    timeouts: { request: 10s }\n")
+    ));
+    for _ in 0..4 {
+        let started = Instant::now();
+        let answer = get(&h.url("/"), &[]).await;
+        assert_eq!(answer.text(), "fast");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert!(slow.hits() >= 1, "the slow target was tried");
+    assert!(metric(&h, "levee_retries_total{route=\"all\",reason=\"timeout\"}").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_post_is_retried_only_when_it_never_left() {
+    let dead = refused_addr().await;
+    let good = MockUpstream::start(|seen| Reply::ok(seen.body.clone())).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n    retry: {{ attempts: 2, on: [connect_failure, 5xx], backoff: 1ms }}\n",
+        upstreams(&[dead, good.addr], "")
+    ));
+    for _ in 0..4 {
+        let request = http::Request::post(h.url("/orders"))
+            .body(full("order-1"))
+            .unwrap();
+        let answer = send(&client(false), request).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "a refused connect is safe to retry"
+        );
+        assert_eq!(answer.text(), "order-1");
+    }
+}
+
+#[tokio::test]
+async fn when_every_target_fails_its_health_checks_traffic_still_flows() {
+    let app = |name: &'static str| {
+        move |seen: &Seen| {
+            if seen.uri.path() == "/healthz" {
+                Reply::status(503)
+            } else {
+                Reply::ok(name)
+            }
+        }
+    };
+    let a = MockUpstream::start(app("a")).await;
+    let b = MockUpstream::start(app("b")).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[a.addr, b.addr],
+            "    health_check: { path: /healthz, interval: 50ms, unhealthy_after: 1 }\n"
+        )
+    ));
+    for target in [a.addr, b.addr] {
+        let series = format!("levee_target_healthy{{upstream=\"u\",target=\"{target}\"}}");
+        eventually("marked unhealthy", || async { metric(&h, &series).await == 0.0 }).await;
+    }
+    // Panic routing: health checks can be wrong; refusing everything would surely be.
+    for _ in 0..4 {
+        assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_probe_does_not_wedge_the_breaker() {
+    let mode = Arc::new(AtomicUsize::new(503));
+    let m = mode.clone();
+    let upstream = MockUpstream::start(move |_| match m.load(Ordering::SeqCst) {
+        0 => Reply::ok("slow").delay(Duration::from_secs(30)),
+        503 => Reply::status(503),
+        _ => Reply::ok("ok"),
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    circuit_breaker: { consecutive_failures: 1, open_for: 200ms }\n"
+        )
+    ));
+    assert_eq!(
+        get(&h.url("/"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let state = format!(
+        "levee_circuit_state{{upstream=\"u\",target=\"{}\"}}",
+        upstream.addr
+    );
+    assert_eq!(metric(&h, &state).await, 2.0);
+    // Once half-open, a probe goes out and its client walks away mid-request.
+    mode.store(0, Ordering::SeqCst);
+    eventually("half-open", || async { metric(&h, &state).await == 1.0 }).await;
+    let hits = upstream.hits();
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut probe, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the probe reached the upstream", || async {
+        upstream.hits() == hits + 1
+    })
+    .await;
+    drop(probe);
+    // The probe's slot is given back: the next request is admitted and closes the breaker.
+    mode.store(200, Ordering::SeqCst);
+    eventually("a new probe gets through", || async {
+        get(&h.url("/"), &[]).await.status == StatusCode::OK
+    })
+    .await;
+}

@@ -475,18 +475,15 @@ fn check_route(
         &format!("{path}.response_headers"),
         p,
     );
+    // Check everything before giving up on the route, so one run reports every problem.
     let retry = route
         .retry
         .as_ref()
-        .map(|r| check_retry(r, &format!("{path}.retry"), p))
-        .transpose()
-        .ok()?;
+        .map(|r| check_retry(r, &format!("{path}.retry"), p));
     let fallback = route
         .fallback
         .as_ref()
-        .map(|f| check_fallback(f, &format!("{path}.fallback"), p))
-        .transpose()
-        .ok()?;
+        .map(|f| check_fallback(f, &format!("{path}.fallback"), p));
     if route.retry_non_idempotent && route.retry.is_none() {
         p.at(
             &format!("{path}.retry_non_idempotent"),
@@ -521,6 +518,8 @@ fn check_route(
             );
         }
     }
+    let retry = retry.transpose().ok()?;
+    let fallback = fallback.transpose().ok()?;
     Some(RouteSpec {
         stale_if_error,
         retry,
@@ -954,7 +953,7 @@ fn check_retry(file: &RetryFile, path: &str, p: &mut Problems) -> Result<RetryPo
 fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<Fallback, ()> {
     let before = p.errors.len();
     let status = match http::StatusCode::from_u16(file.status.unwrap_or(503)) {
-        Ok(status) if status.as_u16() >= 200 => status,
+        Ok(status) if (200..600).contains(&status.as_u16()) => status,
         _ => {
             p.at(
                 &format!("{path}.status"),

@@ -189,6 +189,14 @@ impl Target {
         }
     }
 
+    fn release(&self, permit: Permit) {
+        if let Some(b) = &self.breaker {
+            if let Ok(mut b) = b.lock() {
+                b.release(permit);
+            }
+        }
+    }
+
     /// p2c cost: expected latency scaled by the queue in front of it, per unit of weight.
     fn cost(&self) -> f64 {
         (self.ewma_ms() + 0.001) * (self.inflight() as f64 + 1.0) / f64::from(self.weight)
@@ -285,8 +293,33 @@ pub struct Picked {
     pub index: usize,
     pub addr: Arc<str>,
     pub guard: InflightGuard,
-    /// The breaker's permission, to hand back with the outcome.
-    pub permit: Permit,
+    /// The breaker's permission: settle it with the outcome.
+    pub ticket: BreakerTicket,
+}
+
+/// A breaker permit that must be settled with the attempt's outcome; one dropped unsettled
+/// (the request was abandoned) is given back without counting either way.
+#[derive(Debug)]
+pub struct BreakerTicket {
+    upstream: Arc<WorkerUpstream>,
+    index: usize,
+    permit: Option<Permit>,
+}
+
+impl BreakerTicket {
+    pub fn settle(mut self, success: bool) {
+        if let (Some(permit), Some(target)) = (self.permit.take(), self.upstream.targets.get(self.index)) {
+            target.record(permit, success);
+        }
+    }
+}
+
+impl Drop for BreakerTicket {
+    fn drop(&mut self) {
+        if let (Some(permit), Some(target)) = (self.permit.take(), self.upstream.targets.get(self.index)) {
+            target.release(permit);
+        }
+    }
 }
 
 impl WorkerUpstream {
@@ -402,7 +435,11 @@ impl WorkerUpstream {
             index,
             addr: target.addr.clone(),
             guard: InflightGuard(self.clone(), index),
-            permit,
+            ticket: BreakerTicket {
+                upstream: self.clone(),
+                index,
+                permit: Some(permit),
+            },
         })
     }
 
