@@ -19,6 +19,8 @@ pub enum Rejection {
     NoRoute,
     #[error("the gateway is at its in-flight request limit")]
     Overloaded,
+    #[error("the route's rate limit is exceeded")]
+    RateLimited,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -28,6 +30,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -44,6 +47,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self.status() {
             StatusCode::NOT_FOUND => "no_route",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
             _ => "upstream_error",
@@ -55,6 +59,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => "No route matches this request.",
             Rejection::Overloaded => "The gateway is overloaded; try again shortly.",
+            Rejection::RateLimited => "Too many requests; slow down and retry after the time in Retry-After.",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",

@@ -9,6 +9,7 @@ use levee_resilience::RetryBudget;
 use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::observability::Recorder;
+use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
 use crate::stale::StaleCache;
 use crate::upstream::{Upstream, WorkerUpstream};
@@ -21,6 +22,8 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Each route's stale-if-error store (`None` where the route has none).
     pub stale: Vec<Option<Arc<StaleCache>>>,
+    /// Each route's rate limiter (`None` where the route has none), shared by the workers.
+    pub limiters: Vec<Option<RouteLimiter>>,
 }
 
 impl Gateway {
@@ -37,11 +40,17 @@ impl Gateway {
             .iter()
             .map(|r| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
             .collect();
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| r.rate_limit.as_ref().map(RouteLimiter::new))
+            .collect();
         Gateway {
             config,
             router,
             upstreams,
             stale,
+            limiters,
         }
     }
 }

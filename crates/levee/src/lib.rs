@@ -7,6 +7,7 @@
 //! * [`config`]: the YAML file, its validation and the checked runtime spec
 //! * [`server`]: listeners, worker threads, graceful shutdown
 //! * [`router`]: route matching
+//! * [`ratelimit`]: route rate limits (GCRA) and their headers
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
 //! * [`edge`]: failures to JSON error responses, in one place
@@ -24,6 +25,7 @@ pub mod gateway;
 pub mod headers;
 pub mod observability;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod stale;

@@ -2,15 +2,15 @@
 //!
 //! 1. accept (connection cap, header-read timeout): `server`
 //! 2. request id and trace context; load shedding past the in-flight cap
-//! 3. route match
+//! 3. route match, then the route's rate limit
 //! 4. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
 //!    whose breaker is open) → circuit admission → per-try timeout → forward }
 //! 5. response: on failure the last good answer (stale-if-error) or the route's fallback;
 //!    else header rewrite, stale-cache capture, protocol switch
 //! 6. access log and metrics, recorded when the response body ends (`observability`)
 //!
-//! Later stages of the contract (auth, rate limits, fault injection, cache) slot in between
-//! 3 and 4 in that order.
+//! Later stages of the contract (auth before the rate limit; fault injection and cache
+//! after it) slot in between 3 and 4 in that order.
 
 use std::time::{Duration, SystemTime};
 
@@ -95,6 +95,18 @@ pub async fn handle(
     };
     record.route = worker.route_names.get(route_index).cloned();
 
+    // Rate limit (auth, when it exists, comes first so limits can key on the consumer).
+    let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
+    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip()));
+    if let (Some(limiter), Some(decision)) = (limiter, decision.filter(|d| !d.allowed)) {
+        if let Some(route_name) = &record.route {
+            worker.recorder.metrics.lock().record_rate_limited(route_name);
+        }
+        let mut response = answer(Rejection::RateLimited, record);
+        limiter.annotate(&decision, response.headers_mut());
+        return response;
+    }
+
     // Stale-if-error: only GETs without credentials are stored or served.
     let stale = gateway
         .stale
@@ -143,6 +155,9 @@ pub async fn handle(
             response
                 .headers_mut()
                 .insert(headers::X_REQUEST_ID.clone(), request_id);
+            if let (Some(limiter), Some(decision)) = (limiter, &decision) {
+                limiter.annotate(decision, response.headers_mut());
+            }
             let (parts, mut body) = response.into_parts();
             if let Some(capture) = capture {
                 body = body.with_capture(capture);

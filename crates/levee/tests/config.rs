@@ -51,10 +51,10 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 #[test]
 fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
     let yaml =
-        format!("{BASE}routes:\n  - name: users\n    upstream: users\n    rate_limit: {{ rate: 10/s }}\n");
+        format!("{BASE}routes:\n  - name: users\n    upstream: users\n    auth: api_key\n");
     let errs = errors(&yaml);
     assert!(
-        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `rate_limit`"),
+        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `auth`"),
         "{errs:?}"
     );
 }
@@ -203,4 +203,28 @@ routes:
     ] {
         assert!(joined.contains(expected), "missing `{expected}` in:\n{joined}");
     }
+}
+
+#[test]
+fn rate_limits_are_validated() {
+    let yaml = format!(
+        "{BASE}routes:
+  - name: a
+    match: {{ path_prefix: /a }}
+    upstream: users
+    rate_limit: {{ rate: 10/fortnight }}
+  - name: b
+    upstream: users
+    rate_limit: {{ rate: 100/s, key: consumer }}
+"
+    );
+    let joined = errors(&yaml).join("\n");
+    assert!(
+        joined.contains("invalid rate `10/fortnight`: expected N/s, N/min or N/h"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("key `consumer` needs consumers and auth"),
+        "{joined}"
+    );
 }

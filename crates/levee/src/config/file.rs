@@ -481,6 +481,26 @@ pub struct RouteFile {
     /// Serve the last good answer to a GET when the upstream fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_if_error: Option<StaleFile>,
+    /// Rate limit (GCRA): past it, 429 `rate_limited` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// A route's rate limit.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Sustained rate: `N/s`, `N/min` or `N/h`, e.g. `100/s`.
+    pub rate: String,
+    /// Requests allowed at once. Default: the rate's count (100 for `100/s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What is limited: `ip` (the default), `header:NAME`, or `route` (one shared limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Distinct keys tracked at most; idle keys are dropped first. Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
 }
 
 /// Stale-if-error settings (see docs/resilience.md).

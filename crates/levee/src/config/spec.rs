@@ -138,6 +138,23 @@ pub struct RouteSpec {
     pub retry_non_idempotent: bool,
     pub fallback: Option<Fallback>,
     pub stale_if_error: Option<StaleSpec>,
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A route's rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    pub quota: levee_resilience::Quota,
+    pub key: LimitKey,
+    pub max_keys: usize,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    Header(HeaderName),
+    Route,
 }
 
 /// Serving the last good GET answer when the upstream fails.

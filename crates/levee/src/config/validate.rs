@@ -10,7 +10,7 @@ use levee_resilience::BreakerConfig;
 
 use super::file::{
     BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile, MatchFile,
-    OutlierFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
+    OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
 };
 use super::source_map::SourceMap;
 use super::spec::*;
@@ -518,9 +518,14 @@ fn check_route(
             );
         }
     }
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .and_then(|r| check_rate_limit(r, &format!("{path}.rate_limit"), p));
     let retry = retry.transpose().ok()?;
     let fallback = fallback.transpose().ok()?;
     Some(RouteSpec {
+        rate_limit,
         stale_if_error,
         retry,
         retry_non_idempotent: route.retry_non_idempotent,
@@ -677,6 +682,70 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
         }
     }
     (p.errors.len() == before).then_some(out)
+}
+
+/// Parses `100/s`, `6000/min`, `10/h` into (count, period).
+pub fn parse_rate(text: &str) -> Result<(u32, std::time::Duration), String> {
+    let bad = || format!("invalid rate `{text}`: expected N/s, N/min or N/h, e.g. 100/s");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let period = match unit.trim() {
+        "s" | "sec" | "second" => std::time::Duration::from_secs(1),
+        "m" | "min" | "minute" => std::time::Duration::from_secs(60),
+        "h" | "hour" => std::time::Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 || count > 10_000_000 {
+        return Err(format!(
+            "rate `{text}` must allow from 1 to 10000000 requests per period"
+        ));
+    }
+    Ok((count, period))
+}
+
+fn check_rate_limit(file: &RateLimitFile, path: &str, p: &mut Problems) -> Option<RateLimitSpec> {
+    let before = p.errors.len();
+    let (count, period) = match parse_rate(&file.rate) {
+        Ok(rate) => rate,
+        Err(message) => {
+            p.at(&format!("{path}.rate"), message);
+            (1, std::time::Duration::from_secs(1))
+        }
+    };
+    let burst = file.burst.unwrap_or(count);
+    if burst == 0 || burst > 10_000_000 {
+        p.at(&format!("{path}.burst"), "burst must be from 1 to 10000000");
+    }
+    let key = match file.key.as_deref().unwrap_or("ip") {
+        "ip" => LimitKey::ClientIp,
+        "route" => LimitKey::Route,
+        "consumer" => {
+            p.at(
+                &format!("{path}.key"),
+                "key `consumer` needs consumers and auth, which are not built yet: use ip, header:NAME or route",
+            );
+            LimitKey::Route
+        }
+        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
+            Some(Ok(name)) => LimitKey::Header(name),
+            _ => {
+                p.at(
+                    &format!("{path}.key"),
+                    format!("invalid rate-limit key `{other}`: expected ip, header:NAME or route"),
+                );
+                LimitKey::Route
+            }
+        },
+    };
+    let max_keys = file.max_keys.unwrap_or(100_000);
+    if max_keys == 0 || max_keys > 10_000_000 {
+        p.at(&format!("{path}.max_keys"), "max_keys must be from 1 to 10000000");
+    }
+    (p.errors.len() == before).then(|| RateLimitSpec {
+        quota: levee_resilience::Quota::new(count, period, burst),
+        key,
+        max_keys,
+    })
 }
 
 fn check_health(

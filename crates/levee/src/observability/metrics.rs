@@ -125,6 +125,8 @@ pub struct Shard {
     routes: HashMap<Arc<str>, RouteStats>,
     /// route -> reason -> retries.
     retries: HashMap<Arc<str>, BTreeMap<&'static str, u64>>,
+    /// route -> requests refused by its rate limit.
+    rate_limited: HashMap<Arc<str>, u64>,
     /// upstream -> requests refused by the bulkhead.
     bulkhead_rejected: HashMap<Arc<str>, u64>,
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
@@ -156,6 +158,16 @@ impl Shard {
             None => self.retries.entry(route.clone()).or_default(),
         };
         *reasons.entry(reason).or_default() += 1;
+    }
+
+    /// Counts one request refused by `route`'s rate limit.
+    pub fn record_rate_limited(&mut self, route: &Arc<str>) {
+        match self.rate_limited.get_mut(&**route) {
+            Some(count) => *count += 1,
+            None => {
+                self.rate_limited.insert(route.clone(), 1);
+            }
+        }
     }
 
     /// Counts one request refused by `upstream`'s bulkhead.
@@ -270,6 +282,7 @@ impl Metrics {
         let mut targets: BTreeMap<(Arc<str>, Arc<str>), TargetTotals> = BTreeMap::new();
         let mut retries: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
         let mut bulkhead: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut rate_limited: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -284,6 +297,9 @@ impl Metrics {
                 for (reason, count) in reasons {
                     *retries.entry((route.clone(), *reason)).or_default() += count;
                 }
+            }
+            for (route, count) in &shard.rate_limited {
+                *rate_limited.entry(route.clone()).or_default() += count;
             }
             for (upstream, count) in &shard.bulkhead_rejected {
                 *bulkhead.entry(upstream.clone()).or_default() += count;
@@ -380,6 +396,19 @@ impl Metrics {
                 out,
                 "levee_bulkhead_rejected_total{{upstream=\"{}\"}} {count}",
                 escape(upstream)
+            );
+        }
+        family(
+            &mut out,
+            "levee_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by a route's rate limit.",
+        );
+        for (route, count) in &rate_limited {
+            let _ = writeln!(
+                out,
+                "levee_rate_limited_total{{route=\"{}\"}} {count}",
+                escape(route)
             );
         }
         let g = &self.globals;
