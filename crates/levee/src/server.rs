@@ -515,8 +515,9 @@ async fn accept_loop(
     }
 }
 
-/// Answers a connection over the cap with a 503 and closes it, without reading the request:
-/// the client learns why instead of seeing a reset, and the gateway spends almost nothing.
+/// Answers a connection over the cap with a canned 503 and closes it without parsing the
+/// request: the client learns why instead of seeing a reset, and the gateway spends almost
+/// nothing (what the client sent is read and discarded, for at most a second).
 async fn refuse_politely(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     const BODY: &str = r#"{"error":{"code":"upstream_unavailable","message":"The gateway is at its connection limit; try again shortly.","request_id":""}}"#;

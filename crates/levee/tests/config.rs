@@ -50,8 +50,7 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 
 #[test]
 fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
-    let yaml =
-        format!("{BASE}routes:\n  - name: users\n    upstream: users\n    auth: api_key\n");
+    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    auth: api_key\n");
     let errs = errors(&yaml);
     assert!(
         errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `auth`"),

@@ -783,3 +783,41 @@ async fn an_abandoned_probe_does_not_wedge_the_breaker() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_abandoned_wait_leaves_the_queue() {
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(800))).await;
+    let h = Harness::start(&format!(
+        "{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    max_concurrent: 1\n    queue: { size: 1, timeout: 5s }\n"
+        )
+    ));
+    let first = in_flight(&h, &upstream, 1).await;
+    // A client waits in the queue, then walks away.
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut waiter = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut waiter, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the waiter is queued", || async {
+        metric(&h, "levee_connections_accepted_total").await == 2.0
+    })
+    .await;
+    drop(waiter);
+    for task in first {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    // Its place in the queue was given back: a new request may wait and be served.
+    let url = h.url("/");
+    let busy = tokio::spawn(async move { get(&url, &[]).await.status });
+    eventually("the bulkhead is taken again", || async { upstream.hits() == 2 }).await;
+    let second = vec![busy];
+    let url = h.url("/");
+    let queued = tokio::spawn(async move { get(&url, &[]).await.status });
+    for task in second {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(queued.await.unwrap(), StatusCode::OK);
+}

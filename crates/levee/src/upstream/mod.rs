@@ -377,8 +377,17 @@ impl WorkerUpstream {
             return Err(full());
         };
         let shared = &self.shared;
-        if shared.waiting.fetch_add(1, Ordering::SeqCst) >= size {
-            shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        /// Counts a request in the queue until dropped: also when the wait is abandoned
+        /// (client gone, shutdown), or the count would leak and the queue stay "full".
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let position = shared.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&shared.waiting);
+        if position >= size {
             return Err(full());
         }
         let waited = tokio::time::timeout(timeout, async {
@@ -394,7 +403,6 @@ impl WorkerUpstream {
             }
         })
         .await;
-        shared.waiting.fetch_sub(1, Ordering::SeqCst);
         waited.map_err(|_| full())
     }
 
