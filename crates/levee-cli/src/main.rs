@@ -49,6 +49,18 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// API keys: `levee key new` prints a fresh random key and the digest for the config.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Print a new random API key (give it to the consumer) and its `sha256:` digest (put it
+    /// in the config).
+    New,
 }
 
 fn main() -> ExitCode {
@@ -58,12 +70,30 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Demo { port, admin_port } => demo(port, admin_port),
+        Command::Key {
+            action: KeyAction::New,
+        } => new_key(),
         Command::Schema => {
             let schema = levee::config::file::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             ExitCode::SUCCESS
         }
     }
+}
+
+fn new_key() -> ExitCode {
+    let mut bytes = [0u8; 32];
+    // The operating system's generator: keys must be unguessable, not merely random-looking.
+    if let Err(error) = getrandom::fill(&mut bytes) {
+        eprintln!("levee: no secure randomness available: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key: String = std::iter::once("lvk_".to_string())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    println!("key:    {key}");
+    println!("digest: {}", levee::auth::digest_of(&key));
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {

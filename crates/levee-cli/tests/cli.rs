@@ -294,3 +294,24 @@ async fn a_second_signal_stops_without_waiting_for_the_drain() {
     assert_eq!(status.code(), Some(1), "a forced stop is not a clean stop");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn key_new_prints_a_fresh_key_and_its_digest() {
+    let first = String::from_utf8(levee(&["key", "new"]).stdout).unwrap();
+    let second = String::from_utf8(levee(&["key", "new"]).stdout).unwrap();
+    let field = |text: &str, name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let key = field(&first, "key:");
+    assert!(key.starts_with("lvk_") && key.len() == 68, "{key}");
+    assert_eq!(field(&first, "digest:"), levee_digest(&key));
+    assert_ne!(key, field(&second, "key:"), "keys are random");
+}
+
+fn levee_digest(key: &str) -> String {
+    levee::auth::digest_of(key)
+}

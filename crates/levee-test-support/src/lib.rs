@@ -241,11 +241,17 @@ fn tokio_stream<T>(rx: mpsc::Receiver<T>) -> tokio_stream::wrappers::ReceiverStr
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// A loopback address where nothing listens (connections are refused).
+/// A loopback address where nothing listens (connections are refused). The port stays
+/// bound (without listening) for the rest of the test process, so no other socket, such as
+/// the gateway's own listener on port 0, can be given it.
 pub async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
     addr
 }
 

@@ -80,6 +80,18 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             &request_id,
         );
     }
+    if request.uri().path().starts_with("/api/") && !authorized(state, &request) {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The admin API needs `Authorization: Bearer <admin token>`.",
+            &request_id,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" => {
@@ -112,6 +124,23 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             &request_id,
         ),
     }
+}
+
+/// Whether the request carries the admin token (always true when none is configured).
+/// Compared in constant time.
+fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
+    let Some(token) = state.gateway.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        return true;
+    };
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (presented.as_bytes(), token.0.as_bytes());
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && diff == 0
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

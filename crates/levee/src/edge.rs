@@ -9,6 +9,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::auth::AuthError;
 use crate::body::ResponseBody;
 use crate::upstream::UpstreamError;
 
@@ -22,6 +23,8 @@ pub enum Rejection {
     #[error("the route's rate limit is exceeded")]
     RateLimited,
     #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
 
@@ -31,6 +34,8 @@ impl Rejection {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Auth(AuthError::Forbidden) => StatusCode::FORBIDDEN,
+            Rejection::Auth(_) => StatusCode::UNAUTHORIZED,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -48,6 +53,8 @@ impl Rejection {
         match self.status() {
             StatusCode::NOT_FOUND => "no_route",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
             _ => "upstream_error",
@@ -60,6 +67,9 @@ impl Rejection {
             Rejection::NoRoute => "No route matches this request.",
             Rejection::Overloaded => "The gateway is overloaded; try again shortly.",
             Rejection::RateLimited => "Too many requests; slow down and retry after the time in Retry-After.",
+            Rejection::Auth(AuthError::Missing) => "This route needs an API key.",
+            Rejection::Auth(AuthError::Invalid) => "The API key is not valid.",
+            Rejection::Auth(AuthError::Forbidden) => "This consumer may not use this route.",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use levee_resilience::RetryBudget;
 
+use crate::auth::Credentials;
 use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::observability::Recorder;
@@ -24,6 +25,7 @@ pub struct Gateway {
     pub stale: Vec<Option<Arc<StaleCache>>>,
     /// Each route's rate limiter (`None` where the route has none), shared by the workers.
     pub limiters: Vec<Option<RouteLimiter>>,
+    pub credentials: Credentials,
 }
 
 impl Gateway {
@@ -45,12 +47,14 @@ impl Gateway {
             .iter()
             .map(|r| r.rate_limit.as_ref().map(RouteLimiter::new))
             .collect();
+        let credentials = Credentials::new(&config.consumers);
         Gateway {
             config,
             router,
             upstreams,
             stale,
             limiters,
+            credentials,
         }
     }
 }

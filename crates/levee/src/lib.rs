@@ -7,6 +7,7 @@
 //! * [`config`]: the YAML file, its validation and the checked runtime spec
 //! * [`server`]: listeners, worker threads, graceful shutdown
 //! * [`router`]: route matching
+//! * [`auth`]: API keys and consumers
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
@@ -17,6 +18,7 @@
 //! * [`demo`]: the self-contained `levee demo`
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;

@@ -2,15 +2,15 @@
 //!
 //! 1. accept (connection cap, header-read timeout): `server`
 //! 2. request id and trace context; load shedding past the in-flight cap
-//! 3. route match, then the route's rate limit
+//! 3. route match, auth (API key → consumer), then the route's rate limit
 //! 4. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
 //!    whose breaker is open) → circuit admission → per-try timeout → forward }
 //! 5. response: on failure the last good answer (stale-if-error) or the route's fallback;
 //!    else header rewrite, stale-cache capture, protocol switch
 //! 6. access log and metrics, recorded when the response body ends (`observability`)
 //!
-//! Later stages of the contract (auth before the rate limit; fault injection and cache
-//! after it) slot in between 3 and 4 in that order.
+//! Later stages of the contract (JWT next to API keys; fault injection and cache after the
+//! rate limit) slot in between 3 and 4 in that order.
 
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
+use crate::auth::{self, AuthError};
 use crate::body::{ReplayableBody, ResponseBody};
 use crate::config::spec::{Fallback, RouteSpec};
 use crate::edge::{self, Rejection};
@@ -43,7 +44,7 @@ pub async fn handle(
     conn: &ConnInfo,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
 
     // 2. Request id and trace context.
     let request_id = headers::request_id(&parts.headers);
@@ -70,6 +71,7 @@ pub async fn handle(
         attempts: 0,
         fallback_for: None,
         degraded: None,
+        consumer: None,
         emitted: false,
     };
 
@@ -95,9 +97,15 @@ pub async fn handle(
     };
     record.route = worker.route_names.get(route_index).cloned();
 
-    // Rate limit (auth, when it exists, comes first so limits can key on the consumer).
+    // Auth: who is calling (the upstream learns it in x-consumer, never the key).
+    match auth::authenticate(&route.auth, &gateway.credentials, &mut parts) {
+        Ok(consumer) => record.consumer = consumer,
+        Err(error) => return answer(Rejection::Auth(error), record),
+    }
+
+    // Rate limit, after auth so that limits can be per consumer.
     let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
-    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip()));
+    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip(), record.consumer.as_deref()));
     if let (Some(limiter), Some(decision)) = (limiter, decision.filter(|d| !d.allowed)) {
         if let Some(route_name) = &record.route {
             worker.recorder.metrics.lock().record_rate_limited(route_name);
@@ -213,10 +221,18 @@ fn answer(rejection: Rejection, mut record: RequestRecord) -> Response<ResponseB
         tracing::debug!(request_id = ?record.request_id, %error, "upstream attempt failed");
     }
     let mut response = edge::reject(&rejection, &record.request_id);
-    if matches!(rejection, Rejection::Overloaded) {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    match rejection {
+        Rejection::Overloaded => {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        Rejection::Auth(AuthError::Missing | AuthError::Invalid) => {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
     }
     record.status = response.status().as_u16();
     record.error = Some(rejection.code());

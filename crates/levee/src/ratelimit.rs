@@ -53,10 +53,11 @@ impl RouteLimiter {
 
     /// Decides a request. A request without the keyed header shares one bucket with every
     /// other such request, so leaving the header out is no way around the limit.
-    pub fn check(&self, parts: &Parts, client_ip: IpAddr) -> Decision {
+    pub fn check(&self, parts: &Parts, client_ip: IpAddr, consumer: Option<&str>) -> Decision {
         let now = Instant::now();
         match &self.key {
             LimitKey::Route => self.limiter.check("", now),
+            LimitKey::Consumer => self.limiter.check(consumer.unwrap_or("-"), now),
             LimitKey::ClientIp => self.limiter.check(&client_ip.to_string(), now),
             LimitKey::Header(name) => {
                 let value = parts

@@ -244,6 +244,11 @@ impl RunningGateway {
             None => None,
         };
         let admin_addr = admin_socket.as_ref().and_then(|l| l.local_addr().ok());
+        if let (Some(addr), Some(admin)) = (admin_addr, &config.admin) {
+            if !addr.ip().is_loopback() && admin.token.is_none() {
+                tracing::warn!(%addr, "the admin API is reachable beyond loopback without a token: set admin.token_env");
+            }
+        }
 
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);

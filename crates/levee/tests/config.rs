@@ -50,10 +50,10 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 
 #[test]
 fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
-    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    auth: api_key\n");
+    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    fault: {{ abort: {{ percent: 5, status: 503 }} }}\n");
     let errs = errors(&yaml);
     assert!(
-        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `auth`"),
+        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `fault`"),
         "{errs:?}"
     );
 }
@@ -223,7 +223,7 @@ fn rate_limits_are_validated() {
         "{joined}"
     );
     assert!(
-        joined.contains("key `consumer` needs consumers and auth"),
+        joined.contains("key `consumer` needs the route to authenticate callers"),
         "{joined}"
     );
 }

@@ -41,6 +41,9 @@ pub struct ConfigFile {
     /// The JSON access log written to stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogFile>,
+    /// Callers with credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerFile>,
     /// Load shedding: caps that protect the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
@@ -75,6 +78,32 @@ pub struct ListenerFile {
 pub struct AdminFile {
     /// `IP:PORT` of the admin listener, e.g. `127.0.0.1:9901`.
     pub bind: String,
+    /// Environment variable holding the admin token; when set, `/api/*` needs
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+/// A caller known to the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerFile {
+    /// Unique name; sent upstream in `x-consumer`, used in logs and rate-limit keys.
+    pub name: String,
+    /// The consumer's API keys as `sha256:<hex digest>` (`levee key new` makes one).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+/// How a route authenticates callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthFile {
+    /// No authentication (the default).
+    #[default]
+    None,
+    /// An API key of a configured consumer.
+    ApiKey,
 }
 
 /// `auto` or a positive number of worker threads.
@@ -481,6 +510,19 @@ pub struct RouteFile {
     /// Serve the last good answer to a GET when the upstream fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_if_error: Option<StaleFile>,
+    /// Authentication: `api_key` or `none` (the default).
+    #[serde(default)]
+    pub auth: AuthFile,
+    /// Where the API key is read from: a header name. Default: `Authorization: Bearer <key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_header: Option<String>,
+    /// Consumers allowed on this route (others get 403). Default: every consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Vec<String>>,
+    /// Send the caller's credential upstream too. Default false: the upstream sees only
+    /// `x-consumer`.
+    #[serde(default)]
+    pub forward_credentials: bool,
     /// Rate limit (GCRA): past it, 429 `rate_limited` with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitFile>,
@@ -495,7 +537,8 @@ pub struct RateLimitFile {
     /// Requests allowed at once. Default: the rate's count (100 for `100/s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// What is limited: `ip` (the default), `header:NAME`, or `route` (one shared limit).
+    /// What is limited: `ip` (the default), `consumer` (routes with auth), `header:NAME`, or
+    /// `route` (one shared limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Distinct keys tracked at most; idle keys are dropped first. Default 100000.

@@ -23,6 +23,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub access_log: AccessLogSpec,
     pub limits: LimitsSpec,
+    pub consumers: Vec<ConsumerSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
 }
@@ -36,6 +37,38 @@ pub struct ListenerSpec {
 #[derive(Debug, Clone)]
 pub struct AdminSpec {
     pub bind: SocketAddr,
+    /// The admin token (from the environment), never written back out.
+    pub token: Option<Secret>,
+}
+
+/// A secret read from the environment: its Debug output never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A consumer and the SHA-256 digests of its API keys.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub name: Arc<str>,
+    pub key_digests: Vec<[u8; 32]>,
+}
+
+/// A route's authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSpec {
+    None,
+    ApiKey {
+        /// `None`: `Authorization: Bearer <key>`.
+        header: Option<HeaderName>,
+        /// `None`: every consumer.
+        allowed: Option<Vec<Arc<str>>>,
+        forward_credentials: bool,
+    },
 }
 
 /// Process-wide caps (each worker enforces its even share).
@@ -139,6 +172,7 @@ pub struct RouteSpec {
     pub fallback: Option<Fallback>,
     pub stale_if_error: Option<StaleSpec>,
     pub rate_limit: Option<RateLimitSpec>,
+    pub auth: AuthSpec,
 }
 
 /// A route's rate limit.
@@ -153,6 +187,7 @@ pub struct RateLimitSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKey {
     ClientIp,
+    Consumer,
     Header(HeaderName),
     Route,
 }

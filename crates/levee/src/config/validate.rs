@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method};
@@ -9,8 +10,8 @@ use http::{HeaderName, HeaderValue, Method};
 use levee_resilience::BreakerConfig;
 
 use super::file::{
-    BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile, MatchFile,
-    OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
+    AuthFile, BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile,
+    MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
 };
 use super::source_map::SourceMap;
 use super::spec::*;
@@ -140,7 +141,17 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                 format!("address {bind} is already used by a listener"),
             );
         }
-        Some(AdminSpec { bind })
+        let token = a.token_env.as_ref().and_then(|name| match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Some(Secret(value)),
+            _ => {
+                p.at(
+                    "admin.token_env",
+                    format!("environment variable `{name}` (admin.token_env) is not set or empty"),
+                );
+                None
+            }
+        });
+        Some(AdminSpec { bind, token })
     });
 
     let mut upstreams = Vec::new();
@@ -152,6 +163,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         }
     }
 
+    let consumers = check_consumers(&file, p);
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -233,6 +245,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         shutdown_grace,
         access_log,
         limits,
+        consumers,
         file,
     })
 }
@@ -518,13 +531,21 @@ fn check_route(
             );
         }
     }
+    let auth = check_auth(route, path, file, p);
     let rate_limit = route
         .rate_limit
         .as_ref()
         .and_then(|r| check_rate_limit(r, &format!("{path}.rate_limit"), p));
+    if rate_limit.as_ref().is_some_and(|r| r.key == LimitKey::Consumer) && auth == AuthSpec::None {
+        p.at(
+            &format!("{path}.rate_limit.key"),
+            "key `consumer` needs the route to authenticate callers (auth: api_key)",
+        );
+    }
     let retry = retry.transpose().ok()?;
     let fallback = fallback.transpose().ok()?;
     Some(RouteSpec {
+        auth,
         rate_limit,
         stale_if_error,
         retry,
@@ -625,7 +646,8 @@ fn check_match(m: &MatchFile, path: &str, p: &mut Problems) -> Option<RouteMatch
 
 /// Headers a route may not rewrite: hop-by-hop and framing headers belong to each connection,
 /// and the request id and trace context are the gateway's own.
-const PROTECTED_HEADERS: [&str; 10] = [
+const PROTECTED_HEADERS: [&str; 11] = [
+    "x-consumer",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -684,6 +706,110 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
     (p.errors.len() == before).then_some(out)
 }
 
+fn check_consumers(file: &ConfigFile, p: &mut Problems) -> Vec<ConsumerSpec> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for (i, consumer) in file.consumers.iter().enumerate() {
+        let path = format!("consumers[{i}]");
+        if consumer.name.is_empty() || !names.insert(consumer.name.as_str()) {
+            p.at(
+                &format!("{path}.name"),
+                format!("consumer name `{}` is empty or used twice", consumer.name),
+            );
+        }
+        let mut key_digests = Vec::new();
+        for (k, key) in consumer.api_keys.iter().enumerate() {
+            match parse_digest(key) {
+                Some(digest) => {
+                    if !digests.insert(digest) {
+                        p.at(&format!("{path}.api_keys[{k}]"), "this API key digest is listed twice");
+                    }
+                    key_digests.push(digest);
+                }
+                None => p.at(
+                    &format!("{path}.api_keys[{k}]"),
+                    "an API key must be given as `sha256:<64 hex digits>` (never the key itself; `levee key new` prints one)",
+                ),
+            }
+        }
+        out.push(ConsumerSpec {
+            name: consumer.name.as_str().into(),
+            key_digests,
+        });
+    }
+    out
+}
+
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+fn check_auth(route: &RouteFile, path: &str, file: &ConfigFile, p: &mut Problems) -> AuthSpec {
+    let extra = route.api_key_header.is_some() || route.consumers.is_some() || route.forward_credentials;
+    match route.auth {
+        AuthFile::None => {
+            if extra {
+                p.at(
+                    &format!("{path}.auth"),
+                    "api_key_header, consumers and forward_credentials need `auth: api_key`",
+                );
+            }
+            AuthSpec::None
+        }
+        AuthFile::ApiKey => {
+            if file.consumers.iter().all(|c| c.api_keys.is_empty()) {
+                p.at(
+                    &format!("{path}.auth"),
+                    "auth: api_key needs at least one consumer with an API key",
+                );
+            }
+            let header = route
+                .api_key_header
+                .as_ref()
+                .and_then(|h| match HeaderName::try_from(h.as_str()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        p.at(
+                            &format!("{path}.api_key_header"),
+                            format!("invalid header name `{h}`"),
+                        );
+                        None
+                    }
+                });
+            let allowed = route.consumers.as_ref().map(|list| {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(i, name)| {
+                        if file.consumers.iter().any(|c| &c.name == name) {
+                            Some(Arc::from(name.as_str()))
+                        } else {
+                            p.at(
+                                &format!("{path}.consumers[{i}]"),
+                                format!("unknown consumer `{name}`"),
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            AuthSpec::ApiKey {
+                header,
+                allowed,
+                forward_credentials: route.forward_credentials,
+            }
+        }
+    }
+}
+
 /// Parses `100/s`, `6000/min`, `10/h` into (count, period).
 pub fn parse_rate(text: &str) -> Result<(u32, std::time::Duration), String> {
     let bad = || format!("invalid rate `{text}`: expected N/s, N/min or N/h, e.g. 100/s");
@@ -719,19 +845,13 @@ fn check_rate_limit(file: &RateLimitFile, path: &str, p: &mut Problems) -> Optio
     let key = match file.key.as_deref().unwrap_or("ip") {
         "ip" => LimitKey::ClientIp,
         "route" => LimitKey::Route,
-        "consumer" => {
-            p.at(
-                &format!("{path}.key"),
-                "key `consumer` needs consumers and auth, which are not built yet: use ip, header:NAME or route",
-            );
-            LimitKey::Route
-        }
+        "consumer" => LimitKey::Consumer,
         other => match other.strip_prefix("header:").map(HeaderName::try_from) {
             Some(Ok(name)) => LimitKey::Header(name),
             _ => {
                 p.at(
                     &format!("{path}.key"),
-                    format!("invalid rate-limit key `{other}`: expected ip, header:NAME or route"),
+                    format!("invalid rate-limit key `{other}`: expected ip, consumer, header:NAME or route"),
                 );
                 LimitKey::Route
             }

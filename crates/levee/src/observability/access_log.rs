@@ -45,6 +45,7 @@ pub struct AccessRecord {
     pub fallback_for: Option<u16>,
     /// How a failure was replaced: `stale` or `fallback`.
     pub degraded: Option<&'static str>,
+    pub consumer: Option<Arc<str>>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +77,7 @@ struct Line<'a> {
     fallback_for: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<&'static str>,
+    consumer: Option<&'a str>,
 }
 
 fn round3(ms: f64) -> f64 {
@@ -121,6 +123,7 @@ impl AccessRecord {
             attempts: self.attempts,
             fallback_for: self.fallback_for,
             degraded: self.degraded,
+            consumer: self.consumer.as_deref(),
         };
         let _ = serde_json::to_writer(out, &line);
     }

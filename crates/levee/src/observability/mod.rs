@@ -65,6 +65,8 @@ pub struct RequestRecord {
     pub fallback_for: Option<u16>,
     /// How a failure was replaced: `stale` or `fallback`.
     pub degraded: Option<&'static str>,
+    /// The authenticated caller.
+    pub consumer: Option<Arc<str>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -134,6 +136,7 @@ impl RequestRecord {
             attempts: self.attempts,
             fallback_for: self.fallback_for,
             degraded: self.degraded,
+            consumer: self.consumer.take(),
         });
     }
 }
