@@ -33,10 +33,30 @@ struct ReplaySource {
     overflowed: bool,
     finished: bool,
     received: Arc<AtomicU64>,
+    /// Most body bytes accepted from the client; past it the body fails and `too_large` is
+    /// set, so the request ends with 413.
+    max_bytes: u64,
+    too_large: bool,
+    /// A prefetched frame too large to keep for replays, served once to the first attempt.
+    pending: Option<Bytes>,
     /// The attempt allowed to read: an older one still being sent by an abandoned
     /// connection must not take frames a newer one needs.
     generation: u64,
 }
+
+/// Why the start of a body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchError {
+    /// The client's framing is broken (e.g. an invalid chunk size).
+    Malformed,
+    /// Larger than the route allows.
+    TooLarge,
+}
+
+/// The client sent more body than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the route allows")]
+pub struct TooLarge;
 
 /// An attempt's body was taken over by a retry.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +72,7 @@ pub struct ReplayableBody {
 impl ReplayableBody {
     /// Wraps the client's body, keeping up to `cap` bytes for replays. An empty body costs
     /// nothing.
-    pub fn new(incoming: Incoming, cap: usize) -> ReplayableBody {
+    pub fn new(incoming: Incoming, cap: usize, max_bytes: u64) -> ReplayableBody {
         if incoming.is_end_stream() {
             return ReplayableBody { source: None };
         }
@@ -65,6 +85,9 @@ impl ReplayableBody {
                 overflowed: false,
                 finished: false,
                 received: Arc::default(),
+                max_bytes,
+                too_large: false,
+                pending: None,
                 generation: 0,
             }))),
         }
@@ -76,6 +99,58 @@ impl ReplayableBody {
             None => true,
             Some(source) => source.lock().map(|s| !s.overflowed).unwrap_or(false),
         }
+    }
+
+    /// Waits for the first piece of the body (or its end) and keeps it for the first attempt,
+    /// so that broken framing or an oversized start is refused before any upstream work.
+    pub async fn prefetch(&self) -> Result<(), PrefetchError> {
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        std::future::poll_fn(|cx| {
+            let Ok(mut s) = source.lock() else {
+                return Poll::Ready(Err(PrefetchError::Malformed));
+            };
+            let Some(incoming) = s.incoming.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(incoming).poll_frame(cx)) {
+                None => {
+                    s.finished = true;
+                    s.incoming = None;
+                    Poll::Ready(Ok(()))
+                }
+                Some(Err(_)) => Poll::Ready(Err(PrefetchError::Malformed)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        // Trailers first: nothing to keep, nothing to check.
+                        return Poll::Ready(Ok(()));
+                    };
+                    let total =
+                        s.received.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > s.max_bytes {
+                        s.too_large = true;
+                        return Poll::Ready(Err(PrefetchError::TooLarge));
+                    }
+                    if s.kept_bytes + data.len() <= s.cap {
+                        s.kept_bytes += data.len();
+                        s.kept.push(data);
+                    } else {
+                        s.overflowed = true;
+                        s.pending = Some(data);
+                    }
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Whether the client sent more than the route allows.
+    pub fn too_large(&self) -> bool {
+        self.source
+            .as_ref()
+            .is_some_and(|s| s.lock().map(|s| s.too_large).unwrap_or(false))
     }
 
     /// Bytes received from the client so far (for the access log).
@@ -140,6 +215,9 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
         }
+        if let Some(frame) = source.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
         if source.finished {
             return Poll::Ready(None);
         }
@@ -150,7 +228,13 @@ impl Body for RequestBody {
         match &polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    source.received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let total =
+                        source.received.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > source.max_bytes {
+                        source.too_large = true;
+                        source.overflowed = true;
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
                     if !source.overflowed {
                         if source.kept_bytes + data.len() > source.cap {
                             // Too long to keep: stream the rest, never retry.

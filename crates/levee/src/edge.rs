@@ -24,6 +24,14 @@ pub enum Rejection {
     RateLimited,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("the request's headers are larger than allowed")]
+    HeadersTooLarge,
+    #[error("the request is malformed or ambiguous")]
+    BadRequest,
+    #[error("the client did not send its request in time")]
+    RequestTimeout,
+    #[error("the request's body is larger than allowed")]
+    BodyTooLarge,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -36,6 +44,10 @@ impl Rejection {
             Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Auth(AuthError::Forbidden) => StatusCode::FORBIDDEN,
             Rejection::Auth(_) => StatusCode::UNAUTHORIZED,
+            Rejection::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Rejection::BadRequest => StatusCode::BAD_REQUEST,
+            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -55,6 +67,10 @@ impl Rejection {
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
             _ => "upstream_error",
@@ -70,6 +86,10 @@ impl Rejection {
             Rejection::Auth(AuthError::Missing) => "This route needs an API key.",
             Rejection::Auth(AuthError::Invalid) => "The API key is not valid.",
             Rejection::Auth(AuthError::Forbidden) => "This consumer may not use this route.",
+            Rejection::HeadersTooLarge => "The request's headers are larger than this gateway accepts.",
+            Rejection::BadRequest => "The request is malformed or its framing is ambiguous.",
+            Rejection::RequestTimeout => "The request was not sent in time.",
+            Rejection::BodyTooLarge => "The request's body is larger than this route accepts.",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",

@@ -25,7 +25,7 @@ use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
 use crate::auth::{self, AuthError};
-use crate::body::{ReplayableBody, ResponseBody};
+use crate::body::{PrefetchError, ReplayableBody, ResponseBody};
 use crate::config::spec::{Fallback, RouteSpec};
 use crate::edge::{self, Rejection};
 use crate::gateway::{LoadPermit, WorkerContext};
@@ -96,6 +96,29 @@ pub async fn handle(
         return answer(Rejection::NoRoute, record);
     };
     record.route = worker.route_names.get(route_index).cloned();
+
+    // Strict framing: shapes that parse but that proxies disagree about (smuggling).
+    if let Err(reason) = strict_framing(&parts) {
+        tracing::debug!(request_id = ?record.request_id, reason, "ambiguous request framing refused");
+        let mut response = answer(Rejection::BadRequest, record);
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+
+    // Size limits that can be judged from the head alone.
+    if head_bytes(&parts) > worker.limits.max_header_bytes {
+        return answer(Rejection::HeadersTooLarge, record);
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.max_body_bytes) {
+        return answer(Rejection::BodyTooLarge, record);
+    }
 
     // Auth: who is calling (the upstream learns it in x-consumer, never the key).
     match auth::authenticate(&route.auth, &gateway.credentials, &mut parts) {
@@ -197,6 +220,39 @@ fn answer_stale(
     Response::from_parts(parts, body.with_record(record))
 }
 
+/// Refuses framing that different HTTP implementations read differently (RFC 9112 6.1 and
+/// 6.3): both Content-Length and Transfer-Encoding, several or non-numeric Content-Length
+/// values, and any Transfer-Encoding other than exactly `chunked`.
+fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let lengths = parts.headers.get_all(CONTENT_LENGTH).iter().count();
+    let codings: Vec<&HeaderValue> = parts.headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if lengths > 0 && !codings.is_empty() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if lengths > 1 {
+        return Err("several Content-Length headers");
+    }
+    if let Some(length) = parts.headers.get(CONTENT_LENGTH) {
+        if length.is_empty() || !length.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length is not a number");
+        }
+    }
+    match codings.as_slice() {
+        [] => Ok(()),
+        [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err("Transfer-Encoding other than chunked"),
+    }
+}
+
+/// The size of a request head as it arrived: request line and header lines.
+fn head_bytes(parts: &Parts) -> usize {
+    let line = parts.method.as_str().len() + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    parts.headers.iter().fold(line, |total, (name, value)| {
+        total + name.as_str().len() + value.len() + 4
+    })
+}
+
 /// Answers with the route's static fallback in place of a 502/503/504.
 fn answer_fallback(
     fallback: &Fallback,
@@ -279,6 +335,19 @@ async fn forward(
         return Err(Rejection::NoRoute);
     };
 
+    // The first piece of the body arrives before any upstream work: a malformed or too
+    // large start is refused without touching the upstream, and a client slow to start its
+    // body does not hold a place in the bulkhead.
+    let replay_cap = route.retry.as_ref().map_or(0, |p| p.max_replay_body);
+    let body = ReplayableBody::new(body, replay_cap, route.max_body_bytes);
+    match tokio::time::timeout(worker.limits.header_read_timeout, body.prefetch()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(PrefetchError::TooLarge)) => return Err(Rejection::BodyTooLarge),
+        Ok(Err(PrefetchError::Malformed)) => return Err(Rejection::BadRequest),
+        Err(_) => return Err(Rejection::RequestTimeout),
+    }
+    record.bytes_in = body.received();
+
     // Bulkhead: a full upstream refuses at once, or after a bounded wait in its queue.
     match upstream.enter().await {
         Ok(permit) => record.bulkhead = Some(permit),
@@ -344,8 +413,6 @@ async fn forward(
             .headers
             .insert(headers::TRACEPARENT.clone(), traceparent.clone());
     }
-    let body = ReplayableBody::new(body, policy.map_or(0, |p| p.max_replay_body));
-    record.bytes_in = body.received();
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
@@ -471,6 +538,8 @@ async fn forward(
             record.upstream = Some(facts);
             return match result {
                 Ok(response) => Ok(finish_response(response, client_upgrade)),
+                // The upstream attempt failed because the client's body went over the limit.
+                Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
                 Err(error) => Err(error.into()),
             };
         };

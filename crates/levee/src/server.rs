@@ -419,6 +419,7 @@ fn worker_main(
         }
     };
     runtime.block_on(async move {
+        let limits = gateway.config.limits;
         let context = Arc::new(WorkerContext::new(gateway, recorder));
         state
             .worker_upstreams
@@ -430,9 +431,15 @@ fn worker_main(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(limits.header_read_timeout)
+            // Heads larger than the limit get the JSON 431 from the pipeline; this is hyper's
+            // hard stop for heads so large they cannot even be parsed.
+            .max_buf_size((2 * limits.max_header_bytes).max(8192))
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let mut accept_loops = tokio::task::JoinSet::new();
         for (name, socket) in sockets {
             match TcpListener::from_std(socket) {

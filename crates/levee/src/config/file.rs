@@ -60,6 +60,17 @@ pub struct LimitsFile {
     /// connection past it gets a 503 and is closed. Default 65536.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Request line plus headers, in bytes; past it 431 `headers_too_large`. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+    /// Request body bytes on every route unless the route sets its own; past it 413
+    /// `body_too_large`. Default 10485760 (10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Time a client has to send a request's headers, and to start the next request on a
+    /// kept-alive connection (slowloris protection). Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<DurationStr>,
 }
 
 /// A listening socket for client traffic (HTTP/1.1 and HTTP/2 cleartext on the same port).
@@ -519,6 +530,9 @@ pub struct RouteFile {
     /// Consumers allowed on this route (others get 403). Default: every consumer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<Vec<String>>,
+    /// Request body bytes allowed on this route (overrides `limits.max_body_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
     /// Send the caller's credential upstream too. Default false: the upstream sees only
     /// `x-consumer`.
     #[serde(default)]

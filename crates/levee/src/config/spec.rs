@@ -76,6 +76,9 @@ pub enum AuthSpec {
 pub struct LimitsSpec {
     pub max_inflight: usize,
     pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
 }
 
 impl LimitsSpec {
@@ -85,6 +88,7 @@ impl LimitsSpec {
         LimitsSpec {
             max_inflight: share(self.max_inflight),
             max_connections: share(self.max_connections),
+            ..*self
         }
     }
 }
@@ -173,6 +177,8 @@ pub struct RouteSpec {
     pub stale_if_error: Option<StaleSpec>,
     pub rate_limit: Option<RateLimitSpec>,
     pub auth: AuthSpec,
+    /// Request body bytes allowed (the route's own limit or the global one).
+    pub max_body_bytes: u64,
 }
 
 /// A route's rate limit.
@@ -280,3 +286,6 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_INFLIGHT: usize = 16_384;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -223,7 +223,31 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             .as_ref()
             .and_then(|l| l.max_connections)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_header_bytes: file
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_header_bytes)
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_body_bytes: global_max_body(&file),
+        header_read_timeout: file
+            .limits
+            .as_ref()
+            .and_then(|l| l.header_read_timeout)
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
     };
+    if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+        p.at(
+            "limits.max_header_bytes",
+            "limits.max_header_bytes must be from 1024 to 1048576",
+        );
+    }
+    if limits.header_read_timeout.is_zero() {
+        p.at(
+            "limits.header_read_timeout",
+            "limits.header_read_timeout must be above zero",
+        );
+    }
     for (key, value) in [
         ("max_inflight", limits.max_inflight),
         ("max_connections", limits.max_connections),
@@ -545,6 +569,7 @@ fn check_route(
     let retry = retry.transpose().ok()?;
     let fallback = fallback.transpose().ok()?;
     Some(RouteSpec {
+        max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
         auth,
         rate_limit,
         stale_if_error,
@@ -704,6 +729,13 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
         }
     }
     (p.errors.len() == before).then_some(out)
+}
+
+fn global_max_body(file: &ConfigFile) -> u64 {
+    file.limits
+        .as_ref()
+        .and_then(|l| l.max_body_bytes)
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES)
 }
 
 fn check_consumers(file: &ConfigFile, p: &mut Problems) -> Vec<ConsumerSpec> {

@@ -1,0 +1,237 @@
+//! Hostile input on raw sockets: request smuggling shapes, oversized heads and bodies, and
+//! slow clients. Every malformed request must get a 400 and never reach the upstream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{single_upstream, Harness};
+use http::StatusCode;
+use levee_test_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn status_of(answer: &str) -> u16 {
+    answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn smuggling_shapes_get_400_and_never_reach_the_upstream() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        (
+            "Content-Length list",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 5\r\n\r\nabcde",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked not last",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "unknown transfer coding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ),
+        (
+            "obs-fold header",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+        ),
+        (
+            "NUL in a header value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\0b\r\n\r\n",
+        ),
+        (
+            "bare CR in a header value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\rb\r\n\r\n",
+        ),
+        (
+            "space before the colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad : a\r\n\r\n",
+        ),
+        ("no HTTP version", b"GET /\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let answer = raw_exchange(addr, bytes).await;
+        assert_eq!(status_of(&answer), 400, "{name}: {answer:?}");
+    }
+    assert_eq!(upstream.hits(), 0, "nothing malformed reached the upstream");
+    assert_eq!(upstream.connections(), 0);
+    assert_eq!(
+        get(&h.url("/"), &[]).await.status,
+        StatusCode::OK,
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn oversized_heads_get_a_json_431() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "limits: {{ max_header_bytes: 2048 }}\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    let big = "x".repeat(3000);
+    let answer = get(&h.url("/"), &[("x-big", &big)]).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(answer.json()["error"]["code"], "headers_too_large");
+    // Far past any sane size, hyper itself stops reading.
+    let huge = "x".repeat(20_000);
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let answer = raw_exchange(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 431, "{answer:?}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let upstream = MockUpstream::start(|seen| Reply::ok(format!("{} bytes", seen.body.len()))).await;
+    let h = Harness::start(&format!(
+        "limits: {{ max_body_bytes: 1000 }}\nupstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: small\n    match: {{ path_prefix: /small }}\n    upstream: u\n    max_body_bytes: 100\n  - name: all\n    upstream: u\n",
+        upstream.addr
+    ));
+    let post = |path: &str, body: TestBody| {
+        let request = http::Request::post(h.url(path)).body(body).unwrap();
+        async move { send(&client(false), request).await }
+    };
+    // Declared too large: refused before any upstream work.
+    let answer = post("/small", full(vec![b'a'; 200])).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.json()["error"]["code"], "body_too_large");
+    assert_eq!(upstream.hits(), 0);
+    // Streamed (chunked) past the limit: counted while streaming.
+    let (tx, body) = channel_body();
+    let sender = tokio::spawn(async move {
+        for _ in 0..10 {
+            if tx.send(bytes::Bytes::from(vec![b'a'; 50])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let answer = post("/small", body).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    sender.await.unwrap();
+    // Within the limits: through.
+    assert_eq!(post("/small", full(vec![b'a'; 100])).await.text(), "100 bytes");
+    assert_eq!(post("/other", full(vec![b'a'; 900])).await.text(), "900 bytes");
+}
+
+#[tokio::test]
+async fn slow_clients_do_not_stop_normal_requests() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "limits: {{ header_read_timeout: 1s }}\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    // Baseline latency without the attack.
+    let mut baseline = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
+        baseline = baseline.max(started.elapsed());
+    }
+    // 300 connections trickling a header a byte at a time.
+    let mut tricklers = Vec::new();
+    for _ in 0..300 {
+        tricklers.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for byte in head.iter() {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return true; // closed by the gateway
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
+        worst = worst.max(started.elapsed());
+    }
+    assert!(
+        worst < baseline * 10 + Duration::from_millis(100),
+        "worst {worst:?} under attack vs {baseline:?} before"
+    );
+    // Every trickling connection is cut at the header-read timeout.
+    let mut closed = 0;
+    for trickler in tricklers {
+        if trickler.await.unwrap() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 300);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "limits: {{ header_read_timeout: 300ms }}\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then nothing: the gateway hangs up on its own.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+/// Content-Length with Transfer-Encoding: hyper's parser drops the Content-Length before
+/// Levee sees the request and closes the connection after answering (RFC 9112 section 6.3
+/// allows this in place of a 400). The body is framed by chunked alone, re-framed upstream,
+/// and no bytes after it can be read as a second request: the smuggling shape is defused.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_defused() {
+    let upstream = MockUpstream::start(|seen| Reply::ok(seen.body.clone())).await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let answer = raw_exchange(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_lowercase().contains("connection: close"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "the trailing bytes were not served: {answer}"
+    );
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, "abc");
+    assert!(seen.iter().all(|s| s.uri.path() != "/smuggled"));
+}
