@@ -6,6 +6,7 @@
 //!
 //! * [`config`]: the YAML file, its validation and the checked runtime spec
 //! * [`server`]: listeners, worker threads, graceful shutdown
+//! * [`tls`]: TLS termination and certificate reload
 //! * [`router`]: route matching
 //! * [`auth`]: API keys and consumers
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
@@ -31,6 +32,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod stale;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{load_file, load_str, Config, ConfigError, ConfigErrors};

@@ -402,7 +402,7 @@ async fn forward(
     headers::add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
-        "http",
+        if conn.tls { "https" } else { "http" },
         original_host.as_ref().and_then(|h| h.to_str().ok()),
     );
     parts

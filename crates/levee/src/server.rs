@@ -25,6 +25,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::ReloadingCert;
 
 use crate::admin;
 use crate::config::Config;
@@ -35,11 +38,16 @@ use crate::observability::Recorder;
 use crate::pipeline;
 use crate::upstream::WorkerUpstream;
 
+/// One worker's socket for one listener, with its TLS acceptor when the listener has TLS.
+type ListenerSocket = (Arc<str>, std::net::TcpListener, Option<TlsAcceptor>);
+
 /// Who is on the other end of a client connection.
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<str>,
+    /// The connection arrived over TLS.
+    pub tls: bool,
 }
 
 /// Why the gateway could not start.
@@ -52,6 +60,8 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("listener {name}: {message}")]
+    Tls { name: String, message: String },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: String,
@@ -183,7 +193,7 @@ pub struct RunningGateway {
     admin_shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
-    health: Option<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
     access_log: Option<JoinHandle<()>>,
 }
 
@@ -203,10 +213,23 @@ impl RunningGateway {
     pub fn start(config: Config, sink: AccessLogSink) -> Result<RunningGateway, StartError> {
         let workers = config.workers.max(1);
         // Bind everything first: a port conflict must fail the start, not a worker.
-        let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<ListenerSocket>> = (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
+        let mut certs = Vec::new();
         for spec in &config.listeners {
+            let acceptor = match &spec.tls {
+                Some(tls) => {
+                    let cert = Arc::new(ReloadingCert::load(&tls.cert, &tls.key).map_err(|message| {
+                        StartError::Tls {
+                            name: spec.name.to_string(),
+                            message,
+                        }
+                    })?);
+                    certs.push((cert.clone(), tls.reload_interval));
+                    Some(TlsAcceptor::from(cert.server_config()))
+                }
+                None => None,
+            };
             let bind_err = |source| StartError::Bind {
                 name: spec.name.to_string(),
                 addr: spec.bind,
@@ -221,7 +244,7 @@ impl RunningGateway {
             }
             for (slot, socket) in sockets.iter_mut().zip(per_worker) {
                 // A worker-local copy of the name: it is cloned per request for the logs.
-                slot.push((Arc::from(&*spec.name), socket));
+                slot.push((Arc::from(&*spec.name), socket, acceptor.clone()));
             }
         }
         let admin_socket = match &config.admin {
@@ -296,29 +319,36 @@ impl RunningGateway {
         // The workers hold the only senders now: when they exit, the writer drains and ends.
         drop(access_log);
 
-        // One health checker for the whole process, not one per worker.
-        let health = if gateway.upstreams.iter().any(|u| u.spec.health_check.is_some()) {
+        // One control-plane thread for the whole process: health checks and certificate
+        // reloads, not one per worker.
+        let needs_control =
+            !certs.is_empty() || gateway.upstreams.iter().any(|u| u.spec.health_check.is_some());
+        let control = if needs_control {
             let upstreams = gateway.upstreams.clone();
             let rx = shutdown_rx.clone();
             let thread = std::thread::Builder::new()
-                .name("levee-health".into())
+                .name("levee-control".into())
                 .spawn(
                     move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(runtime) => runtime.block_on(crate::upstream::health::run_checks(upstreams, rx)),
+                        Ok(runtime) => runtime.block_on(async move {
+                            tokio::join!(
+                                crate::upstream::health::run_checks(upstreams, rx.clone()),
+                                crate::tls::watch_certificates(certs, rx),
+                            );
+                        }),
                         Err(error) => {
-                            tracing::error!(%error, "health checker could not start its event loop")
+                            tracing::error!(%error, "control thread could not start its event loop")
                         }
                     },
                 )
                 .map_err(|source| StartError::Thread {
-                    name: "health".into(),
+                    name: "control".into(),
                     source,
                 })?;
             Some(thread)
         } else {
             None
         };
-
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let admin = match admin_socket {
             Some(socket) => {
@@ -344,7 +374,7 @@ impl RunningGateway {
             admin_shutdown,
             workers: worker_threads,
             admin,
-            health,
+            control,
             access_log: access_log_thread,
         })
     }
@@ -384,8 +414,8 @@ impl RunningGateway {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        if let Some(health) = self.health.take() {
-            let _ = health.join();
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
         }
         let _ = self.admin_shutdown.send(true);
         if let Some(admin) = self.admin.take() {
@@ -404,7 +434,7 @@ impl Drop for RunningGateway {
 }
 
 fn worker_main(
-    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    sockets: Vec<ListenerSocket>,
     gateway: Arc<Gateway>,
     recorder: Arc<Recorder>,
     state: Arc<SharedState>,
@@ -441,12 +471,13 @@ fn worker_main(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let mut accept_loops = tokio::task::JoinSet::new();
-        for (name, socket) in sockets {
+        for (name, socket, tls) in sockets {
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     accept_loops.spawn(accept_loop(
                         listener,
                         name,
+                        tls,
                         context.clone(),
                         builder.clone(),
                         graceful.clone(),
@@ -467,9 +498,11 @@ fn worker_main(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
+    tls: Option<TlsAcceptor>,
     context: Arc<WorkerContext>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
@@ -507,23 +540,55 @@ async fn accept_loop(
         let conn = Arc::new(ConnInfo {
             peer,
             listener: name.clone(),
+            tls: tls.is_some(),
         });
-        let context = context.clone();
+        let service_context = context.clone();
         let service = service_fn(move |request| {
-            let context = context.clone();
+            let context = service_context.clone();
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(&context, &conn, request).await) }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = watched.await {
-                tracing::debug!(%error, %peer, "client connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let watched = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = watched.await {
+                        tracing::debug!(%error, %peer, "client connection ended with an error");
+                    }
+                    drop(connection_permit);
+                });
             }
-            drop(connection_permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like a request head,
+                // so a slow or silent TLS client never holds up the accept loop.
+                let (acceptor, builder, graceful) = (acceptor.clone(), builder.clone(), graceful.clone());
+                let handshake_timeout = context.limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = graceful.watch(connection).await {
+                        tracing::debug!(%error, %peer, "client connection ended with an error");
+                    }
+                    drop(connection_permit);
+                });
+            }
+        }
     }
 }
 

@@ -81,6 +81,22 @@ pub struct ListenerFile {
     pub name: String,
     /// `IP:PORT` to listen on, e.g. `127.0.0.1:8080` or `[::]:8080`. Port 0 picks a free port.
     pub bind: String,
+    /// Terminate TLS on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+}
+
+/// TLS for a listener: PEM files, reloaded when they change.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain (leaf first).
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// How often the files are checked for changes. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_interval: Option<DurationStr>,
 }
 
 /// The admin listener.

@@ -32,6 +32,14 @@ pub struct Config {
 pub struct ListenerSpec {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    pub tls: Option<TlsSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

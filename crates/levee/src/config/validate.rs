@@ -127,9 +127,27 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             if bind.port() != 0 && !binds.insert(bind) {
                 p.at(&format!("{path}.bind"), format!("address {bind} is bound twice"));
             }
+            let tls = l.tls.as_ref().and_then(|t| {
+                let spec = TlsSpec {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    reload_interval: t
+                        .reload_interval
+                        .map(|d| d.0)
+                        .unwrap_or(std::time::Duration::from_secs(5)),
+                };
+                match crate::tls::load_certified_key(&spec.cert, &spec.key) {
+                    Ok(_) => Some(spec),
+                    Err(message) => {
+                        p.at(&format!("{path}.tls.cert"), message);
+                        None
+                    }
+                }
+            });
             listeners.push(ListenerSpec {
                 name: l.name.as_str().into(),
                 bind,
+                tls,
             });
         }
     }
