@@ -108,6 +108,50 @@ pub fn authenticate(
     Ok(Some(consumer))
 }
 
+/// Authenticates a request on a route with `auth: jwt`: the token from
+/// `Authorization: Bearer`, its consumer claim in `x-consumer`.
+pub async fn authenticate_jwt(
+    spec: &AuthSpec,
+    verifier: Option<&crate::jwt::JwtVerifier>,
+    parts: &mut Parts,
+) -> Result<Option<Arc<str>>, AuthError> {
+    parts.headers.remove(&X_CONSUMER);
+    let AuthSpec::Jwt {
+        allowed,
+        forward_credentials,
+    } = spec
+    else {
+        return Ok(None);
+    };
+    let verifier = verifier.ok_or(AuthError::Invalid)?;
+    let token = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?
+        .to_owned();
+    let consumer: Arc<str> = match verifier.verify(&token).await {
+        Ok(name) => name.into(),
+        Err(error) => {
+            tracing::debug!(%error, "token refused");
+            return Err(AuthError::Invalid);
+        }
+    };
+    if allowed.as_ref().is_some_and(|a| !a.contains(&consumer)) {
+        return Err(AuthError::Forbidden);
+    }
+    if !forward_credentials {
+        parts.headers.remove(AUTHORIZATION);
+    }
+    if let Ok(value) = HeaderValue::from_str(&consumer) {
+        parts.headers.insert(X_CONSUMER.clone(), value);
+    }
+    Ok(Some(consumer))
+}
+
 /// A new random API key and its digest for the config (`levee key new`).
 pub fn digest_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());

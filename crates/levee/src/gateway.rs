@@ -9,6 +9,7 @@ use levee_resilience::RetryBudget;
 use crate::auth::Credentials;
 use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
+use crate::jwt::JwtVerifier;
 use crate::observability::Recorder;
 use crate::ratelimit::RouteLimiter;
 use crate::router::Router;
@@ -26,6 +27,7 @@ pub struct Gateway {
     /// Each route's rate limiter (`None` where the route has none), shared by the workers.
     pub limiters: Vec<Option<RouteLimiter>>,
     pub credentials: Credentials,
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 impl Gateway {
@@ -48,6 +50,7 @@ impl Gateway {
             .map(|r| r.rate_limit.as_ref().map(RouteLimiter::new))
             .collect();
         let credentials = Credentials::new(&config.consumers);
+        let jwt = config.jwt.clone().map(|spec| Arc::new(JwtVerifier::new(spec)));
         Gateway {
             config,
             router,
@@ -55,6 +58,7 @@ impl Gateway {
             stale,
             limiters,
             credentials,
+            jwt,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! * [`server`]: listeners, worker threads, graceful shutdown
 //! * [`tls`]: TLS termination and certificate reload
 //! * [`router`]: route matching
-//! * [`auth`]: API keys and consumers
+//! * [`auth`], [`jwt`]: API keys, consumers and JSON Web Tokens
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
@@ -26,6 +26,7 @@ pub mod demo;
 pub mod edge;
 pub mod gateway;
 pub mod headers;
+pub mod jwt;
 pub mod observability;
 pub mod pipeline;
 pub mod ratelimit;

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, AuthError};
 use crate::body::{PrefetchError, ReplayableBody, ResponseBody};
-use crate::config::spec::{Fallback, RouteSpec};
+use crate::config::spec::{AuthSpec, Fallback, RouteSpec};
 use crate::edge::{self, Rejection};
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
@@ -121,7 +121,11 @@ pub async fn handle(
     }
 
     // Auth: who is calling (the upstream learns it in x-consumer, never the key).
-    match auth::authenticate(&route.auth, &gateway.credentials, &mut parts) {
+    let authenticated = match &route.auth {
+        AuthSpec::Jwt { .. } => auth::authenticate_jwt(&route.auth, gateway.jwt.as_deref(), &mut parts).await,
+        _ => auth::authenticate(&route.auth, &gateway.credentials, &mut parts),
+    };
+    match authenticated {
         Ok(consumer) => record.consumer = consumer,
         Err(error) => return answer(Rejection::Auth(error), record),
     }

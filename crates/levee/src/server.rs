@@ -319,10 +319,12 @@ impl RunningGateway {
         // The workers hold the only senders now: when they exit, the writer drains and ends.
         drop(access_log);
 
-        // One control-plane thread for the whole process: health checks and certificate
-        // reloads, not one per worker.
-        let needs_control =
-            !certs.is_empty() || gateway.upstreams.iter().any(|u| u.spec.health_check.is_some());
+        // One control-plane thread for the whole process: health checks, certificate reloads
+        // and JWKS refreshes, not one per worker.
+        let needs_control = !certs.is_empty()
+            || gateway.jwt.as_ref().is_some_and(|j| j.jwks_refresh().is_some())
+            || gateway.upstreams.iter().any(|u| u.spec.health_check.is_some());
+        let jwt = gateway.jwt.clone();
         let control = if needs_control {
             let upstreams = gateway.upstreams.clone();
             let rx = shutdown_rx.clone();
@@ -333,7 +335,8 @@ impl RunningGateway {
                         Ok(runtime) => runtime.block_on(async move {
                             tokio::join!(
                                 crate::upstream::health::run_checks(upstreams, rx.clone()),
-                                crate::tls::watch_certificates(certs, rx),
+                                crate::tls::watch_certificates(certs, rx.clone()),
+                                crate::jwt::run_jwks_refresh(jwt, rx),
                             );
                         }),
                         Err(error) => {

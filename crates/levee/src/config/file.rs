@@ -44,6 +44,9 @@ pub struct ConfigFile {
     /// Callers with credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerFile>,
+    /// JSON Web Token settings for routes with `auth: jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtFile>,
     /// Load shedding: caps that protect the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
@@ -131,6 +134,41 @@ pub enum AuthFile {
     None,
     /// An API key of a configured consumer.
     ApiKey,
+    /// A JSON Web Token checked against the top-level `jwt` settings.
+    Jwt,
+}
+
+/// How JSON Web Tokens are checked (routes with `auth: jwt`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    /// Accepted signature algorithms. Default `[RS256, ES256]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// Required `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` (one of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+    /// Environment variable holding the HS256 shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// PEM public keys (RSA or EC) files.
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// JWKS URL (http or https); keys are fetched at start and refreshed in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is refreshed. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<DurationStr>,
+    /// Claim that names the consumer. Default `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<DurationStr>,
 }
 
 /// `auto` or a positive number of worker threads.

@@ -24,6 +24,7 @@ pub struct Config {
     pub access_log: AccessLogSpec,
     pub limits: LimitsSpec,
     pub consumers: Vec<ConsumerSpec>,
+    pub jwt: Option<JwtSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
 }
@@ -66,10 +67,29 @@ pub struct ConsumerSpec {
     pub key_digests: Vec<[u8; 32]>,
 }
 
+/// How JSON Web Tokens are checked.
+#[derive(Debug, Clone)]
+pub struct JwtSpec {
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub issuer: Option<String>,
+    pub audience: Option<Vec<String>>,
+    pub secret: Option<Secret>,
+    /// PEM contents of the configured public keys.
+    pub public_keys: Vec<Vec<u8>>,
+    pub jwks_url: Option<http::Uri>,
+    pub jwks_refresh: Duration,
+    pub consumer_claim: String,
+    pub leeway: Duration,
+}
+
 /// A route's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthSpec {
     None,
+    Jwt {
+        allowed: Option<Vec<Arc<str>>>,
+        forward_credentials: bool,
+    },
     ApiKey {
         /// `None`: `Authorization: Bearer <key>`.
         header: Option<HeaderName>,

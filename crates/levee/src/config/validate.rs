@@ -11,7 +11,7 @@ use levee_resilience::BreakerConfig;
 
 use super::file::{
     AuthFile, BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile,
-    MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
+    JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
 };
 use super::source_map::SourceMap;
 use super::spec::*;
@@ -182,6 +182,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     }
 
     let consumers = check_consumers(&file, p);
+    let jwt = file.jwt.as_ref().and_then(|j| check_jwt(j, p));
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -288,6 +289,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         access_log,
         limits,
         consumers,
+        jwt,
         file,
     })
 }
@@ -749,6 +751,105 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
     (p.errors.len() == before).then_some(out)
 }
 
+fn check_jwt(file: &JwtFile, p: &mut Problems) -> Option<JwtSpec> {
+    use jsonwebtoken::Algorithm;
+    let before = p.errors.len();
+    let mut algorithms = Vec::new();
+    let names = file
+        .algorithms
+        .clone()
+        .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+    for (i, name) in names.iter().enumerate() {
+        match name.parse::<Algorithm>() {
+            Ok(alg) if matches!(alg, Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256) => {
+                algorithms.push(alg)
+            }
+            _ => p.at(
+                &format!("jwt.algorithms[{i}]"),
+                format!("unsupported algorithm `{name}`: use HS256, RS256 or ES256"),
+            ),
+        }
+    }
+    let secret = file
+        .secret_env
+        .as_ref()
+        .and_then(|name| match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Some(Secret(value)),
+            _ => {
+                p.at(
+                    "jwt.secret_env",
+                    format!("environment variable `{name}` (jwt.secret_env) is not set or empty"),
+                );
+                None
+            }
+        });
+    if algorithms.contains(&Algorithm::HS256) && file.secret_env.is_none() {
+        p.at(
+            "jwt.algorithms",
+            "HS256 needs a shared secret: set jwt.secret_env",
+        );
+    }
+    let mut public_keys = Vec::new();
+    for (i, path) in file.public_keys.iter().enumerate() {
+        match std::fs::read(path) {
+            Ok(pem) => {
+                let usable = jsonwebtoken::DecodingKey::from_rsa_pem(&pem).is_ok()
+                    || jsonwebtoken::DecodingKey::from_ec_pem(&pem).is_ok();
+                if usable {
+                    public_keys.push(pem);
+                } else {
+                    p.at(
+                        &format!("jwt.public_keys[{i}]"),
+                        format!("{path} holds no RSA or EC public key in PEM"),
+                    );
+                }
+            }
+            Err(e) => p.at(
+                &format!("jwt.public_keys[{i}]"),
+                format!("cannot read {path}: {e}"),
+            ),
+        }
+    }
+    let jwks_url = file
+        .jwks_url
+        .as_ref()
+        .and_then(|url| match url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+                Some(uri)
+            }
+            _ => {
+                p.at(
+                    "jwt.jwks_url",
+                    format!("invalid jwks_url `{url}`: expected an http(s) URL"),
+                );
+                None
+            }
+        });
+    if secret.is_none() && public_keys.is_empty() && file.jwks_url.is_none() {
+        p.at("jwt", "jwt needs keys: secret_env, public_keys or jwks_url");
+    }
+    if p.errors.len() != before {
+        return None;
+    }
+    Some(JwtSpec {
+        algorithms,
+        issuer: file.issuer.clone(),
+        audience: file.audience.clone(),
+        secret,
+        public_keys,
+        jwks_url,
+        jwks_refresh: file
+            .jwks_refresh
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(300)),
+        consumer_claim: file.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
+        leeway: file
+            .leeway
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(30)),
+    })
+}
+
 fn global_max_body(file: &ConfigFile) -> u64 {
     file.limits
         .as_ref()
@@ -814,6 +915,27 @@ fn check_auth(route: &RouteFile, path: &str, file: &ConfigFile, p: &mut Problems
                 );
             }
             AuthSpec::None
+        }
+        AuthFile::Jwt => {
+            if file.jwt.is_none() {
+                p.at(
+                    &format!("{path}.auth"),
+                    "auth: jwt needs the top-level `jwt` settings",
+                );
+            }
+            if route.api_key_header.is_some() {
+                p.at(
+                    &format!("{path}.api_key_header"),
+                    "api_key_header is for auth: api_key",
+                );
+            }
+            AuthSpec::Jwt {
+                allowed: route
+                    .consumers
+                    .as_ref()
+                    .map(|list| list.iter().map(|n| Arc::from(n.as_str())).collect()),
+                forward_credentials: route.forward_credentials,
+            }
         }
         AuthFile::ApiKey => {
             if file.consumers.iter().all(|c| c.api_keys.is_empty()) {
