@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, then runs every check CI runs.
 #   scripts/test.sh
-# Checks: cargo fmt --check, cargo clippy (all targets, warnings are errors), and the whole
-# test suite with cargo-nextest (falls back to cargo test if nextest cannot be installed).
+# Checks: cargo fmt --check, cargo clippy (all targets, warnings are errors), a short fuzz run
+# of each cargo-fuzz target, and the whole test suite with cargo-nextest (falls back to cargo
+# test if nextest cannot be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +31,28 @@ command -v promtool >/dev/null && promtool --version 2>&1 | head -1
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >/dev/null 2>&1 || echo "cargo-nextest unavailable; using cargo test"
 fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz >/dev/null 2>&1 || echo "cargo-fuzz could not be installed"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "fuzz (10 s per target; see fuzz/README.md for longer runs)"
+if cargo fuzz --version >/dev/null 2>&1; then
+  for target in config request_head; do
+    # RUSTC_BOOTSTRAP lets the stable toolchain take cargo fuzz's sanitizer flags.
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time=10 2>&1 | tail -n 2
+  done
+elif [ -n "${CI:-}" ]; then
+  echo "cargo fuzz is required in CI" >&2
+  exit 1
+else
+  echo "cargo fuzz not installed: fuzzing skipped"
+fi
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -83,7 +83,9 @@ impl Rejection {
             Rejection::NoRoute => "No route matches this request.",
             Rejection::Overloaded => "The gateway is overloaded; try again shortly.",
             Rejection::RateLimited => "Too many requests; slow down and retry after the time in Retry-After.",
-            Rejection::Auth(AuthError::Missing) => "This route needs a credential (an API key or a bearer token).",
+            Rejection::Auth(AuthError::Missing) => {
+                "This route needs a credential (an API key or a bearer token)."
+            }
             Rejection::Auth(AuthError::Invalid) => "The credential is not valid.",
             Rejection::Auth(AuthError::Forbidden) => "This consumer may not use this route.",
             Rejection::HeadersTooLarge => "The request's headers are larger than this gateway accepts.",

@@ -24,6 +24,8 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod jwt;

@@ -227,7 +227,7 @@ fn answer_stale(
 /// Refuses framing that different HTTP implementations read differently (RFC 9112 6.1 and
 /// 6.3): both Content-Length and Transfer-Encoding, several or non-numeric Content-Length
 /// values, and any Transfer-Encoding other than exactly `chunked`.
-fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
+pub(crate) fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     let lengths = parts.headers.get_all(CONTENT_LENGTH).iter().count();
     let codings: Vec<&HeaderValue> = parts.headers.get_all(TRANSFER_ENCODING).iter().collect();
@@ -250,7 +250,7 @@ fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
 }
 
 /// The size of a request head as it arrived: request line and header lines.
-fn head_bytes(parts: &Parts) -> usize {
+pub(crate) fn head_bytes(parts: &Parts) -> usize {
     let line = parts.method.as_str().len() + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
     parts.headers.iter().fold(line, |total, (name, value)| {
         total + name.as_str().len() + value.len() + 4
