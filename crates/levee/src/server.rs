@@ -38,8 +38,15 @@ use crate::observability::Recorder;
 use crate::pipeline;
 use crate::upstream::WorkerUpstream;
 
-/// One worker's socket for one listener, with its TLS acceptor when the listener has TLS.
-type ListenerSocket = (Arc<str>, std::net::TcpListener, Option<TlsAcceptor>);
+/// One worker's socket for one listener.
+struct ListenerSocket {
+    name: Arc<str>,
+    socket: std::net::TcpListener,
+    /// Present when the listener terminates TLS.
+    tls: Option<TlsAcceptor>,
+    /// This worker's share of the listener's connection cap.
+    max_connections: Option<usize>,
+}
 
 /// Who is on the other end of a client connection.
 #[derive(Debug)]
@@ -242,9 +249,15 @@ impl RunningGateway {
             for _ in 1..workers {
                 per_worker.push(bind_reuseport(actual).map_err(bind_err)?);
             }
+            let listener_cap = spec.max_connections.map(|m| m.div_ceil(workers).max(1));
             for (slot, socket) in sockets.iter_mut().zip(per_worker) {
                 // A worker-local copy of the name: it is cloned per request for the logs.
-                slot.push((Arc::from(&*spec.name), socket, acceptor.clone()));
+                slot.push(ListenerSocket {
+                    name: Arc::from(&*spec.name),
+                    socket,
+                    tls: acceptor.clone(),
+                    max_connections: listener_cap,
+                });
             }
         }
         let admin_socket = match &config.admin {
@@ -474,13 +487,20 @@ fn worker_main(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let mut accept_loops = tokio::task::JoinSet::new();
-        for (name, socket, tls) in sockets {
+        for ListenerSocket {
+            name,
+            socket,
+            tls,
+            max_connections,
+        } in sockets
+        {
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     accept_loops.spawn(accept_loop(
                         listener,
                         name,
                         tls,
+                        max_connections,
                         context.clone(),
                         builder.clone(),
                         graceful.clone(),
@@ -506,12 +526,15 @@ async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
     tls: Option<TlsAcceptor>,
+    max_connections: Option<usize>,
     context: Arc<WorkerContext>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
     state: Arc<SharedState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // This worker's open connections on this listener.
+    let listener_connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -532,9 +555,16 @@ async fn accept_loop(
             .globals
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
-        let Some(connection_permit) =
-            LoadPermit::try_take(&context.connections, context.limits.max_connections)
-        else {
+        let permits =
+            LoadPermit::try_take(&context.connections, context.limits.max_connections).and_then(|process| {
+                match max_connections {
+                    Some(cap) => {
+                        LoadPermit::try_take(&listener_connections, cap).map(|own| (process, Some(own)))
+                    }
+                    None => Some((process, None)),
+                }
+            });
+        let Some(connection_permit) = permits else {
             state.metrics.globals.shed.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(refuse_politely(stream));
             continue;

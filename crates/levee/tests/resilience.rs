@@ -821,3 +821,27 @@ async fn an_abandoned_wait_leaves_the_queue() {
     }
     assert_eq!(queued.await.unwrap(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_listener_cap_refuses_connections_past_it() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "listeners:\n  - name: public\n    bind: 127.0.0.1:0\n    max_connections: 1\n{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(&[upstream.addr], "")
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let _held = tokio::net::TcpStream::connect(addr).await.unwrap();
+    eventually("the first connection is counted", || async {
+        metric(&h, "levee_connections_accepted_total").await == 1.0
+    })
+    .await;
+    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(_held);
+    eventually("a place frees up", || async {
+        raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+    })
+    .await;
+}

@@ -87,6 +87,10 @@ pub struct ListenerFile {
     /// Terminate TLS on this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFile>,
+    /// Open connections on this listener at most (split evenly across workers), within the
+    /// process-wide `limits.max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// TLS for a listener: PEM files, reloaded when they change.

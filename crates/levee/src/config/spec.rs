@@ -34,6 +34,7 @@ pub struct ListenerSpec {
     pub name: Arc<str>,
     pub bind: SocketAddr,
     pub tls: Option<TlsSpec>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

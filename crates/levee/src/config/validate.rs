@@ -144,10 +144,17 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                     }
                 }
             });
+            if l.max_connections.is_some_and(|m| m == 0 || m > 10_000_000) {
+                p.at(
+                    &format!("{path}.max_connections"),
+                    "max_connections must be from 1 to 10000000",
+                );
+            }
             listeners.push(ListenerSpec {
                 name: l.name.as_str().into(),
                 bind,
                 tls,
+                max_connections: l.max_connections,
             });
         }
     }
