@@ -11,7 +11,8 @@
 //! Memory: a key whose TAT has passed carries no information (it is the same as a new key), so
 //! it can be dropped at any time. The store keeps at most `max_keys` keys, sweeping passed
 //! keys when it fills; past that (every key active at once), new keys are allowed untracked
-//! and counted, so a flood of distinct keys costs neither memory nor correct clients.
+//! (the decision says so), so a flood of distinct keys costs neither memory nor correct
+//! clients.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

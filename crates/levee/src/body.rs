@@ -37,6 +37,8 @@ struct ReplaySource {
     /// set, so the request ends with 413.
     max_bytes: u64,
     too_large: bool,
+    /// The client's body stream failed (broken framing, connection lost).
+    client_error: bool,
     /// A prefetched frame too large to keep for replays, served once to the first attempt.
     pending: Option<Bytes>,
     /// The attempt allowed to read: an older one still being sent by an abandoned
@@ -87,6 +89,7 @@ impl ReplayableBody {
                 received: Arc::default(),
                 max_bytes,
                 too_large: false,
+                client_error: false,
                 pending: None,
                 generation: 0,
             }))),
@@ -144,6 +147,13 @@ impl ReplayableBody {
             }
         })
         .await
+    }
+
+    /// Whether the client's body, not the upstream, broke an attempt.
+    pub fn client_failed(&self) -> bool {
+        self.source
+            .as_ref()
+            .is_some_and(|s| s.lock().map(|s| s.too_large || s.client_error).unwrap_or(false))
     }
 
     /// Whether the client sent more than the route allows.
@@ -248,7 +258,10 @@ impl Body for RequestBody {
                     }
                 }
             }
-            Some(Err(_)) => source.overflowed = true,
+            Some(Err(_)) => {
+                source.overflowed = true;
+                source.client_error = true;
+            }
             None => {
                 source.finished = true;
                 source.incoming = None;

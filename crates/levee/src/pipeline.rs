@@ -147,6 +147,7 @@ pub async fn handle(
         .stale
         .get(route_index)
         .and_then(Option::as_ref)
+        .filter(|_| route.auth == AuthSpec::None)
         .and_then(|cache| Some((cache, StaleCache::key(&parts)?)));
 
     // 4. Upstream: bulkhead, then the retry loop.
@@ -396,6 +397,14 @@ async fn forward(
     let path = upstream_path(route, &parts);
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    // A client listing x-consumer in Connection must not strip the gateway's identity header.
+    if let Some(consumer) = record
+        .consumer
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        parts.headers.insert(auth::X_CONSUMER.clone(), consumer);
+    }
     // Route rewrites first, so the gateway's own headers below always win.
     route.request_headers.apply(&mut parts.headers);
     if let Some(host) = &original_host {
@@ -524,8 +533,14 @@ async fn forward(
                 (outcome, true, wanted.then_some(reason))
             }
         };
-        ticket.settle(!failed);
-        health::record_outcome(upstream.shared(), index, failed, Instant::now());
+        if failed && body.client_failed() {
+            // The client's body broke the attempt (too large, malformed): the target did
+            // nothing wrong, so neither its breaker nor outlier detection hears about it.
+            drop(ticket);
+        } else {
+            ticket.settle(!failed);
+            health::record_outcome(upstream.shared(), index, failed, Instant::now());
+        }
         let facts = UpstreamFacts {
             upstream: upstream.name.clone(),
             target: addr,
@@ -544,6 +559,7 @@ async fn forward(
                 Ok(response) => Ok(finish_response(response, client_upgrade)),
                 // The upstream attempt failed because the client's body went over the limit.
                 Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
+                Err(_) if body.client_failed() => Err(Rejection::BadRequest),
                 Err(error) => Err(error.into()),
             };
         };

@@ -583,12 +583,22 @@ async fn accept_loop(
         });
         match &tls {
             None => {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(connection);
+                // Telling HTTP/1 from HTTP/2 waits for the first bytes with no timeout of its
+                // own: a client that connects and sends nothing must not hold a place forever.
+                // A watcher, not the shutdown handle: the drain waits for it (bounded by the
+                // timeouts below) and the handle stays unique for the worker to trigger.
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let first_byte_timeout = context.limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(error) = watched.await {
+                    let mut probe = [0u8; 1];
+                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, %peer, "client connection ended with an error");
                     }
                     drop(connection_permit);
@@ -597,7 +607,7 @@ async fn accept_loop(
             Some(acceptor) => {
                 // The handshake runs in the connection's task, bounded like a request head,
                 // so a slow or silent TLS client never holds up the accept loop.
-                let (acceptor, builder, graceful) = (acceptor.clone(), builder.clone(), graceful.clone());
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 let handshake_timeout = context.limits.header_read_timeout;
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
@@ -615,7 +625,7 @@ async fn accept_loop(
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    if let Err(error) = graceful.watch(connection).await {
+                    if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, %peer, "client connection ended with an error");
                     }
                     drop(connection_permit);

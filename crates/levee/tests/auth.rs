@@ -201,3 +201,36 @@ fn credentials_are_checked_at_load() {
     ));
     assert!(token.contains("LEVEE_SURELY_UNSET_VAR"), "{token}");
 }
+
+#[test]
+fn stale_answers_are_refused_on_authenticated_routes() {
+    let err = levee::load_str(
+        &format!(
+            "listeners: [{{ name: p, bind: 127.0.0.1:0 }}]\nconsumers: [{{ name: a, api_keys: [\"{}\"] }}]\nupstreams: {{ u: {{ targets: [127.0.0.1:9] }} }}\nroutes: [{{ name: r, upstream: u, auth: api_key, stale_if_error: {{}} }}]\n",
+            digest_of("k")
+        ),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("stale_if_error cannot be used on a route with auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn connection_listed_x_consumer_cannot_strip_the_identity() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&config(upstream.addr, ""));
+    let answer = get(
+        &h.url("/x"),
+        &[
+            ("authorization", &format!("Bearer {MOBILE_KEY}")),
+            ("connection", "x-consumer"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.seen()[0].headers["x-consumer"], "mobile");
+}

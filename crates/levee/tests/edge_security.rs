@@ -116,18 +116,18 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.json()["error"]["code"], "body_too_large");
     assert_eq!(upstream.hits(), 0);
-    // Streamed (chunked) past the limit: counted while streaming.
-    let (tx, body) = channel_body();
-    let sender = tokio::spawn(async move {
-        for _ in 0..10 {
-            if tx.send(bytes::Bytes::from(vec![b'a'; 50])).await.is_err() {
-                break;
-            }
-        }
-    });
-    let answer = post("/small", body).await;
-    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-    sender.await.unwrap();
+    // Streamed (chunked) past the limit: counted while streaming. Sent raw, in one write, so
+    // the client reads the early 413 instead of tripping over the closed connection.
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut chunked = b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        chunked.extend_from_slice(b"32\r\n");
+        chunked.extend_from_slice(&[b'a'; 50]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_exchange(addr, &chunked).await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
     // Within the limits: through.
     assert_eq!(post("/small", full(vec![b'a'; 100])).await.text(), "100 bytes");
     assert_eq!(post("/other", full(vec![b'a'; 900])).await.text(), "900 bytes");
@@ -234,4 +234,62 @@ async fn content_length_with_transfer_encoding_is_defused() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, "abc");
     assert!(seen.iter().all(|s| s.uri.path() != "/smuggled"));
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "limits: {{ header_read_timeout: 300ms }}\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn several_transfer_codings_are_refused_as_json_400() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    for bytes in [
+        &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let answer = raw_exchange(addr, bytes).await;
+        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert!(answer.contains("\"bad_request\""), "{answer}");
+        assert!(answer.to_lowercase().contains("connection: close"), "{answer}");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_body_does_not_count_against_the_upstream() {
+    let upstream = MockUpstream::start(|seen| Reply::ok(format!("{}", seen.body.len()))).await;
+    let h = Harness::start(&format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\n    circuit_breaker: {{ consecutive_failures: 2 }}\nroutes:\n  - name: all\n    upstream: u\n    max_body_bytes: 100\n",
+        upstream.addr
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let mut chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"32\r\n");
+        chunked.extend_from_slice(&[b'a'; 50]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for _ in 0..5 {
+        let answer = raw_exchange(addr, &chunked).await;
+        assert_eq!(status_of(&answer), 413, "{answer}");
+    }
+    // The target's breaker stayed closed: normal requests still pass.
+    assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
 }

@@ -128,6 +128,12 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                 p.at(&format!("{path}.bind"), format!("address {bind} is bound twice"));
             }
             let tls = l.tls.as_ref().and_then(|t| {
+                if t.reload_interval.is_some_and(|d| d.0.is_zero()) {
+                    p.at(
+                        &format!("{path}.tls.reload_interval"),
+                        "reload_interval must be above zero",
+                    );
+                }
                 let spec = TlsSpec {
                     cert: t.cert.clone().into(),
                     key: t.key.clone().into(),
@@ -562,6 +568,12 @@ fn check_route(
         max_entries: f.max_entries.unwrap_or(1000),
         max_body: f.max_body.unwrap_or(65_536),
     });
+    if stale_if_error.is_some() && route.auth != AuthFile::None {
+        p.at(
+            &format!("{path}.stale_if_error"),
+            "stale_if_error cannot be used on a route with auth: a stored answer would be served to other callers",
+        );
+    }
     if let Some(stale) = &stale_if_error {
         if stale.max_age.is_zero() {
             p.at(
@@ -595,6 +607,12 @@ fn check_route(
     }
     let retry = retry.transpose().ok()?;
     let fallback = fallback.transpose().ok()?;
+    if route.max_body_bytes.is_some_and(|m| m > 1 << 40) {
+        p.at(
+            &format!("{path}.max_body_bytes"),
+            "max_body_bytes must be at most 1 TiB",
+        );
+    }
     Some(RouteSpec {
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
         auth,
@@ -832,6 +850,9 @@ fn check_jwt(file: &JwtFile, p: &mut Problems) -> Option<JwtSpec> {
                 None
             }
         });
+    if file.jwks_refresh.is_some_and(|d| d.0.is_zero()) {
+        p.at("jwt.jwks_refresh", "jwks_refresh must be above zero");
+    }
     if secret.is_none() && public_keys.is_empty() && file.jwks_url.is_none() {
         p.at("jwt", "jwt needs keys: secret_env, public_keys or jwks_url");
     }
@@ -901,7 +922,7 @@ fn check_consumers(file: &ConfigFile, p: &mut Problems) -> Vec<ConsumerSpec> {
 
 fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut digest = [0u8; 32];
