@@ -1,6 +1,11 @@
 //! Memory of the rate limiter's key store under a flood of distinct keys, against what an
 //! unbounded map would hold: `cargo run --release -p levee-resilience --example gcra_memory`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,7 +32,10 @@ fn main() {
     let started = std::time::Instant::now();
     let mut untracked = 0u64;
     for i in 0..keys {
-        if limiter.check(&format!("203.0.113.{}:{i}", i % 256), Instant::now()).untracked {
+        if limiter
+            .check(&format!("203.0.113.{}:{i}", i % 256), Instant::now())
+            .untracked
+        {
             untracked += 1;
         }
     }

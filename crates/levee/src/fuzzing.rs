@@ -34,6 +34,8 @@ routes:
 /// Parses `bytes` as an HTTP/1 request head, then runs every check and rewrite the gateway
 /// applies to a head before any upstream work.
 pub fn request_head(bytes: &[u8]) {
+    // The smuggling guard follows the raw stream first, as it does in front of hyper.
+    let _ = crate::strict::HeadGuard::new(()).follow(bytes);
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = parsed.parse(bytes) else {

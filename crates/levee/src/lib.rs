@@ -35,6 +35,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod stale;
+pub mod strict;
 pub mod tls;
 pub mod upstream;
 

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::strict::HeadGuard;
 use crate::tls::ReloadingCert;
 
 use crate::admin;
@@ -596,7 +597,7 @@ async fn accept_loop(
                         _ => return,
                     }
                     let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(HeadGuard::new(stream)), service)
                         .into_owned();
                     if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, %peer, "client connection ended with an error");
@@ -623,7 +624,7 @@ async fn accept_loop(
                         }
                     };
                     let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(HeadGuard::new(stream)), service)
                         .into_owned();
                     if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, %peer, "client connection ended with an error");
