@@ -287,23 +287,28 @@ impl RunningGateway {
             }
         }
 
+        crate::observability::process::mark_start();
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);
-        let (access_log, access_log_thread) =
-            if config.access_log.enabled {
-                let sink: Box<dyn io::Write + Send> = match sink {
-                    AccessLogSink::Stdout => Box::new(io::stdout()),
-                    AccessLogSink::Writer(w) => w,
-                };
-                let (log, thread) = AccessLog::start(config.access_log.queue, metrics.clone(), sink)
-                    .map_err(|source| StartError::Thread {
-                        name: "access-log".into(),
-                        source,
-                    })?;
-                (log, Some(thread))
-            } else {
-                (AccessLog::disabled(metrics.clone()), None)
+        let (access_log, access_log_thread) = if config.access_log.enabled {
+            let sink: Box<dyn io::Write + Send> = match sink {
+                AccessLogSink::Stdout => Box::new(io::stdout()),
+                AccessLogSink::Writer(w) => w,
             };
+            let (log, thread) = AccessLog::start(
+                config.access_log.queue,
+                config.access_log.success_sample,
+                metrics.clone(),
+                sink,
+            )
+            .map_err(|source| StartError::Thread {
+                name: "access-log".into(),
+                source,
+            })?;
+            (log, Some(thread))
+        } else {
+            (AccessLog::disabled(metrics.clone()), None)
+        };
         let grace = config.shutdown_grace;
         let gateway = Arc::new(Gateway::new(config));
         let state = Arc::new(SharedState {

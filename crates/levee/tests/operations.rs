@@ -274,3 +274,40 @@ async fn route_rewrites_cannot_remove_the_request_id() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sampled_access_logs_keep_every_error() {
+    let upstream = MockUpstream::start(|seen| {
+        if seen.uri.path() == "/bad" {
+            Reply::status(500)
+        } else {
+            Reply::ok("ok")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "access_log: {{ success_sample: 0 }}\n{}",
+        single_upstream(&[upstream.addr], "", "")
+    ));
+    for path in ["/a", "/b", "/bad", "/c", "/bad"] {
+        get(&h.url(path), &[]).await;
+    }
+    eventually("both errors logged", || async { h.access_log().len() == 2 }).await;
+    assert!(h.access_log().iter().all(|l| l["status"] == 500));
+}
+
+#[tokio::test]
+async fn process_metrics_are_exposed() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let text = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
+}

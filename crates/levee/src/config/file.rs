@@ -252,6 +252,10 @@ pub struct AccessLogFile {
     /// `levee_access_log_dropped_total`). Default 16384.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<usize>,
+    /// Share of successful requests (status below 400) that get a line, from 0 to 1; errors
+    /// are always logged. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_sample: Option<f64>,
 }
 
 fn default_true() -> bool {

@@ -126,6 +126,8 @@ impl LimitsSpec {
 pub struct AccessLogSpec {
     pub enabled: bool,
     pub queue: usize,
+    /// Share of successful requests logged (errors always are).
+    pub success_sample: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -237,7 +237,18 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             .as_ref()
             .and_then(|a| a.queue)
             .unwrap_or(DEFAULT_ACCESS_LOG_QUEUE),
+        success_sample: file
+            .access_log
+            .as_ref()
+            .and_then(|a| a.success_sample)
+            .unwrap_or(1.0),
     };
+    if !(0.0..=1.0).contains(&access_log.success_sample) {
+        p.at(
+            "access_log.success_sample",
+            "access_log.success_sample must be from 0 to 1",
+        );
+    }
     if access_log.queue == 0 || access_log.queue > 1_048_576 {
         p.at(
             "access_log.queue",

@@ -134,17 +134,24 @@ impl AccessRecord {
 pub struct AccessLog {
     tx: Option<SyncSender<AccessRecord>>,
     metrics: Arc<Metrics>,
+    /// Share of successful requests written (errors always are).
+    success_sample: f64,
 }
 
 impl AccessLog {
     /// A log that writes nothing.
     pub fn disabled(metrics: Arc<Metrics>) -> AccessLog {
-        AccessLog { tx: None, metrics }
+        AccessLog {
+            tx: None,
+            metrics,
+            success_sample: 1.0,
+        }
     }
 
     /// Starts the writer thread; lines go to `sink` (stdout in production).
     pub fn start(
         queue: usize,
+        success_sample: f64,
         metrics: Arc<Metrics>,
         sink: Box<dyn Write + Send>,
     ) -> std::io::Result<(AccessLog, JoinHandle<()>)> {
@@ -156,6 +163,7 @@ impl AccessLog {
             AccessLog {
                 tx: Some(tx),
                 metrics,
+                success_sample,
             },
             writer,
         ))
@@ -163,6 +171,12 @@ impl AccessLog {
 
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Whether a request with `status` gets a line: errors always, successes by sampling.
+    pub fn wants(&self, status: u16) -> bool {
+        self.tx.is_some()
+            && (status >= 400 || self.success_sample >= 1.0 || fastrand::f64() < self.success_sample)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -452,6 +452,7 @@ impl Metrics {
             "levee_config_version {}",
             g.config_version.load(Ordering::Relaxed)
         );
+        super::process::render(&mut out);
         out
     }
 }

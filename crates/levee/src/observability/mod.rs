@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod process;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,7 +103,7 @@ impl RequestRecord {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
         }
-        if !self.recorder.access_log.enabled() {
+        if !self.recorder.access_log.wants(self.status) {
             return;
         }
         let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
