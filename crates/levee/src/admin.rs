@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::body::ResponseBody;
 use crate::edge::error_response;
+use crate::observability::call_log::{CallQuery, CallStore};
 use crate::server::SharedState;
 
 /// Serves the admin API until `shutdown` turns true.
@@ -101,6 +102,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
                 json(StatusCode::OK, r#"{"status":"ready"}"#)
             }
         }
+        "/api/v1/calls" => calls(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/upstreams" => {
             let body = serde_json::to_vec(&state.upstreams_json()).unwrap_or_default();
             let mut response = Response::new(ResponseBody::full(body));
@@ -124,6 +126,118 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             &request_id,
         ),
     }
+}
+
+/// `GET /api/v1/calls`: the call log, newest first, filtered by the query parameters.
+fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id);
+    let Some(store) = &state.calls else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no call log: set data_dir in the config.",
+            request_id,
+        );
+    };
+    let filter = match parse_call_query(query) {
+        Ok(filter) => filter,
+        Err(message) => return bad(message),
+    };
+    let result = store
+        .lock()
+        .map_err(|_| "call log unavailable".to_string())
+        .and_then(|s| s.query(&filter));
+    match result {
+        Ok(rows) => {
+            let body = serde_json::to_vec(&serde_json::json!({ "calls": rows })).unwrap_or_default();
+            let mut response = Response::new(ResponseBody::full(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "call_log_unavailable",
+            &error,
+            request_id,
+        ),
+    }
+}
+
+/// Parses the call-log filters; an unknown or malformed parameter is an error naming it.
+pub fn parse_call_query(query: &str) -> Result<CallQuery, String> {
+    let mut filter = CallQuery {
+        limit: 100,
+        ..CallQuery::default()
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value =
+            percent_decode(raw).ok_or_else(|| format!("parameter `{key}` is not valid percent-encoding"))?;
+        let time = |v: &str| -> Result<i64, String> {
+            if let Ok(ms) = v.parse::<i64>() {
+                return Ok(ms);
+            }
+            humantime::parse_rfc3339_weak(v)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .ok_or_else(|| format!("parameter `{key}` must be RFC 3339 (2026-11-23T12:00:00Z) or milliseconds since the epoch"))
+        };
+        match key {
+            "route" => filter.route = Some(value),
+            "consumer" => filter.consumer = Some(value),
+            "status" => {
+                filter.status = Some(
+                    value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|s| (100..600).contains(s))
+                        .ok_or("parameter `status` must be a status code from 100 to 599")?,
+                )
+            }
+            "since" => filter.since_ms = Some(time(&value)?),
+            "until" => filter.until_ms = Some(time(&value)?),
+            "limit" => {
+                filter.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or("parameter `limit` must be from 1 to 1000")?
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`: use route, consumer, status, since, until, limit"
+                ))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Whether the request carries the admin token (always true when none is configured).

@@ -34,6 +34,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::gateway::{Gateway, LoadPermit, WorkerContext};
 use crate::observability::access_log::AccessLog;
+use crate::observability::call_log::{CallLog, Retention, SqliteStore};
 use crate::observability::metrics::{Gauge, Metrics};
 use crate::observability::Recorder;
 use crate::pipeline;
@@ -70,6 +71,8 @@ pub enum StartError {
     },
     #[error("listener {name}: {message}")]
     Tls { name: String, message: String },
+    #[error("call log: {message}")]
+    CallLog { message: String },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: String,
@@ -86,6 +89,8 @@ pub struct SharedState {
     pub gateway: Arc<Gateway>,
     /// Each worker's view of the upstreams (breakers, load), for the admin API and gauges.
     pub worker_upstreams: std::sync::Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
+    /// A read connection to the call log, when there is one.
+    pub calls: Option<std::sync::Mutex<SqliteStore>>,
 }
 
 impl SharedState {
@@ -203,6 +208,7 @@ pub struct RunningGateway {
     admin: Option<JoinHandle<()>>,
     control: Option<JoinHandle<()>>,
     access_log: Option<JoinHandle<()>>,
+    call_log: Option<JoinHandle<()>>,
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -309,6 +315,19 @@ impl RunningGateway {
         } else {
             (AccessLog::disabled(metrics.clone()), None)
         };
+        let (call_log, call_log_thread, calls) = match &config.call_log {
+            Some(spec) => {
+                let retention = Retention {
+                    max_age: spec.max_age,
+                    max_rows: spec.max_rows,
+                };
+                let (log, thread) = CallLog::start(&spec.dir, spec.queue, retention, metrics.clone())
+                    .map_err(|message| StartError::CallLog { message })?;
+                let reader = log.reader().map_err(|message| StartError::CallLog { message })?;
+                (Some(log), Some(thread), Some(reader))
+            }
+            None => (None, None, None),
+        };
         let grace = config.shutdown_grace;
         let gateway = Arc::new(Gateway::new(config));
         let state = Arc::new(SharedState {
@@ -316,6 +335,7 @@ impl RunningGateway {
             draining: AtomicBool::new(false),
             gateway: gateway.clone(),
             worker_upstreams: Default::default(),
+            calls,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -324,6 +344,7 @@ impl RunningGateway {
             let recorder = Arc::new(Recorder {
                 metrics: metrics.shard(),
                 access_log: access_log.clone(),
+                call_log: call_log.clone(),
             });
             let gateway = gateway.clone();
             let rx = shutdown_rx.clone();
@@ -335,8 +356,9 @@ impl RunningGateway {
                 .map_err(|source| StartError::Thread { name, source })?;
             worker_threads.push(thread);
         }
-        // The workers hold the only senders now: when they exit, the writer drains and ends.
+        // The workers hold the only senders now: when they exit, the writers drain and end.
         drop(access_log);
+        drop(call_log);
 
         // One control-plane thread for the whole process: health checks, certificate reloads
         // and JWKS refreshes, not one per worker.
@@ -398,6 +420,7 @@ impl RunningGateway {
             admin,
             control,
             access_log: access_log_thread,
+            call_log: call_log_thread,
         })
     }
 
@@ -444,6 +467,9 @@ impl RunningGateway {
             let _ = admin.join();
         }
         if let Some(writer) = self.access_log.take() {
+            let _ = writer.join();
+        }
+        if let Some(writer) = self.call_log.take() {
             let _ = writer.join();
         }
     }

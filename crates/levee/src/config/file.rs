@@ -47,9 +47,34 @@ pub struct ConfigFile {
     /// JSON Web Token settings for routes with `auth: jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtFile>,
+    /// Directory for Levee's own data (the call log database). Without it there is no call
+    /// log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// The call log: one row per request in `data_dir/calls.sqlite3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_log: Option<CallLogFile>,
     /// Load shedding: caps that protect the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
+}
+
+/// Call log settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallLogFile {
+    /// Record calls (when `data_dir` is set). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Records waiting for the writer at most; more are dropped and counted. Default 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// Rows older than this are deleted. Default 7d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<DurationStr>,
+    /// Rows kept at most (the oldest go first). Default 1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
 }
 
 /// Caps on the gateway's own load; past them new work is refused quickly with 503.

@@ -25,6 +25,7 @@ pub struct Config {
     pub limits: LimitsSpec,
     pub consumers: Vec<ConsumerSpec>,
     pub jwt: Option<JwtSpec>,
+    pub call_log: Option<CallLogSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
 }
@@ -66,6 +67,15 @@ impl std::fmt::Debug for Secret {
 pub struct ConsumerSpec {
     pub name: Arc<str>,
     pub key_digests: Vec<[u8; 32]>,
+}
+
+/// Where and how long calls are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLogSpec {
+    pub dir: std::path::PathBuf,
+    pub queue: usize,
+    pub max_age: Duration,
+    pub max_rows: u64,
 }
 
 /// How JSON Web Tokens are checked.

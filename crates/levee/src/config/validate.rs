@@ -196,6 +196,34 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
 
     let consumers = check_consumers(&file, p);
     let jwt = file.jwt.as_ref().and_then(|j| check_jwt(j, p));
+    let call_log = file.data_dir.as_ref().and_then(|dir| {
+        let settings = file.call_log.clone().unwrap_or_default();
+        if settings.enabled == Some(false) {
+            return None;
+        }
+        let spec = CallLogSpec {
+            dir: dir.into(),
+            queue: settings.queue.unwrap_or(16_384),
+            max_age: settings
+                .max_age
+                .map(|d| d.0)
+                .unwrap_or(std::time::Duration::from_secs(7 * 86_400)),
+            max_rows: settings.max_rows.unwrap_or(1_000_000),
+        };
+        if spec.queue == 0 || spec.queue > 1_048_576 {
+            p.at("call_log.queue", "call_log.queue must be from 1 to 1048576");
+        }
+        if spec.max_age.is_zero() || spec.max_rows == 0 {
+            p.at("call_log", "call_log.max_age and max_rows must be above zero");
+        }
+        Some(spec)
+    });
+    if file.call_log.is_some() && file.data_dir.is_none() {
+        p.at(
+            "call_log",
+            "the call log needs `data_dir` (where its database lives)",
+        );
+    }
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -314,6 +342,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         limits,
         consumers,
         jwt,
+        call_log,
         file,
     })
 }

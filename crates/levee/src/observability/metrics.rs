@@ -232,6 +232,8 @@ impl MetricsShard {
 #[derive(Debug, Default)]
 pub struct Globals {
     pub access_log_dropped: AtomicU64,
+    /// Call-log records dropped because the writer fell behind.
+    pub calllog_dropped: AtomicU64,
     /// Requests and connections refused by load shedding.
     pub shed: AtomicU64,
     pub connections_accepted: AtomicU64,
@@ -451,6 +453,17 @@ impl Metrics {
             out,
             "levee_config_version {}",
             g.config_version.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "levee_calllog_dropped_total",
+            "counter",
+            "Call-log records dropped because the writer fell behind.",
+        );
+        let _ = writeln!(
+            out,
+            "levee_calllog_dropped_total {}",
+            g.calllog_dropped.load(Ordering::Relaxed)
         );
         super::process::render(&mut out);
         out

@@ -6,6 +6,7 @@
 //! uncontended lock.
 
 pub mod access_log;
+pub mod call_log;
 pub mod metrics;
 pub mod process;
 
@@ -25,6 +26,7 @@ use metrics::{method_label, MetricsShard, Outcome};
 pub struct Recorder {
     pub metrics: MetricsShard,
     pub access_log: AccessLog,
+    pub call_log: Option<call_log::CallLog>,
 }
 
 /// Facts about the upstream attempt that served a request.
@@ -102,6 +104,38 @@ impl RequestRecord {
             if let Some(up) = &self.upstream {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
+        }
+        if let Some(calls) = &self.recorder.call_log {
+            calls.log(call_log::CallRecord {
+                time_ms: self
+                    .wall_start
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
+                trace_id: self
+                    .traceparent
+                    .as_ref()
+                    .and_then(|t| crate::headers::trace_id(t))
+                    .map(str::to_owned),
+                route: self.route.as_deref().map(str::to_owned),
+                consumer: self.consumer.as_deref().map(str::to_owned),
+                method: self.method.as_str().to_owned(),
+                path: self.path.clone(),
+                status: self.status,
+                error: self.error.map(str::to_owned),
+                upstream: self.upstream.as_ref().map(|u| u.upstream.to_string()),
+                target: self.upstream.as_ref().map(|u| u.target.to_string()),
+                attempts: self.attempts,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0),
+                bytes_in: self
+                    .bytes_in
+                    .as_ref()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .unwrap_or(0),
+                bytes_out,
+            });
         }
         if !self.recorder.access_log.wants(self.status) {
             return;

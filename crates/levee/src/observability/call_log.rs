@@ -1,0 +1,378 @@
+//! The call log: one row per request in an embedded SQLite database, written in batches by a
+//! background thread, queried by the admin API.
+//!
+//! Requests never wait for it: records go through a bounded queue and are dropped (and counted
+//! in `levee_calllog_dropped_total`) when the writer falls behind. Retention by age and by row
+//! count keeps the file bounded. The database runs in WAL mode so the admin API reads on its
+//! own connection while the writer writes. The [`CallStore`] trait is the seam for a
+//! PostgreSQL store in cluster mode.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use super::metrics::Metrics;
+
+/// One request, as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallRecord {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub route: Option<String>,
+    pub consumer: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub error: Option<String>,
+    pub upstream: Option<String>,
+    pub target: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Which calls to return, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallQuery {
+    pub route: Option<String>,
+    pub consumer: Option<String>,
+    pub status: Option<u16>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: usize,
+}
+
+/// Storage for calls.
+pub trait CallStore: Send {
+    fn insert(&mut self, batch: &[CallRecord]) -> Result<(), String>;
+    fn enforce_retention(&mut self, max_age: Duration, max_rows: u64) -> Result<(), String>;
+    fn query(&self, query: &CallQuery) -> Result<Vec<CallRecord>, String>;
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    trace_id TEXT,
+    route TEXT,
+    consumer TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    upstream TEXT,
+    target TEXT,
+    attempts INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    upstream_ms REAL,
+    bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, String> {
+        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl CallStore for SqliteStore {
+    fn insert(&mut self, batch: &[CallRecord]) -> Result<(), String> {
+        let tx = self.conn.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
+                     upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )
+                .map_err(|e| e.to_string())?;
+            for c in batch {
+                insert
+                    .execute(params![
+                        c.time_ms,
+                        c.request_id,
+                        c.trace_id,
+                        c.route,
+                        c.consumer,
+                        c.method,
+                        c.path,
+                        c.status,
+                        c.error,
+                        c.upstream,
+                        c.target,
+                        c.attempts,
+                        c.latency_ms,
+                        c.upstream_ms,
+                        c.bytes_in as i64,
+                        c.bytes_out as i64
+                    ])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    fn enforce_retention(&mut self, max_age: Duration, max_rows: u64) -> Result<(), String> {
+        let cutoff = now_ms() - max_age.as_millis() as i64;
+        self.conn
+            .execute("DELETE FROM calls WHERE time_ms < ?1", params![cutoff])
+            .map_err(|e| e.to_string())?;
+        self.conn
+            .execute(
+                "DELETE FROM calls WHERE id <= (SELECT MAX(id) FROM calls) - ?1",
+                params![max_rows as i64],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn query(&self, q: &CallQuery) -> Result<Vec<CallRecord>, String> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
+                        attempts, latency_ms, upstream_ms, bytes_in, bytes_out
+                 FROM calls
+                 WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
+                   AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
+                 ORDER BY id DESC LIMIT ?6",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = statement
+            .query_map(
+                params![
+                    q.route,
+                    q.consumer,
+                    q.status,
+                    q.since_ms,
+                    q.until_ms,
+                    q.limit as i64
+                ],
+                |row| {
+                    Ok(CallRecord {
+                        time_ms: row.get(0)?,
+                        request_id: row.get(1)?,
+                        trace_id: row.get(2)?,
+                        route: row.get(3)?,
+                        consumer: row.get(4)?,
+                        method: row.get(5)?,
+                        path: row.get(6)?,
+                        status: row.get(7)?,
+                        error: row.get(8)?,
+                        upstream: row.get(9)?,
+                        target: row.get(10)?,
+                        attempts: row.get(11)?,
+                        latency_ms: row.get(12)?,
+                        upstream_ms: row.get(13)?,
+                        bytes_in: row.get::<_, i64>(14)?.max(0) as u64,
+                        bytes_out: row.get::<_, i64>(15)?.max(0) as u64,
+                    })
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The sending side, shared by the workers.
+#[derive(Debug, Clone)]
+pub struct CallLog {
+    tx: SyncSender<CallRecord>,
+    metrics: Arc<Metrics>,
+    path: PathBuf,
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_rows: u64,
+}
+
+const BATCH: usize = 512;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const RETAIN_EVERY: Duration = Duration::from_secs(30);
+
+impl CallLog {
+    /// Opens (creates) `data_dir/calls.sqlite3` and starts the writer thread.
+    pub fn start(
+        data_dir: &Path,
+        queue: usize,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+    ) -> Result<(CallLog, JoinHandle<()>), String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let path = data_dir.join("calls.sqlite3");
+        let mut store = SqliteStore::open(&path)?;
+        let (tx, rx) = sync_channel(queue);
+        let writer = std::thread::Builder::new()
+            .name("levee-call-log".into())
+            .spawn(move || write_batches(rx, &mut store, retention))
+            .map_err(|e| e.to_string())?;
+        Ok((CallLog { tx, metrics, path }, writer))
+    }
+
+    /// Queues a record, or drops and counts it when the writer is behind.
+    pub fn log(&self, record: CallRecord) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
+            self.metrics
+                .globals
+                .calllog_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A read connection for queries (the admin API).
+    pub fn reader(&self) -> Result<Mutex<SqliteStore>, String> {
+        SqliteStore::open(&self.path).map(Mutex::new)
+    }
+}
+
+fn write_batches(rx: Receiver<CallRecord>, store: &mut SqliteStore, retention: Retention) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_retention = std::time::Instant::now();
+    loop {
+        let disconnected = match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(record) => {
+                batch.push(record);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(record) => batch.push(record),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if !batch.is_empty() {
+            if let Err(error) = store.insert(&batch) {
+                tracing::warn!(%error, lost = batch.len(), "call log write failed");
+            }
+            batch.clear();
+        }
+        if last_retention.elapsed() >= RETAIN_EVERY || disconnected {
+            if let Err(error) = store.enforce_retention(retention.max_age, retention.max_rows) {
+                tracing::warn!(%error, "call log retention failed");
+            }
+            last_retention = std::time::Instant::now();
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64, route: &str, status: u16) -> CallRecord {
+        CallRecord {
+            time_ms: now_ms() - 1000 + i,
+            request_id: format!("r{i}"),
+            trace_id: None,
+            route: Some(route.into()),
+            consumer: None,
+            method: "GET".into(),
+            path: "/".into(),
+            status,
+            error: None,
+            upstream: None,
+            target: None,
+            attempts: 1,
+            latency_ms: 1.5,
+            upstream_ms: Some(1.0),
+            bytes_in: 0,
+            bytes_out: 2,
+        }
+    }
+
+    #[test]
+    fn stores_filters_and_keeps_the_newest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let batch: Vec<CallRecord> = (0..10)
+            .map(|i| record(i, if i % 2 == 0 { "a" } else { "b" }, 200 + (i as u16 % 3)))
+            .collect();
+        store.insert(&batch).unwrap();
+        let all = store
+            .query(&CallQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].request_id, "r9", "newest first");
+        let a = store
+            .query(&CallQuery {
+                route: Some("a".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(a.len(), 5);
+        let s = store
+            .query(&CallQuery {
+                status: Some(201),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(s.iter().all(|c| c.status == 201));
+        store.enforce_retention(Duration::from_secs(3600), 4).unwrap();
+        let kept = store
+            .query(&CallQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            kept.iter().map(|c| c.request_id.as_str()).collect::<Vec<_>>(),
+            ["r9", "r8", "r7", "r6"]
+        );
+        store.enforce_retention(Duration::from_millis(1), 100).unwrap();
+        assert!(store
+            .query(&CallQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -1,0 +1,95 @@
+//! The call log: every request stored in SQLite off the hot path, queried by the admin API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::Harness;
+use http::StatusCode;
+use levee_test_support::*;
+
+#[tokio::test]
+async fn every_request_is_stored_and_can_be_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = MockUpstream::start(|seen| {
+        if seen.uri.path() == "/bad" {
+            Reply::status(503)
+        } else {
+            Reply::ok("ok")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "data_dir: \"{}\"\nupstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: api\n    match: {{ path_prefix: /api }}\n    upstream: u\n  - name: rest\n    upstream: u\n",
+        dir.path().display(),
+        upstream.addr
+    ));
+    for path in ["/api/a", "/api/b", "/bad", "/c"] {
+        get(
+            &h.url(path),
+            &[("x-request-id", &format!("id{}", path.replace('/', "-")))],
+        )
+        .await;
+    }
+    let calls = format!("{}/api/v1/calls", h.admin);
+    eventually("four calls stored", || async {
+        get(&calls, &[]).await.json()["calls"].as_array().map(|a| a.len()) == Some(4)
+    })
+    .await;
+    let all = get(&calls, &[]).await.json();
+    let rows = all["calls"].as_array().unwrap();
+    assert_eq!(rows[0]["path"], "/c", "newest first");
+    let bad = rows.iter().find(|r| r["path"] == "/bad").unwrap();
+    assert_eq!(bad["status"], 503);
+    assert_eq!(bad["route"], "rest");
+    assert_eq!(bad["request_id"], "id-bad");
+    assert_eq!(bad["target"], upstream.addr.to_string());
+    assert_eq!(bad["attempts"], 1);
+    assert!(bad["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(bad["trace_id"].as_str().unwrap().len(), 32);
+
+    let api = get(&format!("{calls}?route=api&limit=10"), &[]).await.json();
+    assert_eq!(api["calls"].as_array().unwrap().len(), 2);
+    let failed = get(&format!("{calls}?status=503"), &[]).await.json();
+    assert_eq!(failed["calls"].as_array().unwrap().len(), 1);
+    let future = get(&format!("{calls}?since=2999-01-01T00:00:00Z"), &[])
+        .await
+        .json();
+    assert!(future["calls"].as_array().unwrap().is_empty());
+
+    for (query, name) in [
+        ("limit=0", "limit"),
+        ("status=abc", "status"),
+        ("since=yesterday", "since"),
+        ("colour=red", "colour"),
+    ] {
+        let answer = get(&format!("{calls}?{query}"), &[]).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{name}`")),
+            "{query}"
+        );
+    }
+    let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    assert!(metrics.contains("levee_calllog_dropped_total 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn without_a_data_dir_there_is_no_call_log() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: all\n    upstream: u\n",
+        upstream.addr
+    ));
+    assert_eq!(
+        get(&format!("{}/api/v1/calls", h.admin), &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
