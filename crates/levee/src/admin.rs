@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::body::ResponseBody;
 use crate::edge::error_response;
-use crate::observability::call_log::{CallQuery, CallStore};
+use crate::observability::call_log::{AnalyticsQuery, CallQuery, CallStore, GroupBy};
 use crate::server::SharedState;
 
 /// Serves the admin API until `shutdown` turns true.
@@ -103,6 +103,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             }
         }
         "/api/v1/calls" => calls(state, request.uri().query().unwrap_or(""), &request_id),
+        "/api/v1/analytics" => analytics(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/upstreams" => {
             let body = serde_json::to_vec(&state.upstreams_json()).unwrap_or_default();
             let mut response = Response::new(ResponseBody::full(body));
@@ -165,6 +166,120 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
     }
 }
 
+/// `GET /api/v1/analytics`: requests, 5xx rate, latency percentiles and bytes per time
+/// bucket and group, computed from the call log.
+fn analytics(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let Some(store) = &state.calls else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no call log: set data_dir in the config.",
+            request_id,
+        );
+    };
+    let request = match parse_analytics_query(query) {
+        Ok(request) => request,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id),
+    };
+    let result = store
+        .lock()
+        .map_err(|_| "call log unavailable".to_string())
+        .and_then(|s| s.analytics(&request));
+    match result {
+        Ok((series, truncated)) => {
+            let body = serde_json::json!({
+                "since_ms": request.since_ms,
+                "until_ms": request.until_ms,
+                "bucket_ms": request.bucket_ms,
+                "truncated": truncated,
+                "series": series,
+            });
+            let mut response =
+                Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "call_log_unavailable",
+            &error,
+            request_id,
+        ),
+    }
+}
+
+/// Parses analytics parameters: `group_by` (route, consumer, upstream, status; default
+/// route), `bucket` (1m, 1h, 1d; default 1m), `since`/`until` (default: the last hour).
+pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
+    let now = crate::observability::call_log::now_ms();
+    let mut request = AnalyticsQuery {
+        since_ms: now - 3_600_000,
+        until_ms: now + 1,
+        bucket_ms: 60_000,
+        group_by: GroupBy::Route,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value =
+            percent_decode(raw).ok_or_else(|| format!("parameter `{key}` is not valid percent-encoding"))?;
+        match key {
+            "group_by" => {
+                request.group_by = match value.as_str() {
+                    "route" => GroupBy::Route,
+                    "consumer" => GroupBy::Consumer,
+                    "upstream" => GroupBy::Upstream,
+                    "status" => GroupBy::Status,
+                    _ => {
+                        return Err("parameter `group_by` must be route, consumer, upstream or status".into())
+                    }
+                }
+            }
+            "bucket" => {
+                request.bucket_ms = match value.as_str() {
+                    "1m" => 60_000,
+                    "1h" => 3_600_000,
+                    "1d" => 86_400_000,
+                    _ => return Err("parameter `bucket` must be 1m, 1h or 1d".into()),
+                }
+            }
+            "since" | "until" => {
+                let ms = parse_time(key, &value)?;
+                if key == "since" {
+                    request.since_ms = ms;
+                } else {
+                    request.until_ms = ms;
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`: use group_by, bucket, since, until"
+                ))
+            }
+        }
+    }
+    if request.until_ms <= request.since_ms {
+        return Err("parameter `until` must be after `since`".into());
+    }
+    Ok(request)
+}
+
+fn parse_time(key: &str, value: &str) -> Result<i64, String> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            format!(
+                "parameter `{key}` must be RFC 3339 (2026-11-23T12:00:00Z) or milliseconds since the epoch"
+            )
+        })
+}
+
 /// Parses the call-log filters; an unknown or malformed parameter is an error naming it.
 pub fn parse_call_query(query: &str) -> Result<CallQuery, String> {
     let mut filter = CallQuery {
@@ -175,16 +290,7 @@ pub fn parse_call_query(query: &str) -> Result<CallQuery, String> {
         let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
         let value =
             percent_decode(raw).ok_or_else(|| format!("parameter `{key}` is not valid percent-encoding"))?;
-        let time = |v: &str| -> Result<i64, String> {
-            if let Ok(ms) = v.parse::<i64>() {
-                return Ok(ms);
-            }
-            humantime::parse_rfc3339_weak(v)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as i64)
-                .ok_or_else(|| format!("parameter `{key}` must be RFC 3339 (2026-11-23T12:00:00Z) or milliseconds since the epoch"))
-        };
+        let time = |v: &str| parse_time(key, v);
         match key {
             "route" => filter.route = Some(value),
             "consumer" => filter.consumer = Some(value),

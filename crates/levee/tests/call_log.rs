@@ -79,6 +79,47 @@ async fn every_request_is_stored_and_can_be_filtered() {
     }
     let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
     assert!(metrics.contains("levee_calllog_dropped_total 0"), "{metrics}");
+
+    // Analytics over the same rows.
+    let analytics = format!("{}/api/v1/analytics", h.admin);
+    let by_route = get(&format!("{analytics}?group_by=route&bucket=1h"), &[])
+        .await
+        .json();
+    assert_eq!(by_route["truncated"], false);
+    let series = by_route["series"].as_array().unwrap();
+    let total: u64 = series.iter().map(|c| c["requests"].as_u64().unwrap()).sum();
+    assert_eq!(total, 4);
+    let rest: Vec<_> = series.iter().filter(|c| c["group"] == "rest").collect();
+    assert_eq!(
+        rest.iter().map(|c| c["requests"].as_u64().unwrap()).sum::<u64>(),
+        2
+    );
+    assert_eq!(rest.iter().map(|c| c["errors"].as_u64().unwrap()).sum::<u64>(), 1);
+    for cell in series {
+        assert!(cell["p99_ms"].as_f64().unwrap() >= cell["p50_ms"].as_f64().unwrap());
+    }
+    let by_status = get(&format!("{analytics}?group_by=status"), &[]).await.json();
+    assert!(by_status["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["group"] == "503"));
+    for (query, name) in [
+        ("group_by=colour", "group_by"),
+        ("bucket=2m", "bucket"),
+        ("since=99&until=10", "until"),
+        ("x=1", "x"),
+    ] {
+        let answer = get(&format!("{analytics}?{query}"), &[]).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{name}`")),
+            "{query}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -52,11 +52,70 @@ pub struct CallQuery {
     pub limit: usize,
 }
 
+/// What analytics group by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Route,
+    Consumer,
+    Upstream,
+    Status,
+}
+
+impl GroupBy {
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::Route => "route",
+            GroupBy::Consumer => "consumer",
+            GroupBy::Upstream => "upstream",
+            GroupBy::Status => "CAST(status AS TEXT)",
+        }
+    }
+}
+
+/// An analytics request: time range, bucket width, grouping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyticsQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub bucket_ms: i64,
+    pub group_by: GroupBy,
+}
+
+/// One (bucket, group) cell of the analytics answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Aggregate {
+    pub bucket_start_ms: i64,
+    pub group: Option<String>,
+    pub requests: u64,
+    /// Requests answered 5xx (as SLOs count errors).
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Rows read per analytics request at most, to bound memory and time; the answer says
+/// when it was cut.
+pub const MAX_ANALYTICS_ROWS: usize = 200_000;
+
 /// Storage for calls.
 pub trait CallStore: Send {
     fn insert(&mut self, batch: &[CallRecord]) -> Result<(), String>;
     fn enforce_retention(&mut self, max_age: Duration, max_rows: u64) -> Result<(), String>;
     fn query(&self, query: &CallQuery) -> Result<Vec<CallRecord>, String>;
+    /// Aggregates per time bucket and group; the flag is true when the row cap cut the scan.
+    fn analytics(&self, query: &AnalyticsQuery) -> Result<(Vec<Aggregate>, bool), String>;
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
 }
 
 /// The SQLite store.
@@ -150,6 +209,68 @@ impl CallStore for SqliteStore {
             )
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    fn analytics(&self, q: &AnalyticsQuery) -> Result<(Vec<Aggregate>, bool), String> {
+        let sql = format!(
+            "SELECT time_ms, {}, status, latency_ms, bytes_in, bytes_out FROM calls
+             WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms LIMIT ?3",
+            q.group_by.column()
+        );
+        let mut statement = self.conn.prepare(&sql).map_err(|e| e.to_string())?;
+        let rows = statement
+            .query_map(
+                params![q.since_ms, q.until_ms, (MAX_ANALYTICS_ROWS + 1) as i64],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, u16>(2)?,
+                        row.get::<_, f64>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        type Cell = (u64, u64, Vec<f64>, u64, u64);
+        let mut cells: std::collections::BTreeMap<(i64, Option<String>), Cell> = Default::default();
+        let mut scanned = 0usize;
+        for row in rows {
+            let (time, group, status, latency, bytes_in, bytes_out) = row.map_err(|e| e.to_string())?;
+            scanned += 1;
+            if scanned > MAX_ANALYTICS_ROWS {
+                break;
+            }
+            let bucket = time - time.rem_euclid(q.bucket_ms.max(1));
+            let cell = cells.entry((bucket, group)).or_default();
+            cell.0 += 1;
+            cell.1 += u64::from(status >= 500);
+            cell.2.push(latency);
+            cell.3 += bytes_in.max(0) as u64;
+            cell.4 += bytes_out.max(0) as u64;
+        }
+        let aggregates = cells
+            .into_iter()
+            .map(
+                |((bucket_start_ms, group), (requests, errors, mut latencies, bytes_in, bytes_out))| {
+                    latencies.sort_by(|a, b| a.total_cmp(b));
+                    Aggregate {
+                        bucket_start_ms,
+                        group,
+                        requests,
+                        errors,
+                        error_rate: errors as f64 / requests.max(1) as f64,
+                        p50_ms: percentile(&latencies, 0.50),
+                        p95_ms: percentile(&latencies, 0.95),
+                        p99_ms: percentile(&latencies, 0.99),
+                        bytes_in,
+                        bytes_out,
+                    }
+                },
+            )
+            .collect();
+        Ok((aggregates, scanned > MAX_ANALYTICS_ROWS))
     }
 
     fn query(&self, q: &CallQuery) -> Result<Vec<CallRecord>, String> {
@@ -355,6 +476,17 @@ mod tests {
             })
             .unwrap();
         assert!(s.iter().all(|c| c.status == 201));
+        let (cells, cut) = store
+            .analytics(&AnalyticsQuery {
+                since_ms: 0,
+                until_ms: now_ms() + 1,
+                bucket_ms: 3_600_000_000,
+                group_by: GroupBy::Route,
+            })
+            .unwrap();
+        assert!(!cut);
+        let a = cells.iter().find(|c| c.group.as_deref() == Some("a")).unwrap();
+        assert_eq!((a.requests, a.p50_ms, a.p99_ms), (5, 1.5, 1.5));
         store.enforce_retention(Duration::from_secs(3600), 4).unwrap();
         let kept = store
             .query(&CallQuery {
