@@ -49,11 +49,49 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// The newest calls from a running gateway's call log (needs `data_dir`).
+    Calls {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        status: Option<u16>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Routes of a running gateway over the last hour: requests, 5xx rate, p99 latency.
+    Top {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Group by route, consumer, upstream or status.
+        #[arg(long, default_value = "route")]
+        by: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// API keys: `levee key new` prints a fresh random key and the digest for the config.
     Key {
         #[command(subcommand)]
         action: KeyAction,
     },
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// Environment variable holding the admin token.
+    #[arg(long, default_value = "LEVEE_ADMIN_TOKEN")]
+    token_env: String,
 }
 
 #[derive(Subcommand)]
@@ -73,12 +111,150 @@ fn main() -> ExitCode {
         Command::Key {
             action: KeyAction::New,
         } => new_key(),
+        Command::Calls {
+            admin,
+            route,
+            consumer,
+            status,
+            limit,
+            json,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(route.map(|r| format!("route={}", encode(&r))));
+            query.extend(consumer.map(|c| format!("consumer={}", encode(&c))));
+            query.extend(status.map(|s| format!("status={s}")));
+            let url = format!(
+                "{}/api/v1/calls?{}",
+                admin.admin.trim_end_matches('/'),
+                query.join("&")
+            );
+            admin_command(&admin, &url, json, calls_table)
+        }
+        Command::Top { admin, by, json } => {
+            let url = format!(
+                "{}/api/v1/analytics?group_by={}&bucket=1h",
+                admin.admin.trim_end_matches('/'),
+                encode(&by)
+            );
+            admin_command(&admin, &url, json, top_table)
+        }
         Command::Schema => {
             let schema = levee::config::file::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             ExitCode::SUCCESS
         }
     }
+}
+
+/// A JSON field, or null when absent.
+fn field<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    value.get(key).unwrap_or(&serde_json::Value::Null)
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one admin API request and prints JSON or a table.
+fn admin_command(
+    admin: &AdminArgs,
+    url: &str,
+    json: bool,
+    table: fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    let token = std::env::var(&admin.token_env).ok().filter(|t| !t.is_empty());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("levee: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(levee::admin_client::get_json(url, token.as_deref())) {
+        Ok(value) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            } else {
+                print!("{}", table(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("levee: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn calls_table(value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = field(value, "calls")
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|c| {
+                    let time = field(c, "time_ms")
+                        .as_u64()
+                        .map(humantime_millis)
+                        .unwrap_or_default();
+                    vec![
+                        time,
+                        field(c, "status").to_string(),
+                        text(field(c, "method")),
+                        text(field(c, "path")),
+                        text(field(c, "route")),
+                        text(field(c, "consumer")),
+                        text(field(c, "target")),
+                        format!("{:.1}", field(c, "latency_ms").as_f64().unwrap_or(0.0)),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    levee::admin_client::table(
+        &[
+            "time", "status", "method", "path", "route", "consumer", "target", "ms",
+        ],
+        &rows,
+    )
+}
+
+fn humantime_millis(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    levee::observability::access_log::format_time(time)
+}
+
+fn top_table(value: &serde_json::Value) -> String {
+    use std::collections::BTreeMap;
+    // Sum the hour buckets per group; the p99 shown is the worst bucket's.
+    let mut groups: BTreeMap<String, (u64, u64, f64)> = BTreeMap::new();
+    for cell in field(value, "series").as_array().into_iter().flatten() {
+        let group = field(cell, "group").as_str().unwrap_or("-").to_string();
+        let entry = groups.entry(group).or_default();
+        entry.0 += field(cell, "requests").as_u64().unwrap_or(0);
+        entry.1 += field(cell, "errors").as_u64().unwrap_or(0);
+        entry.2 = entry.2.max(field(cell, "p99_ms").as_f64().unwrap_or(0.0));
+    }
+    let mut rows: Vec<(String, (u64, u64, f64))> = groups.into_iter().collect();
+    rows.sort_by_key(|(_, (requests, _, _))| std::cmp::Reverse(*requests));
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(group, (requests, errors, p99))| {
+            vec![
+                group,
+                requests.to_string(),
+                format!("{:.2}%", 100.0 * errors as f64 / requests.max(1) as f64),
+                format!("{p99:.1}"),
+            ]
+        })
+        .collect();
+    levee::admin_client::table(&["group", "requests", "5xx", "p99 ms"], &rows)
 }
 
 fn new_key() -> ExitCode {

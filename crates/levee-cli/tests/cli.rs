@@ -315,3 +315,66 @@ fn key_new_prints_a_fresh_key_and_its_digest() {
 fn levee_digest(key: &str) -> String {
     levee::auth::digest_of(key)
 }
+
+#[tokio::test]
+async fn calls_and_top_read_a_running_gateway() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\nadmin: {{ bind: 127.0.0.1:0 }}\ndata_dir: \"{}\"\nupstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes: [{{ name: shop, upstream: u }}]\n",
+            dir.path().join("data").display(),
+            upstream.addr
+        ),
+    );
+    let (mut child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    let admin = format!("http://{}", logged_addr(&lines, "admin listening").await);
+    for path in ["/one", "/two", "/three"] {
+        get(&format!("http://{public}{path}"), &[]).await;
+    }
+    let calls_json = {
+        let admin = admin.clone();
+        move || {
+            let out = levee(&["calls", "--admin", &admin, "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        }
+    };
+    eventually("three calls stored", || {
+        let calls = calls_json.clone();
+        async move {
+            tokio::task::spawn_blocking(calls).await.unwrap()["calls"]
+                .as_array()
+                .map(|a| a.len())
+                == Some(3)
+        }
+    })
+    .await;
+    let admin_for_table = admin.clone();
+    let table =
+        tokio::task::spawn_blocking(move || levee(&["calls", "--admin", &admin_for_table, "--limit", "2"]))
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    let lines_out: Vec<&str> = text.lines().collect();
+    assert!(
+        lines_out[0].starts_with("time") && lines_out[0].contains("status"),
+        "{text}"
+    );
+    assert_eq!(lines_out.len(), 3, "header and two rows: {text}");
+    assert!(lines_out[1].contains("/three"), "newest first: {text}");
+    let top = tokio::task::spawn_blocking(move || levee(&["top", "--admin", &admin]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("shop") && l.contains(" 3 ")),
+        "{text}"
+    );
+    signal(&child.0, "TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -19,6 +19,7 @@
 //! * [`demo`]: the self-contained `levee demo`
 
 pub mod admin;
+pub mod admin_client;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -80,6 +80,11 @@ struct Line<'a> {
     consumer: Option<&'a str>,
 }
 
+/// RFC 3339 with milliseconds, as in the access log.
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
 fn round3(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
