@@ -106,11 +106,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
         "/api/v1/analytics" => analytics(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/upstreams" => {
             let body = serde_json::to_vec(&state.upstreams_json()).unwrap_or_default();
-            let mut response = Response::new(ResponseBody::full(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
+            json_bytes(body)
         }
         "/metrics" => {
             let mut response = Response::new(ResponseBody::full(state.metrics.render_with(&state.gauges())));
@@ -151,11 +147,7 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
     match result {
         Ok(rows) => {
             let body = serde_json::to_vec(&serde_json::json!({ "calls": rows })).unwrap_or_default();
-            let mut response = Response::new(ResponseBody::full(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
+            json_bytes(body)
         }
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -365,6 +357,15 @@ fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
         Sha256::digest(token.0.as_bytes()),
     );
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A 200 JSON response with an already serialised body.
+fn json_bytes(body: Vec<u8>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

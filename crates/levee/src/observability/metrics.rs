@@ -387,32 +387,20 @@ impl Metrics {
                 escape(route)
             );
         }
-        family(
+        labelled_counter(
             &mut out,
             "levee_bulkhead_rejected_total",
-            "counter",
             "Requests refused because the upstream's max_concurrent was reached.",
+            "upstream",
+            &bulkhead,
         );
-        for (upstream, count) in &bulkhead {
-            let _ = writeln!(
-                out,
-                "levee_bulkhead_rejected_total{{upstream=\"{}\"}} {count}",
-                escape(upstream)
-            );
-        }
-        family(
+        labelled_counter(
             &mut out,
             "levee_rate_limited_total",
-            "counter",
             "Requests refused with 429 by a route's rate limit.",
+            "route",
+            &rate_limited,
         );
-        for (route, count) in &rate_limited {
-            let _ = writeln!(
-                out,
-                "levee_rate_limited_total{{route=\"{}\"}} {count}",
-                escape(route)
-            );
-        }
         let g = &self.globals;
         family(
             &mut out,
@@ -467,6 +455,14 @@ impl Metrics {
         );
         super::process::render(&mut out);
         out
+    }
+}
+
+/// A counter family with one label, from summed per-label counts.
+fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, counts: &BTreeMap<Arc<str>, u64>) {
+    family(out, name, "counter", help);
+    for (value, count) in counts {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {count}", escape(value));
     }
 }
 
