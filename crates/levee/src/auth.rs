@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderName, AUTHORIZATION};
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::config::spec::{AuthSpec, ConsumerSpec};
 
-/// The header that tells the upstream who called. A client-sent value is always removed.
+/// The header that tells the upstream who called; set (or removed) by the pipeline next to
+/// its other headers, so a client-sent value never passes.
 pub static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
 
 /// Why a request was refused.
@@ -68,7 +69,6 @@ pub fn authenticate(
     credentials: &Credentials,
     parts: &mut Parts,
 ) -> Result<Option<Arc<str>>, AuthError> {
-    parts.headers.remove(&X_CONSUMER);
     let AuthSpec::ApiKey {
         header,
         allowed,
@@ -102,9 +102,6 @@ pub fn authenticate(
     if !forward_credentials {
         parts.headers.remove(header.as_ref().unwrap_or(&AUTHORIZATION));
     }
-    if let Ok(value) = HeaderValue::from_str(&consumer) {
-        parts.headers.insert(X_CONSUMER.clone(), value);
-    }
     Ok(Some(consumer))
 }
 
@@ -115,7 +112,6 @@ pub async fn authenticate_jwt(
     verifier: Option<&crate::jwt::JwtVerifier>,
     parts: &mut Parts,
 ) -> Result<Option<Arc<str>>, AuthError> {
-    parts.headers.remove(&X_CONSUMER);
     let AuthSpec::Jwt {
         allowed,
         forward_credentials,
@@ -145,9 +141,6 @@ pub async fn authenticate_jwt(
     }
     if !forward_credentials {
         parts.headers.remove(AUTHORIZATION);
-    }
-    if let Ok(value) = HeaderValue::from_str(&consumer) {
-        parts.headers.insert(X_CONSUMER.clone(), value);
     }
     Ok(Some(consumer))
 }

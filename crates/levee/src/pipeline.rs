@@ -397,14 +397,6 @@ async fn forward(
     let path = upstream_path(route, &parts);
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
-    // A client listing x-consumer in Connection must not strip the gateway's identity header.
-    if let Some(consumer) = record
-        .consumer
-        .as_ref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        parts.headers.insert(auth::X_CONSUMER.clone(), consumer);
-    }
     // Route rewrites first, so the gateway's own headers below always win.
     route.request_headers.apply(&mut parts.headers);
     if let Some(host) = &original_host {
@@ -421,6 +413,15 @@ async fn forward(
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    // The caller's identity is the gateway's to state: a client-sent x-consumer never passes.
+    match record
+        .consumer
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        Some(consumer) => parts.headers.insert(auth::X_CONSUMER.clone(), consumer),
+        None => parts.headers.remove(&auth::X_CONSUMER),
+    };
     if let Some(traceparent) = &record.traceparent {
         parts
             .headers

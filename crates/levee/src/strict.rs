@@ -25,8 +25,8 @@ const MAX_HEAD: usize = 256 * 1024;
 
 #[derive(Debug)]
 enum State {
-    /// Collecting a request head.
-    Head(Vec<u8>),
+    /// Collecting a request head (into `HeadGuard::head`).
+    Head,
     /// Skipping `n` bytes of a Content-Length body.
     Body(u64),
     /// Inside a chunked body.
@@ -104,13 +104,16 @@ fn classify(head: &[u8]) -> Next {
 pub struct HeadGuard<T> {
     inner: T,
     state: State,
+    /// The head being collected; cleared, not freed, between requests.
+    head: Vec<u8>,
 }
 
 impl<T> HeadGuard<T> {
     pub fn new(inner: T) -> HeadGuard<T> {
         HeadGuard {
             inner,
-            state: State::Head(Vec::new()),
+            state: State::Head,
+            head: Vec::new(),
         }
     }
 
@@ -120,7 +123,8 @@ impl<T> HeadGuard<T> {
         while i < bytes.len() {
             match &mut self.state {
                 State::Opaque => return None,
-                State::Head(head) => {
+                State::Head => {
+                    let head = &mut self.head;
                     // Leading CRLFs between requests are allowed (RFC 9112 2.2).
                     if head.is_empty() && matches!(bytes.get(i), Some(b'\r' | b'\n')) {
                         i += 1;
@@ -138,14 +142,16 @@ impl<T> HeadGuard<T> {
                         continue;
                     }
                     if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
-                        match classify(head) {
+                        let next = classify(head);
+                        head.clear();
+                        match next {
                             Next::Poison => {
                                 self.state = State::Opaque;
                                 // The head's last byte is in this read: turn its final LF into
                                 // a byte no parser accepts there.
                                 return Some(i - 1);
                             }
-                            Next::Body(0) => self.state = State::Head(Vec::new()),
+                            Next::Body(0) => self.state = State::Head,
                             Next::Body(n) => self.state = State::Body(n),
                             Next::Chunked => {
                                 self.state = State::Chunked(Chunk::Size {
@@ -163,7 +169,7 @@ impl<T> HeadGuard<T> {
                     *remaining -= take;
                     i += take as usize;
                     if *remaining == 0 {
-                        self.state = State::Head(Vec::new());
+                        self.state = State::Head;
                     }
                 }
                 State::Chunked(chunk) => {
@@ -218,7 +224,7 @@ impl<T> HeadGuard<T> {
                         Chunk::Trailers { line } => {
                             i += 1;
                             match byte {
-                                b'\n' if *line == 0 => self.state = State::Head(Vec::new()),
+                                b'\n' if *line == 0 => self.state = State::Head,
                                 b'\n' => *line = 0,
                                 b'\r' => {}
                                 _ => {

@@ -105,6 +105,13 @@ impl RequestRecord {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
         }
+        let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map(|b| b.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
         if let Some(calls) = &self.recorder.call_log {
             calls.log(call_log::CallRecord {
                 time_ms: self
@@ -127,20 +134,15 @@ impl RequestRecord {
                 upstream: self.upstream.as_ref().map(|u| u.upstream.to_string()),
                 target: self.upstream.as_ref().map(|u| u.target.to_string()),
                 attempts: self.attempts,
-                latency_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream_ms: self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0),
-                bytes_in: self
-                    .bytes_in
-                    .as_ref()
-                    .map(|b| b.load(Ordering::Relaxed))
-                    .unwrap_or(0),
+                latency_ms: duration_ms,
+                upstream_ms,
+                bytes_in,
                 bytes_out,
             });
         }
         if !self.recorder.access_log.wants(self.status) {
             return;
         }
-        let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
         let (upstream, target) = match self.upstream.take() {
             Some(u) => (Some(u.upstream), Some(u.target)),
             None => (None, None),
@@ -159,13 +161,9 @@ impl RequestRecord {
             target,
             status: self.status,
             error: self.error,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            duration_ms,
             upstream_ms,
-            bytes_in: self
-                .bytes_in
-                .as_ref()
-                .map(|b| b.load(Ordering::Relaxed))
-                .unwrap_or(0),
+            bytes_in,
             bytes_out,
             completed,
             attempts: self.attempts,
