@@ -56,7 +56,7 @@ pub fn request_head(bytes: &[u8]) {
     let _ = router().route(&parts);
     let _ = crate::stale::StaleCache::key(&parts);
     let _ = crate::headers::request_id(&parts.headers);
-    let _ = crate::headers::child_traceparent(&parts.headers);
+    let _ = crate::observability::traces::TraceContext::start(&parts.headers, None);
     let upgrade = crate::headers::wants_upgrade(&parts.headers);
     crate::headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     let host = parts

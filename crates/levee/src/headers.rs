@@ -1,12 +1,11 @@
 //! Header work every proxied request needs: hop-by-hop removal (RFC 9110 section 7.6.1),
-//! `X-Forwarded-*`, the request id and W3C trace context.
+//! `X-Forwarded-*` and the request id (W3C trace context is `observability::traces`).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -115,65 +114,6 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// The `traceparent` to send upstream: the client's trace id and flags with a new span id
-/// for this hop, or a new sampled trace when the client sent none (or an invalid one).
-pub fn child_traceparent(headers: &HeaderMap) -> HeaderValue {
-    let span = random_hex(8);
-    let mut out = Vec::with_capacity(55);
-    match headers
-        .get(&TRACEPARENT)
-        .and_then(|v| parse_traceparent(v.as_bytes()))
-    {
-        Some((trace_id, flags)) => {
-            out.extend_from_slice(b"00-");
-            out.extend_from_slice(trace_id);
-            out.push(b'-');
-            out.extend_from_slice(&span);
-            out.push(b'-');
-            out.extend_from_slice(flags);
-        }
-        None => {
-            out.extend_from_slice(b"00-");
-            out.extend_from_slice(&random_hex(16));
-            out.push(b'-');
-            out.extend_from_slice(&span);
-            out.extend_from_slice(b"-01");
-        }
-    }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    })
-}
-
-/// Checks `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context level 1) and returns the trace
-/// id and flags. All-zero ids are invalid per the spec.
-fn parse_traceparent(value: &[u8]) -> Option<(&[u8], &[u8])> {
-    if value.len() < 55 {
-        return None;
-    }
-    let version = value.get(0..2)?;
-    let trace_id = value.get(3..35)?;
-    let parent = value.get(36..52)?;
-    let flags = value.get(53..55)?;
-    let is_hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let seps = value.get(2) == Some(&b'-') && value.get(35) == Some(&b'-') && value.get(52) == Some(&b'-');
-    let valid = seps
-        && is_hex(version)
-        && version != b"ff"
-        && (version != b"00" || value.len() == 55)
-        && is_hex(trace_id)
-        && is_hex(parent)
-        && is_hex(flags)
-        && trace_id.iter().any(|b| *b != b'0')
-        && parent.iter().any(|b| *b != b'0');
-    valid.then_some((trace_id, flags))
-}
-
-/// The trace id of a `traceparent` value (for logs).
-pub fn trace_id(traceparent: &HeaderValue) -> Option<&str> {
-    traceparent.to_str().ok()?.get(3..35)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,36 +140,6 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn traceparent_keeps_trace_id_and_replaces_span() {
-        let mut h = HeaderMap::new();
-        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        h.insert("traceparent", HeaderValue::from_static(incoming));
-        let out = child_traceparent(&h);
-        let out = out.to_str().unwrap();
-        assert_eq!(out.len(), 55);
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(out.ends_with("-01"));
-        assert_ne!(out, incoming);
-    }
-
-    #[test]
-    fn invalid_traceparent_starts_a_new_trace() {
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "garbage",
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert("traceparent", HeaderValue::from_static(bad));
-            let out = child_traceparent(&h);
-            assert!(parse_traceparent(out.as_bytes()).is_some());
-            if let Some(old_trace) = bad.get(3..35) {
-                assert!(!out.to_str().unwrap().contains(old_trace));
-            }
-        }
     }
 
     #[test]

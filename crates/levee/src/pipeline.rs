@@ -31,6 +31,7 @@ use crate::edge::{self, Rejection};
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
 use crate::observability::metrics::Outcome;
+use crate::observability::traces::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::observability::{RequestRecord, UpstreamFacts};
 use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
@@ -48,15 +49,16 @@ pub async fn handle(
 
     // 2. Request id and trace context.
     let request_id = headers::request_id(&parts.headers);
-    let traceparent = headers::child_traceparent(&parts.headers);
+    let trace = TraceContext::start(&parts.headers, worker.recorder.tracer.as_ref());
     let mut record = RequestRecord {
         recorder: worker.recorder.clone(),
         started: Instant::now(),
         wall_start: SystemTime::now(),
         request_id: request_id.clone(),
-        traceparent: Some(traceparent.clone()),
+        trace,
         client_ip: conn.peer.ip(),
         listener: conn.listener.clone(),
+        scheme: if conn.tls { "https" } else { "http" },
         version: parts.version,
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
@@ -422,11 +424,12 @@ async fn forward(
         Some(consumer) => parts.headers.insert(auth::X_CONSUMER.clone(), consumer),
         None => parts.headers.remove(&auth::X_CONSUMER),
     };
-    if let Some(traceparent) = &record.traceparent {
-        parts
-            .headers
-            .insert(headers::TRACEPARENT.clone(), traceparent.clone());
-    }
+    // A tracestate travels only with the trace it belongs to (each attempt's traceparent is
+    // set below).
+    match record.trace.tracestate() {
+        Some(state) => parts.headers.insert(TRACESTATE.clone(), state.clone()),
+        None => parts.headers.remove(&TRACESTATE),
+    };
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
@@ -491,6 +494,8 @@ async fn forward(
         record.inflight = Some(guard);
         record.attempts = attempt;
         let started = Instant::now();
+        let traceparent = record.trace.start_attempt(attempt, &addr, started);
+        request.headers_mut().insert(TRACEPARENT.clone(), traceparent);
         let result = upstream.send(index, request, per_try_timeout).await;
         let elapsed = started.elapsed();
 
@@ -534,6 +539,11 @@ async fn forward(
                 (outcome, true, wanted.then_some(reason))
             }
         };
+        record.trace.end_attempt(
+            started + elapsed,
+            result.as_ref().ok().map(|r| r.status().as_u16()),
+            result.as_ref().err().map(|_| outcome.label()),
+        );
         if failed && body.client_failed() {
             // The client's body broke the attempt (too large, malformed): the target did
             // nothing wrong, so neither its breaker nor outlier detection hears about it.

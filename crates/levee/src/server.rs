@@ -36,6 +36,8 @@ use crate::gateway::{Gateway, LoadPermit, WorkerContext};
 use crate::observability::access_log::AccessLog;
 use crate::observability::call_log::{CallLog, Retention, SqliteStore};
 use crate::observability::metrics::{Gauge, Metrics};
+use crate::observability::otlp::{ExportThread, Exporter};
+use crate::observability::traces::{Sampler, Tracer};
 use crate::observability::Recorder;
 use crate::pipeline;
 use crate::upstream::WorkerUpstream;
@@ -209,6 +211,7 @@ pub struct RunningGateway {
     control: Option<JoinHandle<()>>,
     access_log: Option<JoinHandle<()>>,
     call_log: Option<JoinHandle<()>>,
+    tracer: Option<ExportThread>,
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -328,6 +331,18 @@ impl RunningGateway {
             }
             None => (None, None, None),
         };
+        let (tracer, tracer_thread) = match &config.tracing {
+            Some(spec) => {
+                let (exporter, thread) =
+                    Exporter::start(spec, metrics.clone()).map_err(|source| StartError::Thread {
+                        name: "otlp".into(),
+                        source,
+                    })?;
+                let sampler = Sampler::new(spec.sample_ratio, spec.parent_based);
+                (Some(Tracer { sampler, exporter }), Some(thread))
+            }
+            None => (None, None),
+        };
         let grace = config.shutdown_grace;
         let gateway = Arc::new(Gateway::new(config));
         let state = Arc::new(SharedState {
@@ -345,6 +360,7 @@ impl RunningGateway {
                 metrics: metrics.shard(),
                 access_log: access_log.clone(),
                 call_log: call_log.clone(),
+                tracer: tracer.clone(),
             });
             let gateway = gateway.clone();
             let rx = shutdown_rx.clone();
@@ -359,6 +375,7 @@ impl RunningGateway {
         // The workers hold the only senders now: when they exit, the writers drain and end.
         drop(access_log);
         drop(call_log);
+        drop(tracer);
 
         // One control-plane thread for the whole process: health checks, certificate reloads
         // and JWKS refreshes, not one per worker.
@@ -421,6 +438,7 @@ impl RunningGateway {
             control,
             access_log: access_log_thread,
             call_log: call_log_thread,
+            tracer: tracer_thread,
         })
     }
 
@@ -471,6 +489,9 @@ impl RunningGateway {
         }
         if let Some(writer) = self.call_log.take() {
             let _ = writer.join();
+        }
+        if let Some(exporter) = self.tracer.take() {
+            exporter.stop();
         }
     }
 }

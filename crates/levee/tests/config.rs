@@ -227,3 +227,41 @@ fn rate_limits_are_validated() {
         "{joined}"
     );
 }
+
+#[test]
+fn tracing_settings_are_validated() {
+    let yaml = format!(
+        "{BASE}routes:\n  - name: users\n    upstream: users\ntracing:\n  otlp_endpoint: localhost:4318\n  sample_ratio: 1.5\n  queue: 0\n"
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with("levee.yaml:11:18: ") && errs[0].contains("not an http(s) URL"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("levee.yaml:12:17: ") && errs[1].contains("sample_ratio"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].starts_with("levee.yaml:13:10: ") && errs[2].contains("tracing.queue"),
+        "{errs:?}"
+    );
+
+    // A base URL gets the OTLP/HTTP traces path; a full URL is kept.
+    for (given, used) in [
+        ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
+        (
+            "https://otel.example.com/custom/path",
+            "https://otel.example.com/custom/path",
+        ),
+    ] {
+        let yaml = format!(
+            "{BASE}routes:\n  - name: users\n    upstream: users\ntracing:\n  otlp_endpoint: {given}\n"
+        );
+        let config = levee::load_str(&yaml, "levee.yaml").unwrap();
+        let tracing = config.tracing.unwrap();
+        assert_eq!(tracing.endpoint.to_string(), used);
+        assert_eq!((tracing.sample_ratio, tracing.parent_based), (1.0, true));
+    }
+}

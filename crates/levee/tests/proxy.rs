@@ -98,7 +98,11 @@ async fn keeps_the_clients_request_id_and_trace() {
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     let answer = get(
         &h.url("/"),
-        &[("x-request-id", "req-42"), ("traceparent", parent)],
+        &[
+            ("x-request-id", "req-42"),
+            ("traceparent", parent),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
     )
     .await;
     assert_eq!(answer.header("x-request-id"), Some("req-42"));
@@ -113,6 +117,25 @@ async fn keeps_the_clients_request_id_and_trace() {
     assert!(
         !sent.contains("00f067aa0ba902b7"),
         "a new span id for this hop: {sent}"
+    );
+    assert_eq!(seen.headers["tracestate"], "congo=t61rcWkgMzE");
+}
+
+#[tokio::test]
+async fn a_tracestate_without_a_valid_traceparent_is_not_forwarded() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let broken = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01";
+    get(&h.url("/"), &[("traceparent", broken), ("tracestate", "congo=1")]).await;
+    let seen = &upstream.seen()[0];
+    let sent = seen.headers["traceparent"].to_str().unwrap();
+    assert!(
+        !sent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "a new trace: {sent}"
+    );
+    assert!(
+        seen.headers.get("tracestate").is_none(),
+        "the stray tracestate is dropped"
     );
 }
 

@@ -54,6 +54,10 @@ pub struct ConfigFile {
     /// The call log: one row per request in `data_dir/calls.sqlite3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_log: Option<CallLogFile>,
+    /// OpenTelemetry traces: a span per request and per upstream attempt, exported over
+    /// OTLP/HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingFile>,
     /// Load shedding: caps that protect the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
@@ -75,6 +79,39 @@ pub struct CallLogFile {
     /// Rows kept at most (the oldest go first). Default 1000000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows: Option<u64>,
+}
+
+/// OpenTelemetry tracing settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The OTLP/HTTP collector: a base URL such as `http://127.0.0.1:4318` (spans are posted to
+    /// `/v1/traces` under it) or a full URL ending in a path of its own. `http` or `https`.
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded, from 0 to 1. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    /// Follow the caller's sampling decision (the `traceparent` sampled flag) when there is
+    /// one. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_based: Option<bool>,
+    /// `service.name` of the exported spans. Default `levee`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Requests whose spans may wait for export; past it spans are dropped and counted in
+    /// `levee_trace_spans_dropped_total`. Default 8192.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// Spans sent per export request at most. Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Longest wait before queued spans are sent. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_interval: Option<DurationStr>,
+    /// Give up on one export request after this long (its spans are dropped and counted).
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_timeout: Option<DurationStr>,
 }
 
 /// Caps on the gateway's own load; past them new work is refused quickly with 503.

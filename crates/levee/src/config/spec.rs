@@ -26,8 +26,23 @@ pub struct Config {
     pub consumers: Vec<ConsumerSpec>,
     pub jwt: Option<JwtSpec>,
     pub call_log: Option<CallLogSpec>,
+    pub tracing: Option<TracingSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSpec {
+    /// The full URL spans are posted to.
+    pub endpoint: http::Uri,
+    pub sample_ratio: f64,
+    pub parent_based: bool,
+    pub service_name: String,
+    pub queue: usize,
+    pub batch_size: usize,
+    pub export_interval: Duration,
+    pub export_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,8 @@ use levee_resilience::BreakerConfig;
 
 use super::file::{
     AuthFile, BalanceFile, CircuitBreakerFile, ConfigFile, FallbackFile, HeaderRewriteFile, HealthCheckFile,
-    JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, UpstreamFile, Workers,
+    JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, TracingFile,
+    UpstreamFile, Workers,
 };
 use super::source_map::SourceMap;
 use super::spec::*;
@@ -224,6 +225,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
             "the call log needs `data_dir` (where its database lives)",
         );
     }
+    let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -343,6 +345,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         consumers,
         jwt,
         call_log,
+        tracing,
         file,
     })
 }
@@ -1410,6 +1413,76 @@ fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<F
         body: bytes::Bytes::from(file.body.clone()),
         content_type,
     })
+}
+
+/// The `tracing` section: a collector URL and sane batching numbers.
+fn check_tracing(t: &TracingFile, p: &mut Problems) -> Option<TracingSpec> {
+    let endpoint = match t.otlp_endpoint.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            otlp_traces_url(uri)
+        }
+        _ => None,
+    };
+    if endpoint.is_none() {
+        p.at(
+            "tracing.otlp_endpoint",
+            format!(
+                "`{}` is not an http(s) URL of an OTLP collector (like http://127.0.0.1:4318)",
+                t.otlp_endpoint
+            ),
+        );
+    }
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    let queue = t.queue.unwrap_or(8192);
+    let batch_size = t.batch_size.unwrap_or(512);
+    let export_interval = t
+        .export_interval
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(1), |d| d.0);
+    let export_timeout = t
+        .export_timeout
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(5), |d| d.0);
+    let service_name = t.service_name.clone().unwrap_or_else(|| "levee".into());
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        p.at("tracing.sample_ratio", "tracing.sample_ratio must be from 0 to 1");
+    }
+    if queue == 0 || queue > 1_048_576 {
+        p.at("tracing.queue", "tracing.queue must be from 1 to 1048576");
+    }
+    if batch_size == 0 || batch_size > 65_536 {
+        p.at("tracing.batch_size", "tracing.batch_size must be from 1 to 65536");
+    }
+    if export_interval.is_zero() || export_timeout.is_zero() {
+        p.at(
+            "tracing",
+            "tracing.export_interval and export_timeout must be above zero",
+        );
+    }
+    if service_name.is_empty() {
+        p.at("tracing.service_name", "tracing.service_name must not be empty");
+    }
+    Some(TracingSpec {
+        endpoint: endpoint?,
+        sample_ratio,
+        parent_based: t.parent_based.unwrap_or(true),
+        service_name,
+        queue,
+        batch_size,
+        export_interval,
+        export_timeout,
+    })
+}
+
+/// A base collector URL gets the OTLP/HTTP traces path; a URL with a path is used as is (the
+/// same rule as `OTEL_EXPORTER_OTLP_ENDPOINT` versus `..._TRACES_ENDPOINT`).
+fn otlp_traces_url(uri: http::Uri) -> Option<http::Uri> {
+    if uri.path() != "/" || uri.query().is_some() {
+        return Some(uri);
+    }
+    let mut parts = uri.into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+    http::Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]

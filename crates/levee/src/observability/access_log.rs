@@ -22,7 +22,7 @@ use super::metrics::Metrics;
 pub struct AccessRecord {
     pub time: SystemTime,
     pub request_id: HeaderValue,
-    pub trace_id: Option<HeaderValue>,
+    pub trace_id: super::traces::TraceId,
     pub client_ip: IpAddr,
     pub listener: Arc<str>,
     pub protocol: Version,
@@ -53,8 +53,7 @@ struct Line<'a> {
     time: String,
     log: &'static str,
     request_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<&'a str>,
+    trace_id: String,
     client_ip: String,
     listener: &'a str,
     protocol: &'static str,
@@ -103,7 +102,7 @@ impl AccessRecord {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             log: "access",
             request_id: self.request_id.to_str().unwrap_or("-"),
-            trace_id: self.trace_id.as_ref().and_then(|t| crate::headers::trace_id(t)),
+            trace_id: self.trace_id.hex(),
             client_ip: self.client_ip.to_string(),
             listener: &self.listener,
             protocol: match self.protocol {

@@ -238,6 +238,12 @@ pub struct Globals {
     pub shed: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub config_version: AtomicU64,
+    /// Spans the collector accepted.
+    pub spans_exported: AtomicU64,
+    /// Spans dropped because the export queue was full.
+    pub spans_dropped_queue_full: AtomicU64,
+    /// Spans dropped because the collector failed, refused or timed out.
+    pub spans_dropped_export_failed: AtomicU64,
 }
 
 /// All shards plus the process-wide counters.
@@ -402,57 +408,64 @@ impl Metrics {
             &rate_limited,
         );
         let g = &self.globals;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "levee_access_log_dropped_total",
+                "counter",
+                "Access log lines dropped because the writer fell behind.",
+                load(&g.access_log_dropped),
+            ),
+            (
+                "levee_shed_total",
+                "counter",
+                "Requests and connections refused because the gateway was at its limits.",
+                load(&g.shed),
+            ),
+            (
+                "levee_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                load(&g.connections_accepted),
+            ),
+            (
+                "levee_config_version",
+                "gauge",
+                "Version of the active config (1 for the config loaded at start).",
+                load(&g.config_version),
+            ),
+            (
+                "levee_calllog_dropped_total",
+                "counter",
+                "Call-log records dropped because the writer fell behind.",
+                load(&g.calllog_dropped),
+            ),
+            (
+                "levee_trace_spans_exported_total",
+                "counter",
+                "Spans the OTLP collector accepted.",
+                load(&g.spans_exported),
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         family(
             &mut out,
-            "levee_access_log_dropped_total",
+            "levee_trace_spans_dropped_total",
             "counter",
-            "Access log lines dropped because the writer fell behind.",
+            "Spans not exported: the export queue was full, or the collector failed or timed out.",
         );
-        let _ = writeln!(
-            out,
-            "levee_access_log_dropped_total {}",
-            g.access_log_dropped.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "levee_shed_total",
-            "counter",
-            "Requests and connections refused because the gateway was at its limits.",
-        );
-        let _ = writeln!(out, "levee_shed_total {}", g.shed.load(Ordering::Relaxed));
-        family(
-            &mut out,
-            "levee_connections_accepted_total",
-            "counter",
-            "Client connections accepted.",
-        );
-        let _ = writeln!(
-            out,
-            "levee_connections_accepted_total {}",
-            g.connections_accepted.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "levee_config_version",
-            "gauge",
-            "Version of the active config (1 for the config loaded at start).",
-        );
-        let _ = writeln!(
-            out,
-            "levee_config_version {}",
-            g.config_version.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "levee_calllog_dropped_total",
-            "counter",
-            "Call-log records dropped because the writer fell behind.",
-        );
-        let _ = writeln!(
-            out,
-            "levee_calllog_dropped_total {}",
-            g.calllog_dropped.load(Ordering::Relaxed)
-        );
+        for (reason, counter) in [
+            ("queue_full", &g.spans_dropped_queue_full),
+            ("export_failed", &g.spans_dropped_export_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "levee_trace_spans_dropped_total{{reason=\"{reason}\"}} {}",
+                load(counter)
+            );
+        }
         super::process::render(&mut out);
         out
     }

@@ -1,4 +1,4 @@
-//! What the gateway tells operators: metrics and the access log.
+//! What the gateway tells operators: metrics, the access log, the call log and traces.
 //!
 //! A request's facts are gathered in a [`RequestRecord`] as it travels, and recorded once,
 //! when its response has finished streaming (or was abandoned): so duration and bytes cover
@@ -8,18 +8,21 @@
 pub mod access_log;
 pub mod call_log;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
+pub mod traces;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Version};
 use tokio::time::Instant;
 
 use access_log::{AccessLog, AccessRecord};
 use metrics::{method_label, MetricsShard, Outcome};
+use traces::{FinishedAttempt, FinishedTrace, TraceContext, Tracer};
 
 /// What one worker needs to record requests.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Recorder {
     pub metrics: MetricsShard,
     pub access_log: AccessLog,
     pub call_log: Option<call_log::CallLog>,
+    /// Present when spans are exported.
+    pub tracer: Option<Tracer>,
 }
 
 /// Facts about the upstream attempt that served a request.
@@ -45,9 +50,11 @@ pub struct RequestRecord {
     pub started: Instant,
     pub wall_start: SystemTime,
     pub request_id: HeaderValue,
-    pub traceparent: Option<HeaderValue>,
+    pub trace: TraceContext,
     pub client_ip: IpAddr,
     pub listener: Arc<str>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     pub version: Version,
     pub method: Method,
     pub path: String,
@@ -120,11 +127,7 @@ impl RequestRecord {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0),
                 request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
-                trace_id: self
-                    .traceparent
-                    .as_ref()
-                    .and_then(|t| crate::headers::trace_id(t))
-                    .map(str::to_owned),
+                trace_id: Some(self.trace.trace_id.hex()),
                 route: self.route.as_deref().map(str::to_owned),
                 consumer: self.consumer.as_deref().map(str::to_owned),
                 method: self.method.as_str().to_owned(),
@@ -140,6 +143,12 @@ impl RequestRecord {
                 bytes_out,
             });
         }
+        if self.trace.recording() && self.recorder.tracer.is_some() {
+            let trace = self.finished_trace(elapsed);
+            if let Some(tracer) = &self.recorder.tracer {
+                tracer.exporter.export(trace);
+            }
+        }
         if !self.recorder.access_log.wants(self.status) {
             return;
         }
@@ -150,7 +159,7 @@ impl RequestRecord {
         self.recorder.access_log.log(AccessRecord {
             time: self.wall_start,
             request_id: self.request_id.clone(),
-            trace_id: self.traceparent.take(),
+            trace_id: self.trace.trace_id,
             client_ip: self.client_ip,
             listener: self.listener.clone(),
             protocol: self.version,
@@ -171,6 +180,61 @@ impl RequestRecord {
             degraded: self.degraded,
             consumer: self.consumer.take(),
         });
+    }
+}
+
+impl RequestRecord {
+    /// The request's spans with wall-clock times (the monotonic offsets from its start added
+    /// to the wall-clock start, so clock steps cannot make a span end before it began).
+    fn finished_trace(&mut self, elapsed: Duration) -> FinishedTrace {
+        let start_unix_ns = self
+            .wall_start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let at = |offset: Duration| {
+            start_unix_ns.saturating_add(u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let mut spans = self.trace.attempts.take().unwrap_or_default();
+        // The attempt whose answer was served lasts until that answer has streamed out.
+        if let Some(last) = spans.last_mut().filter(|s| s.status.is_some()) {
+            last.ended = None;
+        }
+        let attempts = spans
+            .into_iter()
+            .map(|span| FinishedAttempt {
+                span_id: span.span_id,
+                attempt: span.attempt,
+                target: span.target,
+                start_unix_ns: at(span.started.saturating_duration_since(self.started)),
+                end_unix_ns: at(span
+                    .ended
+                    .map_or(elapsed, |e| e.saturating_duration_since(self.started))),
+                status: span.status,
+                error: span.error,
+            })
+            .collect();
+        FinishedTrace {
+            trace_id: self.trace.trace_id,
+            parent_span_id: self.trace.parent_span_id,
+            span_id: self.trace.span_id,
+            flags: self.trace.flags,
+            tracestate: self.trace.tracestate.take(),
+            start_unix_ns,
+            end_unix_ns: at(elapsed),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            scheme: self.scheme,
+            protocol: self.version,
+            client_ip: self.client_ip,
+            route: self.route.clone(),
+            request_id: self.request_id.clone(),
+            consumer: self.consumer.clone(),
+            status: self.status,
+            error: self.error,
+            degraded: self.degraded,
+            upstream: self.upstream.as_ref().map(|u| u.upstream.clone()),
+            attempts,
+        }
     }
 }
 
