@@ -494,7 +494,9 @@ async fn forward(
         record.inflight = Some(guard);
         record.attempts = attempt;
         let started = Instant::now();
-        let traceparent = record.trace.start_attempt(attempt, &addr, started);
+        let traceparent = record
+            .trace
+            .start_attempt(attempt, &upstream.name, &addr, started);
         request.headers_mut().insert(TRACEPARENT.clone(), traceparent);
         let result = upstream.send(index, request, per_try_timeout).await;
         let elapsed = started.elapsed();

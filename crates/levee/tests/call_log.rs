@@ -134,3 +134,53 @@ async fn without_a_data_dir_there_is_no_call_log() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_stalled_store_costs_records_not_requests_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&format!(
+        "data_dir: \"{}\"\ncall_log: {{ queue: 4 }}\nupstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: all\n    upstream: u\n",
+        dir.path().display(),
+        upstream.addr
+    ));
+    let calls = format!("{}/api/v1/calls", h.admin);
+    let metrics = format!("{}/metrics", h.admin);
+    let dropped = || async {
+        let text = get(&metrics, &[]).await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("levee_calllog_dropped_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+
+    // Another process holds the database's write lock: the writer stalls on it (and gives up
+    // after its busy timeout), as it would on a disk that stopped answering.
+    let blocker = rusqlite::Connection::open(dir.path().join("calls.sqlite3")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for i in 0..40 {
+        let answer = get(&h.url(&format!("/while-stalled/{i}")), &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "requests do not wait for the call log"
+        );
+    }
+    eventually("records beyond the queue dropped and counted", || async {
+        dropped().await >= 30
+    })
+    .await;
+
+    // The store answers again: new calls are stored.
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    // (A request made while the queue still holds the stalled records may itself be dropped,
+    // so keep asking.)
+    eventually("the call log recovered", || async {
+        assert_eq!(get(&h.url("/after"), &[]).await.status, StatusCode::OK);
+        get(&format!("{calls}?limit=5"), &[]).await.json()["calls"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["path"] == "/after"))
+    })
+    .await;
+}

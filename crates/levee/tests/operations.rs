@@ -311,3 +311,98 @@ async fn process_metrics_are_exposed() {
     assert!(value("process_cpu_seconds_total") >= 0.0);
     assert!(value("process_start_time_seconds") > 1.7e9);
 }
+
+/// Every metric family the gateway exposes (histograms with their series suffixes).
+async fn exposed_metric_names(h: &Harness) -> std::collections::BTreeSet<String> {
+    let text = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut fields = line.split(' ');
+        let (Some(name), Some(kind)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        names.insert(name.to_string());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    names
+}
+
+fn repo_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Metric names (`levee_*`, `process_*`) used in a PromQL expression or a text.
+fn metric_names_in(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("levee_") || word.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_and_the_docs_name_only_exposed_metrics() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&single_upstream(&[upstream.addr], "", ""));
+    let exposed = exposed_metric_names(&h).await;
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("deploy/grafana/levee-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(
+        queries.len() >= 10,
+        "the dashboard has panels with queries: {queries:?}"
+    );
+    for query in &queries {
+        for name in metric_names_in(query) {
+            assert!(
+                exposed.contains(&name),
+                "the dashboard uses `{name}`, which Levee does not expose"
+            );
+        }
+    }
+
+    // Every exposed family is documented, and every documented example query uses real names.
+    let docs = repo_file("docs/observability.md");
+    for name in exposed
+        .iter()
+        .filter(|n| !n.ends_with("_bucket") && !n.ends_with("_sum") && !n.ends_with("_count"))
+    {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "docs/observability.md does not document `{name}`"
+        );
+    }
+    for name in metric_names_in(&docs) {
+        let known = exposed.contains(&name)
+            // Contract names of features not built yet may be mentioned as such.
+            || name.starts_with("levee_slo_")
+            || name.starts_with("levee_llm_")
+            || name == "levee_config_reloads_total";
+        assert!(
+            known,
+            "docs/observability.md mentions `{name}`, which Levee does not expose"
+        );
+    }
+}

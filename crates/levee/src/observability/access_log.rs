@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -211,23 +211,18 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
     let mut line = Vec::with_capacity(512);
+    let mut batch = Vec::with_capacity(1024);
     loop {
-        let mut wrote = false;
-        let disconnected = loop {
-            match rx.try_recv() {
-                Ok(record) => {
-                    line.clear();
-                    record.write_json(&mut line);
-                    line.push(b'\n');
-                    // A closed stdout must not stop the draining, or senders would only
-                    // ever drop; so write errors are ignored here.
-                    let _ = out.write_all(&line);
-                    wrote = true;
-                }
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
-            }
-        };
+        let disconnected = super::drain(&rx, &mut batch, usize::MAX);
+        let wrote = !batch.is_empty();
+        for record in batch.drain(..) {
+            line.clear();
+            record.write_json(&mut line);
+            line.push(b'\n');
+            // A closed stdout must not stop the draining, or senders would only ever drop;
+            // so write errors are ignored here.
+            let _ = out.write_all(&line);
+        }
         if wrote {
             let _ = out.flush();
         }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -343,8 +343,11 @@ pub struct Retention {
     pub max_rows: u64,
 }
 
-const BATCH: usize = 512;
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Rows per transaction at most.
+const BATCH: usize = 4096;
+/// How often the writer wakes to drain the queue (senders never wake it; see
+/// [`super::drain`]).
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const RETAIN_EVERY: Duration = Duration::from_secs(30);
 
 impl CallLog {
@@ -360,9 +363,10 @@ impl CallLog {
         let path = data_dir.join("calls.sqlite3");
         let mut store = SqliteStore::open(&path)?;
         let (tx, rx) = sync_channel(queue);
+        let writer_metrics = metrics.clone();
         let writer = std::thread::Builder::new()
             .name("levee-call-log".into())
-            .spawn(move || write_batches(rx, &mut store, retention))
+            .spawn(move || write_batches(rx, &mut store, retention, &writer_metrics))
             .map_err(|e| e.to_string())?;
         Ok((CallLog { tx, metrics, path }, writer))
     }
@@ -383,30 +387,31 @@ impl CallLog {
     }
 }
 
-fn write_batches(rx: Receiver<CallRecord>, store: &mut SqliteStore, retention: Retention) {
+fn write_batches(rx: Receiver<CallRecord>, store: &mut SqliteStore, retention: Retention, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_retention = std::time::Instant::now();
     loop {
-        let disconnected = match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(record) => {
-                batch.push(record);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(record) => batch.push(record),
-                        Err(_) => break,
-                    }
+        std::thread::sleep(FLUSH_EVERY);
+        // Everything queued since the last tick, in transactions of up to BATCH rows.
+        let disconnected = loop {
+            let disconnected = super::drain(&rx, &mut batch, BATCH);
+            if !batch.is_empty() {
+                // A failed write (disk full, database locked past the busy timeout) loses
+                // its batch: counted with the drops, and the next tick tries again.
+                if let Err(error) = store.insert(&batch) {
+                    tracing::warn!(%error, lost = batch.len(), "call log write failed");
+                    metrics
+                        .globals
+                        .calllog_dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
-                false
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if !batch.is_empty() {
-            if let Err(error) = store.insert(&batch) {
-                tracing::warn!(%error, lost = batch.len(), "call log write failed");
-            }
+            let full = batch.len() == BATCH;
             batch.clear();
-        }
+            if disconnected || !full {
+                break disconnected;
+            }
+        };
         if last_retention.elapsed() >= RETAIN_EVERY || disconnected {
             if let Err(error) = store.enforce_retention(retention.max_age, retention.max_rows) {
                 tracing::warn!(%error, "call log retention failed");

@@ -81,6 +81,22 @@ pub struct RequestRecord {
     pub emitted: bool,
 }
 
+/// Moves up to `max` queued items into `batch` without blocking; true when every sender is
+/// gone. The background writers (access log, call log, span export) wake on a timer and
+/// drain with this instead of blocking on the queue: a blocked receiver makes every send a
+/// futex wake-up and a context switch on the request path, which costs more than the work
+/// it hands over.
+pub(crate) fn drain<T>(rx: &std::sync::mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return true,
+        }
+    }
+    false
+}
+
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
 
 impl RequestRecord {
@@ -204,6 +220,7 @@ impl RequestRecord {
             .map(|span| FinishedAttempt {
                 span_id: span.span_id,
                 attempt: span.attempt,
+                upstream: span.upstream,
                 target: span.target,
                 start_unix_ns: at(span.started.saturating_duration_since(self.started)),
                 end_unix_ns: at(span

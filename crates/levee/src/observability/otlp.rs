@@ -9,7 +9,7 @@
 //! retry queue would cost, and the next batch tries again anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -134,19 +134,60 @@ fn run(rx: Receiver<FinishedTrace>, spec: &TracingSpec, metrics: &Metrics, stop:
         metrics,
         failing: false,
     };
+    let tick = spec.export_interval.min(DRAIN_INTERVAL);
+    let mut pending: Vec<FinishedTrace> = Vec::new();
+    let mut pending_spans = 0u64;
+    let mut oldest: Option<Instant> = None;
     loop {
-        // Wait for the first trace, then gather until the batch is full or the interval ends.
-        let (mut batch, disconnected) = gather(&rx, spec);
+        std::thread::sleep(tick);
+        let before = pending.len();
+        let disconnected = super::drain(&rx, &mut pending, before + spec.queue);
+        pending_spans += pending
+            .iter()
+            .skip(before)
+            .map(FinishedTrace::span_count)
+            .sum::<u64>();
+        if pending.len() > before && oldest.is_none() {
+            oldest = Some(Instant::now());
+        }
         if disconnected || *stop.borrow() {
             // The workers are gone: what is left goes in one last send, bounded so shutdown
             // cannot hang on it.
-            batch.extend(rx.try_iter());
+            pending.extend(rx.try_iter());
             let limit = spec.export_timeout.min(FINAL_FLUSH);
-            runtime.block_on(batches.send(batch, limit, None));
+            runtime.block_on(batches.send(std::mem::take(&mut pending), limit, None));
             return;
         }
-        runtime.block_on(batches.send(batch, spec.export_timeout, Some(stop.clone())));
+        // Send full batches now, and a partial one once its oldest trace has waited
+        // export_interval.
+        let due = oldest.is_some_and(|t| t.elapsed() >= spec.export_interval);
+        while pending_spans >= spec.batch_size as u64 || (due && !pending.is_empty()) {
+            let batch = take_batch(&mut pending, spec.batch_size as u64);
+            pending_spans -= batch.iter().map(FinishedTrace::span_count).sum::<u64>();
+            runtime.block_on(batches.send(batch, spec.export_timeout, Some(stop.clone())));
+        }
+        if pending.is_empty() {
+            oldest = None;
+        }
     }
+}
+
+/// How often the exporter wakes to drain the queue (senders never wake it; see
+/// [`super::drain`]).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The oldest traces, up to `max_spans` spans (at least one trace).
+fn take_batch(pending: &mut Vec<FinishedTrace>, max_spans: u64) -> Vec<FinishedTrace> {
+    let mut spans = 0;
+    let mut count = 0;
+    for trace in pending.iter() {
+        if count > 0 && spans + trace.span_count() > max_spans {
+            break;
+        }
+        spans += trace.span_count();
+        count += 1;
+    }
+    pending.drain(..count).collect()
 }
 
 /// How long the last export at shutdown may take at most.
@@ -227,31 +268,6 @@ where
 
 fn count(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
-}
-
-/// Up to `batch_size` spans, waiting at most `export_interval` after the first; the flag is
-/// true when every sender is gone (shutdown: flush and stop).
-fn gather(rx: &Receiver<FinishedTrace>, spec: &TracingSpec) -> (Vec<FinishedTrace>, bool) {
-    let mut batch = Vec::new();
-    let first = match rx.recv() {
-        Ok(trace) => trace,
-        Err(_) => return (batch, true),
-    };
-    let deadline = Instant::now() + spec.export_interval;
-    let mut spans = first.span_count();
-    batch.push(first);
-    while spans < spec.batch_size as u64 {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(trace) => {
-                spans += trace.span_count();
-                batch.push(trace);
-            }
-            Err(RecvTimeoutError::Timeout) => break,
-            Err(RecvTimeoutError::Disconnected) => return (batch, true),
-        }
-    }
-    (batch, false)
 }
 
 /// Posts one batch; returns how many spans the collector rejected (OTLP partial success).
@@ -337,20 +353,14 @@ fn to_spans(trace: FinishedTrace) -> Vec<Span> {
         status: Some(status(failed, trace.error.unwrap_or_default())),
         ..Default::default()
     });
-    let upstream = trace.upstream.as_deref().unwrap_or_default();
     for attempt in &trace.attempts {
-        spans.push(attempt_span(&trace, attempt, &trace_id, upstream, flags));
+        spans.push(attempt_span(&trace, attempt, &trace_id, flags));
     }
     spans
 }
 
-fn attempt_span(
-    trace: &FinishedTrace,
-    attempt: &FinishedAttempt,
-    trace_id: &[u8],
-    upstream: &str,
-    flags: u32,
-) -> Span {
+fn attempt_span(trace: &FinishedTrace, attempt: &FinishedAttempt, trace_id: &[u8], flags: u32) -> Span {
+    let upstream = &*attempt.upstream;
     let (address, port) = match attempt.target.rsplit_once(':') {
         Some((host, port)) => (
             host.trim_start_matches('[').trim_end_matches(']'),

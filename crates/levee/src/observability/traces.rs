@@ -113,6 +113,7 @@ pub struct AttemptSpan {
     pub span_id: SpanId,
     /// 1 for the first try.
     pub attempt: u32,
+    pub upstream: Arc<str>,
     pub target: Arc<str>,
     pub started: Instant,
     /// When the response head arrived or the attempt failed.
@@ -159,12 +160,19 @@ impl TraceContext {
     }
 
     /// Opens the span of an upstream attempt and returns the `traceparent` to send with it.
-    pub fn start_attempt(&mut self, attempt: u32, target: &Arc<str>, now: Instant) -> HeaderValue {
+    pub fn start_attempt(
+        &mut self,
+        attempt: u32,
+        upstream: &Arc<str>,
+        target: &Arc<str>,
+        now: Instant,
+    ) -> HeaderValue {
         let span_id = random_span_id();
         if let Some(attempts) = &mut self.attempts {
             attempts.push(AttemptSpan {
                 span_id,
                 attempt,
+                upstream: upstream.clone(),
                 target: target.clone(),
                 started: now,
                 ended: None,
@@ -304,6 +312,7 @@ pub struct FinishedTrace {
 pub struct FinishedAttempt {
     pub span_id: SpanId,
     pub attempt: u32,
+    pub upstream: Arc<str>,
     pub target: Arc<str>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
@@ -379,8 +388,8 @@ mod tests {
         assert!(!trace.recording(), "nothing is recorded without a tracer");
         let now = Instant::now();
         let target: Arc<str> = Arc::from("127.0.0.1:1");
-        let first = trace.start_attempt(1, &target, now);
-        let second = trace.start_attempt(2, &target, now);
+        let first = trace.start_attempt(1, &target, &target, now);
+        let second = trace.start_attempt(2, &target, &target, now);
         assert_ne!(first, second);
         for sent in [&first, &second] {
             let (id, span, flags) = parse_traceparent(sent.as_bytes()).unwrap();
