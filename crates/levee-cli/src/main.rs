@@ -32,6 +32,12 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "levee.yaml")]
         config: PathBuf,
+        /// Reload when the config file's contents change (checked every second).
+        #[arg(long)]
+        watch: bool,
+        /// Write the process id to this file (removed again on a clean stop).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 when valid, else 1 with one FILE:LINE:COL line per problem.
     Check {
@@ -105,7 +111,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            watch,
+            pid_file,
+        } => run(&config, watch, pid_file.as_deref()),
         Command::Check { config } => check(&config),
         Command::Demo { port, admin_port } => demo(port, admin_port),
         Command::Key {
@@ -305,7 +315,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
     let config = match levee::load_file(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -338,13 +348,49 @@ fn run(path: &Path) -> ExitCode {
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!(%addr, "admin listening");
     }
+    if let Some(pid_file) = pid_file {
+        if let Err(error) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            tracing::error!(%error, file = %pid_file.display(), "cannot write the pid file");
+        }
+    }
+    if watch {
+        if let Err(error) =
+            levee::reload::watch_file(gateway.state().clone(), std::time::Duration::from_secs(1))
+        {
+            tracing::error!(%error, "cannot watch the config file");
+        }
+    }
     let mut signals = signals;
-    let signal = signals.wait();
+    let signal = loop {
+        match signals.wait() {
+            Event::Reload => {
+                // Errors are logged and counted by the reload itself.
+                let _ = gateway.reload();
+            }
+            Event::Stop(signal) => break signal,
+        }
+    };
     tracing::info!(signal, "draining");
     signals.force_exit_on_second();
     gateway.stop();
+    if let Some(pid_file) = pid_file {
+        // Only our own pid file: a restarted successor may have written its pid there.
+        let ours =
+            std::fs::read_to_string(pid_file).is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// What a signal asks for.
+enum Event {
+    /// SIGTERM or SIGINT: drain and stop.
+    Stop(&'static str),
+    /// SIGHUP: reload the config file.
+    Reload,
 }
 
 fn demo(port: u16, admin_port: u16) -> ExitCode {
@@ -364,19 +410,25 @@ fn demo(port: u16, admin_port: u16) -> ExitCode {
     };
     println!("{}", demo.instructions());
     let mut signals = signals;
-    let signal = signals.wait();
+    // The demo has no config file: SIGHUP has nothing to reload.
+    let signal = loop {
+        if let Event::Stop(signal) = signals.wait() {
+            break signal;
+        }
+    };
     tracing::info!(signal, "stopping demo");
     signals.force_exit_on_second();
     demo.stop();
     ExitCode::SUCCESS
 }
 
-/// SIGTERM/SIGINT handlers, installed before anything starts so an early signal still
+/// SIGTERM/SIGINT/SIGHUP handlers, installed before anything starts so an early signal still
 /// leads to a clean drain rather than the default abrupt exit.
 struct Signals {
     runtime: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -385,10 +437,19 @@ impl Signals {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (term, int) = runtime.block_on(async {
-            Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        let (term, int, hup) = runtime.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
         })?;
-        Ok(Signals { runtime, term, int })
+        Ok(Signals {
+            runtime,
+            term,
+            int,
+            hup,
+        })
     }
 
     /// After the first signal: a second one stops the process at once, for an operator who
@@ -396,23 +457,25 @@ impl Signals {
     fn force_exit_on_second(mut self) {
         let spawned = std::thread::Builder::new()
             .name("levee-signals".into())
-            .spawn(move || {
-                let signal = self.wait();
-                tracing::warn!(signal, "second signal: exiting without finishing the drain");
-                std::process::exit(1);
+            .spawn(move || loop {
+                if let Event::Stop(signal) = self.wait() {
+                    tracing::warn!(signal, "second signal: exiting without finishing the drain");
+                    std::process::exit(1);
+                }
             });
         if let Err(error) = spawned {
             tracing::warn!(%error, "cannot watch for a second signal");
         }
     }
 
-    /// Blocks until SIGTERM or SIGINT and returns its name.
-    fn wait(&mut self) -> &'static str {
-        let (term, int) = (&mut self.term, &mut self.int);
+    /// Blocks until SIGTERM, SIGINT or SIGHUP.
+    fn wait(&mut self) -> Event {
+        let (term, int, hup) = (&mut self.term, &mut self.int, &mut self.hup);
         self.runtime.block_on(async {
             tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+                _ = term.recv() => Event::Stop("SIGTERM"),
+                _ = int.recv() => Event::Stop("SIGINT"),
+                _ = hup.recv() => Event::Reload,
             }
         })
     }

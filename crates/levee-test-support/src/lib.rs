@@ -411,3 +411,95 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Continuous GET traffic from a few keep-alive clients, for tests that change the gateway
+/// under load (reloads, restarts). Bounded: every client stops after `MAX_PER_CLIENT`
+/// requests even if never told to.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Requests answered with a 2xx status.
+    pub ok: usize,
+    /// Everything else: the status or the transport error, per failed request.
+    pub failures: Vec<String>,
+    /// How often each response body was seen.
+    pub bodies: std::collections::BTreeMap<String, usize>,
+}
+
+impl LoadReport {
+    fn merge(&mut self, other: LoadReport) {
+        self.ok += other.ok;
+        self.failures.extend(other.failures);
+        for (body, n) in other.bodies {
+            *self.bodies.entry(body).or_default() += n;
+        }
+    }
+}
+
+const MAX_PER_CLIENT: usize = 200_000;
+
+impl Load {
+    /// Starts `clients` clients, each with its own keep-alive connection, sending GET `url`
+    /// back to back.
+    pub fn start(url: &str, clients: usize) -> Load {
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_owned(), stop.clone());
+                tokio::spawn(async move {
+                    let client = client(false);
+                    let mut report = LoadReport::default();
+                    for _ in 0..MAX_PER_CLIENT {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let request = Request::get(&url).body(empty()).unwrap();
+                        let outcome = tokio::time::timeout(DEADLINE, async {
+                            let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
+                            let status = response.status();
+                            let body = response
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_err(|e| format!("body: {e:?}"))?
+                                .to_bytes();
+                            Ok::<_, String>((status, body))
+                        })
+                        .await
+                        .unwrap_or_else(|_| Err("no answer within the deadline".into()));
+                        match outcome {
+                            Ok((status, body)) if status.is_success() => {
+                                report.ok += 1;
+                                *report
+                                    .bodies
+                                    .entry(String::from_utf8_lossy(&body).into_owned())
+                                    .or_default() += 1;
+                            }
+                            Ok((status, body)) => report
+                                .failures
+                                .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Err(error) => report.failures.push(error),
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients and adds up what they saw.
+    pub async fn finish(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for task in self.tasks {
+            total.merge(task.await.unwrap());
+        }
+        total
+    }
+}

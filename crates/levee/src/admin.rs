@@ -57,9 +57,28 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
             },
         };
         let state = state.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, request)) }
+            async move {
+                // A reload reads and compiles the config: off the admin event loop.
+                if request.uri().path() == RELOAD && request.method() == Method::POST {
+                    let request_id = crate::headers::request_id(request.headers());
+                    if !authorized(&state, &request) {
+                        return Ok::<_, Infallible>(unauthorized(&request_id));
+                    }
+                    let reloaded = tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await;
+                    return Ok(match reloaded {
+                        Ok(result) => reload_answer(result, &request_id),
+                        Err(_) => error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "The reload did not finish.",
+                            &request_id,
+                        ),
+                    });
+                }
+                Ok::<_, Infallible>(route(&state, request))
+            }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -71,27 +90,68 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
     }
 }
 
+/// `POST` here reloads the config file.
+const RELOAD: &str = "/api/v1/config/reload";
+
+fn unauthorized(request_id: &HeaderValue) -> Response<ResponseBody> {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "The admin API needs `Authorization: Bearer <admin token>`.",
+        request_id,
+    );
+    response
+        .headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// `POST /api/v1/config/reload`: 200 `{"version": N}`, or 400 with every problem in
+/// `errors` (and the usual error object) while the running config stays.
+fn reload_answer(
+    result: Result<u64, crate::reload::ReloadError>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    match result {
+        Ok(version) => json_value(StatusCode::OK, &serde_json::json!({ "version": version })),
+        Err(error) => {
+            let errors = error.messages();
+            json_value(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "error": {
+                        "code": "invalid_config",
+                        "message": format!("The config was not reloaded ({} problem(s)); the running config is kept.", errors.len()),
+                        "request_id": request_id.to_str().unwrap_or(""),
+                    },
+                    "errors": errors,
+                }),
+            )
+        }
+    }
+}
+
 fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBody> {
     let request_id = crate::headers::request_id(request.headers());
+    let path = request.uri().path();
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return error_response(
+        let (allowed, message) = match path {
+            RELOAD => ("POST", "A reload is a POST."),
+            _ => ("GET, HEAD", "This admin endpoint only answers GET."),
+        };
+        let mut response = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "This admin endpoint only answers GET.",
-            &request_id,
-        );
-    }
-    if request.uri().path().starts_with("/api/") && !authorized(state, &request) {
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "The admin API needs `Authorization: Bearer <admin token>`.",
+            message,
             &request_id,
         );
         response
             .headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            .insert(http::header::ALLOW, HeaderValue::from_static(allowed));
         return response;
+    }
+    if path.starts_with("/api/") && !authorized(state, &request) {
+        return unauthorized(&request_id);
     }
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -101,6 +161,18 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             } else {
                 json(StatusCode::OK, r#"{"status":"ready"}"#)
             }
+        }
+        RELOAD => {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "A reload is a POST.",
+                &request_id,
+            );
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            response
         }
         "/api/v1/calls" => calls(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/analytics" => analytics(state, request.uri().query().unwrap_or(""), &request_id),
@@ -341,7 +413,8 @@ fn percent_decode(text: &str) -> Option<String> {
 /// Whether the request carries the admin token (always true when none is configured).
 /// Compared in constant time.
 fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
-    let Some(token) = state.gateway.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+    let gateway = state.gateway.load();
+    let Some(token) = gateway.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
         return true;
     };
     let presented = request
@@ -374,5 +447,12 @@ fn json(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON response with `status` and `value` as its body.
+fn json_value(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = json_bytes(serde_json::to_vec(value).unwrap_or_default());
+    *response.status_mut() = status;
     response
 }

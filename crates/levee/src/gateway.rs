@@ -1,5 +1,11 @@
 //! A running config: the route table and upstreams compiled from a [`Config`], and what each
 //! worker thread keeps for itself (connection pools, metrics shard).
+//!
+//! A reload builds a new [`Gateway`] next to the running one and hands over the state that
+//! must survive it: an upstream whose config block did not change keeps its `Upstream` (health
+//! verdicts, outlier ejections, bulkhead count) and, on each worker, its `WorkerUpstream`
+//! (connection pool, circuit breakers, balancer state); a route whose rate limit or
+//! stale-if-error settings did not change keeps its limiter and its stored answers.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,32 +31,73 @@ pub struct Gateway {
     /// Each route's stale-if-error store (`None` where the route has none).
     pub stale: Vec<Option<Arc<StaleCache>>>,
     /// Each route's rate limiter (`None` where the route has none), shared by the workers.
-    pub limiters: Vec<Option<RouteLimiter>>,
+    pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     pub credentials: Credentials,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// 1 for the config the process started with, one more per applied reload.
+    pub version: u64,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Gateway {
+        Gateway::build(config, None)
+    }
+
+    /// Compiles `config`, taking over from `previous` (the running gateway, on a reload) the
+    /// state of every upstream and route limit whose config did not change.
+    pub fn build(config: Config, previous: Option<&Gateway>) -> Gateway {
         let upstreams = config
             .upstreams
             .iter()
-            .cloned()
-            .map(|spec| Arc::new(Upstream::new(spec)))
+            .map(|spec| {
+                previous
+                    .and_then(|old| old.unchanged_upstream(&spec.name, &config))
+                    .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
+            })
             .collect();
         let router = Router::new(config.routes.clone());
+        let route_file = |config: &Config, name: &str| {
+            config
+                .file
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| (json(&r.rate_limit), json(&r.stale_if_error)))
+        };
+        // The old route of the same name, when its limiter and cache settings are the same.
+        let kept_route = |name: &str| -> Option<usize> {
+            let old = previous?;
+            let index = old.router.routes().iter().position(|r| &*r.name == name)?;
+            (route_file(&old.config, name) == route_file(&config, name)).then_some(index)
+        };
         let stale = config
             .routes
             .iter()
-            .map(|r| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
+            .map(|r| {
+                let kept = kept_route(&r.name)
+                    .and_then(|i| previous.and_then(|old| old.stale.get(i).cloned().flatten()));
+                kept.or_else(|| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
+            })
             .collect();
         let limiters = config
             .routes
             .iter()
-            .map(|r| r.rate_limit.as_ref().map(RouteLimiter::new))
+            .map(|r| {
+                let kept = kept_route(&r.name)
+                    .and_then(|i| previous.and_then(|old| old.limiters.get(i).cloned().flatten()));
+                kept.or_else(|| {
+                    r.rate_limit
+                        .as_ref()
+                        .map(|spec| Arc::new(RouteLimiter::new(spec)))
+                })
+            })
             .collect();
         let credentials = Credentials::new(&config.consumers);
-        let jwt = config.jwt.clone().map(|spec| Arc::new(JwtVerifier::new(spec)));
+        // The verifier keeps its fetched JWKS when nothing about it changed.
+        let jwt = match (previous.and_then(|old| old.jwt.as_ref()), &config.jwt) {
+            (Some(old), Some(spec)) if old.spec() == spec => Some(old.clone()),
+            (_, spec) => spec.clone().map(|spec| Arc::new(JwtVerifier::new(spec))),
+        };
         Gateway {
             config,
             router,
@@ -59,7 +106,30 @@ impl Gateway {
             limiters,
             credentials,
             jwt,
+            version: 1,
         }
+    }
+}
+
+/// A config block as JSON, to tell whether it changed.
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+impl Gateway {
+    pub fn with_version(mut self, version: u64) -> Gateway {
+        self.version = version;
+        self
+    }
+
+    /// This gateway's upstream `name`, if `next` configures it exactly the same way.
+    fn unchanged_upstream(&self, name: &str, next: &Config) -> Option<Arc<Upstream>> {
+        let old = self.config.file.upstreams.get(name)?;
+        let new = next.file.upstreams.get(name)?;
+        if json(old) != json(new) {
+            return None;
+        }
+        self.upstreams.iter().find(|u| &*u.spec.name == name).cloned()
     }
 }
 
@@ -104,10 +174,25 @@ impl Drop for LoadPermit {
 
 impl WorkerContext {
     pub fn new(gateway: Arc<Gateway>, recorder: Arc<Recorder>) -> WorkerContext {
+        WorkerContext::build(gateway, recorder, None)
+    }
+
+    /// This worker's view of `gateway`, keeping from `previous` the pools, breakers and
+    /// balancer state of every upstream the new gateway took over unchanged.
+    pub fn build(
+        gateway: Arc<Gateway>,
+        recorder: Arc<Recorder>,
+        previous: Option<&WorkerContext>,
+    ) -> WorkerContext {
         let upstreams = gateway
             .upstreams
             .iter()
-            .map(|u| Arc::new(WorkerUpstream::new(u.clone())))
+            .map(|u| {
+                previous
+                    .and_then(|old| old.upstreams.iter().find(|w| Arc::ptr_eq(w.shared(), u)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(WorkerUpstream::new(u.clone())))
+            })
             .collect();
         let route_names = gateway
             .router

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::spec::JwtSpec;
@@ -65,6 +64,11 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
+    /// The settings this verifier was built from.
+    pub fn spec(&self) -> &JwtSpec {
+        &self.spec
+    }
+
     pub fn new(spec: JwtSpec) -> JwtVerifier {
         let mut static_keys = Vec::new();
         if let Some(secret) = &spec.secret {
@@ -221,20 +225,16 @@ async fn fetch_jwks(url: &http::Uri) -> Result<Vec<Key>, String> {
         .collect())
 }
 
-/// Fetches the JWKS at start and then every refresh interval, until `shutdown`.
-pub async fn run_jwks_refresh(verifier: Option<Arc<JwtVerifier>>, mut shutdown: watch::Receiver<bool>) {
-    let Some(verifier) = verifier else {
-        return;
-    };
+/// Fetches the JWKS at start and then every refresh interval, until the task is aborted (on
+/// shutdown, or when a reload replaces the verifier).
+pub async fn run_jwks_refresh(verifier: Arc<JwtVerifier>) {
     let Some(every) = verifier.jwks_refresh() else {
         return;
     };
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => verifier.refresh_keys(true).await,
-        }
+        ticker.tick().await;
+        verifier.refresh_keys(true).await;
     }
 }

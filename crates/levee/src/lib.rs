@@ -15,7 +15,8 @@
 //! * [`edge`]: failures to JSON error responses, in one place
 //! * [`observability`]: metrics and the access log
 //! * [`stale`]: the last good answers, served when an upstream fails
-//! * [`admin`]: health, readiness, metrics and the upstreams API
+//! * [`admin`]: health, readiness, metrics and the admin REST API
+//! * [`reload`]: hot reload of the config file
 //! * [`demo`]: the self-contained `levee demo`
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod jwt;
 pub mod observability;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod stale;

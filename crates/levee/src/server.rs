@@ -13,11 +13,12 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,6 +41,7 @@ use crate::observability::otlp::{ExportThread, Exporter};
 use crate::observability::traces::{Sampler, Tracer};
 use crate::observability::Recorder;
 use crate::pipeline;
+use crate::reload::Reloader;
 use crate::upstream::WorkerUpstream;
 
 /// One worker's socket for one listener.
@@ -88,11 +90,28 @@ pub enum StartError {
 pub struct SharedState {
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
-    pub gateway: Arc<Gateway>,
-    /// Each worker's view of the upstreams (breakers, load), for the admin API and gauges.
+    /// The running config, replaced whole by a reload.
+    pub gateway: ArcSwap<Gateway>,
+    /// Announces each applied config to the workers and the control thread.
+    pub gateway_tx: watch::Sender<Arc<Gateway>>,
+    /// Each worker's view of the upstreams (breakers, load), indexed by worker, for the admin
+    /// API and gauges.
     pub worker_upstreams: std::sync::Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
+    /// The config version each worker serves, indexed by worker.
+    pub worker_versions: Vec<AtomicU64>,
     /// A read connection to the call log, when there is one.
     pub calls: Option<std::sync::Mutex<SqliteStore>>,
+    pub reloader: Reloader,
+}
+
+/// Every worker's view of `upstream` (one per worker that serves a config holding it).
+fn worker_views<'a>(
+    workers: &'a [Vec<Arc<WorkerUpstream>>],
+    upstream: &'a Arc<crate::upstream::Upstream>,
+) -> impl Iterator<Item = &'a Arc<WorkerUpstream>> + 'a {
+    workers
+        .iter()
+        .filter_map(move |w| w.iter().find(|view| Arc::ptr_eq(view.shared(), upstream)))
 }
 
 impl SharedState {
@@ -101,12 +120,11 @@ impl SharedState {
     pub fn upstreams_json(&self) -> serde_json::Value {
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
-        let upstreams: Vec<serde_json::Value> = self
-            .gateway
+        let gateway = self.gateway.load();
+        let upstreams: Vec<serde_json::Value> = gateway
             .upstreams
             .iter()
-            .enumerate()
-            .map(|(u, upstream)| {
+            .map(|upstream| {
                 let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
                 let targets: Vec<serde_json::Value> = upstream
                     .spec
@@ -114,7 +132,9 @@ impl SharedState {
                     .iter()
                     .enumerate()
                     .map(|(t, target)| {
-                        let views: Vec<_> = workers.iter().filter_map(|w| w.get(u)?.targets.get(t)).collect();
+                        let views: Vec<_> = worker_views(&workers, upstream)
+                            .filter_map(|w| w.targets.get(t))
+                            .collect();
                         let circuit = views
                             .iter()
                             .map(|v| v.circuit())
@@ -148,7 +168,8 @@ impl SharedState {
     /// target (the worst any worker sees: 0 closed, 1 half-open, 2 open).
     pub fn gauges(&self) -> Vec<Gauge> {
         let mut gauges = Vec::new();
-        for upstream in &self.gateway.upstreams {
+        let gateway = self.gateway.load();
+        for upstream in &gateway.upstreams {
             gauges.push(Gauge {
                 name: "levee_inflight_requests",
                 help: "Requests in flight to an upstream (what its bulkhead counts).",
@@ -157,7 +178,7 @@ impl SharedState {
             });
         }
         let now = tokio::time::Instant::now();
-        for upstream in &self.gateway.upstreams {
+        for upstream in &gateway.upstreams {
             let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
             for (target, health) in upstream.spec.targets.iter().zip(&upstream.health) {
                 gauges.push(Gauge {
@@ -172,11 +193,10 @@ impl SharedState {
             }
         }
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
-        for (u, upstream) in self.gateway.upstreams.iter().enumerate() {
+        for upstream in &gateway.upstreams {
             for (t, target) in upstream.spec.targets.iter().enumerate() {
-                let worst = workers
-                    .iter()
-                    .filter_map(|w| w.get(u)?.targets.get(t))
+                let worst = worker_views(&workers, upstream)
+                    .filter_map(|w| w.targets.get(t))
                     .map(|t| t.circuit().gauge())
                     .max()
                     .unwrap_or(0);
@@ -222,6 +242,69 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Runs the health checks and the JWKS refresh of the running config, and after each reload
+/// starts them for what changed: an upstream the new config took over unchanged keeps its
+/// checks running (and their pass/fail counts).
+async fn follow_config(mut gateway_rx: watch::Receiver<Arc<Gateway>>, mut shutdown: watch::Receiver<bool>) {
+    let mut checks: Vec<(Arc<crate::upstream::Upstream>, tokio::task::AbortHandle)> = Vec::new();
+    let mut jwks: Option<(Arc<crate::jwt::JwtVerifier>, tokio::task::AbortHandle)> = None;
+    loop {
+        let gateway = gateway_rx.borrow_and_update().clone();
+        checks.retain(|(upstream, task)| {
+            let kept = gateway.upstreams.iter().any(|u| Arc::ptr_eq(u, upstream));
+            if !kept {
+                task.abort();
+            }
+            kept
+        });
+        for upstream in &gateway.upstreams {
+            if !checks.iter().any(|(u, _)| Arc::ptr_eq(u, upstream)) {
+                let task = tokio::spawn(crate::upstream::health::check_upstream(upstream.clone()));
+                checks.push((upstream.clone(), task.abort_handle()));
+            }
+        }
+        let same_verifier = match (&jwks, &gateway.jwt) {
+            (Some((running, _)), Some(current)) => Arc::ptr_eq(running, current),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_verifier {
+            if let Some((_, task)) = jwks.take() {
+                task.abort();
+            }
+            if let Some(verifier) = &gateway.jwt {
+                let task = tokio::spawn(crate::jwt::run_jwks_refresh(verifier.clone()));
+                jwks = Some((verifier.clone(), task.abort_handle()));
+            }
+        }
+        tokio::select! {
+            changed = gateway_rx.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    for (_, task) in checks {
+        task.abort();
+    }
+    if let Some((_, task)) = jwks {
+        task.abort();
+    }
+}
+
+/// Records that worker `id` now serves `context` (for the admin API, gauges and reloads).
+fn adopt(state: &SharedState, id: usize, context: &WorkerContext) {
+    if let Some(slot) = state
+        .worker_upstreams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(id)
+    {
+        *slot = context.upstreams.clone();
+    }
+    if let Some(version) = state.worker_versions.get(id) {
+        version.store(context.gateway.version, Ordering::Release);
+    }
 }
 
 impl RunningGateway {
@@ -344,13 +427,18 @@ impl RunningGateway {
             None => (None, None),
         };
         let grace = config.shutdown_grace;
+        let reloader = Reloader::new(config.source.clone());
         let gateway = Arc::new(Gateway::new(config));
+        let (gateway_tx, gateway_rx) = watch::channel(gateway.clone());
         let state = Arc::new(SharedState {
             metrics: metrics.clone(),
             draining: AtomicBool::new(false),
-            gateway: gateway.clone(),
-            worker_upstreams: Default::default(),
+            gateway: ArcSwap::new(gateway.clone()),
+            gateway_tx,
+            worker_upstreams: std::sync::Mutex::new(vec![Vec::new(); workers]),
+            worker_versions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             calls,
+            reloader,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -362,13 +450,13 @@ impl RunningGateway {
                 call_log: call_log.clone(),
                 tracer: tracer.clone(),
             });
-            let gateway = gateway.clone();
+            let gateway_rx = gateway_rx.clone();
             let rx = shutdown_rx.clone();
             let state = state.clone();
             let name = format!("levee-worker-{id}");
             let thread = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || worker_main(sockets, gateway, recorder, state, rx, grace))
+                .spawn(move || worker_main(id, sockets, gateway_rx, recorder, state, rx, grace))
                 .map_err(|source| StartError::Thread { name, source })?;
             worker_threads.push(thread);
         }
@@ -378,23 +466,18 @@ impl RunningGateway {
         drop(tracer);
 
         // One control-plane thread for the whole process: health checks, certificate reloads
-        // and JWKS refreshes, not one per worker.
-        let needs_control = !certs.is_empty()
-            || gateway.jwt.as_ref().is_some_and(|j| j.jwks_refresh().is_some())
-            || gateway.upstreams.iter().any(|u| u.spec.health_check.is_some());
-        let jwt = gateway.jwt.clone();
-        let control = if needs_control {
-            let upstreams = gateway.upstreams.clone();
+        // and JWKS refreshes, not one per worker. It follows reloads like the workers do.
+        let control = {
             let rx = shutdown_rx.clone();
+            let gateway_rx = gateway_rx.clone();
             let thread = std::thread::Builder::new()
                 .name("levee-control".into())
                 .spawn(
                     move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(runtime) => runtime.block_on(async move {
                             tokio::join!(
-                                crate::upstream::health::run_checks(upstreams, rx.clone()),
                                 crate::tls::watch_certificates(certs, rx.clone()),
-                                crate::jwt::run_jwks_refresh(jwt, rx),
+                                follow_config(gateway_rx, rx),
                             );
                         }),
                         Err(error) => {
@@ -407,8 +490,6 @@ impl RunningGateway {
                     source,
                 })?;
             Some(thread)
-        } else {
-            None
         };
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let admin = match admin_socket {
@@ -460,6 +541,11 @@ impl RunningGateway {
         &self.state
     }
 
+    /// Reloads the config file the gateway was started from (SIGHUP, `--watch`).
+    pub fn reload(&self) -> Result<u64, crate::reload::ReloadError> {
+        crate::reload::reload(&self.state)
+    }
+
     /// Starts draining: readiness fails and workers stop accepting. Returns at once.
     pub fn begin_shutdown(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
@@ -503,8 +589,9 @@ impl Drop for RunningGateway {
 }
 
 fn worker_main(
+    id: usize,
     sockets: Vec<ListenerSocket>,
-    gateway: Arc<Gateway>,
+    mut gateway_rx: watch::Receiver<Arc<Gateway>>,
     recorder: Arc<Recorder>,
     state: Arc<SharedState>,
     shutdown: watch::Receiver<bool>,
@@ -518,13 +605,31 @@ fn worker_main(
         }
     };
     runtime.block_on(async move {
+        let gateway = gateway_rx.borrow_and_update().clone();
         let limits = gateway.config.limits;
-        let context = Arc::new(WorkerContext::new(gateway, recorder));
-        state
-            .worker_upstreams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(context.upstreams.clone());
+        let context = Arc::new(ArcSwap::from_pointee(WorkerContext::new(
+            gateway,
+            recorder.clone(),
+        )));
+        adopt(&state, id, &context.load());
+        // Reloads: build this worker's view of each new config (keeping what is unchanged)
+        // and swap it in; requests already running keep the view they started with.
+        let follower = {
+            let (context, state, mut shutdown) = (context.clone(), state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = gateway_rx.changed() => if changed.is_err() { return },
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                    let next = gateway_rx.borrow_and_update().clone();
+                    let previous = context.load_full();
+                    let rebuilt = WorkerContext::build(next, recorder.clone(), Some(&previous));
+                    context.store(Arc::new(rebuilt));
+                    adopt(&state, id, &context.load());
+                }
+            })
+        };
         let graceful = Arc::new(GracefulShutdown::new());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -565,6 +670,7 @@ fn worker_main(
             }
         }
         while accept_loops.join_next().await.is_some() {}
+        follower.abort();
         // Listeners are closed now; let open connections finish what they are doing.
         if let Ok(graceful) = Arc::try_unwrap(graceful) {
             if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -580,7 +686,7 @@ async fn accept_loop(
     name: Arc<str>,
     tls: Option<TlsAcceptor>,
     max_connections: Option<usize>,
-    context: Arc<WorkerContext>,
+    worker: Arc<ArcSwap<WorkerContext>>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
     state: Arc<SharedState>,
@@ -608,6 +714,7 @@ async fn accept_loop(
             .globals
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        let context = worker.load_full();
         let permits =
             LoadPermit::try_take(&context.connections, context.limits.max_connections).and_then(|process| {
                 match max_connections {
@@ -628,9 +735,11 @@ async fn accept_loop(
             listener: name.clone(),
             tls: tls.is_some(),
         });
-        let service_context = context.clone();
+        // Each request takes the worker's context as it is when the request starts, and
+        // keeps it to the end: a reload never changes the rules under a running request.
+        let service_worker = worker.clone();
         let service = service_fn(move |request| {
-            let context = service_context.clone();
+            let context = service_worker.load_full();
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(&context, &conn, request).await) }
         });

@@ -58,7 +58,9 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         }])
     })?;
-    load_str(&text, &name)
+    let mut config = load_str(&text, &name)?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// Validates config `text`; `name` is the file name used in error messages.

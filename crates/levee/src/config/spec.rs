@@ -29,6 +29,8 @@ pub struct Config {
     pub tracing: Option<TracingSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
+    /// The file it was read from (`None` for a config given as text); reloads read it again.
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Where and how spans are exported.
@@ -94,7 +96,7 @@ pub struct CallLogSpec {
 }
 
 /// How JSON Web Tokens are checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtSpec {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub issuer: Option<String>,

@@ -347,6 +347,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         call_log,
         tracing,
         file,
+        source: None,
     })
 }
 

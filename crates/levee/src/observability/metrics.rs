@@ -238,6 +238,9 @@ pub struct Globals {
     pub shed: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub config_version: AtomicU64,
+    /// Reloads applied, and reloads refused (the running config kept).
+    pub config_reloads_ok: AtomicU64,
+    pub config_reloads_error: AtomicU64,
     /// Spans the collector accepted.
     pub spans_exported: AtomicU64,
     /// Spans dropped because the export queue was full.
@@ -449,6 +452,19 @@ impl Metrics {
         ] {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            &mut out,
+            "levee_config_reloads_total",
+            "counter",
+            "Config reloads: applied (ok) or refused with the running config kept (error).",
+        );
+        for (result, counter) in [("ok", &g.config_reloads_ok), ("error", &g.config_reloads_error)] {
+            let _ = writeln!(
+                out,
+                "levee_config_reloads_total{{result=\"{result}\"}} {}",
+                load(counter)
+            );
         }
         family(
             &mut out,

@@ -18,7 +18,6 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Upstream;
@@ -125,19 +124,14 @@ fn eject(target: &TargetHealth, spec: &OutlierSpec, now_ms: u64) {
     target.consecutive_failures.store(0, Ordering::Relaxed);
 }
 
-/// Runs the active health checks of every upstream that has them until `shutdown`.
-pub async fn run_checks(upstreams: Vec<Arc<Upstream>>, mut shutdown: watch::Receiver<bool>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for upstream in upstreams {
-        let Some(spec) = upstream.spec.health_check.clone() else {
-            continue;
-        };
-        for index in 0..upstream.spec.targets.len() {
-            tasks.spawn(check_target(upstream.clone(), index, spec.clone()));
-        }
-    }
-    let _ = shutdown.wait_for(|stop| *stop).await;
-    tasks.abort_all();
+/// Checks every target of `upstream` (if it has a health check) until dropped.
+pub async fn check_upstream(upstream: Arc<Upstream>) {
+    let Some(spec) = upstream.spec.health_check.clone() else {
+        return;
+    };
+    let checks =
+        (0..upstream.spec.targets.len()).map(|index| check_target(upstream.clone(), index, spec.clone()));
+    futures_util::future::join_all(checks).await;
 }
 
 /// Checks one target every `interval`, flipping its verdict after enough checks in a row.

@@ -37,6 +37,23 @@ impl Harness {
     /// Starts a gateway from `yaml`; a `public` listener and the admin listener are added on
     /// port 0 unless the YAML declares its own.
     pub fn start(yaml: &str) -> Harness {
+        let text = Harness::compose(yaml);
+        let config =
+            levee::load_str(&text, "test.yaml").unwrap_or_else(|e| panic!("config:\n{e}\n---\n{text}"));
+        Harness::run(config)
+    }
+
+    /// Like [`Harness::start`], from a file (`path`, written with the composed YAML), so the
+    /// gateway can reload it.
+    pub fn start_file(path: &std::path::Path, yaml: &str) -> Harness {
+        write_atomically(path, &Harness::compose(yaml));
+        let config = levee::load_file(path).unwrap_or_else(|e| panic!("config:\n{e}"));
+        Harness::run(config)
+    }
+
+    /// `yaml` with a `public` listener and the admin listener on port 0, one worker and a 5 s
+    /// grace period, unless it sets them itself.
+    pub fn compose(yaml: &str) -> String {
         let mut text = String::new();
         if !yaml.contains("listeners:") {
             text.push_str("listeners:\n  - name: public\n    bind: 127.0.0.1:0\n");
@@ -51,8 +68,10 @@ impl Harness {
             text.push_str("shutdown_grace: 5s\n");
         }
         text.push_str(yaml);
-        let config =
-            levee::load_str(&text, "test.yaml").unwrap_or_else(|e| panic!("config:\n{e}\n---\n{text}"));
+        text
+    }
+
+    fn run(config: levee::Config) -> Harness {
         let logs = SharedBuf::default();
         let gateway = RunningGateway::start(config, AccessLogSink::Writer(Box::new(logs.clone()))).unwrap();
         let base = format!("http://{}", gateway.listener_addr("public").unwrap());
@@ -107,4 +126,11 @@ pub fn single_upstream(targets: &[std::net::SocketAddr], extra_upstream: &str, e
         "upstreams:\n  u:\n    targets: [{}]\n{extra_upstream}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: u\n{extra_route}",
         list.join(", ")
     )
+}
+
+/// Replaces `path` the way editors and deploy tools do: write a temporary file, then rename.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
 }
