@@ -316,6 +316,14 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
+    // Sockets from a predecessor (kill -USR2), taken before any thread exists.
+    let mut inherited = match levee::restart::Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(message) => {
+            eprintln!("levee: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match levee::load_file(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -334,7 +342,7 @@ fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
         }
     };
     let workers = config.workers;
-    let gateway = match RunningGateway::start(config, AccessLogSink::Stdout) {
+    let gateway = match RunningGateway::start_with(config, AccessLogSink::Stdout, inherited.as_mut()) {
         Ok(gateway) => gateway,
         Err(error) => {
             eprintln!("levee: {error}");
@@ -353,6 +361,10 @@ fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
             tracing::error!(%error, file = %pid_file.display(), "cannot write the pid file");
         }
     }
+    if let Some(inherited) = inherited.as_mut() {
+        // The predecessor drains and exits once it hears this.
+        inherited.announce_ready();
+    }
     if watch {
         if let Err(error) =
             levee::reload::watch_file(gateway.state().clone(), std::time::Duration::from_secs(1))
@@ -367,6 +379,10 @@ fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
                 // Errors are logged and counted by the reload itself.
                 let _ = gateway.reload();
             }
+            Event::Restart => match gateway.restart(RESTART_TIMEOUT) {
+                Ok(()) => break "SIGUSR2",
+                Err(error) => tracing::error!(%error, "restart failed; this process keeps serving"),
+            },
             Event::Stop(signal) => break signal,
         }
     };
@@ -391,7 +407,12 @@ enum Event {
     Stop(&'static str),
     /// SIGHUP: reload the config file.
     Reload,
+    /// SIGUSR2: start a successor on the same sockets, then drain.
+    Restart,
 }
+
+/// How long a successor may take to start serving before the restart is abandoned.
+const RESTART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn demo(port: u16, admin_port: u16) -> ExitCode {
     let signals = match Signals::install() {
@@ -429,6 +450,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -437,11 +459,12 @@ impl Signals {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (term, int, hup) = runtime.block_on(async {
+        let (term, int, hup, usr2) = runtime.block_on(async {
             Ok::<_, std::io::Error>((
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined2())?,
             ))
         })?;
         Ok(Signals {
@@ -449,6 +472,7 @@ impl Signals {
             term,
             int,
             hup,
+            usr2,
         })
     }
 
@@ -468,14 +492,15 @@ impl Signals {
         }
     }
 
-    /// Blocks until SIGTERM, SIGINT or SIGHUP.
+    /// Blocks until SIGTERM, SIGINT, SIGHUP or SIGUSR2.
     fn wait(&mut self) -> Event {
-        let (term, int, hup) = (&mut self.term, &mut self.int, &mut self.hup);
+        let (term, int, hup, usr2) = (&mut self.term, &mut self.int, &mut self.hup, &mut self.usr2);
         self.runtime.block_on(async {
             tokio::select! {
                 _ = term.recv() => Event::Stop("SIGTERM"),
                 _ = int.recv() => Event::Stop("SIGINT"),
                 _ = hup.recv() => Event::Reload,
+                _ = usr2.recv() => Event::Restart,
             }
         })
     }

@@ -378,3 +378,171 @@ async fn calls_and_top_read_a_running_gateway() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A config with a `public` and an admin listener on free ports, routing everything to
+/// `upstream`.
+fn simple_config(upstream: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\nadmin: {{ bind: 127.0.0.1:0 }}\nworkers: 2\nshutdown_grace: 5s\nupstreams: {{ u: {{ targets: [\"{upstream}\"] }} }}\nroutes: [{{ name: r, upstream: u }}]\n{extra}"
+    )
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn sighup_and_a_watched_file_reload_the_config() {
+    let first = MockUpstream::fixed("first").await;
+    let second = MockUpstream::fixed("second").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&dir, &simple_config(first.addr, ""));
+    let mut child = Running(
+        Command::new(LEVEE)
+            .args(["run", "--config", &cfg, "--watch"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    let public = logged_addr(&lines, "listening").await;
+    let admin = logged_addr(&lines, "admin listening").await;
+    let url = format!("http://{public}/");
+    assert_eq!(get(&url, &[]).await.text(), "first");
+
+    // A changed file is picked up by the watcher (replaced by rename, as editors do).
+    let tmp = dir.path().join("next.yaml");
+    std::fs::write(&tmp, simple_config(second.addr, "")).unwrap();
+    std::fs::rename(&tmp, &cfg).unwrap();
+    eventually("the watcher reloads the changed file", || async {
+        get(&url, &[]).await.text() == "second"
+    })
+    .await;
+
+    // SIGHUP reloads too; a broken file is refused and counted, the running config stays.
+    std::fs::write(&cfg, "routes: [ this is not yaml").unwrap();
+    signal(&child.0, "HUP");
+    let metrics = format!("http://{admin}/metrics");
+    eventually("the refused reload is counted", || async {
+        let text = get(&metrics, &[]).await.text();
+        metric(&text, "levee_config_reloads_total{result=\"error\"}").is_some_and(|n| n >= 1)
+    })
+    .await;
+    assert_eq!(
+        get(&url, &[]).await.text(),
+        "second",
+        "still serving the last good config"
+    );
+    std::fs::write(&cfg, simple_config(first.addr, "")).unwrap();
+    signal(&child.0, "HUP");
+    eventually("SIGHUP reloads", || async {
+        get(&url, &[]).await.text() == "first"
+    })
+    .await;
+    let text = get(&metrics, &[]).await.text();
+    assert_eq!(metric(&text, "levee_config_version"), Some(3), "{text}");
+    signal(&child.0, "TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+fn pid_in(file: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its new parent) is gone for our purpose.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr2_restarts_on_the_same_sockets_under_load_without_a_failed_request() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &simple_config(upstream.addr, "access_log: { enabled: false }\n"),
+    );
+    let pid_file = dir.path().join("levee.pid");
+    let mut child = Running(
+        Command::new(LEVEE)
+            .args(["run", "--config", &cfg, "--pid-file", pid_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    let public = logged_addr(&lines, "listening").await;
+    let admin = logged_addr(&lines, "admin listening").await;
+    let old_pid = child.0.id();
+    eventually("pid file written", || {
+        std::future::ready(pid_in(&pid_file) == Some(old_pid))
+    })
+    .await;
+
+    let load = Load::start(&format!("http://{public}/"), 4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child.0, "USR2");
+    eventually("the successor wrote its pid", || {
+        std::future::ready(pid_in(&pid_file).is_some_and(|p| p != old_pid))
+    })
+    .await;
+    let new_pid = pid_in(&pid_file).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child.0);
+        (status, child)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0), "the old process drained and exited");
+    // Traffic goes on against the successor on the same port.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+    assert!(
+        report.failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        report.failures.len(),
+        report.failures.first()
+    );
+    assert!(report.ok > 50, "{report:?}");
+    assert!(alive(new_pid));
+    assert_eq!(get(&format!("http://{admin}/readyz"), &[]).await.status, 200);
+    assert_eq!(get(&format!("http://{public}/"), &[]).await.text(), "ok");
+
+    // The successor stops like any Levee.
+    Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    eventually("the successor exits", || std::future::ready(!alive(new_pid))).await;
+    assert!(!pid_file.exists(), "a clean stop removes its own pid file");
+}
+
+#[tokio::test]
+async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&dir, &simple_config(upstream.addr, ""));
+    let (child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    // The file on disk is broken by now: the successor refuses to start.
+    std::fs::write(&cfg, "listeners: [").unwrap();
+    signal(&child.0, "USR2");
+    let failure = lines
+        .wait_for("the failed restart is logged", |l| l.contains("restart failed"))
+        .await;
+    assert!(failure.contains("exited before it was ready"), "{failure}");
+    assert_eq!(get(&format!("http://{public}/"), &[]).await.text(), "ok");
+    assert!(alive(child.0.id()));
+}

@@ -223,8 +223,10 @@ impl WorkerContext {
             retry_budgets,
             recorder,
             limits,
-            inflight: Arc::default(),
-            connections: Arc::default(),
+            // The worker's load counts span configs: requests and connections that began
+            // under the previous one still count against the caps.
+            inflight: previous.map(|p| p.inflight.clone()).unwrap_or_default(),
+            connections: previous.map(|p| p.connections.clone()).unwrap_or_default(),
             // Start workers at different points so round robin does not move in lockstep.
             sequence: AtomicU64::new(fastrand::u64(..1024)),
         }

@@ -17,6 +17,7 @@
 //! * [`stale`]: the last good answers, served when an upstream fails
 //! * [`admin`]: health, readiness, metrics and the admin REST API
 //! * [`reload`]: hot reload of the config file
+//! * [`restart`]: zero-downtime restart on inherited sockets
 //! * [`demo`]: the self-contained `levee demo`
 
 pub mod admin;
@@ -35,6 +36,7 @@ pub mod observability;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reload;
+pub mod restart;
 pub mod router;
 pub mod server;
 pub mod stale;

@@ -42,6 +42,7 @@ use crate::observability::traces::{Sampler, Tracer};
 use crate::observability::Recorder;
 use crate::pipeline;
 use crate::reload::Reloader;
+use crate::restart::Inherited;
 use crate::upstream::WorkerUpstream;
 
 /// One worker's socket for one listener.
@@ -232,6 +233,25 @@ pub struct RunningGateway {
     access_log: Option<JoinHandle<()>>,
     call_log: Option<JoinHandle<()>>,
     tracer: Option<ExportThread>,
+    /// Copies of the listening sockets for a successor (zero-downtime restart); dropped when
+    /// draining starts, so a stopping gateway refuses new connections instead of letting them
+    /// wait in a queue nobody serves.
+    handoff: std::sync::Mutex<Option<Handoff>>,
+    /// Set once a successor took over: the admin listener stops at once.
+    handed_off: AtomicBool,
+}
+
+/// The data-plane sockets by listener name, and the admin socket.
+type Handoff = (
+    Vec<(Arc<str>, std::net::TcpListener)>,
+    Option<std::net::TcpListener>,
+);
+
+/// Whether inherited `socket` is bound where the config says (any port when it says 0).
+fn same_address(socket: &std::net::TcpListener, wanted: SocketAddr) -> bool {
+    socket.local_addr().is_ok_and(|actual| {
+        actual.ip() == wanted.ip() && (wanted.port() == 0 || actual.port() == wanted.port())
+    })
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -311,7 +331,18 @@ impl RunningGateway {
     /// Binds every listener, then starts the workers, the admin listener and the access log
     /// writer. Fails without serving anything if a socket cannot be bound.
     pub fn start(config: Config, sink: AccessLogSink) -> Result<RunningGateway, StartError> {
+        RunningGateway::start_with(config, sink, None)
+    }
+
+    /// Like [`RunningGateway::start`], serving on sockets a predecessor handed over (a
+    /// zero-downtime restart) where their listener names match; anything else is bound.
+    pub fn start_with(
+        config: Config,
+        sink: AccessLogSink,
+        mut inherited: Option<&mut Inherited>,
+    ) -> Result<RunningGateway, StartError> {
         let workers = config.workers.max(1);
+        let mut handoff: Vec<(Arc<str>, std::net::TcpListener)> = Vec::new();
         // Bind everything first: a port conflict must fail the start, not a worker.
         let mut sockets: Vec<Vec<ListenerSocket>> = (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
@@ -335,15 +366,39 @@ impl RunningGateway {
                 addr: spec.bind,
                 source,
             };
-            let first = bind_reuseport(spec.bind).map_err(bind_err)?;
-            let actual = first.local_addr().map_err(bind_err)?;
+            let taken = inherited
+                .as_mut()
+                .and_then(|i| i.listeners.remove(&*spec.name))
+                .filter(|sockets| sockets.iter().all(|s| same_address(s, spec.bind)))
+                .unwrap_or_default();
+            let mut per_worker = taken;
+            if per_worker.is_empty() {
+                per_worker.push(bind_reuseport(spec.bind).map_err(bind_err)?);
+            }
+            let actual = per_worker
+                .first()
+                .map(|s| s.local_addr())
+                .transpose()
+                .map_err(bind_err)?
+                .unwrap_or(spec.bind);
             listeners.push((spec.name.clone(), actual));
-            let mut per_worker = vec![first];
-            for _ in 1..workers {
+            // One socket per worker: more workers than sockets join the same port group.
+            while per_worker.len() < workers {
                 per_worker.push(bind_reuseport(actual).map_err(bind_err)?);
             }
+            for socket in &per_worker {
+                handoff.push((spec.name.clone(), socket.try_clone().map_err(bind_err)?));
+            }
             let listener_cap = spec.max_connections.map(|m| m.div_ceil(workers).max(1));
-            for (slot, socket) in sockets.iter_mut().zip(per_worker) {
+            // Fewer workers than inherited sockets: some workers serve more than one.
+            let assigned = per_worker
+                .into_iter()
+                .enumerate()
+                .map(|(i, socket)| (i % workers, socket));
+            for (worker, socket) in assigned {
+                let Some(slot) = sockets.get_mut(worker) else {
+                    continue;
+                };
                 // A worker-local copy of the name: it is cloned per request for the logs.
                 slot.push(ListenerSocket {
                     name: Arc::from(&*spec.name),
@@ -353,7 +408,12 @@ impl RunningGateway {
                 });
             }
         }
+        let inherited_admin = inherited
+            .as_mut()
+            .and_then(|i| i.admin.take())
+            .filter(|s| config.admin.as_ref().is_some_and(|a| same_address(s, a.bind)));
         let admin_socket = match &config.admin {
+            Some(_) if inherited_admin.is_some() => inherited_admin,
             Some(admin) => {
                 let listener =
                     std::net::TcpListener::bind(admin.bind).map_err(|source| StartError::Bind {
@@ -373,6 +433,7 @@ impl RunningGateway {
             None => None,
         };
         let admin_addr = admin_socket.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_handoff = admin_socket.as_ref().and_then(|s| s.try_clone().ok());
         if let (Some(addr), Some(admin)) = (admin_addr, &config.admin) {
             if !addr.ip().is_loopback() && admin.token.is_none() {
                 tracing::warn!(%addr, "the admin API is reachable beyond loopback without a token: set admin.token_env");
@@ -520,6 +581,8 @@ impl RunningGateway {
             access_log: access_log_thread,
             call_log: call_log_thread,
             tracer: tracer_thread,
+            handoff: std::sync::Mutex::new(Some((handoff, admin_handoff))),
+            handed_off: AtomicBool::new(false),
         })
     }
 
@@ -546,8 +609,30 @@ impl RunningGateway {
         crate::reload::reload(&self.state)
     }
 
+    /// Starts a new Levee process from the binary on disk on these very sockets and returns
+    /// once it serves (then drain this one with [`RunningGateway::stop`]). On any failure the
+    /// successor is stopped and this gateway keeps serving.
+    pub fn restart(&self, timeout: Duration) -> Result<(), crate::restart::RestartError> {
+        let handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((sockets, admin)) = handoff.as_ref() else {
+            return Err(crate::restart::RestartError::Sockets(io::Error::other(
+                "the gateway is stopping",
+            )));
+        };
+        // The successor outlives this process: its handle is not waited for.
+        let _successor = crate::restart::spawn_successor(sockets, admin.as_ref(), timeout)?;
+        self.handed_off.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Starts draining: readiness fails and workers stop accepting. Returns at once.
     pub fn begin_shutdown(&self) {
+        // The handoff copies would keep the sockets open with nobody accepting.
+        self.handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if self.handed_off.load(Ordering::SeqCst) {
+            // The successor answers probes and scrapes now; this one would only say "draining".
+            let _ = self.admin_shutdown.send(true);
+        }
         self.state.draining.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
     }
@@ -587,6 +672,10 @@ impl Drop for RunningGateway {
         self.stop_inner();
     }
 }
+
+/// How long a draining worker keeps serving busy keep-alive connections (each answer closing
+/// its connection) before idle connections are closed.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 fn worker_main(
     id: usize,
@@ -671,7 +760,16 @@ fn worker_main(
         }
         while accept_loops.join_next().await.is_some() {}
         follower.abort();
-        // Listeners are closed now; let open connections finish what they are doing.
+        // Listeners are closed now. Busy keep-alive connections get one more answer, marked
+        // `Connection: close`, before idle ones are closed (Envoy's drain does the same).
+        let drain_started = tokio::time::Instant::now();
+        let connections = context.load().connections.clone();
+        let linger = DRAIN_LINGER.min(grace);
+        while connections.load(Ordering::Relaxed) > 0 && drain_started.elapsed() < linger {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let grace = grace.saturating_sub(drain_started.elapsed());
+        // Let open connections finish what they are doing.
         if let Ok(graceful) = Arc::try_unwrap(graceful) {
             if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
                 tracing::warn!(grace = ?grace, "shutdown grace period ended with connections still open");
@@ -737,11 +835,28 @@ async fn accept_loop(
         });
         // Each request takes the worker's context as it is when the request starts, and
         // keeps it to the end: a reload never changes the rules under a running request.
-        let service_worker = worker.clone();
-        let service = service_fn(move |request| {
+        let (service_worker, service_state) = (worker.clone(), state.clone());
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let context = service_worker.load_full();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(pipeline::handle(&context, &conn, request).await) }
+            let state = service_state.clone();
+            async move {
+                let http1 = request.version() < http::Version::HTTP_2;
+                let mut response = pipeline::handle(&context, &conn, request).await;
+                // While draining, each HTTP/1 answer closes its connection (HTTP/2 gets a
+                // GOAWAY from the graceful shutdown): a keep-alive client then opens a new
+                // connection, to a successor or another instance, instead of racing the
+                // final close of an idle connection with its next request.
+                if http1
+                    && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && state.draining.load(Ordering::Relaxed)
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         match &tls {
             None => {

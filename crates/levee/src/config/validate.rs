@@ -118,6 +118,19 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let mut binds = HashSet::new();
     for (i, l) in file.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
+        let name_ok = !l.name.is_empty()
+            && l.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_ok {
+            p.at(
+                &format!("{path}.name"),
+                format!(
+                    "listener name `{}` must be letters, digits, `_`, `-` or `.`",
+                    l.name
+                ),
+            );
+        }
         if !listener_names.insert(l.name.clone()) {
             p.at(
                 &format!("{path}.name"),
