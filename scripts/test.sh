@@ -28,6 +28,18 @@ done
 # promtool lints the metrics exposition in the tests (Debian ships it in `prometheus`).
 command -v promtool >/dev/null || apt_install prometheus
 command -v promtool >/dev/null && promtool --version 2>&1 | head -1
+# Python tools the tests use (openapi-spec-validator checks the admin API's OpenAPI
+# document), in a virtualenv of their own under target/.
+VENV="$PWD/target/test-venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" 2>/dev/null \
+    || { apt_install python3-venv && python3 -m venv "$VENV"; } \
+    || echo "cannot create a Python virtualenv"
+fi
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' || echo "openapi-spec-validator could not be installed"
+fi
+if [ -x "$VENV/bin/python" ]; then export LEVEE_TEST_PYTHON="$VENV/bin/python"; fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >/dev/null 2>&1 || echo "cargo-nextest unavailable; using cargo test"
 fi

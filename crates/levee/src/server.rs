@@ -118,16 +118,17 @@ fn worker_views<'a>(
 impl SharedState {
     /// `GET /api/v1/upstreams`: every target's health, breaker state (the worst any worker
     /// sees), requests in flight (summed over workers) and peak-EWMA latency (the highest).
-    pub fn upstreams_json(&self) -> serde_json::Value {
+    pub fn upstreams_view(&self) -> crate::admin::api::Upstreams {
+        use crate::admin::api::{TargetView, UpstreamView, Upstreams};
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         let gateway = self.gateway.load();
-        let upstreams: Vec<serde_json::Value> = gateway
+        let upstreams = gateway
             .upstreams
             .iter()
             .map(|upstream| {
                 let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
-                let targets: Vec<serde_json::Value> = upstream
+                let targets = upstream
                     .spec
                     .targets
                     .iter()
@@ -142,27 +143,27 @@ impl SharedState {
                             .max_by_key(|state| state.gauge())
                             .unwrap_or(levee_resilience::State::Closed);
                         let health = upstream.health.get(t);
-                        serde_json::json!({
-                            "addr": &*target.addr,
-                            "weight": target.weight,
-                            "healthy": health.is_some_and(|h| h.usable(now_ms)),
-                            "health_check_passing": health.is_some_and(|h| h.healthy()),
-                            "ejected": health.is_some_and(|h| h.ejected(now_ms)),
-                            "circuit": circuit.name(),
-                            "inflight": views.iter().map(|v| v.inflight()).sum::<usize>(),
-                            "ewma_ms": views.iter().map(|v| v.ewma_ms()).fold(0.0, f64::max),
-                        })
+                        TargetView {
+                            addr: target.addr.to_string(),
+                            weight: target.weight,
+                            healthy: health.is_some_and(|h| h.usable(now_ms)),
+                            health_check_passing: health.is_some_and(|h| h.healthy()),
+                            ejected: health.is_some_and(|h| h.ejected(now_ms)),
+                            circuit: circuit.name(),
+                            inflight: views.iter().map(|v| v.inflight()).sum::<usize>(),
+                            ewma_ms: views.iter().map(|v| v.ewma_ms()).fold(0.0, f64::max),
+                        }
                     })
                     .collect();
-                serde_json::json!({
-                    "name": &*upstream.spec.name,
-                    "inflight": upstream.inflight(),
-                    "max_concurrent": upstream.spec.max_concurrent,
-                    "targets": targets,
-                })
+                UpstreamView {
+                    name: upstream.spec.name.to_string(),
+                    inflight: upstream.inflight(),
+                    max_concurrent: upstream.spec.max_concurrent,
+                    targets,
+                }
             })
             .collect();
-        serde_json::json!({ "upstreams": upstreams })
+        Upstreams { upstreams }
     }
 
     /// Gauges read from live state: in-flight requests per upstream and the breaker state per

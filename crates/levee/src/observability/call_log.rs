@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::metrics::Metrics;
 
 /// One request, as stored.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct CallRecord {
     /// Milliseconds since the Unix epoch.
     pub time_ms: i64,
@@ -82,7 +82,7 @@ pub struct AnalyticsQuery {
 }
 
 /// One (bucket, group) cell of the analytics answer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Aggregate {
     pub bucket_start_ms: i64,
     pub group: Option<String>,

@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness and Prometheus metrics.
+//! The admin listener: liveness, readiness, Prometheus metrics and the admin REST API
+//! (described by [`api`], which also generates its OpenAPI document).
 //!
 //! It runs on its own thread and event loop so that a saturated data plane can still be
 //! observed and probed.
@@ -14,6 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub mod api;
 
 use crate::body::ResponseBody;
 use crate::edge::error_response;
@@ -113,19 +116,22 @@ fn reload_answer(
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     match result {
-        Ok(version) => json_value(StatusCode::OK, &serde_json::json!({ "version": version })),
+        Ok(version) => json_value(StatusCode::OK, &api::Reloaded { version }),
         Err(error) => {
             let errors = error.messages();
             json_value(
                 StatusCode::BAD_REQUEST,
-                &serde_json::json!({
-                    "error": {
-                        "code": "invalid_config",
-                        "message": format!("The config was not reloaded ({} problem(s)); the running config is kept.", errors.len()),
-                        "request_id": request_id.to_str().unwrap_or(""),
+                &api::ReloadRefused {
+                    error: api::ErrorDetail {
+                        code: "invalid_config".into(),
+                        message: format!(
+                            "The config was not reloaded ({} problem(s)); the running config is kept.",
+                            errors.len()
+                        ),
+                        request_id: request_id.to_str().unwrap_or("").into(),
                     },
-                    "errors": errors,
-                }),
+                    errors,
+                },
             )
         }
     }
@@ -176,10 +182,33 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
         }
         "/api/v1/calls" => calls(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/analytics" => analytics(state, request.uri().query().unwrap_or(""), &request_id),
-        "/api/v1/upstreams" => {
-            let body = serde_json::to_vec(&state.upstreams_json()).unwrap_or_default();
-            json_bytes(body)
+        "/api/v1/upstreams" => json_value(StatusCode::OK, &state.upstreams_view()),
+        "/api/v1/routes" => {
+            let gateway = state.gateway.load();
+            let routes = api::redacted(&gateway.config.file)
+                .get("routes")
+                .cloned()
+                .unwrap_or_default();
+            json_value(
+                StatusCode::OK,
+                &api::Routes {
+                    version: gateway.version,
+                    routes,
+                },
+            )
         }
+        "/api/v1/config" => {
+            let gateway = state.gateway.load();
+            json_value(
+                StatusCode::OK,
+                &api::ActiveConfig {
+                    version: gateway.version,
+                    source: gateway.config.source.as_ref().map(|p| p.display().to_string()),
+                    config: api::redacted(&gateway.config.file),
+                },
+            )
+        }
+        "/openapi.json" => json_value(StatusCode::OK, &api::openapi()),
         "/metrics" => {
             let mut response = Response::new(ResponseBody::full(state.metrics.render_with(&state.gauges())));
             response.headers_mut().insert(
@@ -217,10 +246,7 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
         .map_err(|_| "call log unavailable".to_string())
         .and_then(|s| s.query(&filter));
     match result {
-        Ok(rows) => {
-            let body = serde_json::to_vec(&serde_json::json!({ "calls": rows })).unwrap_or_default();
-            json_bytes(body)
-        }
+        Ok(rows) => json_value(StatusCode::OK, &api::Calls { calls: rows }),
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "call_log_unavailable",
@@ -250,21 +276,16 @@ fn analytics(state: &SharedState, query: &str, request_id: &HeaderValue) -> Resp
         .map_err(|_| "call log unavailable".to_string())
         .and_then(|s| s.analytics(&request));
     match result {
-        Ok((series, truncated)) => {
-            let body = serde_json::json!({
-                "since_ms": request.since_ms,
-                "until_ms": request.until_ms,
-                "bucket_ms": request.bucket_ms,
-                "truncated": truncated,
-                "series": series,
-            });
-            let mut response =
-                Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Ok((series, truncated)) => json_value(
+            StatusCode::OK,
+            &api::Analytics {
+                since_ms: request.since_ms,
+                until_ms: request.until_ms,
+                bucket_ms: request.bucket_ms,
+                truncated,
+                series,
+            },
+        ),
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "call_log_unavailable",
@@ -451,7 +472,7 @@ fn json(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 }
 
 /// A JSON response with `status` and `value` as its body.
-fn json_value(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+fn json_value(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
     let mut response = json_bytes(serde_json::to_vec(value).unwrap_or_default());
     *response.status_mut() = status;
     response

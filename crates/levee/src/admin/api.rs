@@ -1,0 +1,436 @@
+//! The admin API's answers as types, and its OpenAPI 3 document generated from them.
+//!
+//! Every endpoint is one row of [`ENDPOINTS`]: path, method, what it answers, with the
+//! schema taken from the very type the handler serialises. The OpenAPI document is built from
+//! that table at request time, so it cannot drift from the handlers, and a test checks that
+//! every route the admin server answers is in it.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::file::{ConfigFile, RouteFile};
+use crate::observability::call_log::{Aggregate, CallRecord};
+
+/// `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Status {
+    /// `ok`, `ready` or `draining`.
+    pub status: &'static str,
+}
+
+/// `GET /api/v1/upstreams`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Upstreams {
+    pub upstreams: Vec<UpstreamView>,
+}
+
+/// One upstream, as the running config has it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UpstreamView {
+    pub name: String,
+    /// Requests in flight to it across all workers (what its bulkhead counts).
+    pub inflight: usize,
+    pub max_concurrent: usize,
+    pub targets: Vec<TargetView>,
+}
+
+/// One target's state.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TargetView {
+    /// As written in the config.
+    pub addr: String,
+    pub weight: u32,
+    /// Takes traffic: passes its health checks and is not ejected.
+    pub healthy: bool,
+    pub health_check_passing: bool,
+    /// Ejected by outlier detection.
+    pub ejected: bool,
+    /// `closed`, `half_open` or `open`: the worst state any worker sees.
+    pub circuit: &'static str,
+    /// Requests in flight to it, summed over workers.
+    pub inflight: usize,
+    /// Peak-EWMA latency estimate in milliseconds (the highest over workers).
+    pub ewma_ms: f64,
+}
+
+/// `GET /api/v1/calls`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Calls {
+    /// Newest first.
+    pub calls: Vec<CallRecord>,
+}
+
+/// `GET /api/v1/analytics`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Analytics {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub bucket_ms: i64,
+    /// True when the scan stopped at its row cap (the figures cover the oldest rows only).
+    pub truncated: bool,
+    pub series: Vec<Aggregate>,
+}
+
+/// `GET /api/v1/routes`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Routes {
+    /// The config version these routes belong to.
+    pub version: u64,
+    /// In match order, as configured (header rewrite values of credential headers redacted).
+    #[schemars(with = "Vec<RouteFile>")]
+    pub routes: Value,
+}
+
+/// `GET /api/v1/config`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ActiveConfig {
+    /// 1 for the config the process started with, one more per applied reload.
+    pub version: u64,
+    /// The file it was read from.
+    pub source: Option<String>,
+    /// The config as read, with secrets redacted: API key digests and the values of
+    /// credential headers in rewrites (secrets themselves are only ever named, `*_env`).
+    #[schemars(with = "ConfigFile")]
+    pub config: Value,
+}
+
+/// `POST /api/v1/config/reload`, applied.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Reloaded {
+    pub version: u64,
+}
+
+/// `POST /api/v1/config/reload`, refused (the running config is kept).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReloadRefused {
+    pub error: ErrorDetail,
+    /// Every problem, `FILE:LINE:COL: message`.
+    pub errors: Vec<String>,
+}
+
+/// The error shape shared with the data plane.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code.
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+/// The text of `GET /metrics` (documented as a string).
+#[derive(JsonSchema)]
+#[schemars(description = "Prometheus text exposition format 0.0.4")]
+pub struct MetricsText(pub String);
+
+/// `GET /openapi.json` (an OpenAPI 3.0 document, described as a JSON object).
+#[derive(JsonSchema)]
+pub struct OpenApiDocument(pub serde_json::Map<String, Value>);
+
+/// A query parameter of an endpoint.
+pub struct Param {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// One admin endpoint.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Status and schema of the successful answer.
+    pub ok: (u16, fn(&mut SchemaGenerator) -> schemars::Schema),
+    pub content_type: &'static str,
+    /// Other answers, besides 401 (every `/api/` path) and 405.
+    pub errors: &'static [(u16, &'static str)],
+    pub query: &'static [Param],
+}
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
+const JSON: &str = "application/json";
+
+/// Every endpoint of the admin listener.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "get",
+        path: "/healthz",
+        summary: "Liveness: 200 while the process serves.",
+        ok: (200, schema::<Status>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/readyz",
+        summary: "Readiness: 200 when a config is active and the gateway is not draining, else 503.",
+        ok: (200, schema::<Status>),
+        content_type: JSON,
+        errors: &[(503, "Draining (shutting down or handing over to a successor).")],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics.",
+        ok: (200, schema::<MetricsText>),
+        content_type: "text/plain; version=0.0.4",
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/openapi.json",
+        summary: "This document.",
+        ok: (200, schema::<OpenApiDocument>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/upstreams",
+        summary: "Every target's health, ejection, circuit state, load and latency.",
+        ok: (200, schema::<Upstreams>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/routes",
+        summary: "The routes of the running config, in match order.",
+        ok: (200, schema::<Routes>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/config",
+        summary: "The running config with its version, secrets redacted.",
+        ok: (200, schema::<ActiveConfig>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/config/reload",
+        summary: "Reloads the config file; any problem keeps the running config.",
+        ok: (200, schema::<Reloaded>),
+        content_type: JSON,
+        errors: &[(
+            400,
+            "Refused: the `errors` list says why; the running config is kept.",
+        )],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/calls",
+        summary: "The call log, newest first.",
+        ok: (200, schema::<Calls>),
+        content_type: JSON,
+        errors: &[
+            (400, "A query parameter is invalid (the message names it)."),
+            (404, "There is no call log (no `data_dir`)."),
+            (503, "The call log cannot be read."),
+        ],
+        query: &[
+            Param {
+                name: "route",
+                description: "Only this route.",
+            },
+            Param {
+                name: "consumer",
+                description: "Only this consumer.",
+            },
+            Param {
+                name: "status",
+                description: "Only this status code.",
+            },
+            Param {
+                name: "since",
+                description: "From this time (RFC 3339 or milliseconds since the epoch).",
+            },
+            Param {
+                name: "until",
+                description: "Before this time (RFC 3339 or milliseconds since the epoch).",
+            },
+            Param {
+                name: "limit",
+                description: "At most this many calls, from 1 to 1000 (default 100).",
+            },
+        ],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/analytics",
+        summary: "Aggregates over the call log per time bucket and group.",
+        ok: (200, schema::<Analytics>),
+        content_type: JSON,
+        errors: &[
+            (400, "A query parameter is invalid (the message names it)."),
+            (404, "There is no call log (no `data_dir`)."),
+            (503, "The call log cannot be read."),
+        ],
+        query: &[
+            Param {
+                name: "since",
+                description: "From this time (default: one hour ago).",
+            },
+            Param {
+                name: "until",
+                description: "Before this time (default: now).",
+            },
+            Param {
+                name: "bucket",
+                description: "`1m` (default), `1h` or `1d`.",
+            },
+            Param {
+                name: "group_by",
+                description: "`route` (default), `consumer`, `upstream` or `status`.",
+            },
+        ],
+    },
+];
+
+/// The OpenAPI 3.0 document of the admin API.
+pub fn openapi() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let error = schema::<ErrorBody>(&mut generator).to_value();
+    let refused = schema::<ReloadRefused>(&mut generator).to_value();
+    let mut paths = serde_json::Map::new();
+    for endpoint in ENDPOINTS {
+        let (status, ok_schema) = endpoint.ok;
+        let mut responses = serde_json::Map::new();
+        responses.insert(
+            status.to_string(),
+            json!({
+                "description": "OK",
+                "content": { endpoint.content_type: { "schema": ok_schema(&mut generator).to_value() } },
+            }),
+        );
+        for (code, description) in endpoint.errors {
+            let body = if endpoint.path.ends_with("/reload") && *code == 400 {
+                refused.clone()
+            } else {
+                error.clone()
+            };
+            responses.insert(
+                code.to_string(),
+                json!({ "description": description, "content": { JSON: { "schema": body } } }),
+            );
+        }
+        if endpoint.path.starts_with("/api/") {
+            responses.insert(
+                "401".into(),
+                json!({
+                    "description": "The admin token is required (`admin.token_env`).",
+                    "content": { JSON: { "schema": error.clone() } },
+                }),
+            );
+        }
+        let parameters: Vec<Value> = endpoint
+            .query
+            .iter()
+            .map(|p| json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": { "type": "string" } }))
+            .collect();
+        let mut operation = serde_json::Map::new();
+        operation.insert("summary".into(), endpoint.summary.into());
+        operation.insert("operationId".into(), operation_id(endpoint).into());
+        operation.insert("responses".into(), responses.into());
+        if !parameters.is_empty() {
+            operation.insert("parameters".into(), parameters.into());
+        }
+        if endpoint.path.starts_with("/api/") {
+            operation.insert("security".into(), json!([{ "adminToken": [] }]));
+        }
+        if let Some(item) = paths
+            .entry(endpoint.path.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+        {
+            item.insert(endpoint.method.into(), operation.into());
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Levee admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Health, readiness, metrics, upstream state, routes, the running config and its reload, and the call log.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": generator.take_definitions(true),
+            "securitySchemes": {
+                "adminToken": { "type": "http", "scheme": "bearer", "description": "The token named by `admin.token_env`; without one configured, no token is needed." },
+            },
+        },
+    })
+}
+
+fn operation_id(endpoint: &Endpoint) -> String {
+    let words: Vec<&str> = endpoint
+        .path
+        .split(['/', '.'])
+        .filter(|w| !w.is_empty() && *w != "api" && *w != "v1")
+        .collect();
+    format!("{}_{}", endpoint.method, words.join("_"))
+}
+
+/// Credential-bearing header names whose rewrite values are never shown.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+];
+
+/// The config as read, with secrets replaced by `<redacted>`.
+pub fn redacted(file: &ConfigFile) -> Value {
+    let mut value = serde_json::to_value(file).unwrap_or(Value::Null);
+    if let Some(consumers) = value.get_mut("consumers").and_then(Value::as_array_mut) {
+        for consumer in consumers {
+            if let Some(keys) = consumer.get_mut("api_keys").and_then(Value::as_array_mut) {
+                for key in keys {
+                    *key = Value::from("<redacted>");
+                }
+            }
+        }
+    }
+    if let Some(routes) = value.get_mut("routes").and_then(Value::as_array_mut) {
+        for route in routes {
+            for side in ["request_headers", "response_headers"] {
+                for action in ["set", "add"] {
+                    let Some(headers) = route
+                        .get_mut(side)
+                        .and_then(|s| s.get_mut(action))
+                        .and_then(Value::as_object_mut)
+                    else {
+                        continue;
+                    };
+                    for (name, header_value) in headers.iter_mut() {
+                        if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                            *header_value = Value::from("<redacted>");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    value
+}

@@ -1,0 +1,217 @@
+//! The admin REST API: routes, the redacted config, and the OpenAPI document that must
+//! describe every admin route.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::Harness;
+use http::StatusCode;
+use levee_test_support::*;
+
+/// Every admin path of PRODUCT.md section 5 that this build serves (the dashboard at `/` and
+/// `/api/v1/slos` belong to later work).
+const ADMIN_PATHS: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/api/v1/upstreams"),
+    ("get", "/api/v1/routes"),
+    ("get", "/api/v1/config"),
+    ("post", "/api/v1/config/reload"),
+    ("get", "/api/v1/calls"),
+    ("get", "/api/v1/analytics"),
+];
+
+fn config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        "upstreams:
+  api:
+    targets: [\"{upstream}\"]
+consumers:
+  - name: mobile
+    api_keys: [\"sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae\"]
+routes:
+  - name: first
+    match: {{ path_prefix: /a }}
+    upstream: api
+    request_headers:
+      set: {{ authorization: \"Bearer upstream-secret\", x-team: checkout }}
+  - name: second
+    upstream: api
+"
+    )
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_file(
+        &dir.path().join("levee.yaml"),
+        &format!(
+            "data_dir: \"{}\"\n{}",
+            dir.path().display(),
+            config(upstream.addr)
+        ),
+    );
+    let answer = get(&format!("{}/openapi.json", h.admin), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let document = answer.json();
+    // It parses as an OpenAPI 3.0 document.
+    let parsed: openapiv3::OpenAPI =
+        serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
+    assert!(parsed.openapi.starts_with("3.0"), "{}", parsed.openapi);
+
+    // Every admin route is in it, with its method, and answers (no 404 for a documented path).
+    for (method, path) in ADMIN_PATHS {
+        let item = parsed
+            .paths
+            .paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} is not documented"));
+        let item = item.as_item().unwrap();
+        let operation = match *method {
+            "get" => item.get.as_ref(),
+            "post" => item.post.as_ref(),
+            _ => None,
+        };
+        assert!(operation.is_some(), "{method} {path} is not documented");
+        let request = http::Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(format!("{}{path}", h.admin))
+            .body(empty())
+            .unwrap();
+        let answer = send(&client(false), request).await;
+        assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+    }
+    assert_eq!(
+        parsed.paths.paths.len(),
+        ADMIN_PATHS.len(),
+        "no undocumented extras or missing routes"
+    );
+
+    // The reference validator agrees (scripts/test.sh installs it in a virtualenv).
+    openapi_spec_validator_accepts(&document);
+
+    // Every schema reference resolves.
+    let text = document.to_string();
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(schemas.contains_key(name), "dangling reference to {name}");
+    }
+    assert!(schemas.contains_key("Upstreams") && schemas.contains_key("CallRecord"));
+}
+
+#[tokio::test]
+async fn routes_and_config_show_the_running_config_with_secrets_redacted() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.yaml");
+    let h = Harness::start_file(&path, &config(upstream.addr));
+
+    let routes = get(&format!("{}/api/v1/routes", h.admin), &[]).await.json();
+    assert_eq!(routes["version"], 1);
+    let names: Vec<&str> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first", "second"], "in match order");
+
+    let active = get(&format!("{}/api/v1/config", h.admin), &[]).await;
+    assert_eq!(active.status, StatusCode::OK);
+    let text = active.text();
+    assert!(!text.contains("upstream-secret"), "{text}");
+    assert!(!text.contains("2c26b46b68ffc68f"), "{text}");
+    let body = active.json();
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["source"], path.display().to_string());
+    assert_eq!(
+        body["config"]["routes"][0]["request_headers"]["set"]["authorization"],
+        "<redacted>"
+    );
+    assert_eq!(
+        body["config"]["routes"][0]["request_headers"]["set"]["x-team"],
+        "checkout"
+    );
+    assert_eq!(body["config"]["consumers"][0]["api_keys"][0], "<redacted>");
+
+    // After a reload both show the new version.
+    common::write_atomically(
+        &path,
+        &Harness::compose(&config(upstream.addr).replace("name: second", "name: third")),
+    );
+    let reloaded = send(
+        &client(false),
+        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reloaded.json()["version"], 2);
+    let routes = get(&format!("{}/api/v1/routes", h.admin), &[]).await.json();
+    assert_eq!(
+        (routes["version"].as_u64(), routes["routes"][1]["name"].as_str()),
+        (Some(2), Some("third"))
+    );
+}
+
+#[tokio::test]
+async fn admin_errors_use_the_data_plane_error_shape() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&config(upstream.addr));
+    let missing = get(&format!("{}/api/v1/nope", h.admin), &[]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let body = missing.json();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(body["error"]["request_id"].as_str().is_some());
+    // A gateway started from text has no file to reload.
+    let reload = send(
+        &client(false),
+        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reload.status, StatusCode::BAD_REQUEST);
+    assert!(reload.json()["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("not started from a config file"));
+}
+
+/// Runs openapi-spec-validator (Python) on `document` when the test command provided it
+/// (`LEVEE_TEST_PYTHON`); required in CI.
+fn openapi_spec_validator_accepts(document: &serde_json::Value) {
+    let Ok(python) = std::env::var("LEVEE_TEST_PYTHON") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "openapi-spec-validator is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("LEVEE_TEST_PYTHON not set: openapi-spec-validator skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let out = std::process::Command::new(python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
