@@ -43,6 +43,10 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "levee.yaml")]
         config: PathBuf,
+        /// `text`: one `FILE:LINE:COL: message` line per problem on stderr (warnings marked
+        /// `warning:`); `json`: one JSON document on stdout, for tools.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
     },
     /// Run the gateway with two built-in demo upstreams on loopback.
     Demo {
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
             watch,
             pid_file,
         } => run(&config, watch, pid_file.as_deref()),
-        Command::Check { config } => check(&config),
+        Command::Check { config, format } => check(&config, format),
         Command::Demo { port, admin_port } => demo(port, admin_port),
         Command::Key {
             action: KeyAction::New,
@@ -294,15 +298,53 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match levee::load_file(path) {
+/// How `levee check` reports.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
+fn check(path: &Path, format: CheckFormat) -> ExitCode {
+    let result = levee::load_file(path);
+    if format == CheckFormat::Json {
+        let problem = |e: &levee::ConfigError| serde_json::json!({ "file": e.file, "line": e.line, "col": e.col, "message": e.message });
+        let (valid, errors, warnings) = match &result {
+            Ok(config) => (true, Vec::new(), config.warnings.iter().map(problem).collect()),
+            Err(errors) => (
+                false,
+                errors.0.iter().map(problem).collect::<Vec<_>>(),
+                Vec::new(),
+            ),
+        };
+        let report = serde_json::json!({
+            "file": path.display().to_string(),
+            "valid": valid,
+            "errors": errors,
+            "warnings": warnings,
+        });
+        println!("{report}");
+        return if valid {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    match result {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!(
+                    "{}:{}:{}: warning: {}",
+                    warning.file, warning.line, warning.col, warning.message
+                );
+            }
             println!(
-                "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} warning(s))",
                 path.display(),
                 config.listeners.len(),
                 config.upstreams.len(),
-                config.routes.len()
+                config.routes.len(),
+                config.warnings.len()
             );
             ExitCode::SUCCESS
         }
@@ -342,6 +384,9 @@ fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
         }
     };
     let workers = config.workers;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config warning");
+    }
     let gateway = match RunningGateway::start_with(config, AccessLogSink::Stdout, inherited.as_mut()) {
         Ok(gateway) => gateway,
         Err(error) => {

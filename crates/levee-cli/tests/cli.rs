@@ -546,3 +546,55 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     assert_eq!(get(&format!("http://{public}/"), &[]).await.text(), "ok");
     assert!(alive(child.0.id()));
 }
+
+#[test]
+fn check_reports_warnings_without_failing_and_speaks_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        "listeners: [{ name: p, bind: 127.0.0.1:0 }]\nupstreams:\n  lonely: { targets: [127.0.0.1:1] }\n  spare: { targets: [127.0.0.1:2, 127.0.0.1:3] }\nroutes:\n  - name: r\n    upstream: lonely\n    retry: { attempts: 3, budget: 1.0 }\n",
+    );
+    let out = levee(&["check", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail the check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    for needle in [
+        "one target and no health_check",
+        "`spare` is not used by any route",
+        "budget of 1",
+    ] {
+        let line = warnings
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {stderr}"));
+        assert!(
+            line.starts_with(&format!("{cfg}:")) && line.contains(": warning: "),
+            "{line}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 warning(s)"));
+
+    let out = levee(&["check", "--config", &cfg, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["errors"].as_array().unwrap().len(), 0);
+    let first = &report["warnings"][0];
+    assert_eq!(first["file"], cfg.as_str());
+    assert!(first["line"].as_u64().unwrap() > 0 && first["col"].as_u64().unwrap() > 0);
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 3);
+
+    let bad = write_config(
+        &dir,
+        "listeners: [{ name: p, bind: 127.0.0.1:0 }]\nroutes: [{ name: r, upstream: nope }]\n",
+    );
+    let out = levee(&["check", "--config", &bad, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert!(report["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown upstream `nope`"));
+}

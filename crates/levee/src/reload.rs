@@ -104,6 +104,9 @@ pub fn reload(state: &SharedState) -> Result<u64, ReloadError> {
 fn apply(state: &SharedState) -> Result<u64, ReloadError> {
     let path = state.reloader.path().ok_or(ReloadError::NoFile)?;
     let config = load_file(path).map_err(ReloadError::Invalid)?;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config warning");
+    }
     let current = state.gateway.load_full();
     let needs_restart = restart_only_changes(&current.config, &config, path);
     if !needs_restart.is_empty() {

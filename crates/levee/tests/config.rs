@@ -265,3 +265,47 @@ fn tracing_settings_are_validated() {
         assert_eq!((tracing.sample_ratio, tracing.parent_based), (1.0, true));
     }
 }
+
+#[test]
+fn every_deployment_file_parses_and_the_configmap_config_passes_check() {
+    use serde::Deserialize;
+    let deploy = repo_root().join("deploy");
+    let mut yaml_files = Vec::new();
+    let mut dirs = vec![deploy];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                yaml_files.push(path);
+            }
+        }
+    }
+    assert!(!yaml_files.is_empty(), "deploy/ has YAML files");
+    // The ConfigMap's config names its admin token variable; `check` needs it set.
+    std::env::set_var("LEVEE_ADMIN_TOKEN", "test-token");
+    let mut configs_checked = 0;
+    for path in &yaml_files {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (n, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml_ng::Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} document {n}: {e}", path.display()));
+            if value.get("kind").and_then(|k| k.as_str()) != Some("ConfigMap") {
+                continue;
+            }
+            let data = value.get("data").and_then(|d| d.as_mapping()).unwrap();
+            for (key, embedded) in data {
+                let (Some(key), Some(embedded)) = (key.as_str(), embedded.as_str()) else {
+                    continue;
+                };
+                if key.ends_with(".yaml") {
+                    levee::load_str(embedded, key)
+                        .unwrap_or_else(|e| panic!("{} ConfigMap {key}:\n{e}", path.display()));
+                    configs_checked += 1;
+                }
+            }
+        }
+    }
+    assert!(configs_checked >= 1, "a ConfigMap with the gateway's config");
+}

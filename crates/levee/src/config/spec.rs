@@ -31,6 +31,8 @@ pub struct Config {
     pub file: ConfigFile,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
     pub source: Option<std::path::PathBuf>,
+    /// Valid but probably not meant (see `levee check`).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 /// Where and how spans are exported.

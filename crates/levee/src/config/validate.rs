@@ -52,7 +52,15 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
     let config = check(file, &mut problems);
     let mut errors = problems.errors;
     if errors.is_empty() {
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            let mut advice = Problems {
+                file: name,
+                map: problems.map,
+                errors: Vec::new(),
+            };
+            warn(&config, &mut advice);
+            advice.errors.sort_by_key(|e| (e.line, e.col));
+            config.warnings = advice.errors;
             return Ok(config);
         }
     }
@@ -361,6 +369,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         tracing,
         file,
         source: None,
+        warnings: Vec::new(),
     })
 }
 
@@ -1427,6 +1436,65 @@ fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<F
         body: bytes::Bytes::from(file.body.clone()),
         content_type,
     })
+}
+
+/// What is valid but probably not what was meant: reported by `levee check` (and logged at
+/// start and reload) without refusing the config.
+fn warn(config: &Config, p: &mut Problems) {
+    for (name, upstream) in &config.file.upstreams {
+        let path = format!("upstreams.{name}");
+        if upstream.targets.len() == 1 && upstream.health_check.is_none() {
+            p.at(
+                &path,
+                format!("upstream `{name}` has one target and no health_check: when that target fails, every request to it fails; add targets or a health check"),
+            );
+        }
+        let used = config.routes.iter().any(|r| {
+            config
+                .upstreams
+                .get(r.upstream)
+                .is_some_and(|u| &*u.name == name.as_str())
+        });
+        if !used {
+            p.at(&path, format!("upstream `{name}` is not used by any route"));
+        }
+    }
+    let has_keys = config.consumers.iter().any(|c| !c.key_digests.is_empty());
+    for (i, route) in config.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if let Some(policy) = &route.retry {
+            if policy.attempts > 1 && policy.budget >= 1.0 {
+                p.at(
+                    &format!("{path}.retry.budget"),
+                    format!("route `{}` retries with a budget of {}: during an outage retries may multiply the load on the failing upstream; a budget like 0.2 caps them at 20%", route.name, policy.budget),
+                );
+            }
+        }
+        if matches!(route.auth, AuthSpec::ApiKey { .. }) && !has_keys {
+            p.at(
+                &format!("{path}.auth"),
+                format!("route `{}` needs an API key but no consumer has one: no request can reach it (every request gets 401)", route.name),
+            );
+        }
+        let literal = match &route.matcher.path {
+            PathMatch::Exact(path) | PathMatch::Prefix(path) => Some(path.as_str()),
+            _ => None,
+        };
+        if literal.is_some_and(|l| l.contains(['?', '#'])) {
+            p.at(
+                &format!("{path}.match"),
+                format!("route `{}` matches a path containing `?` or `#`, which no request path has (the query string is not part of the path): no request can reach it", route.name),
+            );
+        }
+    }
+    if let Some(admin) = &config.admin {
+        if !admin.bind.ip().is_loopback() && admin.token.is_none() {
+            p.at(
+                "admin.bind",
+                "the admin API listens beyond loopback without a token: anyone who can reach it can read the config and reload it; set admin.token_env",
+            );
+        }
+    }
 }
 
 /// The `tracing` section: a collector URL and sane batching numbers.
