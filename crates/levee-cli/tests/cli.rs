@@ -598,3 +598,35 @@ fn check_reports_warnings_without_failing_and_speaks_json() {
         .unwrap()
         .contains("unknown upstream `nope`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_completes_every_in_flight_request() {
+    let upstream = MockUpstream::start(|_| Reply::ok("done").delay(Duration::from_millis(600))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &simple_config(upstream.addr, "access_log: { enabled: false }\n"),
+    );
+    let (mut child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    // Twenty slow requests on their own connections, spread over both workers.
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let url = format!("http://{public}/slow/{i}");
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    eventually("all twenty reached the upstream", || {
+        std::future::ready(upstream.hits() == 20)
+    })
+    .await;
+    signal(&child.0, "TERM");
+    for request in in_flight {
+        let answer = request.await.unwrap();
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "done"));
+    }
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
