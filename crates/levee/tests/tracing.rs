@@ -62,6 +62,23 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A gateway tracing to `endpoint` (with `extra` tracing keys) in front of `upstream`.
+fn traced_gateway(endpoint: &str, extra: &str, upstream: &MockUpstream) -> Harness {
+    Harness::start(&format!(
+        "{}
+upstreams:
+  api:
+    targets: [{}]
+routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    upstream: api
+",
+        tracing_config(endpoint, extra),
+        upstream.addr,
+    ))
+}
+
 fn tracing_config(endpoint: &str, extra: &str) -> String {
     format!(
         "tracing:\n  otlp_endpoint: {endpoint}\n  service_name: gateway-under-test\n  export_interval: 20ms\n{extra}"
@@ -191,19 +208,7 @@ routes:
 async fn sampling_follows_the_ratio_and_the_callers_decision() {
     let otlp = collector().await;
     let upstream = MockUpstream::fixed("ok").await;
-    let h = Harness::start(&format!(
-        "{}
-upstreams:
-  api:
-    targets: [{}]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: api
-",
-        tracing_config(&format!("http://{}", otlp.addr), "  sample_ratio: 0\n"),
-        upstream.addr,
-    ));
+    let h = traced_gateway(&format!("http://{}", otlp.addr), "  sample_ratio: 0\n", &upstream);
     // A new trace at ratio 0: not recorded, and the upstream is told so.
     assert_eq!(get(&h.url("/new"), &[]).await.status, 200);
     let sent = upstream.seen()[0].headers["traceparent"]
@@ -250,19 +255,7 @@ fn metric(text: &str, name: &str) -> u64 {
 async fn a_collector_that_is_down_costs_spans_not_requests() {
     let down = refused_addr().await;
     let upstream = MockUpstream::fixed("ok").await;
-    let h = Harness::start(&format!(
-        "{}
-upstreams:
-  api:
-    targets: [{}]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: api
-",
-        tracing_config(&format!("http://{down}"), ""),
-        upstream.addr,
-    ));
+    let h = traced_gateway(&format!("http://{down}"), "", &upstream);
     for _ in 0..20 {
         assert_eq!(get(&h.url("/"), &[]).await.status, 200);
     }
@@ -280,22 +273,11 @@ routes:
 async fn a_silent_collector_fills_the_queue_and_requests_go_on() {
     let (silent, _accepted, _task) = silent_upstream().await;
     let upstream = MockUpstream::fixed("ok").await;
-    let h = Harness::start(&format!(
-        "{}
-upstreams:
-  api:
-    targets: [{}]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: api
-",
-        tracing_config(
-            &format!("http://{silent}"),
-            "  queue: 2\n  batch_size: 1\n  export_timeout: 60s\n"
-        ),
-        upstream.addr,
-    ));
+    let h = traced_gateway(
+        &format!("http://{silent}"),
+        "  queue: 2\n  batch_size: 1\n  export_timeout: 60s\n",
+        &upstream,
+    );
     // The exporter waits on the silent collector; the queue takes two traces, and every
     // later one is dropped at once instead of making its request wait.
     for _ in 0..20 {
@@ -320,19 +302,7 @@ routes:
 async fn spans_survive_a_collector_restart() {
     let otlp = collector().await;
     let upstream = MockUpstream::fixed("ok").await;
-    let h = Harness::start(&format!(
-        "{}
-upstreams:
-  api:
-    targets: [{}]
-routes:
-  - name: api
-    match: {{ path_prefix: / }}
-    upstream: api
-",
-        tracing_config(&format!("http://{}", otlp.addr), ""),
-        upstream.addr,
-    ));
+    let h = traced_gateway(&format!("http://{}", otlp.addr), "", &upstream);
     assert_eq!(get(&h.url("/"), &[]).await.status, 200);
     eventually("first trace exported", || async { received(&otlp).len() == 2 }).await;
     otlp.kill();

@@ -226,16 +226,27 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
     }
 }
 
-/// `GET /api/v1/calls`: the call log, newest first, filtered by the query parameters.
-fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
-    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id);
-    let Some(store) = &state.calls else {
-        return error_response(
+/// The call log's read connection, or the 404 that says there is none.
+fn call_store<'a>(
+    state: &'a SharedState,
+    request_id: &HeaderValue,
+) -> Result<&'a std::sync::Mutex<crate::observability::call_log::SqliteStore>, Response<ResponseBody>> {
+    state.calls.as_ref().ok_or_else(|| {
+        error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             "There is no call log: set data_dir in the config.",
             request_id,
-        );
+        )
+    })
+}
+
+/// `GET /api/v1/calls`: the call log, newest first, filtered by the query parameters.
+fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id);
+    let store = match call_store(state, request_id) {
+        Ok(store) => store,
+        Err(response) => return response,
     };
     let filter = match parse_call_query(query) {
         Ok(filter) => filter,
@@ -259,13 +270,9 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
 /// `GET /api/v1/analytics`: requests, 5xx rate, latency percentiles and bytes per time
 /// bucket and group, computed from the call log.
 fn analytics(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
-    let Some(store) = &state.calls else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "There is no call log: set data_dir in the config.",
-            request_id,
-        );
+    let store = match call_store(state, request_id) {
+        Ok(store) => store,
+        Err(response) => return response,
     };
     let request = match parse_analytics_query(query) {
         Ok(request) => request,
