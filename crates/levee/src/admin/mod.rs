@@ -230,14 +230,14 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
 fn call_store<'a>(
     state: &'a SharedState,
     request_id: &HeaderValue,
-) -> Result<&'a std::sync::Mutex<crate::observability::call_log::SqliteStore>, Response<ResponseBody>> {
+) -> Result<&'a std::sync::Mutex<crate::observability::call_log::SqliteStore>, Box<Response<ResponseBody>>> {
     state.calls.as_ref().ok_or_else(|| {
-        error_response(
+        Box::new(error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             "There is no call log: set data_dir in the config.",
             request_id,
-        )
+        ))
     })
 }
 
@@ -246,7 +246,7 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
     let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id);
     let store = match call_store(state, request_id) {
         Ok(store) => store,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let filter = match parse_call_query(query) {
         Ok(filter) => filter,
@@ -272,7 +272,7 @@ fn calls(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response
 fn analytics(state: &SharedState, query: &str, request_id: &HeaderValue) -> Response<ResponseBody> {
     let store = match call_store(state, request_id) {
         Ok(store) => store,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let request = match parse_analytics_query(query) {
         Ok(request) => request,
