@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Harness;
 use http::StatusCode;
 use levee_test_support::*;
@@ -183,4 +185,63 @@ async fn a_stalled_store_costs_records_not_requests_and_recovers() {
             .is_some_and(|rows| rows.iter().any(|r| r["path"] == "/after"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_percentiles_follow_the_known_latencies_of_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    // /d/N waits N*10 ms; every fourth request fails.
+    let upstream = MockUpstream::start(|seen| {
+        let n: u64 = seen.uri.path().trim_start_matches("/d/").parse().unwrap_or(0);
+        let reply = if n.is_multiple_of(4) {
+            Reply::status(500)
+        } else {
+            Reply::ok("ok")
+        };
+        reply.delay(Duration::from_millis(n * 10))
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "data_dir: \"{}\"\nupstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: timed\n    upstream: u\n",
+        dir.path().display(),
+        upstream.addr
+    ));
+    let requests: Vec<_> = (1..=20u64)
+        .map(|n| {
+            let url = h.url(&format!("/d/{n}"));
+            tokio::spawn(async move { get(&url, &[]).await.status })
+        })
+        .collect();
+    for request in requests {
+        request.await.unwrap();
+    }
+    let calls = format!("{}/api/v1/calls?limit=100", h.admin);
+    eventually("twenty calls stored", || async {
+        get(&calls, &[]).await.json()["calls"].as_array().map(|a| a.len()) == Some(20)
+    })
+    .await;
+    let answer = get(
+        &format!("{}/api/v1/analytics?group_by=route&bucket=1d", h.admin),
+        &[],
+    )
+    .await
+    .json();
+    let cells: Vec<&serde_json::Value> = answer["series"].as_array().unwrap().iter().collect();
+    // One day bucket, unless the requests straddled midnight UTC.
+    let requests: u64 = cells.iter().map(|c| c["requests"].as_u64().unwrap()).sum();
+    let errors: u64 = cells.iter().map(|c| c["errors"].as_u64().unwrap()).sum();
+    assert_eq!((requests, errors), (20, 5));
+    if cells.len() == 1 {
+        let cell = cells[0];
+        assert_eq!(cell["error_rate"].as_f64().unwrap(), 0.25);
+        // Nearest-rank percentiles of 10, 20, ..., 200 ms: 100, 190 and 200 ms. The gateway
+        // measures each at least as long as the upstream waited, plus its own small overhead.
+        for (name, floor) in [("p50_ms", 100.0), ("p95_ms", 190.0), ("p99_ms", 200.0)] {
+            let value = cell[name].as_f64().unwrap();
+            assert!(
+                (floor..floor + 80.0).contains(&value),
+                "{name} = {value}, expected from {floor} ms"
+            );
+        }
+    }
 }
