@@ -425,7 +425,12 @@ fn run(path: &Path, watch: bool, pid_file: Option<&Path>) -> ExitCode {
                 let _ = gateway.reload();
             }
             Event::Restart => match gateway.restart(RESTART_TIMEOUT) {
-                Ok(()) => break "SIGUSR2",
+                Ok(()) => {
+                    // A stop signal that came during the handover asked for what happens now
+                    // anyway: it must not count as the second signal that skips the drain.
+                    signals.discard_pending();
+                    break "SIGUSR2";
+                }
                 Err(error) => tracing::error!(%error, "restart failed; this process keeps serving"),
             },
             Event::Stop(signal) => break signal,
@@ -534,6 +539,28 @@ impl Signals {
             });
         if let Err(error) = spawned {
             tracing::warn!(%error, "cannot watch for a second signal");
+        }
+    }
+
+    /// Forgets signals that arrived while nobody waited for them.
+    fn discard_pending(&mut self) {
+        for _ in 0..8 {
+            let (term, int, hup, usr2) = (&mut self.term, &mut self.int, &mut self.hup, &mut self.usr2);
+            let pending = self.runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_millis(1), async {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                        _ = hup.recv() => {},
+                        _ = usr2.recv() => {},
+                    }
+                })
+                .await
+                .is_ok()
+            });
+            if !pending {
+                return;
+            }
         }
     }
 

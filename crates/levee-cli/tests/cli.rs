@@ -630,3 +630,45 @@ async fn sigterm_under_load_completes_every_in_flight_request() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn usr2_starts_the_binary_now_on_disk_after_an_upgrade() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&dir, &simple_config(upstream.addr, ""));
+    let binary = dir.path().join("levee");
+    std::fs::copy(LEVEE, &binary).unwrap();
+    let pid_file = dir.path().join("levee.pid");
+    let mut child = Running(
+        Command::new(&binary)
+            .args(["run", "--config", &cfg, "--pid-file", pid_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::follow(&mut child.0);
+    let public = logged_addr(&lines, "listening").await;
+    let old_pid = child.0.id();
+    eventually("pid file written", || {
+        std::future::ready(pid_in(&pid_file) == Some(old_pid))
+    })
+    .await;
+    // An upgrade: the new build is renamed over the running one.
+    let staged = dir.path().join("levee.new");
+    std::fs::copy(LEVEE, &staged).unwrap();
+    std::fs::rename(&staged, &binary).unwrap();
+    signal(&child.0, "USR2");
+    eventually("the successor wrote its pid", || {
+        std::future::ready(pid_in(&pid_file).is_some_and(|p| p != old_pid))
+    })
+    .await;
+    let new_pid = pid_in(&pid_file).unwrap();
+    let image = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
+    assert_eq!(image, binary, "the successor runs the file now at the path");
+    assert_eq!(get(&format!("http://{public}/"), &[]).await.text(), "ok");
+    Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    eventually("the successor exits", || std::future::ready(!alive(new_pid))).await;
+}

@@ -8,7 +8,8 @@
 //! accept from the same queues for a moment, then only the new one does.
 //!
 //! The handshake: the old process clears close-on-exec on its listening sockets and on one end
-//! of a socket pair, starts `current_exe()` with the same arguments and two environment
+//! of a socket pair, starts the binary at the path it was started from (which may hold a
+//! newer build by now: that is how binaries are upgraded) with the same arguments and two environment
 //! variables (`LEVEE_LISTEN_FDS`: which descriptor belongs to which listener;
 //! `LEVEE_READY_FD`: where to say "ready"), and waits. The successor binds nothing it
 //! inherited, starts, and writes `ready` once it serves. Only then does the old process
@@ -178,7 +179,7 @@ pub fn spawn_successor(
         .collect();
     let set_all = |inherit: bool| inheritable.iter().try_for_each(|s| s.set_cloexec(!inherit));
     set_all(true).map_err(RestartError::Sockets)?;
-    let exe = std::env::current_exe();
+    let exe = binary_on_disk();
     let spawned = exe.and_then(|exe| {
         Command::new(exe)
             .args(std::env::args_os().skip(1))
@@ -211,5 +212,18 @@ pub fn spawn_successor(
                 }))
             }
         }
+    }
+}
+
+/// The path this process's binary was started from. Once the file there is replaced (an
+/// upgrade renames a new build over it), Linux reports the running image as
+/// `PATH (deleted)`; the successor must start from PATH itself, the new build.
+fn binary_on_disk() -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = std::env::current_exe()?;
+    let bytes = exe.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(path) => Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path))),
+        None => Ok(exe),
     }
 }
