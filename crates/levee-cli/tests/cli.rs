@@ -45,6 +45,13 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
+/// Waits (off the event loop) for the child to exit and returns its exit code.
+async fn exit_code(mut child: Running) -> Option<i32> {
+    tokio::task::spawn_blocking(move || wait_exit(&mut child.0).code())
+        .await
+        .unwrap()
+}
+
 /// Waits for the child to exit, at most `DEADLINE`.
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -189,7 +196,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
             upstream.addr
         ),
     );
-    let (mut child, lines) = run_levee(&cfg);
+    let (child, lines) = run_levee(&cfg);
     let public = logged_addr(&lines, "listening").await;
     let admin = logged_addr(&lines, "admin listening").await;
 
@@ -213,10 +220,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.text(), "finished", "the in-flight request completed");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
     // The access log line of the drained request was flushed before exit.
     let log = lines
         .wait_for("access log line", |l| l.contains("\"log\":\"access\""))
@@ -254,10 +258,7 @@ async fn demo_serves_the_urls_it_prints() {
         assert_eq!(get(&format!("{gateway}/retried/x"), &[]).await.status, 200);
     }
     signal(&child.0, "INT");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 #[tokio::test]
@@ -328,7 +329,7 @@ async fn calls_and_top_read_a_running_gateway() {
             upstream.addr
         ),
     );
-    let (mut child, lines) = run_levee(&cfg);
+    let (child, lines) = run_levee(&cfg);
     let public = logged_addr(&lines, "listening").await;
     let admin = format!("http://{}", logged_addr(&lines, "admin listening").await);
     for path in ["/one", "/two", "/three"] {
@@ -373,10 +374,7 @@ async fn calls_and_top_read_a_running_gateway() {
         "{text}"
     );
     signal(&child.0, "TERM");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 /// A config with a `public` and an admin listener on free ports, routing everything to
@@ -444,10 +442,7 @@ async fn sighup_and_a_watched_file_reload_the_config() {
     let text = get(&metrics, &[]).await.text();
     assert_eq!(metric(&text, "levee_config_version"), Some(3), "{text}");
     signal(&child.0, "TERM");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 fn pid_in(file: &std::path::Path) -> Option<u32> {
@@ -607,7 +602,7 @@ async fn sigterm_under_load_completes_every_in_flight_request() {
         &dir,
         &simple_config(upstream.addr, "access_log: { enabled: false }\n"),
     );
-    let (mut child, lines) = run_levee(&cfg);
+    let (child, lines) = run_levee(&cfg);
     let public = logged_addr(&lines, "listening").await;
     // Twenty slow requests on their own connections, spread over both workers.
     let in_flight: Vec<_> = (0..20)
@@ -625,10 +620,7 @@ async fn sigterm_under_load_completes_every_in_flight_request() {
         let answer = request.await.unwrap();
         assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "done"));
     }
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child.0))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 #[tokio::test]
