@@ -299,6 +299,7 @@ pin_project! {
     enum Source {
         Upstream { #[pin] body: Incoming },
         Full { data: Option<Bytes> },
+        Boxed { body: http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error> },
     }
 }
 
@@ -364,6 +365,20 @@ impl ResponseBody {
         }
     }
 
+    /// A body the gateway streams itself (an LLM relay).
+    pub fn boxed(body: impl Body<Data = Bytes, Error = hyper::Error> + Send + 'static) -> ResponseBody {
+        ResponseBody {
+            source: Source::Boxed {
+                body: http_body_util::BodyExt::boxed_unsync(body),
+            },
+            finisher: Finisher {
+                record: None,
+                capture: None,
+                sent: 0,
+            },
+        }
+    }
+
     pub fn empty() -> ResponseBody {
         ResponseBody::full(Bytes::new())
     }
@@ -397,6 +412,7 @@ impl Body for ResponseBody {
         let polled = match this.source.as_mut().project() {
             SourceProj::Upstream { body } => ready!(body.poll_frame(cx)),
             SourceProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
+            SourceProj::Boxed { body } => ready!(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -410,6 +426,7 @@ impl Body for ResponseBody {
                 let ended = match this.source.as_ref().get_ref() {
                     Source::Upstream { body } => body.is_end_stream(),
                     Source::Full { data } => data.is_none(),
+                    Source::Boxed { body } => body.is_end_stream(),
                 };
                 if ended {
                     this.finisher.finish(true);
@@ -425,6 +442,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Upstream { body } => body.is_end_stream(),
             Source::Full { data } => data.is_none(),
+            Source::Boxed { body } => body.is_end_stream(),
         }
     }
 
@@ -432,6 +450,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Upstream { body } => body.size_hint(),
             Source::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Source::Boxed { body } => body.size_hint(),
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct WorkerContext {
     pub inflight: Arc<AtomicUsize>,
     /// Client connections open on this worker (load shedding).
     pub connections: Arc<AtomicUsize>,
+    /// This worker's client for LLM providers, when the config has any.
+    pub llm_client: Option<crate::llm::LlmClient>,
     sequence: AtomicU64,
 }
 
@@ -216,6 +218,11 @@ impl WorkerContext {
             })
             .collect();
         let limits = gateway.config.limits.per_worker(gateway.config.workers);
+        let llm_client = gateway.config.llm.as_ref().map(|_| {
+            previous
+                .and_then(|p| p.llm_client.clone())
+                .unwrap_or_else(crate::llm::client)
+        });
         WorkerContext {
             gateway,
             upstreams,
@@ -227,6 +234,7 @@ impl WorkerContext {
             // under the previous one still count against the caps.
             inflight: previous.map(|p| p.inflight.clone()).unwrap_or_default(),
             connections: previous.map(|p| p.connections.clone()).unwrap_or_default(),
+            llm_client,
             // Start workers at different points so round robin does not move in lockstep.
             sequence: AtomicU64::new(fastrand::u64(..1024)),
         }

@@ -19,6 +19,7 @@
 //! * [`reload`]: hot reload of the config file
 //! * [`restart`]: zero-downtime restart on inherited sockets
 //! * [`demo`]: the self-contained `levee demo`
+//! * [`llm`]: the AI gateway (OpenAI-compatible API over LLM providers)
 
 pub mod admin;
 pub mod admin_client;
@@ -32,6 +33,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod jwt;
+pub mod llm;
 pub mod observability;
 pub mod pipeline;
 pub mod ratelimit;

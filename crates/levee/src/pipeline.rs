@@ -74,6 +74,7 @@ pub async fn handle(
         fallback_for: None,
         degraded: None,
         consumer: None,
+        llm: None,
         emitted: false,
     };
 
@@ -142,6 +143,11 @@ pub async fn handle(
         let mut response = answer(Rejection::RateLimited, record);
         limiter.annotate(&decision, response.headers_mut());
         return response;
+    }
+
+    // The AI gateway answers on its own (OpenAI-shaped, with fallback over providers).
+    if route.llm {
+        return crate::llm::serve(worker, route, parts, body, record).await;
     }
 
     // Stale-if-error: only GETs without credentials are stored or served.
@@ -338,7 +344,7 @@ async fn forward(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let Some(upstream) = worker.upstreams.get(route.upstream) else {
+    let Some(upstream) = route.upstream.and_then(|i| worker.upstreams.get(i)) else {
         return Err(Rejection::NoRoute);
     };
 

@@ -309,3 +309,37 @@ fn every_deployment_file_parses_and_the_configmap_config_passes_check() {
     }
     assert!(configs_checked >= 1, "a ConfigMap with the gateway's config");
 }
+
+#[test]
+fn llm_settings_are_validated_and_unbuilt_parts_refused() {
+    let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+llm:
+  providers:
+    claude: { kind: anthropic, base_url: https://api.anthropic.com }
+    local: { kind: openai_compatible, base_url: not-a-url }
+  models:
+    - name: smart
+      strategy: weighted
+      targets: [{ provider: nowhere, model: x }]
+routes:
+  - name: ai
+    llm: true
+    upstream: u
+  - name: plain
+";
+    let errs = errors(yaml);
+    let expect = [
+        ("levee.yaml:4:21", "not built yet"),
+        ("levee.yaml:5:49", "not an http(s) URL"),
+        ("levee.yaml:8:17", "strategy `weighted` is not built yet"),
+        ("levee.yaml:9:29", "unknown provider `nowhere`"),
+        ("levee.yaml:13:15", "not an upstream"),
+        ("levee.yaml:14:9", "needs an `upstream` (or `llm: true`)"),
+    ];
+    for (position, text) in expect {
+        assert!(
+            errs.iter().any(|e| e.starts_with(position) && e.contains(text)),
+            "{position} {text}: {errs:#?}"
+        );
+    }
+}

@@ -54,6 +54,9 @@ pub struct ConfigFile {
     /// The call log: one row per request in `data_dir/calls.sqlite3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_log: Option<CallLogFile>,
+    /// The AI gateway: LLM providers and the model names clients use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmFile>,
     /// OpenTelemetry traces: a span per request and per upstream attempt, exported over
     /// OTLP/HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +82,91 @@ pub struct CallLogFile {
     /// Rows kept at most (the oldest go first). Default 1000000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows: Option<u64>,
+}
+
+/// The AI gateway's providers, models and prices.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFile {
+    /// LLM APIs by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, LlmProviderFile>,
+    /// The model names clients send, each served by one or more provider models.
+    #[serde(default)]
+    pub models: Vec<LlmModelFile>,
+    /// USD per million tokens by provider model name; overrides the built-in prices.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, LlmPriceFile>,
+}
+
+/// One LLM API.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProviderFile {
+    /// Which API it speaks.
+    pub kind: LlmProviderKind,
+    /// The API's base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The environment variable holding the API key (sent as `Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProviderKind {
+    Openai,
+    OpenaiCompatible,
+    Anthropic,
+    Gemini,
+    AzureOpenai,
+}
+
+/// A model name clients use.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmModelFile {
+    /// The `model` clients send.
+    pub name: String,
+    /// How targets are chosen: `fallback` (in order; the only strategy built so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Provider models that serve it.
+    pub targets: Vec<LlmTargetFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<LlmTimeoutsFile>,
+}
+
+/// One provider model.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmTargetFile {
+    /// A key of `llm.providers`.
+    pub provider: String,
+    /// The model name the provider knows.
+    pub model: String,
+}
+
+/// Time limits for one call to a provider.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmTimeoutsFile {
+    /// Until the response starts (for a stream: its first bytes). Past it, the next target is
+    /// tried. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token: Option<DurationStr>,
+    /// The whole call. Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<DurationStr>,
+}
+
+/// A model's price in USD per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPriceFile {
+    pub input: f64,
+    pub output: f64,
 }
 
 /// OpenTelemetry tracing settings.
@@ -622,8 +710,13 @@ pub struct RouteFile {
     /// What a request must look like to take this route. An empty match takes everything.
     #[serde(default, rename = "match")]
     pub matcher: MatchFile,
-    /// The upstream that serves this route.
+    /// The upstream that serves this route (not used by `llm: true` routes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub upstream: String,
+    /// Serve the OpenAI-compatible AI gateway API here (`/v1/chat/completions`,
+    /// `/v1/embeddings`, `/v1/models`) from the models under `llm`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub llm: bool,
     /// Remove the matched `path_prefix` before forwarding. Default false.
     #[serde(default)]
     pub strip_prefix: bool,

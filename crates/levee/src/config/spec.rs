@@ -27,12 +27,40 @@ pub struct Config {
     pub jwt: Option<JwtSpec>,
     pub call_log: Option<CallLogSpec>,
     pub tracing: Option<TracingSpec>,
+    pub llm: Option<LlmSpec>,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
     pub source: Option<std::path::PathBuf>,
     /// Valid but probably not meant (see `levee check`).
     pub warnings: Vec<super::ConfigError>,
+}
+
+/// The AI gateway's providers and models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmSpec {
+    pub providers: Vec<LlmProviderSpec>,
+    pub models: Vec<LlmModelSpec>,
+    /// USD per million (input, output) tokens by provider model name, from `llm.pricing`.
+    pub pricing: Vec<(String, f64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmProviderSpec {
+    pub name: Arc<str>,
+    pub kind: super::file::LlmProviderKind,
+    /// The base URL without a trailing slash (`https://api.openai.com/v1`).
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmModelSpec {
+    pub name: Arc<str>,
+    /// (index into `providers`, the provider's model name), in fallback order.
+    pub targets: Vec<(usize, Arc<str>)>,
+    pub first_token: Duration,
+    pub total: Duration,
 }
 
 /// Where and how spans are exported.
@@ -226,8 +254,10 @@ pub enum HashKey {
 pub struct RouteSpec {
     pub name: Arc<str>,
     pub matcher: RouteMatch,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None` for an AI gateway route.
+    pub upstream: Option<usize>,
+    /// Serves the AI gateway API from `Config::llm`.
+    pub llm: bool,
     pub strip_prefix: bool,
     pub request_headers: HeaderRewrite,
     pub response_headers: HeaderRewrite,

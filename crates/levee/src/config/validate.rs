@@ -247,6 +247,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         );
     }
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
+    let llm = file.llm.as_ref().and_then(|l| check_llm(l, p));
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -367,6 +368,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         jwt,
         call_log,
         tracing,
+        llm,
         file,
         source: None,
         warnings: Vec::new(),
@@ -576,7 +578,32 @@ fn check_route(
     p: &mut Problems,
 ) -> Option<RouteSpec> {
     let upstream = match upstream_index.get(&route.upstream) {
+        _ if route.llm => {
+            if !route.upstream.is_empty() {
+                p.at(
+                    &format!("{path}.upstream"),
+                    format!("route `{}` serves the AI gateway (`llm: true`): its models are under `llm.models`, not an upstream", route.name),
+                );
+            }
+            if file.llm.as_ref().is_none_or(|l| l.models.is_empty()) {
+                p.at(
+                    &format!("{path}.llm"),
+                    format!(
+                        "route `{}` serves the AI gateway but `llm.models` names no model",
+                        route.name
+                    ),
+                );
+            }
+            None
+        }
         Some(i) => Some(*i),
+        None if route.upstream.is_empty() => {
+            p.at(
+                path,
+                format!("route `{}` needs an `upstream` (or `llm: true`)", route.name),
+            );
+            None
+        }
         None => {
             // An upstream that exists but failed its own checks is already reported.
             if !file.upstreams.contains_key(&route.upstream) {
@@ -689,7 +716,11 @@ fn check_route(
         fallback,
         name: route.name.as_str().into(),
         matcher: matcher?,
-        upstream: upstream?,
+        upstream: match route.llm {
+            true => None,
+            false => Some(upstream?),
+        },
+        llm: route.llm,
         strip_prefix: route.strip_prefix,
         request_headers: request_headers?,
         response_headers: response_headers?,
@@ -1450,9 +1481,8 @@ fn warn(config: &Config, p: &mut Problems) {
             );
         }
         let used = config.routes.iter().any(|r| {
-            config
-                .upstreams
-                .get(r.upstream)
+            r.upstream
+                .and_then(|i| config.upstreams.get(i))
                 .is_some_and(|u| &*u.name == name.as_str())
         });
         if !used {
@@ -1495,6 +1525,126 @@ fn warn(config: &Config, p: &mut Problems) {
             );
         }
     }
+}
+
+/// The `llm` section: providers that exist and are built, models served by them.
+fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
+    use super::file::LlmProviderKind;
+    let mut providers = Vec::new();
+    for (name, provider) in &file.providers {
+        let path = format!("llm.providers.{name}");
+        if !matches!(
+            provider.kind,
+            LlmProviderKind::Openai | LlmProviderKind::OpenaiCompatible
+        ) {
+            p.at(
+                &format!("{path}.kind"),
+                "this provider kind is not built yet (openai and openai_compatible are); it is refused rather than ignored",
+            );
+        }
+        let base_url = provider.base_url.trim_end_matches('/').to_owned();
+        let valid_url = base_url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !valid_url {
+            p.at(
+                &format!("{path}.base_url"),
+                format!("`{}` is not an http(s) URL", provider.base_url),
+            );
+        }
+        let api_key = provider
+            .api_key_env
+            .as_ref()
+            .and_then(|var| match std::env::var(var) {
+                Ok(key) if !key.is_empty() => Some(Secret(key)),
+                _ => {
+                    p.at(
+                        &format!("{path}.api_key_env"),
+                        format!("environment variable `{var}` ({path}.api_key_env) is not set or empty"),
+                    );
+                    None
+                }
+            });
+        if provider.kind == LlmProviderKind::Openai && provider.api_key_env.is_none() {
+            p.at(
+                &path,
+                format!("provider `{name}` (kind openai) needs `api_key_env`"),
+            );
+        }
+        providers.push(LlmProviderSpec {
+            name: Arc::from(name.as_str()),
+            kind: provider.kind,
+            base_url,
+            api_key,
+        });
+    }
+    let mut models = Vec::new();
+    let mut names = HashSet::new();
+    for (i, model) in file.models.iter().enumerate() {
+        let path = format!("llm.models[{i}]");
+        if !names.insert(model.name.as_str()) {
+            p.at(
+                &format!("{path}.name"),
+                format!("duplicate model name `{}`", model.name),
+            );
+        }
+        if let Some(strategy) = model.strategy.as_deref().filter(|s| *s != "fallback") {
+            p.at(
+                &format!("{path}.strategy"),
+                format!(
+                    "strategy `{strategy}` is not built yet (fallback is); it is refused rather than ignored"
+                ),
+            );
+        }
+        if model.targets.is_empty() {
+            p.at(&format!("{path}.targets"), "a model needs at least one target");
+        }
+        let mut targets = Vec::new();
+        for (j, target) in model.targets.iter().enumerate() {
+            match providers
+                .iter()
+                .position(|pr| &*pr.name == target.provider.as_str())
+            {
+                Some(index) => targets.push((index, Arc::from(target.model.as_str()))),
+                None => p.at(
+                    &format!("{path}.targets[{j}].provider"),
+                    format!("unknown provider `{}`", target.provider),
+                ),
+            }
+        }
+        let timeouts = model.timeouts.clone().unwrap_or_default();
+        let first_token = timeouts
+            .first_token
+            .map_or(std::time::Duration::from_secs(30), |d| d.0);
+        let total = timeouts
+            .total
+            .map_or(std::time::Duration::from_secs(300), |d| d.0);
+        if first_token.is_zero() || total.is_zero() {
+            p.at(&format!("{path}.timeouts"), "timeouts must be above zero");
+        }
+        models.push(LlmModelSpec {
+            name: Arc::from(model.name.as_str()),
+            targets,
+            first_token,
+            total,
+        });
+    }
+    let mut pricing = Vec::new();
+    for (model, price) in &file.pricing {
+        if !(price.input >= 0.0 && price.output >= 0.0 && price.input.is_finite() && price.output.is_finite())
+        {
+            p.at(
+                &format!("llm.pricing.{model}"),
+                "prices must be finite and not negative",
+            );
+        }
+        pricing.push((model.clone(), price.input, price.output));
+    }
+    Some(LlmSpec {
+        providers,
+        models,
+        pricing,
+    })
 }
 
 /// The `tracing` section: a collector URL and sane batching numbers.

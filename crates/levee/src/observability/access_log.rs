@@ -46,6 +46,8 @@ pub struct AccessRecord {
     /// How a failure was replaced: `stale` or `fallback`.
     pub degraded: Option<&'static str>,
     pub consumer: Option<Arc<str>>,
+    /// On AI gateway routes: the call's accounting (provider, model, tokens, cost).
+    pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +79,20 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<&'static str>,
     consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    llm: Option<LlmLine<'a>>,
+}
+
+/// The `llm` object of an AI gateway request's line.
+#[derive(Serialize)]
+struct LlmLine<'a> {
+    provider: &'a str,
+    model: &'a str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// False when Levee counted the tokens itself (the provider reported none).
+    usage_reported: bool,
+    cost_usd: f64,
 }
 
 /// RFC 3339 with milliseconds, as in the access log.
@@ -128,6 +144,17 @@ impl AccessRecord {
             fallback_for: self.fallback_for,
             degraded: self.degraded,
             consumer: self.consumer.as_deref(),
+            llm: self.llm.as_deref().map(|call| {
+                let usage = call.usage();
+                LlmLine {
+                    provider: &call.provider,
+                    model: &call.model,
+                    prompt_tokens: usage.prompt,
+                    completion_tokens: usage.completion,
+                    usage_reported: call.reported(),
+                    cost_usd: call.cost_usd(),
+                }
+            }),
         };
         let _ = serde_json::to_writer(out, &line);
     }

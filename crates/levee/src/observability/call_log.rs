@@ -39,6 +39,12 @@ pub struct CallRecord {
     pub upstream_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// On AI gateway routes: the provider and its model that answered, tokens and cost.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
 }
 
 /// Which calls to return, newest first.
@@ -95,6 +101,10 @@ pub struct Aggregate {
     pub p99_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Tokens and cost of the LLM calls in the cell (0 without any).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
 }
 
 /// Rows read per analytics request at most, to bound memory and time; the answer says
@@ -144,7 +154,12 @@ CREATE TABLE IF NOT EXISTS calls (
     latency_ms REAL NOT NULL,
     upstream_ms REAL,
     bytes_in INTEGER NOT NULL,
-    bytes_out INTEGER NOT NULL
+    bytes_out INTEGER NOT NULL,
+    provider TEXT,
+    model TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost_usd REAL
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
 ";
@@ -156,8 +171,30 @@ impl SqliteStore {
             .map_err(|e| e.to_string())?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        add_missing_columns(&conn).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
         Ok(SqliteStore { conn })
     }
+}
+
+/// Columns added after the first release of the table: a file written by an older Levee gets
+/// them (empty for its old rows) instead of failing the start.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare("SELECT name FROM pragma_table_info('calls')")?;
+    let present: Vec<String> = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [
+        ("provider", "TEXT"),
+        ("model", "TEXT"),
+        ("prompt_tokens", "INTEGER"),
+        ("completion_tokens", "INTEGER"),
+        ("cost_usd", "REAL"),
+    ] {
+        if !present.iter().any(|p| p == column) {
+            conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl CallStore for SqliteStore {
@@ -167,8 +204,10 @@ impl CallStore for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
-                     upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
+                     provider, model, prompt_tokens, completion_tokens, cost_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                             ?17, ?18, ?19, ?20, ?21)",
                 )
                 .map_err(|e| e.to_string())?;
             for c in batch {
@@ -189,7 +228,12 @@ impl CallStore for SqliteStore {
                         c.latency_ms,
                         c.upstream_ms,
                         c.bytes_in as i64,
-                        c.bytes_out as i64
+                        c.bytes_out as i64,
+                        c.provider,
+                        c.model,
+                        c.prompt_tokens.map(|t| t as i64),
+                        c.completion_tokens.map(|t| t as i64),
+                        c.cost_usd
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -213,62 +257,83 @@ impl CallStore for SqliteStore {
 
     fn analytics(&self, q: &AnalyticsQuery) -> Result<(Vec<Aggregate>, bool), String> {
         let sql = format!(
-            "SELECT time_ms, {}, status, latency_ms, bytes_in, bytes_out FROM calls
-             WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms LIMIT ?3",
+            "SELECT time_ms, {}, status, latency_ms, bytes_in, bytes_out,
+                    COALESCE(prompt_tokens, 0), COALESCE(completion_tokens, 0), COALESCE(cost_usd, 0.0)
+             FROM calls WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms LIMIT ?3",
             q.group_by.column()
         );
         let mut statement = self.conn.prepare(&sql).map_err(|e| e.to_string())?;
-        let rows = statement
-            .query_map(
-                params![q.since_ms, q.until_ms, (MAX_ANALYTICS_ROWS + 1) as i64],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, Option<String>>(1)?,
-                        row.get::<_, u16>(2)?,
-                        row.get::<_, f64>(3)?,
-                        row.get::<_, i64>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                },
-            )
+        let mut rows = statement
+            .query(params![q.since_ms, q.until_ms, (MAX_ANALYTICS_ROWS + 1) as i64])
             .map_err(|e| e.to_string())?;
-        type Cell = (u64, u64, Vec<f64>, u64, u64);
+        /// One (bucket, group) cell while rows are added up.
+        #[derive(Default)]
+        struct Cell {
+            requests: u64,
+            errors: u64,
+            latencies: Vec<f64>,
+            bytes_in: u64,
+            bytes_out: u64,
+            prompt_tokens: u64,
+            completion_tokens: u64,
+            cost_usd: f64,
+        }
         let mut cells: std::collections::BTreeMap<(i64, Option<String>), Cell> = Default::default();
         let mut scanned = 0usize;
-        for row in rows {
-            let (time, group, status, latency, bytes_in, bytes_out) = row.map_err(|e| e.to_string())?;
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        while let Some(row) = rows.next().map_err(|e| e.to_string())? {
             scanned += 1;
             if scanned > MAX_ANALYTICS_ROWS {
                 break;
             }
+            let read = || -> rusqlite::Result<_> {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, u16>(2)?,
+                    row.get::<_, f64>(3)?,
+                    [
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ],
+                    row.get::<_, f64>(8)?,
+                ))
+            };
+            let (time, group, status, latency, [bytes_in, bytes_out, prompt, completion], cost) =
+                read().map_err(|e| e.to_string())?;
             let bucket = time - time.rem_euclid(q.bucket_ms.max(1));
             let cell = cells.entry((bucket, group)).or_default();
-            cell.0 += 1;
-            cell.1 += u64::from(status >= 500);
-            cell.2.push(latency);
-            cell.3 += bytes_in.max(0) as u64;
-            cell.4 += bytes_out.max(0) as u64;
+            cell.requests += 1;
+            cell.errors += u64::from(status >= 500);
+            cell.latencies.push(latency);
+            cell.bytes_in += count(bytes_in);
+            cell.bytes_out += count(bytes_out);
+            cell.prompt_tokens += count(prompt);
+            cell.completion_tokens += count(completion);
+            cell.cost_usd += cost;
         }
         let aggregates = cells
             .into_iter()
-            .map(
-                |((bucket_start_ms, group), (requests, errors, mut latencies, bytes_in, bytes_out))| {
-                    latencies.sort_by(|a, b| a.total_cmp(b));
-                    Aggregate {
-                        bucket_start_ms,
-                        group,
-                        requests,
-                        errors,
-                        error_rate: errors as f64 / requests.max(1) as f64,
-                        p50_ms: percentile(&latencies, 0.50),
-                        p95_ms: percentile(&latencies, 0.95),
-                        p99_ms: percentile(&latencies, 0.99),
-                        bytes_in,
-                        bytes_out,
-                    }
-                },
-            )
+            .map(|((bucket_start_ms, group), mut cell)| {
+                cell.latencies.sort_by(|a, b| a.total_cmp(b));
+                Aggregate {
+                    bucket_start_ms,
+                    group,
+                    requests: cell.requests,
+                    errors: cell.errors,
+                    error_rate: cell.errors as f64 / cell.requests.max(1) as f64,
+                    p50_ms: percentile(&cell.latencies, 0.50),
+                    p95_ms: percentile(&cell.latencies, 0.95),
+                    p99_ms: percentile(&cell.latencies, 0.99),
+                    bytes_in: cell.bytes_in,
+                    bytes_out: cell.bytes_out,
+                    prompt_tokens: cell.prompt_tokens,
+                    completion_tokens: cell.completion_tokens,
+                    cost_usd: cell.cost_usd,
+                }
+            })
             .collect();
         Ok((aggregates, scanned > MAX_ANALYTICS_ROWS))
     }
@@ -278,7 +343,8 @@ impl CallStore for SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
-                        attempts, latency_ms, upstream_ms, bytes_in, bytes_out
+                        attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
+                        provider, model, prompt_tokens, completion_tokens, cost_usd
                  FROM calls
                  WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
@@ -313,6 +379,11 @@ impl CallStore for SqliteStore {
                         upstream_ms: row.get(13)?,
                         bytes_in: row.get::<_, i64>(14)?.max(0) as u64,
                         bytes_out: row.get::<_, i64>(15)?.max(0) as u64,
+                        provider: row.get(16)?,
+                        model: row.get(17)?,
+                        prompt_tokens: row.get::<_, Option<i64>>(18)?.map(|t| t.max(0) as u64),
+                        completion_tokens: row.get::<_, Option<i64>>(19)?.map(|t| t.max(0) as u64),
+                        cost_usd: row.get(20)?,
                     })
                 },
             )
@@ -446,7 +517,50 @@ mod tests {
             upstream_ms: Some(1.0),
             bytes_in: 0,
             bytes_out: 2,
+            provider: None,
+            model: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost_usd: None,
         }
+    }
+
+    #[test]
+    fn a_database_from_before_the_llm_columns_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE calls (id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL,
+                 trace_id TEXT, route TEXT, consumer TEXT, method TEXT NOT NULL, path TEXT NOT NULL,
+                 status INTEGER NOT NULL, error TEXT, upstream TEXT, target TEXT, attempts INTEGER NOT NULL,
+                 latency_ms REAL NOT NULL, upstream_ms REAL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL);
+                 INSERT INTO calls (time_ms, request_id, method, path, status, attempts, latency_ms, bytes_in, bytes_out)
+                 VALUES (1, 'old', 'GET', '/', 200, 1, 1.0, 0, 0);",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        let mut new = record(1, "r", 200);
+        new.provider = Some("p".into());
+        new.prompt_tokens = Some(7);
+        store.insert(&[new]).unwrap();
+        let rows = store
+            .query(&CallQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].provider.as_deref(), rows[0].prompt_tokens),
+            (Some("p"), Some(7))
+        );
+        assert_eq!(
+            (rows[1].request_id.as_str(), rows[1].provider.as_deref()),
+            ("old", None)
+        );
     }
 
     #[test]

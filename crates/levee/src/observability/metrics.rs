@@ -119,6 +119,11 @@ struct TargetStats {
     duration: Histogram,
 }
 
+/// An LLM provider's name and its model's name.
+type ProviderModel = (Arc<str>, Arc<str>);
+/// Prompt tokens, completion tokens and US dollars.
+type LlmTotals = (u64, u64, f64);
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct Shard {
@@ -131,6 +136,7 @@ pub struct Shard {
     bulkhead_rejected: HashMap<Arc<str>, u64>,
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
     targets: HashMap<Arc<str>, HashMap<Arc<str>, TargetStats>>,
+    llm: HashMap<ProviderModel, LlmTotals>,
 }
 
 impl Shard {
@@ -178,6 +184,21 @@ impl Shard {
                 self.bulkhead_rejected.insert(upstream.clone(), 1);
             }
         }
+    }
+
+    /// Counts one LLM call's tokens and cost.
+    pub fn record_llm(
+        &mut self,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        prompt: u64,
+        completion: u64,
+        cost: f64,
+    ) {
+        let entry = self.llm.entry((provider.clone(), model.clone())).or_default();
+        entry.0 += prompt;
+        entry.1 += completion;
+        entry.2 += cost;
     }
 
     /// Counts one upstream attempt.
@@ -294,6 +315,7 @@ impl Metrics {
         let mut retries: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
         let mut bulkhead: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut rate_limited: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut llm: BTreeMap<ProviderModel, LlmTotals> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -311,6 +333,12 @@ impl Metrics {
             }
             for (route, count) in &shard.rate_limited {
                 *rate_limited.entry(route.clone()).or_default() += count;
+            }
+            for (key, (prompt, completion, cost)) in &shard.llm {
+                let entry = llm.entry(key.clone()).or_default();
+                entry.0 += prompt;
+                entry.1 += completion;
+                entry.2 += cost;
             }
             for (upstream, count) in &shard.bulkhead_rejected {
                 *bulkhead.entry(upstream.clone()).or_default() += count;
@@ -452,6 +480,36 @@ impl Metrics {
         ] {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            &mut out,
+            "levee_llm_tokens_total",
+            "counter",
+            "Tokens of LLM calls per provider and provider model; kind is prompt or completion.",
+        );
+        for ((provider, model), (prompt, completion, _)) in &llm {
+            for (kind, count) in [("prompt", prompt), ("completion", completion)] {
+                let _ = writeln!(
+                    out,
+                    "levee_llm_tokens_total{{provider=\"{}\",model=\"{}\",kind=\"{kind}\"}} {count}",
+                    escape(provider),
+                    escape(model)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "levee_llm_cost_usd_total",
+            "counter",
+            "Cost of LLM calls in US dollars, from the configured or built-in prices.",
+        );
+        for ((provider, model), (_, _, cost)) in &llm {
+            let _ = writeln!(
+                out,
+                "levee_llm_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {cost}",
+                escape(provider),
+                escape(model)
+            );
         }
         family(
             &mut out,

@@ -77,6 +77,8 @@ pub struct RequestRecord {
     pub degraded: Option<&'static str>,
     /// The authenticated caller.
     pub consumer: Option<Arc<str>>,
+    /// The LLM call's accounting, on AI gateway routes.
+    pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -127,6 +129,16 @@ impl RequestRecord {
             if let Some(up) = &self.upstream {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
+            if let Some(call) = &self.llm {
+                let usage = call.usage();
+                shard.record_llm(
+                    &call.provider,
+                    &call.model,
+                    usage.prompt,
+                    usage.completion,
+                    call.cost_usd(),
+                );
+            }
         }
         let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
         let bytes_in = self
@@ -157,6 +169,11 @@ impl RequestRecord {
                 upstream_ms,
                 bytes_in,
                 bytes_out,
+                provider: self.llm.as_ref().map(|c| c.provider.to_string()),
+                model: self.llm.as_ref().map(|c| c.model.to_string()),
+                prompt_tokens: self.llm.as_ref().map(|c| c.usage().prompt),
+                completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
+                cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
             });
         }
         if self.trace.recording() && self.recorder.tracer.is_some() {
@@ -195,6 +212,7 @@ impl RequestRecord {
             fallback_for: self.fallback_for,
             degraded: self.degraded,
             consumer: self.consumer.take(),
+            llm: self.llm.take(),
         });
     }
 }

@@ -1,0 +1,489 @@
+//! The AI gateway: one OpenAI-compatible API in front of the configured LLM providers.
+//!
+//! An `llm: true` route serves `POST …/chat/completions` (streamed or not),
+//! `POST …/embeddings` and `GET …/models`. The `model` a client sends names one of
+//! `llm.models`; its targets are tried in order (`fallback`): a connect failure, a timeout
+//! before the answer starts, a 429 or a 5xx moves to the next target, while a provider's 4xx
+//! (the client's request was wrong) is returned as it is. Once the first streamed byte went to
+//! the client nothing is retried. Every answer names the provider and model that produced it
+//! (`x-levee-provider`, `x-levee-model`), and token usage and cost are recorded for every call,
+//! streams included (see [`usage`]).
+//!
+//! Errors Levee produces on these routes are OpenAI-shaped (`{"error": {"message", "type",
+//! "code"}}`), so OpenAI SDKs raise their usual exceptions.
+//!
+//! Built so far: providers of kind `openai` and `openai_compatible`, the `fallback` strategy.
+
+pub mod openai;
+pub mod relay;
+pub mod sse;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::body::ResponseBody;
+use crate::config::spec::{LlmModelSpec, LlmProviderSpec, LlmSpec, RouteSpec};
+use crate::gateway::WorkerContext;
+use crate::headers::X_REQUEST_ID;
+use crate::observability::metrics::Outcome;
+use crate::observability::{RequestRecord, UpstreamFacts};
+use usage::{LlmCall, Usage};
+
+/// The per-worker client for LLM providers (HTTPS or plain HTTP, pooled).
+pub type LlmClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Non-streamed provider answers are read up to this size.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+pub static X_LEVEE_PROVIDER: http::HeaderName = http::HeaderName::from_static("x-levee-provider");
+pub static X_LEVEE_MODEL: http::HeaderName = http::HeaderName::from_static("x-levee-model");
+
+/// A worker's client for the providers.
+pub fn client() -> LlmClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// An error in OpenAI's shape.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        )
+    }
+}
+
+/// Serves a request on an `llm: true` route (after auth and rate limits).
+pub async fn serve(
+    worker: &WorkerContext,
+    route: &RouteSpec,
+    parts: Parts,
+    body: Incoming,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    let result = match (&worker.gateway.config.llm, &worker.llm_client) {
+        (Some(llm), Some(client)) => dispatch(worker, llm, client, route, parts, body, &mut record).await,
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            "No models are configured.",
+        )),
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            record.error = Some(error.code);
+            let body = json!({
+                "error": {
+                    "message": error.message,
+                    "type": error.kind,
+                    "code": error.code,
+                    "param": null,
+                    "request_id": record.request_id.to_str().unwrap_or(""),
+                }
+            });
+            let mut response =
+                Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
+            *response.status_mut() = error.status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    record.status = response.status().as_u16();
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), record.request_id.clone());
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_record(record))
+}
+
+async fn dispatch(
+    worker: &WorkerContext,
+    llm: &LlmSpec,
+    client: &LlmClient,
+    route: &RouteSpec,
+    parts: Parts,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let path = parts.uri.path();
+    if path.ends_with("/models") && parts.method == Method::GET {
+        return Ok(models(llm));
+    }
+    let endpoint = if path.ends_with("/chat/completions") {
+        "chat/completions"
+    } else if path.ends_with("/embeddings") {
+        "embeddings"
+    } else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown request URL: {} {path}.", parts.method),
+        ));
+    };
+    if parts.method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{endpoint} takes POST."),
+        ));
+    }
+    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
+    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(ApiError::bad_request("The request body must be a JSON object."));
+    };
+    let Some(name) = request.get("model").and_then(Value::as_str) else {
+        return Err(ApiError::bad_request("`model` is required."));
+    };
+    let Some(model) = llm.models.iter().find(|m| &*m.name == name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model `{name}` does not exist; GET /v1/models lists the models."),
+        ));
+    };
+    let stream =
+        endpoint == "chat/completions" && request.get("stream").and_then(Value::as_bool) == Some(true);
+    // For counting when the provider reports nothing: about four bytes per token.
+    let prompt_estimate = request
+        .get("messages")
+        .or_else(|| request.get("input"))
+        .map_or(0, |m| m.to_string().len() as u64 / 4);
+    call_targets(
+        worker,
+        llm,
+        client,
+        model,
+        endpoint,
+        request,
+        stream,
+        prompt_estimate,
+        record,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_targets(
+    worker: &WorkerContext,
+    llm: &LlmSpec,
+    client: &LlmClient,
+    model: &LlmModelSpec,
+    endpoint: &'static str,
+    request: Map<String, Value>,
+    stream: bool,
+    prompt_estimate: u64,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let started = Instant::now();
+    let deadline = started + model.total;
+    let mut last = ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "api_error",
+        "upstream_error",
+        "No provider could serve the request.",
+    );
+    for (attempt, (provider_index, provider_model)) in model.targets.iter().enumerate() {
+        let Some(provider) = llm.providers.get(*provider_index) else {
+            continue;
+        };
+        record.attempts = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
+        let mut body = request.clone();
+        openai::prepare(&mut body, provider_model, stream);
+        let call = Arc::new(LlmCall::new(
+            provider.name.clone(),
+            provider_model.clone(),
+            usage::price(provider_model, &llm.pricing),
+        ));
+        let try_started = Instant::now();
+        let first_token = model
+            .first_token
+            .min(deadline.saturating_duration_since(try_started));
+        let outcome = try_target(
+            client,
+            provider,
+            endpoint,
+            &body,
+            stream,
+            first_token,
+            deadline,
+            &call,
+            prompt_estimate,
+        )
+        .await;
+        let elapsed = try_started.elapsed();
+        let (result_outcome, result) = match outcome {
+            Ok((status, response)) => (Outcome::from_status(status), Ok(response)),
+            Err((outcome, error)) => (outcome, Err(error)),
+        };
+        let facts = UpstreamFacts {
+            upstream: provider.name.clone(),
+            target: provider_model.clone(),
+            outcome: result_outcome,
+            elapsed,
+        };
+        match result {
+            Ok(mut response) => {
+                let headers = response.headers_mut();
+                if let Ok(value) = HeaderValue::from_str(&provider.name) {
+                    headers.insert(X_LEVEE_PROVIDER.clone(), value);
+                }
+                if let Ok(value) = HeaderValue::from_str(provider_model) {
+                    headers.insert(X_LEVEE_MODEL.clone(), value);
+                }
+                record.upstream = Some(facts);
+                record.llm = Some(call);
+                return Ok(response);
+            }
+            Err(error) => {
+                tracing::debug!(provider = %provider.name, model = %provider_model, message = %error.message, "LLM target failed; trying the next");
+                // Counted like any upstream attempt, so provider trouble shows in the metrics.
+                worker.recorder.metrics.lock().record_upstream(
+                    &facts.upstream,
+                    &facts.target,
+                    facts.outcome,
+                    facts.elapsed,
+                );
+                last = error;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last)
+}
+
+/// One provider call. `Ok` is the answer for the client (even a provider's 4xx); `Err` means
+/// the next target may be tried, with what the client gets if none is left.
+#[allow(clippy::too_many_arguments)]
+async fn try_target(
+    client: &LlmClient,
+    provider: &LlmProviderSpec,
+    endpoint: &str,
+    body: &Map<String, Value>,
+    stream: bool,
+    first_token: Duration,
+    deadline: Instant,
+    call: &Arc<LlmCall>,
+    prompt_estimate: u64,
+) -> Result<(u16, Response<ResponseBody>), (Outcome, ApiError)> {
+    let unavailable = |outcome, message: String| {
+        (
+            outcome,
+            ApiError::new(StatusCode::BAD_GATEWAY, "api_error", "upstream_error", message),
+        )
+    };
+    let timed_out = || {
+        (
+            Outcome::Timeout,
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "api_error",
+                "upstream_timeout",
+                "The model did not start answering in time.",
+            ),
+        )
+    };
+    let uri = format!("{}/{endpoint}", provider.base_url);
+    let mut builder = Request::post(uri).header(CONTENT_TYPE, "application/json");
+    if let Some(key) = &provider.api_key {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {}", key.0));
+    }
+    let payload = serde_json::to_vec(body).unwrap_or_default();
+    let request = builder
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|e| unavailable(Outcome::ConnectError, e.to_string()))?;
+    let first_token_deadline = Instant::now() + first_token;
+    let response = match tokio::time::timeout_at(first_token_deadline, client.request(request)).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(error)) => {
+            let outcome = if error.is_connect() {
+                Outcome::ConnectError
+            } else {
+                Outcome::Reset
+            };
+            return Err(unavailable(
+                outcome,
+                format!("The provider could not be reached: {error}."),
+            ));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let outcome = Outcome::from_status(status.as_u16());
+        let error = if status == StatusCode::TOO_MANY_REQUESTS {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "Every provider for this model is rate limiting; retry later.",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_error",
+                format!("The provider answered {status}."),
+            )
+        };
+        return Err((outcome, error));
+    }
+    let (parts, incoming) = response.into_parts();
+    if stream && status.is_success() {
+        // Commit to this provider only once its stream has started.
+        let mut incoming = incoming;
+        let first = match tokio::time::timeout_at(first_token_deadline, incoming.frame()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Some(Ok(frame))) => frame,
+            Ok(_) => {
+                return Err(unavailable(
+                    Outcome::Reset,
+                    "The provider's stream ended before it began.".into(),
+                ))
+            }
+        };
+        let relay = relay::Relay::new(first, incoming, deadline, call.clone(), prompt_estimate);
+        let mut response = Response::new(ResponseBody::boxed(relay));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            parts
+                .headers
+                .get(CONTENT_TYPE)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("text/event-stream")),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok((status.as_u16(), response));
+    }
+    // A whole answer (or a provider's 4xx, returned as it is).
+    let collected =
+        tokio::time::timeout_at(deadline, Limited::new(incoming, MAX_ANSWER_BYTES).collect()).await;
+    let bytes = match collected {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(_)) => {
+            return Err(unavailable(
+                Outcome::Reset,
+                "The provider's answer broke off.".into(),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    if status.is_success() {
+        match serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .as_ref()
+            .and_then(openai::usage)
+        {
+            Some(usage) => call.report(usage),
+            None => call.estimate(Usage {
+                prompt: prompt_estimate,
+                completion: 0,
+            }),
+        }
+    }
+    let mut response = Response::new(ResponseBody::full(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        parts
+            .headers
+            .get(CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    Ok((status.as_u16(), response))
+}
+
+/// `GET /v1/models`: the configured model names, in OpenAI's list shape.
+fn models(llm: &LlmSpec) -> Response<ResponseBody> {
+    let data: Vec<Value> = llm
+        .models
+        .iter()
+        .map(|m| json!({ "id": &*m.name, "object": "model", "created": 0, "owned_by": "levee" }))
+        .collect();
+    let body = json!({ "object": "list", "data": data });
+    let mut response = Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn read_request(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "body_too_large",
+                "The request body is larger than this route allows.",
+            ))
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request("The request body could not be read.")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            "The request body did not arrive in time.",
+        )),
+    }
+}

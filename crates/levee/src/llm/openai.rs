@@ -1,0 +1,89 @@
+//! The OpenAI Chat Completions and Embeddings APIs, spoken by `openai` and
+//! `openai_compatible` providers (vLLM, Ollama, LM Studio, ...): requests pass through with the
+//! model name rewritten, and streamed requests ask for the usage report
+//! (`stream_options.include_usage`, OpenAI API reference, "Create chat completion").
+
+use serde_json::{Map, Value};
+
+use super::usage::Usage;
+
+/// Rewrites a client's request for provider model `model`.
+pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
+    request.insert("model".into(), Value::from(model));
+    if stream {
+        let options = request
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+}
+
+/// The `usage` object of a response or of a stream's last chunk.
+pub fn usage(body: &Value) -> Option<Usage> {
+    let usage = body.get("usage")?;
+    Some(Usage {
+        prompt: usage.get("prompt_tokens")?.as_u64()?,
+        completion: usage
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// Whether a stream chunk carries generated content (text, a refusal or a tool call).
+pub fn carries_content(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|choices| {
+            choices.iter().any(|c| {
+                c.get("delta").is_some_and(|d| {
+                    d.get("content")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                        || d.get("tool_calls").is_some()
+                        || d.get("refusal")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| !s.is_empty())
+                })
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn streams_ask_for_usage_and_keep_the_clients_options() {
+        let mut request = json!({"model": "smart", "stream": true, "stream_options": {"x": 1}})
+            .as_object()
+            .unwrap()
+            .clone();
+        prepare(&mut request, "gpt-4o", true);
+        assert_eq!(request["model"], "gpt-4o");
+        assert_eq!(request["stream_options"], json!({"x": 1, "include_usage": true}));
+    }
+
+    #[test]
+    fn usage_and_content_are_read_from_chunks() {
+        let last = json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}});
+        assert_eq!(
+            usage(&last),
+            Some(Usage {
+                prompt: 9,
+                completion: 12
+            })
+        );
+        assert!(carries_content(
+            &json!({"choices": [{"delta": {"content": "Hi"}}]})
+        ));
+        assert!(!carries_content(
+            &json!({"choices": [{"delta": {"role": "assistant"}}]})
+        ));
+    }
+}

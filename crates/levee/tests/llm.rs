@@ -1,0 +1,352 @@
+//! The AI gateway over real sockets: mock providers on loopback replay recorded OpenAI
+//! answers (tests/fixtures/openai), and the tests check what the provider was sent, what the
+//! client got, fallback, and the usage and cost recorded.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Harness;
+use http::StatusCode;
+use levee_test_support::*;
+
+const COMPLETION: &str = include_str!("fixtures/openai/chat_completion.json");
+const STREAM: &str = include_str!("fixtures/openai/chat_completion_stream.sse");
+const BAD_REQUEST: &str = include_str!("fixtures/openai/error_invalid_request.json");
+
+/// A mock OpenAI-style provider: a whole answer, or the recorded stream when asked to stream.
+async fn provider() -> MockUpstream {
+    MockUpstream::start(|seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        if request["stream"] == true {
+            // The recorded stream, split into pieces that cut events in the middle.
+            let bytes = STREAM.as_bytes();
+            let chunks = bytes.chunks(37).map(Bytes::copy_from_slice).collect();
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunks, Duration::from_millis(1))
+        } else if request["temperature"] == 5 {
+            Reply::status(400)
+                .header("content-type", "application/json")
+                .body(BAD_REQUEST)
+        } else {
+            Reply::ok(COMPLETION).header("content-type", "application/json")
+        }
+    })
+    .await
+}
+
+fn gateway(targets: &[(&str, std::net::SocketAddr)]) -> Harness {
+    gateway_with(targets, "")
+}
+
+fn gateway_with(targets: &[(&str, std::net::SocketAddr)], extra: &str) -> Harness {
+    std::env::set_var("LEVEE_TEST_OPENAI_KEY", "sk-test-123");
+    let mut providers = String::new();
+    let mut list = Vec::new();
+    for (i, (model, addr)) in targets.iter().enumerate() {
+        providers.push_str(&format!(
+            "    p{i}: {{ kind: openai, base_url: \"http://{addr}/v1\", api_key_env: LEVEE_TEST_OPENAI_KEY }}\n"
+        ));
+        list.push(format!("{{ provider: p{i}, model: {model} }}"));
+    }
+    Harness::start(&format!(
+        "llm:
+  providers:
+{providers}  models:
+    - name: smart
+      targets: [{}]
+      timeouts: {{ first_token: 2s, total: 10s }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+{extra}",
+        list.join(", ")
+    ))
+}
+
+async fn chat(h: &Harness, body: serde_json::Value) -> Answer {
+    send(
+        &client(false),
+        http::Request::post(h.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(full(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn metrics(h: &Harness) -> String {
+    get(&format!("{}/metrics", h.admin), &[]).await.text()
+}
+
+#[tokio::test]
+async fn a_chat_completion_goes_to_the_provider_model_with_its_key_and_is_accounted() {
+    let openai = provider().await;
+    let h = gateway(&[("gpt-4o", openai.addr)]);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.json()["choices"][0]["message"]["content"],
+        "Hello! How can I assist you today?"
+    );
+    assert_eq!(answer.header("x-levee-provider"), Some("p0"));
+    assert_eq!(answer.header("x-levee-model"), Some("gpt-4o"));
+    assert!(answer.header("x-request-id").is_some());
+    let seen = &openai.seen()[0];
+    assert_eq!(seen.uri.path(), "/v1/chat/completions");
+    assert_eq!(seen.headers["authorization"], "Bearer sk-test-123");
+    let sent: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        sent["model"], "gpt-4o",
+        "the alias is rewritten to the provider's model"
+    );
+    assert_eq!(sent["messages"][0]["content"], "Hi");
+    eventually("usage recorded", || async {
+        metrics(&h)
+            .await
+            .contains("levee_llm_tokens_total{provider=\"p0\",model=\"gpt-4o\",kind=\"completion\"} 10")
+    })
+    .await;
+    let text = metrics(&h).await;
+    assert!(
+        text.contains("levee_llm_tokens_total{provider=\"p0\",model=\"gpt-4o\",kind=\"prompt\"} 19"),
+        "{text}"
+    );
+    // 19 x $2.50 + 10 x $10 per million tokens.
+    assert!(
+        text.contains("levee_llm_cost_usd_total{provider=\"p0\",model=\"gpt-4o\"} 0.0001475"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_is_relayed_whole_and_its_usage_is_taken_from_the_last_chunk() {
+    let openai = provider().await;
+    let h = gateway(&[("gpt-4o-mini", openai.addr)]);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+    assert_eq!(answer.text(), STREAM, "the stream arrives byte for byte");
+    let sent: serde_json::Value = serde_json::from_slice(&openai.seen()[0].body).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "usage is asked for"
+    );
+    eventually("streamed usage recorded", || async {
+        let text = metrics(&h).await;
+        text.contains("kind=\"prompt\"} 9") && text.contains("kind=\"completion\"} 2")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_before_the_answer_move_to_the_next_target() {
+    let rate_limited = MockUpstream::start(|_| Reply::status(429)).await;
+    let broken = MockUpstream::start(|_| Reply::status(503)).await;
+    let slow = MockUpstream::start(|_| Reply::ok(COMPLETION).delay(Duration::from_secs(5))).await;
+    let down = refused_addr().await;
+    let openai = provider().await;
+    let h = gateway(&[
+        ("a", down),
+        ("b", rate_limited.addr),
+        ("c", broken.addr),
+        ("d", slow.addr),
+        ("gpt-4o", openai.addr),
+    ]);
+    let answer = chat(&h, serde_json::json!({"model": "smart", "messages": []})).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("x-levee-provider"), Some("p4"));
+    assert_eq!(
+        (rate_limited.hits(), broken.hits(), slow.hits(), openai.hits()),
+        (1, 1, 1, 1)
+    );
+    let text = metrics(&h).await;
+    for line in [
+        "levee_upstream_requests_total{upstream=\"p0\",target=\"a\",outcome=\"connect_error\"} 1",
+        "levee_upstream_requests_total{upstream=\"p1\",target=\"b\",outcome=\"4xx\"} 1",
+        "levee_upstream_requests_total{upstream=\"p2\",target=\"c\",outcome=\"5xx\"} 1",
+        "levee_upstream_requests_total{upstream=\"p3\",target=\"d\",outcome=\"timeout\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_error_is_returned_as_it_is_without_fallback() {
+    let first = provider().await;
+    let second = provider().await;
+    let h = gateway(&[("gpt-4o", first.addr), ("gpt-4o", second.addr)]);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "temperature": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(answer.json()["error"]["param"], "temperature");
+    assert_eq!((first.hits(), second.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn when_every_target_fails_the_error_is_openai_shaped() {
+    let broken = MockUpstream::start(|_| Reply::status(500)).await;
+    let h = gateway(&[("gpt-4o", broken.addr)]);
+    let answer = chat(&h, serde_json::json!({"model": "smart", "messages": []})).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    let error = &answer.json()["error"];
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("api_error"), Some("upstream_error"))
+    );
+    assert!(error["message"].as_str().unwrap().len() > 10);
+
+    let unknown = chat(&h, serde_json::json!({"model": "gpt-5-ultra", "messages": []})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"]["code"], "model_not_found");
+    let bad = send(
+        &client(false),
+        http::Request::post(h.url("/v1/chat/completions"))
+            .body(full("not json"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn models_lists_the_configured_names() {
+    let openai = provider().await;
+    let h = gateway(&[("gpt-4o", openai.addr)]);
+    let answer = get(&h.url("/v1/models"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let body = answer.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["id"], "smart");
+    assert_eq!(body["data"][0]["object"], "model");
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_cancels_the_provider_call_and_usage_is_still_counted() {
+    // A provider that streams one content chunk every 50 ms, for a long time.
+    let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok\"},\"finish_reason\":null}]}\n\n";
+    let endless = MockUpstream::start(move |_| {
+        Reply::ok("")
+            .header("content-type", "text/event-stream")
+            .chunks(vec![Bytes::from(chunk); 200], Duration::from_millis(50))
+    })
+    .await;
+    let h = gateway(&[("gpt-4o", endless.addr)]);
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let body =
+        r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"Tell me a long story"}]}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read until three content chunks arrived, then hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(3).filter(|w| w == b"tok").count() < 3 {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    eventually("usage of the cut stream recorded", || async {
+        let text = metrics(&h).await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "levee_llm_tokens_total{provider=\"p0\",model=\"gpt-4o\",kind=\"completion\"} ",
+                )
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| (3..200).contains(&n))
+    })
+    .await;
+    let text = metrics(&h).await;
+    let prompt = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("levee_llm_tokens_total{provider=\"p0\",model=\"gpt-4o\",kind=\"prompt\"} ")
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        prompt > 0,
+        "the prompt is estimated when the provider could not report it"
+    );
+    assert!(
+        text.contains("levee_requests_total{route=\"ai\",method=\"POST\",status=\"200\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_call_log_and_the_access_log_carry_provider_model_tokens_and_cost() {
+    let openai = provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = gateway_with(
+        &[("gpt-4o", openai.addr)],
+        &format!("data_dir: \"{}\"\n", dir.path().display()),
+    );
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let calls = format!("{}/api/v1/calls", h.admin);
+    eventually("the call is stored", || async {
+        get(&calls, &[]).await.json()["calls"]
+            .as_array()
+            .is_some_and(|c| c.len() == 1)
+    })
+    .await;
+    let call = get(&calls, &[]).await.json()["calls"][0].clone();
+    assert_eq!(
+        (call["provider"].as_str(), call["model"].as_str()),
+        (Some("p0"), Some("gpt-4o"))
+    );
+    assert_eq!(
+        (call["prompt_tokens"].as_u64(), call["completion_tokens"].as_u64()),
+        (Some(19), Some(10))
+    );
+    assert!((call["cost_usd"].as_f64().unwrap() - 0.0001475).abs() < 1e-12);
+    let analytics = get(&format!("{}/api/v1/analytics?group_by=route", h.admin), &[])
+        .await
+        .json();
+    let cell = &analytics["series"][0];
+    assert_eq!(
+        (cell["prompt_tokens"].as_u64(), cell["completion_tokens"].as_u64()),
+        (Some(19), Some(10))
+    );
+    let log = h.access_log().into_iter().find(|l| l["route"] == "ai").unwrap();
+    assert_eq!(log["llm"]["provider"], "p0");
+    assert_eq!(log["llm"]["usage_reported"], true);
+    assert_eq!(log["llm"]["completion_tokens"], 10);
+}
