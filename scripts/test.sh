@@ -36,8 +36,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     || { apt_install python3-venv && python3 -m venv "$VENV"; } \
     || echo "cannot create a Python virtualenv"
 fi
-if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
-  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' || echo "openapi-spec-validator could not be installed"
+# ... and the official OpenAI SDK drives the AI gateway as a real client would.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator, openai' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' \
+    || echo "openapi-spec-validator or openai could not be installed"
 fi
 if [ -x "$VENV/bin/python" ]; then export LEVEE_TEST_PYTHON="$VENV/bin/python"; fi
 if ! cargo nextest --version >/dev/null 2>&1; then

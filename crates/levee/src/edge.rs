@@ -1,7 +1,9 @@
 //! The one place where failures become HTTP answers.
 //!
 //! Every error the gateway itself produces is JSON of one shape (PRODUCT.md section 4):
-//! `{"error": {"code", "message", "request_id"}}`. Modules report failures with their own
+//! `{"error": {"code", "message", "request_id"}}`, plus OpenAI's `type` (the error class its
+//! SDKs map to exceptions), so that the same errors also read right to OpenAI clients of the
+//! AI gateway. Modules report failures with their own
 //! error types; this module alone decides the status code and the public wording, so the
 //! contract is kept in a single file.
 
@@ -114,6 +116,19 @@ struct ErrorDetail<'a> {
     code: &'a str,
     message: &'a str,
     request_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// OpenAI's error class for a status.
+pub fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
 }
 
 /// A JSON error response in the contract's shape.
@@ -128,6 +143,7 @@ pub fn error_response(
             code,
             message,
             request_id: request_id.to_str().unwrap_or(""),
+            kind: error_type(status),
         },
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();

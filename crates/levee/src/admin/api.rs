@@ -122,6 +122,9 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     pub request_id: String,
+    /// OpenAI's error class (`invalid_request_error`, `authentication_error`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// The text of `GET /metrics` (documented as a string).

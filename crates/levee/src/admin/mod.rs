@@ -129,6 +129,7 @@ fn reload_answer(
                             errors.len()
                         ),
                         request_id: request_id.to_str().unwrap_or("").into(),
+                        kind: "invalid_request_error".into(),
                     },
                     errors,
                 },

@@ -1,0 +1,141 @@
+//! The official OpenAI Python SDK against the AI gateway: chat (plain, streamed, with tools)
+//! and embeddings, through Levee to a mock provider replaying recorded OpenAI answers.
+//! scripts/test.sh installs the SDK in a virtualenv and names its Python in LEVEE_TEST_PYTHON.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Harness;
+use levee_test_support::*;
+
+const COMPLETION: &str = include_str!("fixtures/openai/chat_completion.json");
+const TOOL_CALL: &str = include_str!("fixtures/openai/chat_completion_tool_call.json");
+const STREAM: &str = include_str!("fixtures/openai/chat_completion_stream.sse");
+const EMBEDDINGS: &str = include_str!("fixtures/openai/embeddings.json");
+
+const CLIENT: &str = r#"
+import sys
+from openai import OpenAI
+
+client = OpenAI(base_url=sys.argv[1], api_key="levee-test", max_retries=0)
+
+plain = client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "Hi"}])
+assert plain.choices[0].message.content == "Hello! How can I assist you today?", plain
+assert plain.usage.total_tokens == 29, plain.usage
+
+text = ""
+usage = None
+for chunk in client.chat.completions.create(
+    model="smart", stream=True, messages=[{"role": "user", "content": "Hi"}]
+):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage
+assert text == "Hello!", text
+assert usage is not None and usage.completion_tokens == 2, usage
+
+tools = [{
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    },
+}]
+called = client.chat.completions.create(
+    model="smart", tools=tools, messages=[{"role": "user", "content": "Weather in Boston?"}]
+)
+call = called.choices[0].message.tool_calls[0]
+assert call.function.name == "get_current_weather", call
+assert "Boston" in call.function.arguments, call
+assert called.choices[0].finish_reason == "tool_calls"
+
+vectors = client.embeddings.create(model="embed", input="The food was delicious")
+assert len(vectors.data[0].embedding) == 3, vectors
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=[])
+    raise SystemExit("expected NotFoundError")
+except Exception as error:  # the SDK maps the OpenAI-shaped 404 to its own exception
+    assert type(error).__name__ == "NotFoundError", repr(error)
+
+print("sdk ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_works_against_levee() {
+    let Ok(python) = std::env::var("LEVEE_TEST_PYTHON") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the OpenAI SDK is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("LEVEE_TEST_PYTHON not set: the OpenAI SDK test is skipped");
+        return;
+    };
+    let provider = MockUpstream::start(|seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        if seen.uri.path().ends_with("/embeddings") {
+            Reply::ok(EMBEDDINGS).header("content-type", "application/json")
+        } else if request["stream"] == true {
+            let chunks = STREAM.as_bytes().chunks(50).map(Bytes::copy_from_slice).collect();
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunks, Duration::from_millis(1))
+        } else if request.get("tools").is_some() {
+            Reply::ok(TOOL_CALL).header("content-type", "application/json")
+        } else {
+            Reply::ok(COMPLETION).header("content-type", "application/json")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    local: {{ kind: openai_compatible, base_url: \"http://{}/v1\" }}
+  models:
+    - {{ name: smart, targets: [{{ provider: local, model: gpt-4o }}] }}
+    - {{ name: embed, targets: [{{ provider: local, model: text-embedding-3-small }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        provider.addr
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    let base = h.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(&script)
+            .arg(base)
+            .env_remove("OPENAI_BASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.contains("sdk ok"), "{report}");
+    // The tool definitions reached the provider unchanged.
+    let with_tools = provider
+        .seen()
+        .into_iter()
+        .find(|s| String::from_utf8_lossy(&s.body).contains("get_current_weather"))
+        .unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&with_tools.body).unwrap();
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_current_weather");
+}
