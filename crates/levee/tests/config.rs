@@ -315,7 +315,7 @@ fn llm_settings_are_validated_and_unbuilt_parts_refused() {
     let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
 llm:
   providers:
-    claude: { kind: anthropic, base_url: https://api.anthropic.com }
+    gemini: { kind: gemini, base_url: https://generativelanguage.googleapis.com }
     local: { kind: openai_compatible, base_url: not-a-url }
   models:
     - name: smart

@@ -350,3 +350,162 @@ async fn the_call_log_and_the_access_log_carry_provider_model_tokens_and_cost() 
     assert_eq!(log["llm"]["usage_reported"], true);
     assert_eq!(log["llm"]["completion_tokens"], 10);
 }
+
+const CLAUDE_MESSAGE: &str = include_str!("fixtures/anthropic/message.json");
+const CLAUDE_TOOL_USE: &str = include_str!("fixtures/anthropic/message_tool_use.json");
+const CLAUDE_STREAM: &str = include_str!("fixtures/anthropic/stream.sse");
+const CLAUDE_ERROR: &str = include_str!("fixtures/anthropic/error_invalid_request.json");
+
+/// A mock Anthropic Messages API replaying the recorded answers.
+async fn claude() -> MockUpstream {
+    MockUpstream::start(|seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        if request["stream"] == true {
+            let chunks = CLAUDE_STREAM
+                .as_bytes()
+                .chunks(41)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunks, Duration::from_millis(1))
+        } else if request["temperature"] == 5 {
+            Reply::status(400)
+                .header("content-type", "application/json")
+                .body(CLAUDE_ERROR)
+        } else if request.get("tools").is_some() {
+            Reply::ok(CLAUDE_TOOL_USE).header("content-type", "application/json")
+        } else {
+            Reply::ok(CLAUDE_MESSAGE).header("content-type", "application/json")
+        }
+    })
+    .await
+}
+
+fn claude_gateway(addr: std::net::SocketAddr) -> Harness {
+    std::env::set_var("LEVEE_TEST_ANTHROPIC_KEY", "sk-ant-test");
+    Harness::start(&format!(
+        "llm:
+  providers:
+    claude: {{ kind: anthropic, base_url: \"http://{addr}\", api_key_env: LEVEE_TEST_ANTHROPIC_KEY }}
+  models:
+    - name: smart
+      targets: [{{ provider: claude, model: claude-sonnet-4-5 }}]
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+"
+    ))
+}
+
+#[tokio::test]
+async fn anthropic_answers_in_the_openai_shape() {
+    let provider = claude().await;
+    let h = claude_gateway(provider.addr);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "messages": [
+            {"role": "system", "content": "You are Claude."},
+            {"role": "user", "content": "Who are you?"}
+        ]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hi! My name is Claude.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 2095);
+    assert_eq!(answer.header("x-levee-provider"), Some("claude"));
+    let seen = &provider.seen()[0];
+    assert_eq!(seen.uri.path(), "/v1/messages");
+    assert_eq!(seen.headers["x-api-key"], "sk-ant-test");
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    let sent: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["system"], "You are Claude.");
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(
+        sent["max_tokens"], 4096,
+        "Anthropic needs max_tokens; a default is sent"
+    );
+    eventually("usage recorded", || async {
+        metrics(&h).await.contains(
+            "levee_llm_tokens_total{provider=\"claude\",model=\"claude-sonnet-4-5\",kind=\"completion\"} 503",
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_becomes_tool_calls_and_errors_keep_their_message() {
+    let provider = claude().await;
+    let h = claude_gateway(provider.addr);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart",
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+            "messages": [{"role": "user", "content": "Weather in SF?"}]}),
+    )
+    .await;
+    let message = &answer.json()["choices"][0]["message"];
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather");
+    let arguments: serde_json::Value = serde_json::from_str(
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(arguments["location"], "San Francisco, CA");
+    assert_eq!(answer.json()["choices"][0]["finish_reason"], "tool_calls");
+    let sent: serde_json::Value = serde_json::from_slice(&provider.seen()[0].body).unwrap();
+    assert_eq!(
+        sent["tools"][0]["input_schema"],
+        serde_json::json!({"type": "object"})
+    );
+
+    let refused = chat(
+        &h,
+        serde_json::json!({"model": "smart", "temperature": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.json()["error"]["type"], "invalid_request_error");
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("roles must alternate"));
+}
+
+#[tokio::test]
+async fn an_anthropic_stream_arrives_as_openai_chunks_with_usage() {
+    let provider = claude().await;
+    let h = claude_gateway(provider.addr);
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let text = answer.text();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let chunks: Vec<serde_json::Value> = text
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello!");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 15);
+    eventually("streamed usage recorded", || async {
+        let text = metrics(&h).await;
+        text.contains("model=\"claude-sonnet-4-5\",kind=\"prompt\"} 25")
+            && text.contains("model=\"claude-sonnet-4-5\",kind=\"completion\"} 15")
+    })
+    .await;
+}

@@ -579,6 +579,23 @@ fn check_route(
 ) -> Option<RouteSpec> {
     let upstream = match upstream_index.get(&route.upstream) {
         _ if route.llm => {
+            let ignored = [
+                ("strip_prefix", route.strip_prefix),
+                ("request_headers", route.request_headers.is_some()),
+                ("response_headers", route.response_headers.is_some()),
+                ("retry", route.retry.is_some()),
+                ("retry_non_idempotent", route.retry_non_idempotent),
+                ("stale_if_error", route.stale_if_error.is_some()),
+                ("fallback", route.fallback.is_some()),
+            ];
+            for (key, set) in ignored {
+                if set {
+                    p.at(
+                        &format!("{path}.{key}"),
+                        format!("`{key}` has no effect on an AI gateway route (`llm: true`): its models fall back over their targets; remove it"),
+                    );
+                }
+            }
             if !route.upstream.is_empty() {
                 p.at(
                     &format!("{path}.upstream"),
@@ -1535,11 +1552,11 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
         let path = format!("llm.providers.{name}");
         if !matches!(
             provider.kind,
-            LlmProviderKind::Openai | LlmProviderKind::OpenaiCompatible
+            LlmProviderKind::Openai | LlmProviderKind::OpenaiCompatible | LlmProviderKind::Anthropic
         ) {
             p.at(
                 &format!("{path}.kind"),
-                "this provider kind is not built yet (openai and openai_compatible are); it is refused rather than ignored",
+                "this provider kind is not built yet (openai, openai_compatible and anthropic are); it is refused rather than ignored",
             );
         }
         let base_url = provider.base_url.trim_end_matches('/').to_owned();
@@ -1565,10 +1582,14 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                     None
                 }
             });
-        if provider.kind == LlmProviderKind::Openai && provider.api_key_env.is_none() {
+        if matches!(
+            provider.kind,
+            LlmProviderKind::Openai | LlmProviderKind::Anthropic
+        ) && provider.api_key_env.is_none()
+        {
             p.at(
                 &path,
-                format!("provider `{name}` (kind openai) needs `api_key_env`"),
+                format!("provider `{name}` needs `api_key_env` (its API key)"),
             );
         }
         providers.push(LlmProviderSpec {
@@ -1588,13 +1609,18 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                 format!("duplicate model name `{}`", model.name),
             );
         }
-        if let Some(strategy) = model.strategy.as_deref().filter(|s| *s != "fallback") {
-            p.at(
+        match model.strategy.as_deref() {
+            None | Some("fallback") => {}
+            Some(strategy @ ("weighted" | "lowest_latency")) => p.at(
                 &format!("{path}.strategy"),
                 format!(
                     "strategy `{strategy}` is not built yet (fallback is); it is refused rather than ignored"
                 ),
-            );
+            ),
+            Some(other) => p.at(
+                &format!("{path}.strategy"),
+                format!("unknown strategy `{other}`: use fallback, weighted or lowest_latency"),
+            ),
         }
         if model.targets.is_empty() {
             p.at(&format!("{path}.targets"), "a model needs at least one target");

@@ -12,8 +12,10 @@
 //! Errors Levee produces on these routes are OpenAI-shaped (`{"error": {"message", "type",
 //! "code"}}`), so OpenAI SDKs raise their usual exceptions.
 //!
-//! Built so far: providers of kind `openai` and `openai_compatible`, the `fallback` strategy.
+//! Built so far: providers of kind `openai`, `openai_compatible` ([`openai`]) and `anthropic`
+//! ([`anthropic`]), the `fallback` strategy.
 
+pub mod anthropic;
 pub mod openai;
 pub mod relay;
 pub mod sse;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -34,6 +36,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
+use crate::config::file::LlmProviderKind;
 use crate::config::spec::{LlmModelSpec, LlmProviderSpec, LlmSpec, RouteSpec};
 use crate::gateway::WorkerContext;
 use crate::headers::X_REQUEST_ID;
@@ -241,8 +244,19 @@ async fn call_targets(
             continue;
         };
         record.attempts = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
-        let mut body = request.clone();
-        openai::prepare(&mut body, provider_model, stream);
+        let include_usage = request
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        let outgoing = match outgoing(provider, endpoint, &request, provider_model, stream) {
+            Ok(outgoing) => outgoing,
+            Err(error) => {
+                // This provider cannot express the request; another target may.
+                last = error;
+                continue;
+            }
+        };
         let call = Arc::new(LlmCall::new(
             provider.name.clone(),
             provider_model.clone(),
@@ -255,9 +269,8 @@ async fn call_targets(
         let outcome = try_target(
             client,
             provider,
-            endpoint,
-            &body,
-            stream,
+            outgoing,
+            stream.then_some(include_usage),
             first_token,
             deadline,
             &call,
@@ -313,9 +326,9 @@ async fn call_targets(
 async fn try_target(
     client: &LlmClient,
     provider: &LlmProviderSpec,
-    endpoint: &str,
-    body: &Map<String, Value>,
-    stream: bool,
+    outgoing: Outgoing,
+    // `Some(include_usage)` for a streamed request.
+    stream: Option<bool>,
     first_token: Duration,
     deadline: Instant,
     call: &Arc<LlmCall>,
@@ -338,14 +351,12 @@ async fn try_target(
             ),
         )
     };
-    let uri = format!("{}/{endpoint}", provider.base_url);
-    let mut builder = Request::post(uri).header(CONTENT_TYPE, "application/json");
-    if let Some(key) = &provider.api_key {
-        builder = builder.header(AUTHORIZATION, format!("Bearer {}", key.0));
+    let mut builder = Request::post(outgoing.uri).header(CONTENT_TYPE, "application/json");
+    for (name, value) in outgoing.headers {
+        builder = builder.header(name, value);
     }
-    let payload = serde_json::to_vec(body).unwrap_or_default();
     let request = builder
-        .body(Full::new(Bytes::from(payload)))
+        .body(Full::new(Bytes::from(outgoing.body)))
         .map_err(|e| unavailable(Outcome::ConnectError, e.to_string()))?;
     let first_token_deadline = Instant::now() + first_token;
     let response = match tokio::time::timeout_at(first_token_deadline, client.request(request)).await {
@@ -384,7 +395,8 @@ async fn try_target(
         return Err((outcome, error));
     }
     let (parts, incoming) = response.into_parts();
-    if stream && status.is_success() {
+    let anthropic = provider.kind == LlmProviderKind::Anthropic;
+    if let (Some(include_usage), true) = (stream, status.is_success()) {
         // Commit to this provider only once its stream has started.
         let mut incoming = incoming;
         let first = match tokio::time::timeout_at(first_token_deadline, incoming.frame()).await {
@@ -397,7 +409,15 @@ async fn try_target(
                 ))
             }
         };
-        let relay = relay::Relay::new(first, incoming, deadline, call.clone(), prompt_estimate);
+        let translator = anthropic.then(|| anthropic::StreamTranslator::new(include_usage, unix_seconds()));
+        let relay = relay::Relay::new(
+            first,
+            incoming,
+            deadline,
+            call.clone(),
+            prompt_estimate,
+            translator,
+        );
         let mut response = Response::new(ResponseBody::boxed(relay));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -425,19 +445,36 @@ async fn try_target(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    if status.is_success() {
-        match serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .as_ref()
-            .and_then(openai::usage)
-        {
-            Some(usage) => call.report(usage),
-            None => call.estimate(Usage {
-                prompt: prompt_estimate,
-                completion: 0,
-            }),
+    let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+    let bytes = match (anthropic, status.is_success(), parsed) {
+        (true, true, parsed) => {
+            let Some((answer, usage)) = parsed
+                .as_ref()
+                .and_then(|a| anthropic::chat_answer(a, unix_seconds()))
+            else {
+                return Err(unavailable(
+                    Outcome::Reset,
+                    "The provider's answer could not be read.".into(),
+                ));
+            };
+            call.report(usage);
+            Bytes::from(answer.to_string())
         }
-    }
+        (true, false, parsed) => {
+            Bytes::from(anthropic::error_answer(&parsed.unwrap_or_default()).to_string())
+        }
+        (false, true, parsed) => {
+            match parsed.as_ref().and_then(openai::usage) {
+                Some(usage) => call.report(usage),
+                None => call.estimate(Usage {
+                    prompt: prompt_estimate,
+                    completion: 0,
+                }),
+            }
+            bytes
+        }
+        (false, false, _) => bytes,
+    };
     let mut response = Response::new(ResponseBody::full(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -449,6 +486,63 @@ async fn try_target(
             .unwrap_or_else(|| HeaderValue::from_static("application/json")),
     );
     Ok((status.as_u16(), response))
+}
+
+/// What one try sends to a provider.
+struct Outgoing {
+    uri: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+/// The request for `provider` in its own API, or why it cannot express it (a 400 for the
+/// client if no other target can).
+fn outgoing(
+    provider: &LlmProviderSpec,
+    endpoint: &str,
+    request: &Map<String, Value>,
+    model: &str,
+    stream: bool,
+) -> Result<Outgoing, ApiError> {
+    let key = provider.api_key.as_ref().map(|k| k.0.clone());
+    match provider.kind {
+        LlmProviderKind::Anthropic => {
+            if endpoint != "chat/completions" {
+                return Err(ApiError::bad_request(format!(
+                    "The provider `{}` (Anthropic) does not offer {endpoint}.",
+                    provider.name
+                )));
+            }
+            let body = anthropic::chat_request(request, model, stream).map_err(ApiError::bad_request)?;
+            let mut headers = vec![("anthropic-version", anthropic::VERSION.to_owned())];
+            if let Some(key) = key {
+                headers.push(("x-api-key", key));
+            }
+            Ok(Outgoing {
+                uri: format!("{}/v1/messages", provider.base_url),
+                headers,
+                body: body.to_string().into_bytes(),
+            })
+        }
+        _ => {
+            let mut body = request.clone();
+            openai::prepare(&mut body, model, stream);
+            Ok(Outgoing {
+                uri: format!("{}/{endpoint}", provider.base_url),
+                headers: key
+                    .map(|k| ("authorization", format!("Bearer {k}")))
+                    .into_iter()
+                    .collect(),
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+            })
+        }
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `GET /v1/models`: the configured model names, in OpenAI's list shape.

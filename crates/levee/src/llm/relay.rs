@@ -1,4 +1,5 @@
-//! A provider's SSE stream relayed to the client unchanged, read along for usage.
+//! A provider's SSE stream relayed to the client: unchanged (OpenAI-style providers) or
+//! translated into OpenAI chunks (Anthropic), read along for usage either way.
 //!
 //! The provider's report (the last chunk's `usage`) is taken when it comes; if the stream ends
 //! without one, or the client goes away first (the body is dropped, which also drops the
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 
+use super::anthropic::StreamTranslator;
 use super::openai;
 use super::sse::{Event, SseParser};
 use super::usage::{LlmCall, Usage};
@@ -31,6 +33,10 @@ pub struct Relay {
     chunks_with_content: u64,
     /// The parser gave up (an oversized event): keep relaying, stop reading.
     blind: bool,
+    /// Present when the stream is translated rather than relayed as it is.
+    translator: Option<StreamTranslator>,
+    /// The translated stream has ended (its closing frames are out).
+    ended: bool,
 }
 
 impl Relay {
@@ -40,8 +46,11 @@ impl Relay {
         deadline: tokio::time::Instant,
         call: Arc<LlmCall>,
         prompt_estimate: u64,
+        translator: Option<StreamTranslator>,
     ) -> Relay {
         let mut relay = Relay {
+            translator,
+            ended: false,
             first: None,
             body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -52,9 +61,36 @@ impl Relay {
             chunks_with_content: 0,
             blind: false,
         };
-        relay.read_along(&first);
+        if relay.translator.is_none() {
+            relay.read_along(&first);
+        }
         relay.first = Some(first);
         relay
+    }
+
+    /// Translates a provider frame into OpenAI frames (possibly none yet).
+    fn translate(&mut self, frame: &Frame<Bytes>) -> Bytes {
+        let mut out = Vec::new();
+        let (Some(data), Some(translator)) = (frame.data_ref(), self.translator.as_mut()) else {
+            return Bytes::new();
+        };
+        if self.parser.push(data, &mut self.events).is_err() {
+            // An event too large to hold: the stream cannot be translated further.
+            translator.finish(&mut out);
+            self.ended = true;
+            return Bytes::from(out);
+        }
+        for event in self.events.drain(..) {
+            if translator.event(&event, &mut out) {
+                self.call.report(translator.usage());
+            }
+        }
+        self.prompt_estimate = self.prompt_estimate.max(translator.usage().prompt);
+        self.chunks_with_content = translator.deltas();
+        if translator.done() {
+            self.ended = true;
+        }
+        Bytes::from(out)
     }
 
     fn read_along(&mut self, frame: &Frame<Bytes>) {
@@ -85,12 +121,21 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
+impl Relay {
+    /// Levee's count, for when the provider reported no usage. Done before the last frame
+    /// leaves (the request is recorded as soon as the body ends) and again if the body is
+    /// dropped early.
+    fn count_relayed(&self) {
         self.call.estimate(Usage {
             prompt: self.prompt_estimate,
             completion: self.chunks_with_content,
         });
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.count_relayed();
     }
 }
 
@@ -102,24 +147,83 @@ impl Body for Relay {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.translator.is_some() {
+            return self.poll_translated(cx);
+        }
         if let Some(first) = self.first.take() {
+            if self.body.is_end_stream() {
+                self.count_relayed();
+            }
             return Poll::Ready(Some(Ok(first)));
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             tracing::debug!(provider = %self.call.provider, "LLM stream cut at the total timeout");
+            self.count_relayed();
             return Poll::Ready(None);
         }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            // A cheap clone (reference-counted bytes), so the frame can be read along.
-            if let Some(data) = frame.data_ref().cloned() {
-                self.read_along(&Frame::data(data));
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // A cheap clone (reference-counted bytes), so the frame can be read along.
+                if let Some(data) = frame.data_ref().cloned() {
+                    self.read_along(&Frame::data(data));
+                }
+                if self.body.is_end_stream() {
+                    self.count_relayed();
+                }
             }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.count_relayed(),
+            Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.body.is_end_stream()
+        match self.translator {
+            Some(_) => self.ended && self.first.is_none(),
+            None => self.first.is_none() && self.body.is_end_stream(),
+        }
+    }
+}
+
+impl Relay {
+    fn poll_translated(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let frame = match self.first.take() {
+                Some(first) => first,
+                None => {
+                    if self.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(self.close());
+                    }
+                    match Pin::new(&mut self.body).poll_frame(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(Ok(frame))) => frame,
+                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                        // The provider ended without `message_stop`: close the stream properly.
+                        Poll::Ready(None) => return Poll::Ready(self.close()),
+                    }
+                }
+            };
+            let out = self.translate(&frame);
+            if self.ended {
+                self.count_relayed();
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    /// The closing frames of a translated stream, once.
+    fn close(&mut self) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+        self.count_relayed();
+        let translator = self.translator.as_mut()?;
+        self.ended = true;
+        let mut out = Vec::new();
+        translator.finish(&mut out);
+        (!out.is_empty()).then(|| Ok(Frame::data(Bytes::from(out))))
     }
 }
