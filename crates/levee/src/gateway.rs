@@ -34,6 +34,8 @@ pub struct Gateway {
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     pub credentials: Credentials,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// The AI gateway's answer cache, when configured.
+    pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
     /// 1 for the config the process started with, one more per applied reload.
     pub version: u64,
 }
@@ -98,7 +100,19 @@ impl Gateway {
             (Some(old), Some(spec)) if old.spec() == spec => Some(old.clone()),
             (_, spec) => spec.clone().map(|spec| Arc::new(JwtVerifier::new(spec))),
         };
+        // Cached answers survive a reload only when nothing about the models changed.
+        let llm_cache = match previous {
+            Some(old) if old.config.llm == config.llm => old.llm_cache.clone(),
+            _ => config
+                .llm
+                .as_ref()
+                .and_then(|l| l.cache)
+                .map(|(ttl, entries, bytes)| {
+                    Arc::new(crate::llm::cache::AnswerCache::new(ttl, entries, bytes))
+                }),
+        };
         Gateway {
+            llm_cache,
             config,
             router,
             upstreams,

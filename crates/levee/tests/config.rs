@@ -317,6 +317,7 @@ llm:
   providers:
     gemini: { kind: gemini, base_url: https://generativelanguage.googleapis.com }
     local: { kind: openai_compatible, base_url: not-a-url }
+    claude: { kind: anthropic, base_url: https://api.anthropic.com }
   models:
     - name: smart
       strategy: weighted
@@ -325,16 +326,19 @@ routes:
   - name: ai
     llm: true
     upstream: u
+    retry: { attempts: 2 }
   - name: plain
 ";
     let errs = errors(yaml);
     let expect = [
         ("levee.yaml:4:21", "not built yet"),
         ("levee.yaml:5:49", "not an http(s) URL"),
-        ("levee.yaml:8:17", "strategy `weighted` is not built yet"),
-        ("levee.yaml:9:29", "unknown provider `nowhere`"),
-        ("levee.yaml:13:15", "not an upstream"),
-        ("levee.yaml:14:9", "needs an `upstream` (or `llm: true`)"),
+        ("levee.yaml:6:13", "provider `claude` needs `api_key_env`"),
+        ("levee.yaml:9:17", "strategy `weighted` is not built yet"),
+        ("levee.yaml:10:29", "unknown provider `nowhere`"),
+        ("levee.yaml:14:15", "not an upstream"),
+        ("levee.yaml:15:12", "`retry` has no effect on an AI gateway route"),
+        ("levee.yaml:16:9", "needs an `upstream` (or `llm: true`)"),
     ];
     for (position, text) in expect {
         assert!(

@@ -509,3 +509,47 @@ async fn an_anthropic_stream_arrives_as_openai_chunks_with_usage() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deterministic_requests_are_answered_from_the_cache() {
+    let openai = provider().await;
+    std::env::set_var("LEVEE_TEST_OPENAI_KEY", "sk-test-123");
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    p0: {{ kind: openai, base_url: \"http://{}/v1\", api_key_env: LEVEE_TEST_OPENAI_KEY }}
+  models:
+    - {{ name: smart, targets: [{{ provider: p0, model: gpt-4o }}] }}
+  cache: {{ ttl: 1m }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        openai.addr
+    ));
+    let request = serde_json::json!({"model": "smart", "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]});
+    let first = chat(&h, request.clone()).await;
+    assert_eq!(first.header("x-levee-cache"), Some("miss"));
+    // Same request, keys in another order: served from memory.
+    let reordered = serde_json::json!({"messages": [{"content": "Hi", "role": "user"}], "model": "smart", "temperature": 0});
+    let second = chat(&h, reordered).await;
+    assert_eq!(second.header("x-levee-cache"), Some("hit"));
+    assert_eq!(second.header("x-levee-provider"), Some("p0"));
+    assert_eq!(second.text(), first.text());
+    assert_eq!(openai.hits(), 1, "the provider was called once");
+    // Not deterministic: not cached, and no cache header.
+    let warm = chat(
+        &h,
+        serde_json::json!({"model": "smart", "temperature": 0.7, "messages": []}),
+    )
+    .await;
+    assert_eq!(warm.header("x-levee-cache"), None);
+    assert_eq!(openai.hits(), 2);
+    let text = metrics(&h).await;
+    assert!(text.contains("levee_llm_cache_total{result=\"hit\"} 1"), "{text}");
+    assert!(
+        text.contains("levee_llm_cache_total{result=\"miss\"} 1"),
+        "{text}"
+    );
+}

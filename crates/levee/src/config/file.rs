@@ -97,6 +97,24 @@ pub struct LlmFile {
     /// USD per million tokens by provider model name; overrides the built-in prices.
     #[serde(default)]
     pub pricing: BTreeMap<String, LlmPriceFile>,
+    /// The exact-match answer cache for deterministic requests (off without this key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<LlmCacheFile>,
+}
+
+/// Answer-cache settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmCacheFile {
+    /// How long an answer is served from the cache. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<DurationStr>,
+    /// Answers kept at most (the oldest go first). Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    /// Bytes of answers kept at most. Default 67108864 (64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
 }
 
 /// One LLM API.

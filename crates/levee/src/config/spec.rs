@@ -43,6 +43,8 @@ pub struct LlmSpec {
     pub models: Vec<LlmModelSpec>,
     /// USD per million (input, output) tokens by provider model name, from `llm.pricing`.
     pub pricing: Vec<(String, f64, f64)>,
+    /// (TTL, entries, bytes) of the answer cache, when on.
+    pub cache: Option<(Duration, usize, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1666,10 +1666,26 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
         }
         pricing.push((model.clone(), price.input, price.output));
     }
+    let cache = file.cache.as_ref().map(|c| {
+        let ttl = c
+            .ttl
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(300), |d| d.0);
+        let entries = c.max_entries.unwrap_or(10_000);
+        let bytes = c.max_bytes.unwrap_or(64 << 20);
+        if ttl.is_zero() || entries == 0 || bytes == 0 {
+            p.at(
+                "llm.cache",
+                "llm.cache ttl, max_entries and max_bytes must be above zero",
+            );
+        }
+        (ttl, entries, bytes)
+    });
     Some(LlmSpec {
         providers,
         models,
         pricing,
+        cache,
     })
 }
 

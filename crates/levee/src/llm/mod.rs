@@ -16,6 +16,7 @@
 //! ([`anthropic`]), the `fallback` strategy.
 
 pub mod anthropic;
+pub mod cache;
 pub mod openai;
 pub mod relay;
 pub mod sse;
@@ -52,6 +53,9 @@ const MAX_ANSWER_BYTES: usize = 32 << 20;
 
 pub static X_LEVEE_PROVIDER: http::HeaderName = http::HeaderName::from_static("x-levee-provider");
 pub static X_LEVEE_MODEL: http::HeaderName = http::HeaderName::from_static("x-levee-model");
+/// On answers: `hit` or `miss` (for requests the cache considered). On requests: `use` asks
+/// for the cache whatever the temperature, `skip` bypasses it.
+pub static X_LEVEE_CACHE: http::HeaderName = http::HeaderName::from_static("x-levee-cache");
 
 /// A worker's client for the providers.
 pub fn client() -> LlmClient {
@@ -205,7 +209,25 @@ async fn dispatch(
         .get("messages")
         .or_else(|| request.get("input"))
         .map_or(0, |m| m.to_string().len() as u64 / 4);
-    call_targets(
+    // The answer cache: deterministic, non-streamed chat requests.
+    let cache = worker.gateway.llm_cache.as_deref().filter(|_| {
+        endpoint == "chat/completions" && cache::wanted(&request, parts.headers.get(&X_LEVEE_CACHE))
+    });
+    let key = cache.map(|_| cache::key(record.consumer.as_deref(), &request));
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Some(hit) = cache.get(key, Instant::now()) {
+            worker.recorder.metrics.lock().record_llm_cache(true);
+            // Served from memory: no provider call, no tokens.
+            record.llm = Some(Arc::new(LlmCall::new(
+                hit.provider.clone(),
+                hit.model.clone(),
+                None,
+            )));
+            return Ok(cached_answer(hit));
+        }
+        worker.recorder.metrics.lock().record_llm_cache(false);
+    }
+    let (mut response, whole) = call_targets(
         worker,
         llm,
         client,
@@ -216,7 +238,44 @@ async fn dispatch(
         prompt_estimate,
         record,
     )
-    .await
+    .await?;
+    if let (Some(cache), Some(key)) = (cache, key) {
+        response
+            .headers_mut()
+            .insert(X_LEVEE_CACHE.clone(), HeaderValue::from_static("miss"));
+        if let (true, Some(body), Some(call)) = (response.status().is_success(), whole, &record.llm) {
+            cache.put(
+                key,
+                cache::Cached {
+                    body,
+                    content_type: response.headers().get(CONTENT_TYPE).cloned(),
+                    provider: call.provider.clone(),
+                    model: call.model.clone(),
+                },
+                Instant::now(),
+            );
+        }
+    }
+    Ok(response)
+}
+
+/// A cached answer, marked as such.
+fn cached_answer(hit: cache::Cached) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(hit.body));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        hit.content_type
+            .unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    headers.insert(X_LEVEE_CACHE.clone(), HeaderValue::from_static("hit"));
+    if let Ok(value) = HeaderValue::from_str(&hit.provider) {
+        headers.insert(X_LEVEE_PROVIDER.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&hit.model) {
+        headers.insert(X_LEVEE_MODEL.clone(), value);
+    }
+    response
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -230,7 +289,7 @@ async fn call_targets(
     stream: bool,
     prompt_estimate: u64,
     record: &mut RequestRecord,
-) -> Result<Response<ResponseBody>, ApiError> {
+) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
     let started = Instant::now();
     let deadline = started + model.total;
     let mut last = ApiError::new(
@@ -279,7 +338,7 @@ async fn call_targets(
         .await;
         let elapsed = try_started.elapsed();
         let (result_outcome, result) = match outcome {
-            Ok((status, response)) => (Outcome::from_status(status), Ok(response)),
+            Ok((status, response, whole)) => (Outcome::from_status(status), Ok((response, whole))),
             Err((outcome, error)) => (outcome, Err(error)),
         };
         let facts = UpstreamFacts {
@@ -289,7 +348,7 @@ async fn call_targets(
             elapsed,
         };
         match result {
-            Ok(mut response) => {
+            Ok((mut response, whole)) => {
                 let headers = response.headers_mut();
                 if let Ok(value) = HeaderValue::from_str(&provider.name) {
                     headers.insert(X_LEVEE_PROVIDER.clone(), value);
@@ -299,7 +358,7 @@ async fn call_targets(
                 }
                 record.upstream = Some(facts);
                 record.llm = Some(call);
-                return Ok(response);
+                return Ok((response, whole));
             }
             Err(error) => {
                 tracing::debug!(provider = %provider.name, model = %provider_model, message = %error.message, "LLM target failed; trying the next");
@@ -333,7 +392,7 @@ async fn try_target(
     deadline: Instant,
     call: &Arc<LlmCall>,
     prompt_estimate: u64,
-) -> Result<(u16, Response<ResponseBody>), (Outcome, ApiError)> {
+) -> Result<(u16, Response<ResponseBody>, Option<Bytes>), (Outcome, ApiError)> {
     let unavailable = |outcome, message: String| {
         (
             outcome,
@@ -430,7 +489,7 @@ async fn try_target(
                 .unwrap_or_else(|| HeaderValue::from_static("text/event-stream")),
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok((status.as_u16(), response));
+        return Ok((status.as_u16(), response, None));
     }
     // A whole answer (or a provider's 4xx, returned as it is).
     let collected =
@@ -475,7 +534,7 @@ async fn try_target(
         }
         (false, false, _) => bytes,
     };
-    let mut response = Response::new(ResponseBody::full(bytes));
+    let mut response = Response::new(ResponseBody::full(bytes.clone()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -485,7 +544,7 @@ async fn try_target(
             .cloned()
             .unwrap_or_else(|| HeaderValue::from_static("application/json")),
     );
-    Ok((status.as_u16(), response))
+    Ok((status.as_u16(), response, Some(bytes)))
 }
 
 /// What one try sends to a provider.

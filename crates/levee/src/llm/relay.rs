@@ -201,7 +201,10 @@ impl Relay {
                     match Pin::new(&mut self.body).poll_frame(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Some(Ok(frame))) => frame,
-                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                        Poll::Ready(Some(Err(error))) => {
+                            self.count_relayed();
+                            return Poll::Ready(Some(Err(error)));
+                        }
                         // The provider ended without `message_stop`: close the stream properly.
                         Poll::Ready(None) => return Poll::Ready(self.close()),
                     }

@@ -137,6 +137,8 @@ pub struct Shard {
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
     targets: HashMap<Arc<str>, HashMap<Arc<str>, TargetStats>>,
     llm: HashMap<ProviderModel, LlmTotals>,
+    /// Answer-cache hits and misses.
+    llm_cache: (u64, u64),
 }
 
 impl Shard {
@@ -199,6 +201,15 @@ impl Shard {
         entry.0 += prompt;
         entry.1 += completion;
         entry.2 += cost;
+    }
+
+    /// Counts one answer-cache lookup.
+    pub fn record_llm_cache(&mut self, hit: bool) {
+        if hit {
+            self.llm_cache.0 += 1;
+        } else {
+            self.llm_cache.1 += 1;
+        }
     }
 
     /// Counts one upstream attempt.
@@ -316,6 +327,7 @@ impl Metrics {
         let mut bulkhead: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut rate_limited: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut llm: BTreeMap<ProviderModel, LlmTotals> = BTreeMap::new();
+        let mut llm_cache = (0u64, 0u64);
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -334,6 +346,8 @@ impl Metrics {
             for (route, count) in &shard.rate_limited {
                 *rate_limited.entry(route.clone()).or_default() += count;
             }
+            llm_cache.0 += shard.llm_cache.0;
+            llm_cache.1 += shard.llm_cache.1;
             for (key, (prompt, completion, cost)) in &shard.llm {
                 let entry = llm.entry(key.clone()).or_default();
                 entry.0 += prompt;
@@ -510,6 +524,15 @@ impl Metrics {
                 escape(provider),
                 escape(model)
             );
+        }
+        family(
+            &mut out,
+            "levee_llm_cache_total",
+            "counter",
+            "AI gateway answer-cache lookups by result (hit or miss).",
+        );
+        for (result, count) in [("hit", llm_cache.0), ("miss", llm_cache.1)] {
+            let _ = writeln!(out, "levee_llm_cache_total{{result=\"{result}\"}} {count}");
         }
         family(
             &mut out,
