@@ -168,6 +168,8 @@ mod tests {
         let creds = Credentials::new(&[ConsumerSpec {
             name: "mobile".into(),
             key_digests: vec![bytes],
+            llm_budget: None,
+            llm_rate_limit: None,
         }]);
         assert_eq!(creds.consumer_for_key(key).as_deref(), Some("mobile"));
         assert_eq!(creds.consumer_for_key("lvk_other"), None);

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
     pub credentials: Credentials,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// Each consumer's LLM budget and rate limits (only consumers that have any).
+    pub llm_quotas: std::collections::HashMap<Arc<str>, Arc<crate::llm::quota::ConsumerQuota>>,
     /// The AI gateway's answer cache, when configured.
     pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
     /// 1 for the config the process started with, one more per applied reload.
@@ -111,7 +113,29 @@ impl Gateway {
                     Arc::new(crate::llm::cache::AnswerCache::new(ttl, entries, bytes))
                 }),
         };
+        // Spending and limits carry over a reload for a consumer whose limits did not change.
+        let llm_quotas = config
+            .consumers
+            .iter()
+            .filter(|c| c.llm_budget.is_some() || c.llm_rate_limit.is_some())
+            .map(|c| {
+                let kept = previous.and_then(|old| {
+                    let before = old.config.consumers.iter().find(|o| o.name == c.name)?;
+                    let same = before.llm_budget == c.llm_budget && before.llm_rate_limit == c.llm_rate_limit;
+                    old.llm_quotas.get(&c.name).filter(|_| same).cloned()
+                });
+                let quota = kept.unwrap_or_else(|| {
+                    Arc::new(crate::llm::quota::ConsumerQuota::new(
+                        c.llm_budget,
+                        c.llm_rate_limit,
+                        tokio::time::Instant::now(),
+                    ))
+                });
+                (c.name.clone(), quota)
+            })
+            .collect();
         Gateway {
+            llm_quotas,
             llm_cache,
             config,
             router,

@@ -553,3 +553,78 @@ routes:
         "{text}"
     );
 }
+
+/// A gateway whose consumer `team` (key `team-key`) has the given LLM limits.
+fn limited_gateway(addr: std::net::SocketAddr, consumer_limits: &str) -> Harness {
+    std::env::set_var("LEVEE_TEST_OPENAI_KEY", "sk-test-123");
+    let digest = {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(b"team-key");
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    Harness::start(&format!(
+        "llm:
+  providers:
+    p0: {{ kind: openai, base_url: \"http://{addr}/v1\", api_key_env: LEVEE_TEST_OPENAI_KEY }}
+  models:
+    - {{ name: smart, targets: [{{ provider: p0, model: gpt-4o }}] }}
+  pricing:
+    gpt-4o: {{ input: 100000, output: 100000 }}
+consumers:
+  - name: team
+    api_keys: [\"sha256:{digest}\"]
+{consumer_limits}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+    auth: api_key
+"
+    ))
+}
+
+async fn team_chat(h: &Harness, body: serde_json::Value) -> Answer {
+    send(
+        &client(false),
+        http::Request::post(h.url("/v1/chat/completions"))
+            .header("authorization", "Bearer team-key")
+            .body(full(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_spent_budget_refuses_the_next_call_in_the_openai_shape() {
+    let openai = provider().await;
+    // Each call costs 29 tokens x $0.10 = $2.90 at this price; the budget is $1 an hour.
+    let h = limited_gateway(openai.addr, "    llm_budget: { usd: 1, per: 1h }");
+    let request = serde_json::json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]});
+    assert_eq!(team_chat(&h, request.clone()).await.status, StatusCode::OK);
+    let refused = team_chat(&h, request).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let error = &refused.json()["error"];
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("insufficient_quota"), Some("insufficient_quota"))
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(openai.hits(), 1, "the refused call never reached the provider");
+}
+
+#[tokio::test]
+async fn tokens_per_minute_reserve_max_tokens_and_settle_with_real_usage() {
+    let openai = provider().await;
+    let h = limited_gateway(openai.addr, "    llm_rate_limit: { tokens_per_minute: 120 }");
+    // Each call reserves its max_tokens (50) plus ~10 for the prompt, and uses 29.
+    let request = serde_json::json!({"model": "smart", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]});
+    for _ in 0..3 {
+        assert_eq!(team_chat(&h, request.clone()).await.status, StatusCode::OK);
+    }
+    // 120 - 3 x 29 = 33 left: a fourth reservation of ~60 does not fit.
+    let refused = team_chat(&h, request).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(openai.hits(), 3);
+}

@@ -295,6 +295,35 @@ pub struct ConsumerFile {
     /// The consumer's API keys as `sha256:<hex digest>` (`levee key new` makes one).
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// What the consumer may spend on LLM calls per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_budget: Option<LlmBudgetFile>,
+    /// Tokens and requests per minute on LLM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_rate_limit: Option<LlmRateLimitFile>,
+}
+
+/// A spending limit on LLM calls.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmBudgetFile {
+    /// US dollars per period.
+    pub usd: f64,
+    /// The period, e.g. `30d`; it starts with the consumer's first call after the start.
+    pub per: DurationStr,
+}
+
+/// Rate limits on LLM calls.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmRateLimitFile {
+    /// Tokens (prompt and completion) per minute; a call reserves its `max_tokens` (or an
+    /// estimate) up front and settles with the real usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Calls per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
 }
 
 /// How a route authenticates callers.

@@ -116,6 +116,10 @@ impl std::fmt::Debug for Secret {
 pub struct ConsumerSpec {
     pub name: Arc<str>,
     pub key_digests: Vec<[u8; 32]>,
+    /// (US dollars, period) for LLM calls.
+    pub llm_budget: Option<(f64, Duration)>,
+    /// (tokens per minute, requests per minute) for LLM calls.
+    pub llm_rate_limit: Option<(Option<u64>, Option<u64>)>,
 }
 
 /// Where and how long calls are kept.

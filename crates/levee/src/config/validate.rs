@@ -1026,9 +1026,26 @@ fn check_consumers(file: &ConfigFile, p: &mut Problems) -> Vec<ConsumerSpec> {
                 ),
             }
         }
+        let llm_budget = consumer.llm_budget.as_ref().map(|b| {
+            if !(b.usd.is_finite() && b.usd >= 0.0) || b.per.0.is_zero() {
+                p.at(
+                    &format!("{path}.llm_budget"),
+                    "llm_budget needs `usd` (not negative) and a `per` period above zero",
+                );
+            }
+            (b.usd, b.per.0)
+        });
+        let llm_rate_limit = consumer.llm_rate_limit.as_ref().map(|l| {
+            if l.tokens_per_minute == Some(0) || l.requests_per_minute == Some(0) {
+                p.at(&format!("{path}.llm_rate_limit"), "limits must be above zero");
+            }
+            (l.tokens_per_minute, l.requests_per_minute)
+        });
         out.push(ConsumerSpec {
             name: consumer.name.as_str().into(),
             key_digests,
+            llm_budget,
+            llm_rate_limit,
         });
     }
     out

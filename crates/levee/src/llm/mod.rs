@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod cache;
 pub mod openai;
+pub mod quota;
 pub mod relay;
 pub mod sse;
 pub mod usage;
@@ -79,6 +80,8 @@ struct ApiError {
     kind: &'static str,
     code: &'static str,
     message: String,
+    /// Sent as `Retry-After` (rate limits).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -93,6 +96,7 @@ impl ApiError {
             kind,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -142,6 +146,13 @@ pub async fn serve(
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(after) = error.retry_after {
+                // Whole seconds, rounded up.
+                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
             response
         }
     };
@@ -227,7 +238,28 @@ async fn dispatch(
         }
         worker.recorder.metrics.lock().record_llm_cache(false);
     }
-    let (mut response, whole) = call_targets(
+    // The consumer's budget and rate limits: admitted before any provider is asked.
+    let quota = record
+        .consumer
+        .as_ref()
+        .and_then(|c| worker.gateway.llm_quotas.get(c))
+        .cloned();
+    let reservation = match &quota {
+        Some(quota) => {
+            let max_tokens = request
+                .get("max_completion_tokens")
+                .or_else(|| request.get("max_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_RESERVED_COMPLETION);
+            Some(
+                quota
+                    .admit(prompt_estimate + max_tokens, Instant::now())
+                    .map_err(refused)?,
+            )
+        }
+        None => None,
+    };
+    let called = call_targets(
         worker,
         llm,
         client,
@@ -238,7 +270,13 @@ async fn dispatch(
         prompt_estimate,
         record,
     )
-    .await?;
+    .await;
+    match (&quota, reservation, &called, &record.llm) {
+        (Some(quota), Some(reservation), Ok(_), Some(call)) => call.settle_on_end(quota.clone(), reservation),
+        (Some(quota), Some(reservation), _, _) => quota.release(reservation),
+        _ => {}
+    }
+    let (mut response, whole) = called?;
     if let (Some(cache), Some(key)) = (cache, key) {
         response
             .headers_mut()
@@ -257,6 +295,39 @@ async fn dispatch(
         }
     }
     Ok(response)
+}
+
+/// Tokens a call without `max_tokens` reserves for its completion.
+const DEFAULT_RESERVED_COMPLETION: u64 = 1024;
+
+/// A quota refusal in OpenAI's shape (`insufficient_quota` for a spent budget, as OpenAI
+/// answers when an account's credit is used up).
+fn refused(refusal: quota::Refusal) -> ApiError {
+    match refusal {
+        quota::Refusal::Budget { usd, resets_in } => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "insufficient_quota",
+                format!(
+                    "The LLM budget of ${usd} for this period is spent; it renews in {}.",
+                    humantime::format_duration(Duration::from_secs(resets_in.as_secs()))
+                ),
+            );
+            error.retry_after = Some(resets_in);
+            error
+        }
+        quota::Refusal::Tokens { retry_after } | quota::Refusal::Requests { retry_after } => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "This consumer's LLM token or request limit per minute is reached; retry later.",
+            );
+            error.retry_after = Some(retry_after);
+            error
+        }
+    }
 }
 
 /// A cached answer, marked as such.

@@ -73,6 +73,8 @@ pub struct LlmCall {
     completion: AtomicU64,
     /// True once the provider reported the usage (else the figures are counted by Levee).
     reported: AtomicBool,
+    /// The consumer's quota reservation, settled with the final usage when the call ends.
+    settlement: std::sync::Mutex<Option<(Arc<super::quota::ConsumerQuota>, super::quota::Reservation)>>,
 }
 
 impl LlmCall {
@@ -84,7 +86,17 @@ impl LlmCall {
             prompt: AtomicU64::new(0),
             completion: AtomicU64::new(0),
             reported: AtomicBool::new(false),
+            settlement: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Settles `reservation` on `quota` with this call's usage and cost when the call ends.
+    pub fn settle_on_end(
+        &self,
+        quota: Arc<super::quota::ConsumerQuota>,
+        reservation: super::quota::Reservation,
+    ) {
+        *self.settlement.lock().unwrap_or_else(|p| p.into_inner()) = Some((quota, reservation));
     }
 
     /// The provider's own report.
@@ -119,6 +131,29 @@ impl LlmCall {
         self.price.map_or(0.0, |p| {
             (usage.prompt as f64 * p.input + usage.completion as f64 * p.output) / 1_000_000.0
         })
+    }
+}
+
+impl LlmCall {
+    /// Settles the quota reservation with the final usage, once (the request is recorded).
+    pub fn settle(&self) {
+        let settlement = self.settlement.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((quota, reservation)) = settlement {
+            let usage = self.usage();
+            quota.settle(
+                reservation,
+                usage.prompt + usage.completion,
+                self.cost_usd(),
+                tokio::time::Instant::now(),
+            );
+        }
+    }
+}
+
+impl Drop for LlmCall {
+    /// A call that ended without being recorded still settles.
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 

@@ -130,6 +130,7 @@ impl RequestRecord {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
             if let Some(call) = &self.llm {
+                call.settle();
                 let usage = call.usage();
                 shard.record_llm(
                     &call.provider,
