@@ -172,7 +172,8 @@ impl HostMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    /// Whether `path` is taken by this path rule (host, methods and headers aside).
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Any => true,
             PathMatch::Exact(exact) => path == exact,

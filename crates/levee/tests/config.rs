@@ -347,3 +347,29 @@ routes:
         );
     }
 }
+
+#[test]
+fn prompt_endpoints_need_a_valid_template_a_model_and_an_llm_route() {
+    let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+upstreams: { web: { targets: [127.0.0.1:9000] } }
+llm:
+  providers: { local: { kind: openai_compatible, base_url: http://127.0.0.1:8000/v1 } }
+  models: [{ name: smart, targets: [{ provider: local, model: m }] }]
+  prompts:
+    - { name: a, path: /prompts/a, model: smart, template: \"Hi {{name\" }
+    - { name: b, path: /web/b, model: nope, template: \"Hi\" }
+    - { name: c, path: /elsewhere, model: smart, template: \"Hi\" }
+routes:
+  - { name: ai, match: { path_prefix: /prompts }, llm: true }
+  - { name: web, match: { path_prefix: /web }, upstream: web }
+";
+    let errs = errors(yaml);
+    for text in [
+        "never closed",
+        "unknown model `nope`",
+        "`/web/b` is taken by route `web`, which is not an AI gateway route",
+        "no route takes `/elsewhere`",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(text)), "{text}: {errs:#?}");
+    }
+}

@@ -628,3 +628,64 @@ async fn tokens_per_minute_reserve_max_tokens_and_settle_with_real_usage() {
     assert!(refused.header("retry-after").is_some());
     assert_eq!(openai.hits(), 3);
 }
+
+#[tokio::test]
+async fn a_prompt_endpoint_renders_its_template_and_names_missing_variables() {
+    let openai = provider().await;
+    std::env::set_var("LEVEE_TEST_OPENAI_KEY", "sk-test-123");
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    p0: {{ kind: openai, base_url: \"http://{}/v1\", api_key_env: LEVEE_TEST_OPENAI_KEY }}
+  models:
+    - {{ name: smart, targets: [{{ provider: p0, model: gpt-4o }}] }}
+  prompts:
+    - name: summarize
+      path: /prompts/summarize
+      model: smart
+      template: \"Summarize in {{{{words}}}} words:\\n\\n{{{{text}}}}\"
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+  - name: prompts
+    match: {{ path_prefix: /prompts }}
+    llm: true
+",
+        openai.addr
+    ));
+    let run = |body: serde_json::Value| {
+        let url = h.url("/prompts/summarize");
+        async move {
+            send(
+                &client(false),
+                http::Request::post(url).body(full(body.to_string())).unwrap(),
+            )
+            .await
+        }
+    };
+    let answer = run(serde_json::json!({"variables": {"words": 5, "text": "Levee is a gateway."}})).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["output"], "Hello! How can I assist you today?");
+    assert_eq!(body["usage"]["total_tokens"], 29);
+    assert_eq!(answer.header("x-levee-provider"), Some("p0"));
+    let sent: serde_json::Value = serde_json::from_slice(&openai.seen()[0].body).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "Summarize in 5 words:\n\nLevee is a gateway."
+    );
+    assert_eq!(sent["model"], "gpt-4o");
+
+    let missing = run(serde_json::json!({"variables": {"words": 5}})).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(
+        missing.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`text`"),
+        "{}",
+        missing.text()
+    );
+    assert_eq!(openai.hits(), 1, "nothing is sent for an incomplete prompt");
+}

@@ -100,6 +100,22 @@ pub struct LlmFile {
     /// The exact-match answer cache for deterministic requests (off without this key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<LlmCacheFile>,
+    /// Prompt templates published as REST endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<LlmPromptFile>,
+}
+
+/// A prompt endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPromptFile {
+    pub name: String,
+    /// `POST` here runs the prompt; an `llm: true` route must take this path.
+    pub path: String,
+    /// A name of `llm.models`.
+    pub model: String,
+    /// The prompt, with `{{variable}}` placeholders.
+    pub template: String,
 }
 
 /// Answer-cache settings.

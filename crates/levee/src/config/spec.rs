@@ -45,6 +45,16 @@ pub struct LlmSpec {
     pub pricing: Vec<(String, f64, f64)>,
     /// (TTL, entries, bytes) of the answer cache, when on.
     pub cache: Option<(Duration, usize, usize)>,
+    pub prompts: Vec<LlmPromptSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmPromptSpec {
+    pub name: Arc<str>,
+    pub path: String,
+    /// A name of `models`.
+    pub model: Arc<str>,
+    pub template: crate::llm::prompt::Template,
 }
 
 #[derive(Debug, Clone, PartialEq)]

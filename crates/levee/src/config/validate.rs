@@ -277,6 +277,27 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         }
         routes.push(spec);
     }
+    // A prompt endpoint is served by the first route whose path takes it: it must be an AI
+    // gateway route (whose auth and rate limit then apply).
+    for (i, prompt) in llm.iter().flat_map(|l| l.prompts.iter()).enumerate() {
+        match routes.iter().find(|r| r.matcher.path.matches(&prompt.path)) {
+            Some(route) if route.llm => {}
+            Some(route) => p.at(
+                &format!("llm.prompts[{i}].path"),
+                format!(
+                    "`{}` is taken by route `{}`, which is not an AI gateway route (`llm: true`)",
+                    prompt.path, route.name
+                ),
+            ),
+            None => p.at(
+                &format!("llm.prompts[{i}].path"),
+                format!(
+                    "no route takes `{}`: add a route with `llm: true` whose match covers it",
+                    prompt.path
+                ),
+            ),
+        }
+    }
 
     let workers = match file.workers {
         None | Some(Workers::Auto) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -1698,11 +1719,41 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
         }
         (ttl, entries, bytes)
     });
+    let mut prompts = Vec::new();
+    let mut paths = HashSet::new();
+    for (i, prompt) in file.prompts.iter().enumerate() {
+        let path = format!("llm.prompts[{i}]");
+        if !prompt.path.starts_with('/') || !paths.insert(prompt.path.as_str()) {
+            p.at(
+                &format!("{path}.path"),
+                format!(
+                    "prompt path `{}` must start with `/` and be used once",
+                    prompt.path
+                ),
+            );
+        }
+        if !file.models.iter().any(|m| m.name == prompt.model) {
+            p.at(
+                &format!("{path}.model"),
+                format!("unknown model `{}`", prompt.model),
+            );
+        }
+        match crate::llm::prompt::Template::parse(&prompt.template) {
+            Ok(template) => prompts.push(LlmPromptSpec {
+                name: Arc::from(prompt.name.as_str()),
+                path: prompt.path.clone(),
+                model: Arc::from(prompt.model.as_str()),
+                template,
+            }),
+            Err(message) => p.at(&format!("{path}.template"), message),
+        }
+    }
     Some(LlmSpec {
         providers,
         models,
         pricing,
         cache,
+        prompts,
     })
 }
 

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod cache;
 pub mod openai;
+pub mod prompt;
 pub mod quota;
 pub mod relay;
 pub mod sse;
@@ -174,6 +175,9 @@ async fn dispatch(
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let path = parts.uri.path();
+    if let Some(prompt) = llm.prompts.iter().find(|p| p.path == path) {
+        return run_prompt(worker, llm, client, route, prompt, parts, body, record).await;
+    }
     if path.ends_with("/models") && parts.method == Method::GET {
         return Ok(models(llm));
     }
@@ -202,6 +206,21 @@ async fn dispatch(
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(ApiError::bad_request("The request body must be a JSON object."));
     };
+    let (response, _) = complete(worker, llm, client, endpoint, request, &parts.headers, record).await?;
+    Ok(response)
+}
+
+/// A call to `endpoint` for a parsed request: model lookup, answer cache, consumer quota,
+/// then the targets. Also returns the whole answer when it was not streamed.
+async fn complete(
+    worker: &WorkerContext,
+    llm: &LlmSpec,
+    client: &LlmClient,
+    endpoint: &'static str,
+    request: Map<String, Value>,
+    headers: &http::HeaderMap,
+    record: &mut RequestRecord,
+) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
     let Some(name) = request.get("model").and_then(Value::as_str) else {
         return Err(ApiError::bad_request("`model` is required."));
     };
@@ -221,9 +240,10 @@ async fn dispatch(
         .or_else(|| request.get("input"))
         .map_or(0, |m| m.to_string().len() as u64 / 4);
     // The answer cache: deterministic, non-streamed chat requests.
-    let cache = worker.gateway.llm_cache.as_deref().filter(|_| {
-        endpoint == "chat/completions" && cache::wanted(&request, parts.headers.get(&X_LEVEE_CACHE))
-    });
+    let cache =
+        worker.gateway.llm_cache.as_deref().filter(|_| {
+            endpoint == "chat/completions" && cache::wanted(&request, headers.get(&X_LEVEE_CACHE))
+        });
     let key = cache.map(|_| cache::key(record.consumer.as_deref(), &request));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(hit) = cache.get(key, Instant::now()) {
@@ -234,7 +254,8 @@ async fn dispatch(
                 hit.model.clone(),
                 None,
             )));
-            return Ok(cached_answer(hit));
+            let body = hit.body.clone();
+            return Ok((cached_answer(hit), Some(body)));
         }
         worker.recorder.metrics.lock().record_llm_cache(false);
     }
@@ -281,7 +302,7 @@ async fn dispatch(
         response
             .headers_mut()
             .insert(X_LEVEE_CACHE.clone(), HeaderValue::from_static("miss"));
-        if let (true, Some(body), Some(call)) = (response.status().is_success(), whole, &record.llm) {
+        if let (true, Some(body), Some(call)) = (response.status().is_success(), whole.clone(), &record.llm) {
             cache.put(
                 key,
                 cache::Cached {
@@ -294,7 +315,90 @@ async fn dispatch(
             );
         }
     }
-    Ok(response)
+    Ok((response, whole))
+}
+
+/// `POST <prompt path>` with `{"variables": {...}}` (and optionally `temperature` and
+/// `max_tokens`): the rendered template as one user message to the prompt's model, answered
+/// as `{"output", "usage", "model"}`.
+#[allow(clippy::too_many_arguments)]
+async fn run_prompt(
+    worker: &WorkerContext,
+    llm: &LlmSpec,
+    client: &LlmClient,
+    route: &RouteSpec,
+    prompt: &crate::config::spec::LlmPromptSpec,
+    parts: Parts,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("The prompt `{}` takes POST.", prompt.name),
+        ));
+    }
+    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
+    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
+    let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object with `variables`.",
+        ));
+    };
+    let variables = match input.get("variables") {
+        Some(Value::Object(values)) => values.clone(),
+        None => Map::new(),
+        Some(_) => return Err(ApiError::bad_request("`variables` must be an object.")),
+    };
+    let text = prompt.template.render(&variables).map_err(|missing| {
+        let names: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
+        ApiError::bad_request(format!("Missing variables: {}.", names.join(", ")))
+    })?;
+    let mut request = Map::new();
+    request.insert("model".into(), Value::from(&*prompt.model));
+    request.insert("messages".into(), json!([{ "role": "user", "content": text }]));
+    for key in ["temperature", "max_tokens"] {
+        if let Some(value) = input.get(key) {
+            request.insert(key.into(), value.clone());
+        }
+    }
+    let (response, whole) = complete(
+        worker,
+        llm,
+        client,
+        "chat/completions",
+        request,
+        &parts.headers,
+        record,
+    )
+    .await?;
+    let answer = whole
+        .filter(|_| response.status().is_success())
+        .and_then(|body| serde_json::from_slice::<Value>(&body).ok());
+    let Some(answer) = answer else {
+        // The provider's error, as it is.
+        return Ok(response);
+    };
+    let output = answer
+        .pointer("/choices/0/message/content")
+        .cloned()
+        .unwrap_or(Value::from(""));
+    let body = json!({
+        "output": output,
+        "usage": answer.get("usage").cloned().unwrap_or_default(),
+        "model": &*prompt.model,
+    });
+    let mut rendered = Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
+    let headers = rendered.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for name in [&X_LEVEE_PROVIDER, &X_LEVEE_MODEL, &X_LEVEE_CACHE] {
+        if let Some(value) = response.headers().get(name) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(rendered)
 }
 
 /// Tokens a call without `max_tokens` reserves for its completion.
