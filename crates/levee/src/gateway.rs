@@ -36,6 +36,8 @@ pub struct Gateway {
     pub jwt: Option<Arc<JwtVerifier>>,
     /// Each consumer's LLM budget and rate limits (only consumers that have any).
     pub llm_quotas: std::collections::HashMap<Arc<str>, Arc<crate::llm::quota::ConsumerQuota>>,
+    /// Each model's targets' breakers and latency estimates, indexed like `llm.models`.
+    pub llm_targets: Vec<Vec<Arc<crate::llm::TargetState>>>,
     /// The AI gateway's answer cache, when configured.
     pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
     /// 1 for the config the process started with, one more per applied reload.
@@ -134,7 +136,22 @@ impl Gateway {
                 (c.name.clone(), quota)
             })
             .collect();
+        let llm_targets = match previous {
+            Some(old) if old.config.llm == config.llm => old.llm_targets.clone(),
+            _ => config
+                .llm
+                .iter()
+                .flat_map(|l| l.models.iter())
+                .map(|m| {
+                    m.targets
+                        .iter()
+                        .map(|_| Arc::new(crate::llm::TargetState::new(m.breaker.clone())))
+                        .collect()
+                })
+                .collect(),
+        };
         Gateway {
+            llm_targets,
             llm_quotas,
             llm_cache,
             config,

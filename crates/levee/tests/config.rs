@@ -320,7 +320,7 @@ llm:
     claude: { kind: anthropic, base_url: https://api.anthropic.com }
   models:
     - name: smart
-      strategy: weighted
+      strategy: fastest
       targets: [{ provider: nowhere, model: x }]
 routes:
   - name: ai
@@ -334,7 +334,7 @@ routes:
         ("levee.yaml:4:21", "not built yet"),
         ("levee.yaml:5:49", "not an http(s) URL"),
         ("levee.yaml:6:13", "provider `claude` needs `api_key_env`"),
-        ("levee.yaml:9:17", "strategy `weighted` is not built yet"),
+        ("levee.yaml:9:17", "unknown strategy `fastest`"),
         ("levee.yaml:10:29", "unknown provider `nowhere`"),
         ("levee.yaml:14:15", "not an upstream"),
         ("levee.yaml:15:12", "`retry` has no effect on an AI gateway route"),

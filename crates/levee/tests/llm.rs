@@ -689,3 +689,172 @@ routes:
     );
     assert_eq!(openai.hits(), 1, "nothing is sent for an incomplete prompt");
 }
+
+#[tokio::test]
+async fn azure_openai_is_addressed_by_deployment_and_api_version() {
+    let azure = provider().await;
+    std::env::set_var("LEVEE_TEST_AZURE_KEY", "azure-key");
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    azure: {{ kind: azure_openai, base_url: \"http://{}\", api_key_env: LEVEE_TEST_AZURE_KEY, api_version: 2024-10-21 }}
+  models:
+    - {{ name: smart, targets: [{{ provider: azure, model: my-gpt-4o }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        azure.addr
+    ));
+    let answer = chat(
+        &h,
+        serde_json::json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = &azure.seen()[0];
+    assert_eq!(seen.uri.path(), "/openai/deployments/my-gpt-4o/chat/completions");
+    assert_eq!(seen.uri.query(), Some("api-version=2024-10-21"));
+    assert_eq!(seen.headers["api-key"], "azure-key");
+    assert!(seen.headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn nothing_is_retried_once_the_stream_has_started() {
+    // The first provider sends one chunk, then breaks the connection.
+    let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"},\"finish_reason\":null}]}\n\n";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let breaking = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let _ = stream.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+                chunk.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    let spare = provider().await;
+    let h = gateway(&[("gpt-4o", breaking), ("gpt-4o", spare.addr)]);
+    let response = client(false)
+        .request(
+            http::Request::post(h.url("/v1/chat/completions"))
+                .body(full(r#"{"model":"smart","stream":true,"messages":[]}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-levee-provider"], "p0");
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await;
+    // The client gets the started stream and then the break, not a second answer.
+    if let Ok(collected) = body {
+        let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+        assert!(text.contains("par") && !text.contains("Hello"), "{text}");
+    }
+    assert_eq!(spare.hits(), 0, "no fallback after the first streamed byte");
+}
+
+/// A gateway with one model over `targets` (model names are the target labels) and `model_extra`.
+fn strategy_gateway(targets: &[(&str, std::net::SocketAddr, u32)], model_extra: &str) -> Harness {
+    let mut providers = String::new();
+    let mut list = Vec::new();
+    for (i, (model, addr, weight)) in targets.iter().enumerate() {
+        providers.push_str(&format!(
+            "    p{i}: {{ kind: openai_compatible, base_url: \"http://{addr}/v1\" }}\n"
+        ));
+        list.push(format!("{{ provider: p{i}, model: {model}, weight: {weight} }}"));
+    }
+    Harness::start(&format!(
+        "llm:
+  providers:
+{providers}  models:
+    - name: smart
+      targets: [{}]
+{model_extra}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        list.join(", ")
+    ))
+}
+
+#[tokio::test]
+async fn a_failing_target_is_skipped_once_its_breaker_opens() {
+    let failing = MockUpstream::start(|_| Reply::status(500)).await;
+    let good = provider().await;
+    let h = strategy_gateway(
+        &[("a", failing.addr, 1), ("b", good.addr, 1)],
+        "      circuit_breaker: { consecutive_failures: 2, open_for: 1m }",
+    );
+    for _ in 0..5 {
+        let answer = chat(&h, serde_json::json!({"model": "smart", "messages": []})).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(
+        (failing.hits(), good.hits()),
+        (2, 5),
+        "after two failures the breaker opens"
+    );
+}
+
+#[tokio::test]
+async fn lowest_latency_prefers_the_faster_target_once_measured() {
+    let slow = MockUpstream::start(|_| {
+        Reply::ok(COMPLETION)
+            .header("content-type", "application/json")
+            .delay(Duration::from_millis(150))
+    })
+    .await;
+    let fast = provider().await;
+    let h = strategy_gateway(
+        &[("slow", slow.addr, 1), ("fast", fast.addr, 1)],
+        "      strategy: lowest_latency",
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            chat(&h, serde_json::json!({"model": "smart", "messages": []}))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    // Both are measured once (the unmeasured count as fastest), then the fast one serves.
+    assert_eq!((slow.hits(), fast.hits()), (1, 5));
+}
+
+#[tokio::test]
+async fn weighted_first_tries_follow_the_weights() {
+    let heavy = provider().await;
+    let light = provider().await;
+    let h = strategy_gateway(
+        &[("heavy", heavy.addr, 3), ("light", light.addr, 1)],
+        "      strategy: weighted",
+    );
+    for _ in 0..400 {
+        assert_eq!(
+            chat(&h, serde_json::json!({"model": "smart", "messages": []}))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    // 3:1, so about 300 of 400; 250..350 is more than seven standard deviations wide.
+    assert!(
+        (250..350).contains(&heavy.hits()),
+        "{} / {}",
+        heavy.hits(),
+        light.hits()
+    );
+    assert_eq!(heavy.hits() + light.hits(), 400);
+}

@@ -141,9 +141,13 @@ pub struct LlmProviderFile {
     pub kind: LlmProviderKind,
     /// The API's base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`.
     pub base_url: String,
-    /// The environment variable holding the API key (sent as `Authorization: Bearer`).
+    /// The environment variable holding the API key (sent as `Authorization: Bearer`, or as
+    /// Anthropic's `x-api-key` and Azure's `api-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// `azure_openai` only: the `api-version` query parameter. Default `2024-10-21`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// The API a provider speaks.
@@ -163,9 +167,13 @@ pub enum LlmProviderKind {
 pub struct LlmModelFile {
     /// The `model` clients send.
     pub name: String,
-    /// How targets are chosen: `fallback` (in order; the only strategy built so far).
+    /// How targets are chosen: `fallback` (in order, the default), `weighted` (the first try
+    /// by weight, then the others in order) or `lowest_latency` (fastest first answer first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// A circuit breaker per target (on by default, with the upstream breaker's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerFile>,
     /// Provider models that serve it.
     pub targets: Vec<LlmTargetFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +188,9 @@ pub struct LlmTargetFile {
     pub provider: String,
     /// The model name the provider knows.
     pub model: String,
+    /// `weighted` strategy: the share of first tries (relative). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// Time limits for one call to a provider.

@@ -64,6 +64,8 @@ pub struct LlmProviderSpec {
     /// The base URL without a trailing slash (`https://api.openai.com/v1`).
     pub base_url: String,
     pub api_key: Option<Secret>,
+    /// `azure_openai`: the `api-version` query parameter.
+    pub api_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,8 +73,21 @@ pub struct LlmModelSpec {
     pub name: Arc<str>,
     /// (index into `providers`, the provider's model name), in fallback order.
     pub targets: Vec<(usize, Arc<str>)>,
+    pub strategy: LlmStrategy,
+    /// Per target, for `weighted`.
+    pub weights: Vec<u32>,
+    /// Each target's breaker; `None` when turned off.
+    pub breaker: Option<BreakerConfig>,
     pub first_token: Duration,
     pub total: Duration,
+}
+
+/// How a model's targets are ordered for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmStrategy {
+    Fallback,
+    Weighted,
+    LowestLatency,
 }
 
 /// Where and how spans are exported.

@@ -1588,13 +1588,16 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
     let mut providers = Vec::new();
     for (name, provider) in &file.providers {
         let path = format!("llm.providers.{name}");
-        if !matches!(
-            provider.kind,
-            LlmProviderKind::Openai | LlmProviderKind::OpenaiCompatible | LlmProviderKind::Anthropic
-        ) {
+        if provider.kind == LlmProviderKind::Gemini {
             p.at(
                 &format!("{path}.kind"),
-                "this provider kind is not built yet (openai, openai_compatible and anthropic are); it is refused rather than ignored",
+                "this provider kind is not built yet (openai, openai_compatible, anthropic and azure_openai are); it is refused rather than ignored",
+            );
+        }
+        if provider.api_version.is_some() && provider.kind != LlmProviderKind::AzureOpenai {
+            p.at(
+                &format!("{path}.api_version"),
+                "api_version is for azure_openai providers",
             );
         }
         let base_url = provider.base_url.trim_end_matches('/').to_owned();
@@ -1622,7 +1625,7 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
             });
         if matches!(
             provider.kind,
-            LlmProviderKind::Openai | LlmProviderKind::Anthropic
+            LlmProviderKind::Openai | LlmProviderKind::Anthropic | LlmProviderKind::AzureOpenai
         ) && provider.api_key_env.is_none()
         {
             p.at(
@@ -1635,6 +1638,10 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
             kind: provider.kind,
             base_url,
             api_key,
+            api_version: provider
+                .api_version
+                .clone()
+                .unwrap_or_else(|| "2024-10-21".into()),
         });
     }
     let mut models = Vec::new();
@@ -1647,18 +1654,31 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                 format!("duplicate model name `{}`", model.name),
             );
         }
-        match model.strategy.as_deref() {
-            None | Some("fallback") => {}
-            Some(strategy @ ("weighted" | "lowest_latency")) => p.at(
-                &format!("{path}.strategy"),
-                format!(
-                    "strategy `{strategy}` is not built yet (fallback is); it is refused rather than ignored"
-                ),
-            ),
-            Some(other) => p.at(
-                &format!("{path}.strategy"),
-                format!("unknown strategy `{other}`: use fallback, weighted or lowest_latency"),
-            ),
+        let strategy = match model.strategy.as_deref() {
+            None | Some("fallback") => LlmStrategy::Fallback,
+            Some("weighted") => LlmStrategy::Weighted,
+            Some("lowest_latency") => LlmStrategy::LowestLatency,
+            Some(other) => {
+                p.at(
+                    &format!("{path}.strategy"),
+                    format!("unknown strategy `{other}`: use fallback, weighted or lowest_latency"),
+                );
+                LlmStrategy::Fallback
+            }
+        };
+        let mut breaker_ok = true;
+        let breaker = check_breaker(
+            model.circuit_breaker.as_ref(),
+            &format!("{path}.circuit_breaker"),
+            p,
+            &mut breaker_ok,
+        );
+        let weights: Vec<u32> = model.targets.iter().map(|t| t.weight.unwrap_or(1)).collect();
+        if strategy == LlmStrategy::Weighted && weights.iter().all(|w| *w == 0) {
+            p.at(
+                &format!("{path}.targets"),
+                "weighted targets need a weight above zero",
+            );
         }
         if model.targets.is_empty() {
             p.at(&format!("{path}.targets"), "a model needs at least one target");
@@ -1689,6 +1709,9 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
         models.push(LlmModelSpec {
             name: Arc::from(model.name.as_str()),
             targets,
+            strategy,
+            weights,
+            breaker,
             first_token,
             total,
         });

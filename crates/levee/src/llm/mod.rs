@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::config::file::LlmProviderKind;
-use crate::config::spec::{LlmModelSpec, LlmProviderSpec, LlmSpec, RouteSpec};
+use crate::config::spec::{LlmModelSpec, LlmProviderSpec, LlmSpec, LlmStrategy, RouteSpec};
 use crate::gateway::WorkerContext;
 use crate::headers::X_REQUEST_ID;
 use crate::observability::metrics::Outcome;
@@ -473,9 +473,33 @@ async fn call_targets(
         "upstream_error",
         "No provider could serve the request.",
     );
-    for (attempt, (provider_index, provider_model)) in model.targets.iter().enumerate() {
+    let states = llm
+        .models
+        .iter()
+        .position(|m| std::ptr::eq(m, model))
+        .and_then(|i| worker.gateway.llm_targets.get(i));
+    let order = try_order(model, states.map(Vec::as_slice).unwrap_or_default());
+    for (attempt, index) in order.into_iter().enumerate() {
+        let Some((provider_index, provider_model)) = model.targets.get(index) else {
+            continue;
+        };
         let Some(provider) = llm.providers.get(*provider_index) else {
             continue;
+        };
+        let state = states.and_then(|s| s.get(index));
+        // A target whose breaker is open is passed over without a call.
+        let permit = match state.map(|s| s.admit(Instant::now())) {
+            Some(Err(())) => {
+                last = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "upstream_unavailable",
+                    "Every provider for this model is failing; their circuit breakers are open.",
+                );
+                continue;
+            }
+            Some(Ok(permit)) => permit,
+            None => None,
         };
         record.attempts = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
         let include_usage = request
@@ -512,6 +536,9 @@ async fn call_targets(
         )
         .await;
         let elapsed = try_started.elapsed();
+        if let Some(state) = state {
+            state.settle(permit, outcome.is_ok(), elapsed, Instant::now());
+        }
         let (result_outcome, result) = match outcome {
             Ok((status, response, whole)) => (Outcome::from_status(status), Ok((response, whole))),
             Err((outcome, error)) => (outcome, Err(error)),
@@ -552,6 +579,110 @@ async fn call_targets(
         }
     }
     Err(last)
+}
+
+/// The shared state of one model target: its circuit breaker and its latency estimate.
+#[derive(Debug)]
+pub struct TargetState {
+    breaker: Option<std::sync::Mutex<levee_resilience::CircuitBreaker>>,
+    /// Peak-free EWMA of the time to an answer (its first bytes for a stream), in ms.
+    latency_ms: std::sync::Mutex<Option<f64>>,
+}
+
+/// How much a new latency sample moves the estimate.
+const LATENCY_WEIGHT: f64 = 0.3;
+
+impl TargetState {
+    pub fn new(breaker: Option<levee_resilience::BreakerConfig>) -> TargetState {
+        TargetState {
+            breaker: breaker
+                .map(|c| std::sync::Mutex::new(levee_resilience::CircuitBreaker::new(c, Instant::now()))),
+            latency_ms: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A breaker permit, `Ok(None)` without a breaker, `Err` when the breaker is open.
+    fn admit(&self, now: Instant) -> Result<Option<levee_resilience::Permit>, ()> {
+        match &self.breaker {
+            None => Ok(None),
+            Some(breaker) => breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_acquire(now)
+                .map(Some)
+                .ok_or(()),
+        }
+    }
+
+    fn settle(
+        &self,
+        permit: Option<levee_resilience::Permit>,
+        served: bool,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+            breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(permit, served, now);
+        }
+        if served {
+            let sample = elapsed.as_secs_f64() * 1000.0;
+            let mut estimate = self.latency_ms.lock().unwrap_or_else(|p| p.into_inner());
+            *estimate = Some(match *estimate {
+                Some(old) => old + LATENCY_WEIGHT * (sample - old),
+                None => sample,
+            });
+        }
+    }
+
+    /// The latency estimate; targets never measured count as 0, so they get measured.
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(0.0)
+    }
+}
+
+/// The order in which a model's targets are tried.
+fn try_order(model: &LlmModelSpec, states: &[Arc<TargetState>]) -> Vec<usize> {
+    let all: Vec<usize> = (0..model.targets.len()).collect();
+    match model.strategy {
+        LlmStrategy::Fallback => all,
+        LlmStrategy::Weighted => {
+            let total: u64 = model.weights.iter().map(|w| u64::from(*w)).sum();
+            if total == 0 {
+                return all;
+            }
+            let mut pick = fastrand::u64(..total);
+            let first = model
+                .weights
+                .iter()
+                .position(|w| {
+                    let w = u64::from(*w);
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            std::iter::once(first)
+                .chain(all.into_iter().filter(|i| *i != first))
+                .collect()
+        }
+        LlmStrategy::LowestLatency => {
+            let mut sorted = all;
+            sorted.sort_by(|a, b| {
+                let latency = |i: &usize| states.get(*i).map_or(0.0, |s| s.latency_ms());
+                latency(a).total_cmp(&latency(b))
+            });
+            sorted
+        }
+    }
 }
 
 /// One provider call. `Ok` is the answer for the client (even a provider's 4xx); `Err` means
@@ -758,6 +889,21 @@ fn outgoing(
                 body: body.to_string().into_bytes(),
             })
         }
+        LlmProviderKind::AzureOpenai => {
+            // Azure OpenAI: the OpenAI body, addressed to a deployment (the target's model).
+            let mut body = request.clone();
+            openai::prepare(&mut body, model, stream);
+            Ok(Outgoing {
+                uri: format!(
+                    "{}/openai/deployments/{}/{endpoint}?api-version={}",
+                    provider.base_url,
+                    percent_encode_segment(model),
+                    percent_encode_segment(&provider.api_version)
+                ),
+                headers: key.map(|k| ("api-key", k)).into_iter().collect(),
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+            })
+        }
         _ => {
             let mut body = request.clone();
             openai::prepare(&mut body, model, stream);
@@ -771,6 +917,19 @@ fn outgoing(
             })
         }
     }
+}
+
+/// A URL path segment or query value with everything but unreserved characters escaped.
+fn percent_encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn unix_seconds() -> u64 {
