@@ -311,7 +311,7 @@ fn every_deployment_file_parses_and_the_configmap_config_passes_check() {
 }
 
 #[test]
-fn llm_settings_are_validated_and_unbuilt_parts_refused() {
+fn llm_settings_are_validated() {
     let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
 llm:
   providers:
@@ -331,7 +331,7 @@ routes:
 ";
     let errs = errors(yaml);
     let expect = [
-        ("levee.yaml:4:21", "not built yet"),
+        ("levee.yaml:4:13", "provider `gemini` needs `api_key_env`"),
         ("levee.yaml:5:49", "not an http(s) URL"),
         ("levee.yaml:6:13", "provider `claude` needs `api_key_env`"),
         ("levee.yaml:9:17", "unknown strategy `fastest`"),

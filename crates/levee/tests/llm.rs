@@ -858,3 +858,108 @@ async fn weighted_first_tries_follow_the_weights() {
     );
     assert_eq!(heavy.hits() + light.hits(), 400);
 }
+
+const GEMINI_ANSWER: &str = include_str!("fixtures/gemini/generate_content.json");
+const GEMINI_CALL: &str = include_str!("fixtures/gemini/generate_content_function_call.json");
+const GEMINI_STREAM: &str = include_str!("fixtures/gemini/stream.sse");
+const GEMINI_ERROR: &str = include_str!("fixtures/gemini/error_invalid_argument.json");
+
+#[tokio::test]
+async fn gemini_answers_calls_streams_and_errors_in_the_openai_shape() {
+    let gemini = MockUpstream::start(|seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        if seen.uri.path().ends_with(":streamGenerateContent") {
+            let chunks = GEMINI_STREAM
+                .as_bytes()
+                .chunks(29)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunks, Duration::from_millis(1))
+        } else if request["generationConfig"]["temperature"] == 5 {
+            Reply::status(400)
+                .header("content-type", "application/json")
+                .body(GEMINI_ERROR)
+        } else if request.get("tools").is_some() {
+            Reply::ok(GEMINI_CALL).header("content-type", "application/json")
+        } else {
+            Reply::ok(GEMINI_ANSWER).header("content-type", "application/json")
+        }
+    })
+    .await;
+    std::env::set_var("LEVEE_TEST_GEMINI_KEY", "gemini-key");
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    google: {{ kind: gemini, base_url: \"http://{}\", api_key_env: LEVEE_TEST_GEMINI_KEY }}
+  models:
+    - {{ name: smart, targets: [{{ provider: google, model: gemini-2.5-flash }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        gemini.addr
+    ));
+    let plain = chat(
+        &h,
+        serde_json::json!({"model": "smart", "messages": [
+        {"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(plain.status, StatusCode::OK, "{}", plain.text());
+    assert_eq!(
+        plain.json()["choices"][0]["message"]["content"],
+        "Hello! How can I help you today?"
+    );
+    assert_eq!(plain.json()["usage"]["total_tokens"], 14);
+    let seen = &gemini.seen()[0];
+    assert_eq!(seen.uri.path(), "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(seen.headers["x-goog-api-key"], "gemini-key");
+    let sent: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "Be nice.");
+
+    let called = chat(&h, serde_json::json!({"model": "smart",
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "messages": [{"role": "user", "content": "Weather?"}]})).await;
+    let call = &called.json()["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert!(call["function"]["arguments"].as_str().unwrap().contains("Boston"));
+    assert_eq!(called.json()["choices"][0]["finish_reason"], "tool_calls");
+
+    let streamed = chat(
+        &h,
+        serde_json::json!({"model": "smart", "stream": true,
+        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let text = streamed.text();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let content: String = text
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(content, "Hello there! How can I help?");
+    assert!(gemini.seen().iter().any(|s| s.uri.query() == Some("alt=sse")));
+
+    let refused = chat(
+        &h,
+        serde_json::json!({"model": "smart", "temperature": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("temperature"));
+    eventually("gemini usage recorded", || async {
+        metrics(&h).await.contains(
+            "levee_llm_tokens_total{provider=\"google\",model=\"gemini-2.5-flash\",kind=\"completion\"} 28",
+        )
+    })
+    .await;
+}

@@ -1588,12 +1588,6 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
     let mut providers = Vec::new();
     for (name, provider) in &file.providers {
         let path = format!("llm.providers.{name}");
-        if provider.kind == LlmProviderKind::Gemini {
-            p.at(
-                &format!("{path}.kind"),
-                "this provider kind is not built yet (openai, openai_compatible, anthropic and azure_openai are); it is refused rather than ignored",
-            );
-        }
         if provider.api_version.is_some() && provider.kind != LlmProviderKind::AzureOpenai {
             p.at(
                 &format!("{path}.api_version"),
@@ -1623,11 +1617,7 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                     None
                 }
             });
-        if matches!(
-            provider.kind,
-            LlmProviderKind::Openai | LlmProviderKind::Anthropic | LlmProviderKind::AzureOpenai
-        ) && provider.api_key_env.is_none()
-        {
+        if provider.kind != LlmProviderKind::OpenaiCompatible && provider.api_key_env.is_none() {
             p.at(
                 &path,
                 format!("provider `{name}` needs `api_key_env` (its API key)"),

@@ -16,6 +16,7 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::Event;
+use super::translate::{write_data, Translate};
 use super::usage::Usage;
 
 /// The API version this adapter speaks.
@@ -290,20 +291,6 @@ impl StreamTranslator {
         }
     }
 
-    /// The usage seen so far (input tokens from `message_start`, output from `message_delta`).
-    pub fn usage(&self) -> Usage {
-        self.usage
-    }
-
-    pub fn done(&self) -> bool {
-        self.done
-    }
-
-    /// Content deltas relayed so far.
-    pub fn deltas(&self) -> u64 {
-        self.deltas
-    }
-
     fn chunk(&self, delta: Value, finish_reason: Value, out: &mut Vec<u8>) {
         let chunk = json!({
             "id": self.id,
@@ -314,10 +301,26 @@ impl StreamTranslator {
         });
         write_data(&chunk.to_string(), out);
     }
+}
+
+impl Translate for StreamTranslator {
+    /// The usage seen so far (input tokens from `message_start`, output from `message_delta`).
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Content deltas relayed so far.
+    fn deltas(&self) -> u64 {
+        self.deltas
+    }
 
     /// Translates one event, appending OpenAI frames to `out`. Returns true when the event
     /// carried the final usage (`message_delta`).
-    pub fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return false;
         };
@@ -421,7 +424,7 @@ impl StreamTranslator {
     }
 
     /// The usage chunk (when asked for) and `[DONE]`, once.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    fn finish(&mut self, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
@@ -443,12 +446,6 @@ impl StreamTranslator {
         }
         write_data("[DONE]", out);
     }
-}
-
-fn write_data(data: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

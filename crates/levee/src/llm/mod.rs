@@ -17,11 +17,13 @@
 
 pub mod anthropic;
 pub mod cache;
+pub mod gemini;
 pub mod openai;
 pub mod prompt;
 pub mod quota;
 pub mod relay;
 pub mod sse;
+pub mod translate;
 pub mod usage;
 
 use std::sync::Arc;
@@ -760,7 +762,10 @@ async fn try_target(
         return Err((outcome, error));
     }
     let (parts, incoming) = response.into_parts();
-    let anthropic = provider.kind == LlmProviderKind::Anthropic;
+    let translated = matches!(
+        provider.kind,
+        LlmProviderKind::Anthropic | LlmProviderKind::Gemini
+    );
     if let (Some(include_usage), true) = (stream, status.is_success()) {
         // Commit to this provider only once its stream has started.
         let mut incoming = incoming;
@@ -774,7 +779,18 @@ async fn try_target(
                 ))
             }
         };
-        let translator = anthropic.then(|| anthropic::StreamTranslator::new(include_usage, unix_seconds()));
+        let translator: Option<Box<dyn translate::Translate>> = match provider.kind {
+            LlmProviderKind::Anthropic => Some(Box::new(anthropic::StreamTranslator::new(
+                include_usage,
+                unix_seconds(),
+            ))),
+            LlmProviderKind::Gemini => Some(Box::new(gemini::StreamTranslator::new(
+                include_usage,
+                unix_seconds(),
+                &call.model,
+            ))),
+            _ => None,
+        };
         let relay = relay::Relay::new(
             first,
             incoming,
@@ -811,12 +827,13 @@ async fn try_target(
         Ok(Ok(collected)) => collected.to_bytes(),
     };
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();
-    let bytes = match (anthropic, status.is_success(), parsed) {
+    let translate_answer = |answer: &Value| match provider.kind {
+        LlmProviderKind::Gemini => gemini::chat_answer(answer, &call.model, unix_seconds()),
+        _ => anthropic::chat_answer(answer, unix_seconds()),
+    };
+    let bytes = match (translated, status.is_success(), parsed) {
         (true, true, parsed) => {
-            let Some((answer, usage)) = parsed
-                .as_ref()
-                .and_then(|a| anthropic::chat_answer(a, unix_seconds()))
-            else {
+            let Some((answer, usage)) = parsed.as_ref().and_then(translate_answer) else {
                 return Err(unavailable(
                     Outcome::Reset,
                     "The provider's answer could not be read.".into(),
@@ -826,7 +843,12 @@ async fn try_target(
             Bytes::from(answer.to_string())
         }
         (true, false, parsed) => {
-            Bytes::from(anthropic::error_answer(&parsed.unwrap_or_default()).to_string())
+            let parsed = parsed.unwrap_or_default();
+            let error = match provider.kind {
+                LlmProviderKind::Gemini => gemini::error_answer(&parsed),
+                _ => anthropic::error_answer(&parsed),
+            };
+            Bytes::from(error.to_string())
         }
         (false, true, parsed) => {
             match parsed.as_ref().and_then(openai::usage) {
@@ -886,6 +908,29 @@ fn outgoing(
             Ok(Outgoing {
                 uri: format!("{}/v1/messages", provider.base_url),
                 headers,
+                body: body.to_string().into_bytes(),
+            })
+        }
+        LlmProviderKind::Gemini => {
+            if endpoint != "chat/completions" {
+                return Err(ApiError::bad_request(format!(
+                    "The provider `{}` (Gemini) does not offer {endpoint} here.",
+                    provider.name
+                )));
+            }
+            let body = gemini::chat_request(request).map_err(ApiError::bad_request)?;
+            let method = if stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            Ok(Outgoing {
+                uri: format!(
+                    "{}/v1beta/models/{}:{method}",
+                    provider.base_url,
+                    percent_encode_segment(model)
+                ),
+                headers: key.map(|k| ("x-goog-api-key", k)).into_iter().collect(),
                 body: body.to_string().into_bytes(),
             })
         }

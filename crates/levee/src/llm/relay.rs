@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 
-use super::anthropic::StreamTranslator;
 use super::openai;
 use super::sse::{Event, SseParser};
+use super::translate::Translate;
 use super::usage::{LlmCall, Usage};
 
 /// The relayed stream.
@@ -34,7 +34,7 @@ pub struct Relay {
     /// The parser gave up (an oversized event): keep relaying, stop reading.
     blind: bool,
     /// Present when the stream is translated rather than relayed as it is.
-    translator: Option<StreamTranslator>,
+    translator: Option<Box<dyn Translate>>,
     /// The translated stream has ended (its closing frames are out).
     ended: bool,
 }
@@ -46,7 +46,7 @@ impl Relay {
         deadline: tokio::time::Instant,
         call: Arc<LlmCall>,
         prompt_estimate: u64,
-        translator: Option<StreamTranslator>,
+        translator: Option<Box<dyn Translate>>,
     ) -> Relay {
         let mut relay = Relay {
             translator,

@@ -1,0 +1,518 @@
+//! Google's Gemini API (`generateContent`, `streamGenerateContent?alt=sse`; Gemini API
+//! reference, "Generating content") behind the OpenAI Chat Completions API.
+//!
+//! Requests: system messages become `systemInstruction`; user and assistant turns become
+//! `contents` with roles `user` and `model` (consecutive turns of one role merged); an
+//! assistant's `tool_calls` become `functionCall` parts and `tool` messages `functionResponse`
+//! parts (named after the call they answer); `tools` become `functionDeclarations`;
+//! `temperature`, `top_p`, `max_tokens` and `stop` go to `generationConfig`. Answers: text
+//! parts join into `content`, `functionCall` parts become `tool_calls` (with ids Levee makes
+//! up, as Gemini has none), `finishReason` maps to `finish_reason`, `usageMetadata` to usage.
+//! Streams: every `GenerateContentResponse` event becomes `chat.completion.chunk` frames; the
+//! stream ends with the usage chunk (when asked for) and `data: [DONE]`.
+//!
+//! Refused with a 400 naming the field: `n` above 1, `logprobs`, non-text content parts.
+
+use serde_json::{json, Map, Value};
+
+use super::sse::Event;
+use super::translate::{write_data, Translate};
+use super::usage::Usage;
+
+/// The request body for `model`, or why it cannot be expressed.
+pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
+    if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err("`n` above 1 is not supported by this model's provider.".into());
+    }
+    if request.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err("`logprobs` is not supported by this model's provider.".into());
+    }
+    let empty = Vec::new();
+    let mut system: Vec<String> = Vec::new();
+    let mut contents: Vec<Value> = Vec::new();
+    // Tool call id → function name, to name the answers to calls.
+    let mut call_names: Vec<(String, String)> = Vec::new();
+    for message in request
+        .get("messages")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty)
+    {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
+        match role {
+            "system" | "developer" => system.push(text_of(message.get("content"))?),
+            "user" => push_turn(&mut contents, "user", text_parts(message.get("content"))?),
+            "assistant" => {
+                let mut parts = text_parts(message.get("content"))?;
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .unwrap_or(&empty)
+                {
+                    let function = call.get("function").cloned().unwrap_or_default();
+                    let name = function
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        call_names.push((id.to_owned(), name.clone()));
+                    }
+                    parts.push(json!({ "functionCall": {
+                        "name": name,
+                        "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
+                    }}));
+                }
+                push_turn(&mut contents, "model", parts);
+            }
+            "tool" => {
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let name = call_names
+                    .iter()
+                    .find(|(call, _)| call == id)
+                    .map(|(_, name)| name.clone())
+                    .unwrap_or_default();
+                let result = text_of(message.get("content"))?;
+                let response = serde_json::from_str::<Value>(&result)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({ "result": result }));
+                push_turn(
+                    &mut contents,
+                    "user",
+                    vec![json!({ "functionResponse": { "name": name, "response": response } })],
+                );
+            }
+            other => return Err(format!("Message role `{other}` is not supported.")),
+        }
+    }
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(contents));
+    if !system.is_empty() {
+        body.insert(
+            "systemInstruction".into(),
+            json!({ "parts": [{ "text": system.join("\n\n") }] }),
+        );
+    }
+    let mut generation = Map::new();
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(value) = request.get(from) {
+            generation.insert(to.into(), value.clone());
+        }
+    }
+    if let Some(max) = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+    {
+        generation.insert("maxOutputTokens".into(), max.clone());
+    }
+    match request.get("stop") {
+        Some(Value::String(stop)) => {
+            generation.insert("stopSequences".into(), json!([stop]));
+        }
+        Some(Value::Array(stops)) => {
+            generation.insert("stopSequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    if !generation.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(generation));
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        let declarations: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut declaration = json!({
+                    "name": f.get("name").cloned().unwrap_or_default(),
+                    "description": f.get("description").cloned().unwrap_or(Value::from("")),
+                });
+                if let (Some(parameters), Some(object)) = (f.get("parameters"), declaration.as_object_mut()) {
+                    object.insert("parameters".into(), parameters.clone());
+                }
+                declaration
+            })
+            .collect();
+        body.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
+    }
+    if let Some(choice) = request.get("tool_choice") {
+        let config = match choice {
+            Value::String(s) if s == "auto" => json!({ "mode": "AUTO" }),
+            Value::String(s) if s == "required" => json!({ "mode": "ANY" }),
+            Value::String(s) if s == "none" => json!({ "mode": "NONE" }),
+            Value::Object(o) => json!({
+                "mode": "ANY",
+                "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or_default()],
+            }),
+            _ => return Err("`tool_choice` is not valid.".into()),
+        };
+        body.insert("toolConfig".into(), json!({ "functionCallingConfig": config }));
+    }
+    Ok(Value::Object(body))
+}
+
+fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+    if let Some(last) = contents
+        .last_mut()
+        .filter(|c| c.get("role").and_then(Value::as_str) == Some(role))
+    {
+        if let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut) {
+            existing.extend(parts);
+            return;
+        }
+    }
+    contents.push(json!({ "role": role, "parts": parts }));
+}
+
+fn text_parts(content: Option<&Value>) -> Result<Vec<Value>, String> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![json!({ "text": text })]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({ "text": part.get("text").cloned().unwrap_or_default() })),
+                Some(other) => Err(format!(
+                    "Content parts of type `{other}` are not supported by this model's provider."
+                )),
+                None => Err("A content part has no `type`.".into()),
+            })
+            .collect(),
+        Some(_) => Err("`content` must be a string or an array of parts.".into()),
+    }
+}
+
+fn text_of(content: Option<&Value>) -> Result<String, String> {
+    Ok(text_parts(content)?
+        .iter()
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn finish_reason(reason: Option<&str>, called: bool) -> Value {
+    match reason {
+        None => Value::Null,
+        Some(_) if called => Value::from("tool_calls"),
+        Some("STOP") => Value::from("stop"),
+        Some("MAX_TOKENS") => Value::from("length"),
+        Some(_) => Value::from("content_filter"),
+    }
+}
+
+fn usage_of(answer: &Value) -> Option<Usage> {
+    let usage = answer.get("usageMetadata")?;
+    Some(Usage {
+        prompt: usage.get("promptTokenCount").and_then(Value::as_u64).unwrap_or(0),
+        completion: usage
+            .get("candidatesTokenCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// The text and function calls of the first candidate.
+fn candidate_parts(answer: &Value) -> (String, Vec<Value>, Option<&str>) {
+    let candidate = answer.pointer("/candidates/0");
+    let parts = candidate
+        .and_then(|c| c.pointer("/content/parts"))
+        .and_then(Value::as_array);
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in parts.into_iter().flatten() {
+        if let Some(t) = part.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(call) = part.get("functionCall") {
+            calls.push(call.clone());
+        }
+    }
+    let reason = candidate
+        .and_then(|c| c.get("finishReason"))
+        .and_then(Value::as_str);
+    (text, calls, reason)
+}
+
+fn tool_call(call: &Value, ordinal: usize, id: &str) -> Value {
+    json!({
+        "id": format!("call_{id}_{ordinal}"),
+        "type": "function",
+        "function": {
+            "name": call.get("name").cloned().unwrap_or_default(),
+            "arguments": call.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+        },
+    })
+}
+
+/// A whole answer as an OpenAI chat completion, with its usage.
+pub fn chat_answer(answer: &Value, model: &str, created: u64) -> Option<(Value, Usage)> {
+    answer.get("candidates")?.as_array()?;
+    let (text, calls, reason) = candidate_parts(answer);
+    let id = answer
+        .get("responseId")
+        .and_then(Value::as_str)
+        .unwrap_or("gemini")
+        .to_owned();
+    let usage = usage_of(answer).unwrap_or_default();
+    let mut message = Map::new();
+    message.insert("role".into(), Value::from("assistant"));
+    message.insert(
+        "content".into(),
+        if text.is_empty() && !calls.is_empty() {
+            Value::Null
+        } else {
+            Value::from(text)
+        },
+    );
+    if !calls.is_empty() {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| tool_call(c, i, &id))
+            .collect();
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    let called = message.contains_key("tool_calls");
+    let completion = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "choices": [{
+            "index": 0,
+            "message": Value::Object(message),
+            "logprobs": null,
+            "finish_reason": finish_reason(reason, called),
+        }],
+        "usage": {
+            "prompt_tokens": usage.prompt,
+            "completion_tokens": usage.completion,
+            "total_tokens": usage.prompt + usage.completion,
+        },
+    });
+    Some((completion, usage))
+}
+
+/// A Gemini error answer (`{"error": {"code", "message", "status"}}`) in OpenAI's shape.
+pub fn error_answer(answer: &Value) -> Value {
+    let error = answer.get("error").cloned().unwrap_or_default();
+    json!({
+        "error": {
+            "message": error.get("message").cloned().unwrap_or(Value::from("The provider refused the request.")),
+            "type": "invalid_request_error",
+            "code": error.get("status").cloned().unwrap_or(Value::Null),
+            "param": null,
+        }
+    })
+}
+
+/// Turns `streamGenerateContent?alt=sse` events into `chat.completion.chunk` frames.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    include_usage: bool,
+    created: u64,
+    model: String,
+    id: String,
+    started: bool,
+    calls: usize,
+    usage: Usage,
+    deltas: u64,
+    done: bool,
+}
+
+impl StreamTranslator {
+    pub fn new(include_usage: bool, created: u64, model: &str) -> StreamTranslator {
+        StreamTranslator {
+            include_usage,
+            created,
+            model: model.to_owned(),
+            id: String::from("gemini"),
+            started: false,
+            calls: 0,
+            usage: Usage::default(),
+            deltas: 0,
+            done: false,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Value, out: &mut Vec<u8>) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        });
+        write_data(&chunk.to_string(), out);
+    }
+}
+
+impl Translate for StreamTranslator {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> bool {
+        let Ok(answer) = serde_json::from_str::<Value>(&event.data) else {
+            return false;
+        };
+        if let Some(id) = answer.get("responseId").and_then(Value::as_str) {
+            self.id = id.to_owned();
+        }
+        if let Some(version) = answer.get("modelVersion").and_then(Value::as_str) {
+            self.model = version.to_owned();
+        }
+        if !self.started {
+            self.started = true;
+            self.chunk(json!({ "role": "assistant", "content": "" }), Value::Null, out);
+        }
+        let (text, calls, reason) = candidate_parts(&answer);
+        if !text.is_empty() {
+            self.deltas += 1;
+            self.chunk(json!({ "content": text }), Value::Null, out);
+        }
+        for call in &calls {
+            let ordinal = self.calls;
+            self.calls += 1;
+            self.deltas += 1;
+            let mut delta = tool_call(call, ordinal, &self.id);
+            if let Some(object) = delta.as_object_mut() {
+                object.insert("index".into(), Value::from(ordinal));
+            }
+            self.chunk(json!({ "tool_calls": [delta] }), Value::Null, out);
+        }
+        let usage = usage_of(&answer);
+        if let Some(usage) = usage {
+            self.usage = usage;
+        }
+        if reason.is_some() {
+            self.chunk(json!({}), finish_reason(reason, self.calls > 0), out);
+        }
+        // Gemini repeats usageMetadata as it goes; the one with the finish reason is final.
+        reason.is_some() && usage.is_some()
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn deltas(&self) -> u64 {
+        self.deltas
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.include_usage {
+            let chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": self.usage.prompt,
+                    "completion_tokens": self.usage.completion,
+                    "total_tokens": self.usage.prompt + self.usage.completion,
+                },
+            });
+            write_data(&chunk.to_string(), out);
+        }
+        write_data("[DONE]", out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    const STREAM: &str = include_str!("../../tests/fixtures/gemini/stream.sse");
+
+    #[test]
+    fn a_conversation_with_tools_maps_to_gemini() {
+        let request = json!({
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\": 18}"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+            "tool_choice": "auto",
+            "max_tokens": 100,
+            "stop": ["END"]
+        });
+        let body = chat_request(request.as_object().unwrap()).unwrap();
+        assert_eq!(body["systemInstruction"]["parts"][0]["text"], "Be brief.");
+        assert_eq!(body["contents"][1]["role"], "model");
+        assert_eq!(
+            body["contents"][1]["parts"][0]["functionCall"]["args"],
+            json!({"city": "Paris"})
+        );
+        assert_eq!(
+            body["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "weather"
+        );
+        assert_eq!(
+            body["contents"][2]["parts"][0]["functionResponse"]["response"],
+            json!({"celsius": 18})
+        );
+        assert_eq!(
+            body["generationConfig"],
+            json!({"maxOutputTokens": 100, "stopSequences": ["END"]})
+        );
+        assert_eq!(body["tools"][0]["functionDeclarations"][0]["name"], "weather");
+        assert_eq!(body["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
+    }
+
+    fn translate(pieces: &[&[u8]]) -> (String, Usage) {
+        let mut parser = crate::llm::sse::SseParser::default();
+        let mut translator = StreamTranslator::new(true, 7, "gemini-2.5-flash");
+        let mut events = Vec::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            parser.push(piece, &mut events).unwrap();
+            for event in events.drain(..) {
+                translator.event(&event, &mut out);
+            }
+        }
+        translator.finish(&mut out);
+        (String::from_utf8(out).unwrap(), translator.usage())
+    }
+
+    #[test]
+    fn a_stream_translates_however_it_is_split() {
+        let bytes = STREAM.as_bytes();
+        let (whole, usage) = translate(&[bytes]);
+        assert_eq!(
+            usage,
+            Usage {
+                prompt: 8,
+                completion: 13
+            }
+        );
+        let text: String = whole
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(text, "Hello there! How can I help?");
+        assert!(whole.contains("\"finish_reason\":\"stop\""));
+        assert!(whole.ends_with("data: [DONE]\n\n"));
+        for cut in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(translate(&[a, b]).0, whole, "split at byte {cut}");
+        }
+    }
+}
