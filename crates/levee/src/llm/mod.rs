@@ -503,6 +503,9 @@ async fn call_targets(
             Some(Ok(permit)) => permit,
             None => None,
         };
+        // Handed back unused if this try ends before its outcome is recorded (the request
+        // cannot be expressed for this provider, or the client left while it waited).
+        let mut ticket = Ticket { state, permit };
         record.attempts = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
         let include_usage = request
             .get("stream_options")
@@ -539,7 +542,7 @@ async fn call_targets(
         .await;
         let elapsed = try_started.elapsed();
         if let Some(state) = state {
-            state.settle(permit, outcome.is_ok(), elapsed, Instant::now());
+            state.settle(ticket.permit.take(), outcome.is_ok(), elapsed, Instant::now());
         }
         let (result_outcome, result) = match outcome {
             Ok((status, response, whole)) => (Outcome::from_status(status), Ok((response, whole))),
@@ -589,6 +592,22 @@ pub struct TargetState {
     breaker: Option<std::sync::Mutex<levee_resilience::CircuitBreaker>>,
     /// Peak-free EWMA of the time to an answer (its first bytes for a stream), in ms.
     latency_ms: std::sync::Mutex<Option<f64>>,
+}
+
+/// A breaker permit that is released if nobody records an outcome for it.
+struct Ticket<'a> {
+    state: Option<&'a Arc<TargetState>>,
+    permit: Option<levee_resilience::Permit>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let (Some(state), Some(permit)) = (self.state, self.permit.take()) {
+            if let Some(breaker) = &state.breaker {
+                breaker.lock().unwrap_or_else(|p| p.into_inner()).release(permit);
+            }
+        }
+    }
 }
 
 /// How much a new latency sample moves the estimate.
