@@ -127,7 +127,7 @@ declare -A BODY=([plain]="$PLAIN" [stream]="$STREAMED")
 declare -A OUT
 measure() {
   local setup="$1" mode="$2" rate="$3" extra=()
-  if [[ "$setup" == litellm ]]; then extra=("authorization: Bearer sk-bench"); fi
+  if [[ "$setup" == litellm ]]; then extra=("authorization: Bearer sk-bench-0123456789abcdef0123456789abcdef"); fi
   log "$setup $mode at $rate/s for ${SECONDS_PER_RUN}s"
   # A short warm-up at the same rate opens the connections.
   "$LOAD_BIN" "${URL[$setup,$mode]}" "$rate" 1 "${BODY[$mode]}" "${extra[@]}" >/dev/null
@@ -147,6 +147,7 @@ model_list:
     litellm_params: { model: openai/gpt-4o, api_base: "http://127.0.0.1:$MOCK_PORT/v1", api_key: sk-mock }
   - model_name: stream
     litellm_params: { model: openai/gpt-4o, api_base: "http://127.0.0.1:$MOCK_PORT/s/v1", api_key: sk-mock }
+general_settings: { master_key: sk-bench-0123456789abcdef0123456789abcdef }
 YAML
   start_bg "$TMP/litellm.log" env LITELLM_LOG=ERROR "$LITELLM" --config "$TMP/litellm.yaml" --host 127.0.0.1 --port "$LITELLM_PORT" --num_workers 1
   wait_http "http://127.0.0.1:$LITELLM_PORT/health/liveliness" 120

@@ -247,13 +247,33 @@ async fn models_lists_the_configured_names() {
 async fn a_client_leaving_mid_stream_cancels_the_provider_call_and_usage_is_still_counted() {
     // A provider that streams one content chunk every 50 ms, for a long time.
     let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok\"},\"finish_reason\":null}]}\n\n";
-    let endless = MockUpstream::start(move |_| {
-        Reply::ok("")
-            .header("content-type", "text/event-stream")
-            .chunks(vec![Bytes::from(chunk); 200], Duration::from_millis(50))
-    })
-    .await;
-    let h = gateway(&[("gpt-4o", endless.addr)]);
+    // A raw provider, so the test sees when its connection is dropped: it writes a chunk
+    // every 50 ms for ten seconds, and notes when a write fails (the gateway hung up on it).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endless = listener.local_addr().unwrap();
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noticed = cancelled.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 65536];
+        let _ = stream.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..200 {
+            let frame = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            if stream.write_all(frame.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+                noticed.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let h = gateway(&[("gpt-4o", endless)]);
     let addr = h.gateway().listener_addr("public").unwrap();
     let body =
         r#"{"model":"smart","stream":true,"messages":[{"role":"user","content":"Tell me a long story"}]}"#;
@@ -276,6 +296,10 @@ async fn a_client_leaving_mid_stream_cancels_the_provider_call_and_usage_is_stil
         seen.extend_from_slice(&buf[..n]);
     }
     drop(stream);
+    eventually("the provider's call is cancelled", || {
+        std::future::ready(cancelled.load(std::sync::atomic::Ordering::SeqCst))
+    })
+    .await;
     eventually("usage of the cut stream recorded", || async {
         let text = metrics(&h).await;
         text.lines()
@@ -962,4 +986,59 @@ routes:
         )
     })
     .await;
+}
+
+#[tokio::test]
+async fn clients_speaking_the_messages_api_are_answered_in_its_shape() {
+    let openai = provider().await;
+    let h = gateway(&[("gpt-4o", openai.addr)]);
+    let post = |body: serde_json::Value| {
+        let url = h.url("/v1/messages");
+        async move {
+            send(
+                &client(false),
+                http::Request::post(url)
+                    .header("anthropic-version", "2023-06-01")
+                    .body(full(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let answer = post(
+        serde_json::json!({"model": "smart", "max_tokens": 50, "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let message = answer.json();
+    assert_eq!(message["type"], "message");
+    assert_eq!(
+        message["content"][0]["text"],
+        "Hello! How can I assist you today?"
+    );
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["usage"]["input_tokens"], 19);
+    let sent: serde_json::Value = serde_json::from_slice(&openai.seen()[0].body).unwrap();
+    assert_eq!(
+        sent["messages"][0],
+        serde_json::json!({"role": "system", "content": "Be brief."})
+    );
+
+    let streamed = post(
+        serde_json::json!({"model": "smart", "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let text = streamed.text();
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{text}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{text}");
+    assert!(kinds.contains(&"content_block_delta"));
+    assert!(text.contains("\"text\":\"Hello\""), "{text}");
+    assert!(text.contains("\"output_tokens\":2"), "{text}");
+
+    let unknown = post(serde_json::json!({"model": "nope", "max_tokens": 5, "messages": []})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["type"], "error");
 }

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod cache;
 pub mod gemini;
+pub mod messages_api;
 pub mod openai;
 pub mod prompt;
 pub mod quota;
@@ -180,6 +181,9 @@ async fn dispatch(
     if let Some(prompt) = llm.prompts.iter().find(|p| p.path == path) {
         return run_prompt(worker, llm, client, route, prompt, parts, body, record).await;
     }
+    if path.ends_with("/messages") && parts.method == Method::POST {
+        return serve_messages(worker, llm, client, route, parts, body, record).await;
+    }
     if path.ends_with("/models") && parts.method == Method::GET {
         return Ok(models(llm));
     }
@@ -318,6 +322,76 @@ async fn complete(
         }
     }
     Ok((response, whole))
+}
+
+/// `POST …/v1/messages`: a client speaking Anthropic's Messages API, served through the same
+/// models and answered in its own shape ([`messages_api`]).
+async fn serve_messages(
+    worker: &WorkerContext,
+    llm: &LlmSpec,
+    client: &LlmClient,
+    route: &RouteSpec,
+    parts: Parts,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
+    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
+    let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(ApiError::bad_request("The request body must be a JSON object."));
+    };
+    let stream = input.get("stream").and_then(Value::as_bool) == Some(true);
+    let request = messages_api::to_chat_request(&input).map_err(ApiError::bad_request)?;
+    let answer = complete(
+        worker,
+        llm,
+        client,
+        "chat/completions",
+        request,
+        &parts.headers,
+        record,
+    )
+    .await;
+    let (response, whole) = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            // The client speaks Anthropic: its errors too.
+            let body =
+                messages_api::to_error(&json!({ "error": { "type": error.kind, "message": error.message } }));
+            let mut response = Response::new(ResponseBody::full(body.to_string()));
+            *response.status_mut() = error.status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(response);
+        }
+    };
+    let (mut head, inner) = response.into_parts();
+    if stream && head.status.is_success() {
+        head.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        return Ok(Response::from_parts(
+            head,
+            ResponseBody::boxed(messages_api::EventsBody::new(inner)),
+        ));
+    }
+    let translated = whole
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| {
+            if head.status.is_success() {
+                messages_api::to_message(&v)
+            } else {
+                messages_api::to_error(&v)
+            }
+        })
+        .unwrap_or_default();
+    head.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        head,
+        ResponseBody::full(translated.to_string()),
+    ))
 }
 
 /// `POST <prompt path>` with `{"variables": {...}}` (and optionally `temperature` and
