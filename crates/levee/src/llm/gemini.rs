@@ -16,7 +16,7 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::Event;
-use super::translate::{write_data, Translate};
+use super::translate::{write_chunk, write_end, Translate};
 use super::usage::Usage;
 
 /// The request body for `model`, or why it cannot be expressed.
@@ -340,14 +340,7 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Value, out: &mut Vec<u8>) {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-        });
-        write_data(&chunk.to_string(), out);
+        write_chunk(&self.id, self.created, &self.model, delta, finish, out);
     }
 }
 
@@ -409,22 +402,8 @@ impl Translate for StreamTranslator {
             return;
         }
         self.done = true;
-        if self.include_usage {
-            let chunk = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": self.usage.prompt,
-                    "completion_tokens": self.usage.completion,
-                    "total_tokens": self.usage.prompt + self.usage.completion,
-                },
-            });
-            write_data(&chunk.to_string(), out);
-        }
-        write_data("[DONE]", out);
+        let usage = self.include_usage.then_some(self.usage);
+        write_end(&self.id, self.created, &self.model, usage, out);
     }
 }
 

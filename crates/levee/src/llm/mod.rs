@@ -207,11 +207,7 @@ async fn dispatch(
             format!("{endpoint} takes POST."),
         ));
     }
-    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
-    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
-    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Err(ApiError::bad_request("The request body must be a JSON object."));
-    };
+    let request = read_object(worker, route, body, record).await?;
     let (response, _) = complete(worker, llm, client, endpoint, request, &parts.headers, record).await?;
     Ok(response)
 }
@@ -335,11 +331,7 @@ async fn serve_messages(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
-    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
-    let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Err(ApiError::bad_request("The request body must be a JSON object."));
-    };
+    let input = read_object(worker, route, body, record).await?;
     let stream = input.get("stream").and_then(Value::as_bool) == Some(true);
     let request = messages_api::to_chat_request(&input).map_err(ApiError::bad_request)?;
     let answer = complete(
@@ -416,13 +408,7 @@ async fn run_prompt(
             format!("The prompt `{}` takes POST.", prompt.name),
         ));
     }
-    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
-    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
-    let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Err(ApiError::bad_request(
-            "The request body must be a JSON object with `variables`.",
-        ));
-    };
+    let input = read_object(worker, route, body, record).await?;
     let variables = match input.get("variables") {
         Some(Value::Object(values)) => values.clone(),
         None => Map::new(),
@@ -1089,6 +1075,21 @@ fn models(llm: &LlmSpec) -> Response<ResponseBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The request body as a JSON object (its size goes to the record).
+async fn read_object(
+    worker: &WorkerContext,
+    route: &RouteSpec,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
+    record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        _ => Err(ApiError::bad_request("The request body must be a JSON object.")),
+    }
 }
 
 async fn read_request(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
