@@ -10,6 +10,7 @@
 //! * [`router`]: route matching
 //! * [`auth`], [`jwt`]: API keys, consumers and JSON Web Tokens
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
+//! * [`chaos`]: fault injection
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
 //! * [`edge`]: failures to JSON error responses, in one place
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod auth;
 pub mod body;
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod edge;

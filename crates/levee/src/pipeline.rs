@@ -75,6 +75,7 @@ pub async fn handle(
         degraded: None,
         consumer: None,
         llm: None,
+        fault: None,
         emitted: false,
     };
 
@@ -143,6 +144,38 @@ pub async fn handle(
         let mut response = answer(Rejection::RateLimited, record);
         limiter.annotate(&decision, response.headers_mut());
         return response;
+    }
+
+    // Fault injection (chaos), after the rate limit and before anything reaches an upstream.
+    if let Some(fault) = &route.fault {
+        let injection = crate::chaos::decide(fault, &parts.headers);
+        parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
+        if let Some(delay) = injection.delay {
+            record.fault = Some("delay");
+            if let Some(name) = &record.route {
+                worker.recorder.metrics.lock().record_fault(name, "delay");
+            }
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = injection.abort {
+            record.fault = Some("abort");
+            if let Some(name) = &record.route {
+                worker.recorder.metrics.lock().record_fault(name, "abort");
+            }
+            let mut response = edge::error_response(
+                status,
+                "fault_injected",
+                "A fault was injected by the gateway (chaos testing).",
+                &record.request_id,
+            );
+            record.status = status.as_u16();
+            record.error = Some("fault_injected");
+            response
+                .headers_mut()
+                .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+            let (head, body) = response.into_parts();
+            return Response::from_parts(head, body.with_record(record));
+        }
     }
 
     // The AI gateway answers on its own (OpenAI-shaped, with fallback over providers).

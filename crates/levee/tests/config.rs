@@ -50,12 +50,26 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 
 #[test]
 fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
-    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    fault: {{ abort: {{ percent: 5, status: 503 }} }}\n");
+    let yaml =
+        format!("{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n  - name: users-availability\n");
     let errs = errors(&yaml);
     assert!(
-        errs[0].starts_with("levee.yaml:10:5: ") && errs[0].contains("unknown key `fault`"),
+        errs[0].starts_with("levee.yaml:10:1: ") && errs[0].contains("unknown key `slos`"),
         "{errs:?}"
     );
+}
+
+#[test]
+fn fault_injection_is_validated() {
+    let yaml = format!("{BASE}routes:\n  - name: users\n    upstream: users\n    fault: {{ abort: {{ percent: 150, status: 200 }}, delay: {{ percent: 5, duration: 2h }} }}\n");
+    let errs = errors(&yaml);
+    for text in [
+        "percent must be from 0 to 100",
+        "status must be from 400 to 599",
+        "duration must be at most 1h",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(text)), "{text}: {errs:#?}");
+    }
 }
 
 #[test]

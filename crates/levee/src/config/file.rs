@@ -214,6 +214,40 @@ pub struct LlmPriceFile {
     pub output: f64,
 }
 
+/// Faults injected into a route's requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultFile {
+    /// Answer a share of requests with an error status instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbortFile>,
+    /// Hold a share of requests before forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelayFile>,
+    /// Honour the request header `x-levee-fault` (`abort=503`, `delay=200ms`, or both
+    /// separated by `;`). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_header: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortFile {
+    /// Share of requests, 0 to 100.
+    pub percent: f64,
+    /// The status answered, 400 to 599.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelayFile {
+    /// Share of requests, 0 to 100.
+    pub percent: f64,
+    /// How long each is held, at most 1h.
+    pub duration: DurationStr,
+}
+
 /// OpenTelemetry tracing settings.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -831,6 +865,9 @@ pub struct RouteFile {
     /// Rate limit (GCRA): past it, 429 `rate_limited` with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitFile>,
+    /// Fault injection: abort or delay a share of requests (chaos testing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultFile>,
 }
 
 /// A route's rate limit.

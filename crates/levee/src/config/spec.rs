@@ -82,6 +82,16 @@ pub struct LlmModelSpec {
     pub total: Duration,
 }
 
+/// A route's fault injection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    /// (probability 0..1, status)
+    pub abort: Option<(f64, http::StatusCode)>,
+    /// (probability 0..1, duration)
+    pub delay: Option<(f64, Duration)>,
+    pub allow_header: bool,
+}
+
 /// How a model's targets are ordered for a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LlmStrategy {
@@ -298,6 +308,7 @@ pub struct RouteSpec {
     pub stale_if_error: Option<StaleSpec>,
     pub rate_limit: Option<RateLimitSpec>,
     pub auth: AuthSpec,
+    pub fault: Option<FaultSpec>,
     /// Request body bytes allowed (the route's own limit or the global one).
     pub max_body_bytes: u64,
 }

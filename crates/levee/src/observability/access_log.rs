@@ -48,6 +48,8 @@ pub struct AccessRecord {
     pub consumer: Option<Arc<str>>,
     /// On AI gateway routes: the call's accounting (provider, model, tokens, cost).
     pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
+    /// An injected fault: `abort` or `delay`.
+    pub fault: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +83,8 @@ struct Line<'a> {
     consumer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     llm: Option<LlmLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<&'static str>,
 }
 
 /// The `llm` object of an AI gateway request's line.
@@ -155,6 +159,7 @@ impl AccessRecord {
                     cost_usd: call.cost_usd(),
                 }
             }),
+            fault: self.fault,
         };
         let _ = serde_json::to_writer(out, &line);
     }

@@ -45,6 +45,8 @@ pub struct CallRecord {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
+    /// An injected fault (`abort`, `delay`), so reports can set chaos apart.
+    pub fault: Option<String>,
 }
 
 /// Which calls to return, newest first.
@@ -159,7 +161,8 @@ CREATE TABLE IF NOT EXISTS calls (
     model TEXT,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
-    cost_usd REAL
+    cost_usd REAL,
+    fault TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
 ";
@@ -189,6 +192,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         ("prompt_tokens", "INTEGER"),
         ("completion_tokens", "INTEGER"),
         ("cost_usd", "REAL"),
+        ("fault", "TEXT"),
     ] {
         if !present.iter().any(|p| p == column) {
             conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} {kind}"))?;
@@ -205,9 +209,9 @@ impl CallStore for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
                      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                     provider, model, prompt_tokens, completion_tokens, cost_usd)
+                     provider, model, prompt_tokens, completion_tokens, cost_usd, fault)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                             ?17, ?18, ?19, ?20, ?21)",
+                             ?17, ?18, ?19, ?20, ?21, ?22)",
                 )
                 .map_err(|e| e.to_string())?;
             for c in batch {
@@ -233,7 +237,8 @@ impl CallStore for SqliteStore {
                         c.model,
                         c.prompt_tokens.map(|t| t as i64),
                         c.completion_tokens.map(|t| t as i64),
-                        c.cost_usd
+                        c.cost_usd,
+                        c.fault
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -344,7 +349,7 @@ impl CallStore for SqliteStore {
             .prepare_cached(
                 "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
                         attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                        provider, model, prompt_tokens, completion_tokens, cost_usd
+                        provider, model, prompt_tokens, completion_tokens, cost_usd, fault
                  FROM calls
                  WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
@@ -384,6 +389,7 @@ impl CallStore for SqliteStore {
                         prompt_tokens: row.get::<_, Option<i64>>(18)?.map(|t| t.max(0) as u64),
                         completion_tokens: row.get::<_, Option<i64>>(19)?.map(|t| t.max(0) as u64),
                         cost_usd: row.get(20)?,
+                        fault: row.get(21)?,
                     })
                 },
             )
@@ -522,6 +528,7 @@ mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             cost_usd: None,
+            fault: None,
         }
     }
 

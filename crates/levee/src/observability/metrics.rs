@@ -139,6 +139,8 @@ pub struct Shard {
     llm: HashMap<ProviderModel, LlmTotals>,
     /// Answer-cache hits and misses.
     llm_cache: (u64, u64),
+    /// (route, kind) -> faults injected.
+    faults: HashMap<(Arc<str>, &'static str), u64>,
 }
 
 impl Shard {
@@ -201,6 +203,11 @@ impl Shard {
         entry.0 += prompt;
         entry.1 += completion;
         entry.2 += cost;
+    }
+
+    /// Counts one injected fault.
+    pub fn record_fault(&mut self, route: &Arc<str>, kind: &'static str) {
+        *self.faults.entry((route.clone(), kind)).or_default() += 1;
     }
 
     /// Counts one answer-cache lookup.
@@ -328,6 +335,7 @@ impl Metrics {
         let mut rate_limited: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut llm: BTreeMap<ProviderModel, LlmTotals> = BTreeMap::new();
         let mut llm_cache = (0u64, 0u64);
+        let mut faults: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in &shards {
             let shard = shard.lock();
@@ -345,6 +353,9 @@ impl Metrics {
             }
             for (route, count) in &shard.rate_limited {
                 *rate_limited.entry(route.clone()).or_default() += count;
+            }
+            for (key, count) in &shard.faults {
+                *faults.entry(key.clone()).or_default() += count;
             }
             llm_cache.0 += shard.llm_cache.0;
             llm_cache.1 += shard.llm_cache.1;
@@ -523,6 +534,19 @@ impl Metrics {
                 "levee_llm_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {cost}",
                 escape(provider),
                 escape(model)
+            );
+        }
+        family(
+            &mut out,
+            "levee_faults_injected_total",
+            "counter",
+            "Faults injected into a route's requests (chaos testing), by kind: abort or delay.",
+        );
+        for ((route, kind), count) in &faults {
+            let _ = writeln!(
+                out,
+                "levee_faults_injected_total{{route=\"{}\",kind=\"{kind}\"}} {count}",
+                escape(route)
             );
         }
         family(

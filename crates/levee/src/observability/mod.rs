@@ -77,6 +77,8 @@ pub struct RequestRecord {
     pub degraded: Option<&'static str>,
     /// The authenticated caller.
     pub consumer: Option<Arc<str>>,
+    /// The fault injected into this request (`abort` or `delay`), if any.
+    pub fault: Option<&'static str>,
     /// The LLM call's accounting, on AI gateway routes.
     pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
@@ -175,6 +177,7 @@ impl RequestRecord {
                 prompt_tokens: self.llm.as_ref().map(|c| c.usage().prompt),
                 completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
                 cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
+                fault: self.fault.map(str::to_owned),
             });
         }
         if self.trace.recording() && self.recorder.tracer.is_some() {
@@ -214,6 +217,7 @@ impl RequestRecord {
             degraded: self.degraded,
             consumer: self.consumer.take(),
             llm: self.llm.take(),
+            fault: self.fault,
         });
     }
 }
