@@ -45,8 +45,12 @@ fn main() {
                     connector.set_nodelay(true);
                     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
                     loop {
-                        let (stream, _) = listener.accept().await.unwrap();
-                        stream.set_nodelay(true).unwrap();
+                        // A failed accept (out of descriptors) must not stop the peer mid-run.
+                        let Ok((stream, _)) = listener.accept().await else {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
                         let client = client.clone();
                         let upstream = upstream.clone();
                         tokio::spawn(async move {
@@ -56,22 +60,21 @@ fn main() {
                                 parts.scheme = Some(http::uri::Scheme::HTTP);
                                 parts.authority = Some(upstream.clone());
                                 parts.path_and_query = req.uri().path_and_query().cloned();
-                                *req.uri_mut() = http::Uri::from_parts(parts).unwrap();
+                                *req.uri_mut() = http::Uri::from_parts(parts).unwrap_or_default();
                                 async move {
                                     let fut = client.request(req);
+                                    // A timeout answers 502 like any other failure.
                                     let res = if std::env::var_os("BARE_TIMEOUT").is_some() {
-                                        match tokio::time::timeout(std::time::Duration::from_secs(15), fut)
+                                        tokio::time::timeout(std::time::Duration::from_secs(15), fut)
                                             .await
-                                        {
-                                            Ok(r) => r,
-                                            Err(_) => panic!("timeout"),
-                                        }
+                                            .ok()
+                                            .and_then(Result::ok)
                                     } else {
-                                        fut.await
+                                        fut.await.ok()
                                     };
                                     Ok::<_, Infallible>(match res {
-                                        Ok(r) => r.map(http_body_util::Either::Left),
-                                        Err(_) => {
+                                        Some(r) => r.map(http_body_util::Either::Left),
+                                        None => {
                                             let mut r = http::Response::new(http_body_util::Either::Right(
                                                 http_body_util::Empty::<bytes::Bytes>::new(),
                                             ));

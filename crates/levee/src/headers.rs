@@ -81,7 +81,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
     }
 }
 
-fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));

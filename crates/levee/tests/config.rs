@@ -387,3 +387,28 @@ routes:
         assert!(errs.iter().any(|e| e.contains(text)), "{text}: {errs:#?}");
     }
 }
+
+#[test]
+fn warnings_name_a_route_no_request_can_reach_and_an_open_admin() {
+    let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+admin: { bind: 0.0.0.0:9901 }
+upstreams:
+  u: { targets: [127.0.0.1:1, 127.0.0.1:2] }
+routes:
+  - { name: query, match: { path: \"/search?q=x\" }, upstream: u }
+";
+    let config = levee::load_str(yaml, "levee.yaml").unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    for text in [
+        "route `query` matches a path containing `?` or `#`",
+        "the admin API listens beyond loopback without a token",
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("levee.yaml:") && w.contains(text)),
+            "{text}: {warnings:#?}"
+        );
+    }
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+}

@@ -212,3 +212,53 @@ async fn a_reload_is_a_post_and_needs_the_admin_token() {
     .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
 }
+
+#[tokio::test]
+async fn unchanged_upstreams_keep_their_open_breakers() {
+    let dead = refused_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.yaml");
+    let yaml = |route: &str| {
+        format!(
+            "upstreams:
+  fragile:
+    targets: [\"{dead}\"]
+    circuit_breaker: {{ consecutive_failures: 1, open_for: 10m }}
+    outlier_detection: {{ enabled: false }}
+routes:
+  - name: {route}
+    match: {{ path_prefix: / }}
+    upstream: fragile
+"
+        )
+    };
+    let h = Harness::start_file(&path, &yaml("first"));
+    let upstreams = format!("{}/api/v1/upstreams", h.admin);
+    let circuit = |json: serde_json::Value| {
+        json["upstreams"][0]["targets"][0]["circuit"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::BAD_GATEWAY);
+    eventually("the breaker opens", || async {
+        circuit(get(&upstreams, &[]).await.json()).as_deref() == Some("open")
+    })
+    .await;
+    // A reload that only renames the route keeps the worker's breaker for this upstream.
+    write_atomically(&path, &Harness::compose(&yaml("renamed")));
+    assert_eq!(reload(&h).await.status, StatusCode::OK);
+    assert_eq!(
+        circuit(get(&upstreams, &[]).await.json()).as_deref(),
+        Some("open")
+    );
+    // Changing the upstream's own block starts it fresh.
+    write_atomically(
+        &path,
+        &Harness::compose(&yaml("renamed").replace("open_for: 10m", "open_for: 9m")),
+    );
+    assert_eq!(reload(&h).await.status, StatusCode::OK);
+    assert_eq!(
+        circuit(get(&upstreams, &[]).await.json()).as_deref(),
+        Some("closed")
+    );
+}

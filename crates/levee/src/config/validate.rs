@@ -1586,7 +1586,6 @@ fn warn(config: &Config, p: &mut Problems) {
             p.at(&path, format!("upstream `{name}` is not used by any route"));
         }
     }
-    let has_keys = config.consumers.iter().any(|c| !c.key_digests.is_empty());
     for (i, route) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Some(policy) = &route.retry {
@@ -1596,12 +1595,6 @@ fn warn(config: &Config, p: &mut Problems) {
                     format!("route `{}` retries with a budget of {}: during an outage retries may multiply the load on the failing upstream; a budget like 0.2 caps them at 20%", route.name, policy.budget),
                 );
             }
-        }
-        if matches!(route.auth, AuthSpec::ApiKey { .. }) && !has_keys {
-            p.at(
-                &format!("{path}.auth"),
-                format!("route `{}` needs an API key but no consumer has one: no request can reach it (every request gets 401)", route.name),
-            );
         }
         let literal = match &route.matcher.path {
             PathMatch::Exact(path) | PathMatch::Prefix(path) => Some(path.as_str()),

@@ -16,7 +16,7 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::Event;
-use super::translate::{write_chunk, write_end, Translate};
+use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
 
 /// The API version this adapter speaks.
@@ -26,12 +26,7 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The Messages API request for an OpenAI chat request, or the reason it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, String> {
-    if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err("`n` above 1 is not supported by this model's provider.".into());
-    }
-    if request.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err("`logprobs` is not supported by this model's provider.".into());
-    }
+    refuse_unsupported(request)?;
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     let empty = Vec::new();
@@ -43,7 +38,12 @@ pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> 
         let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
         match role {
             "system" | "developer" => system.push(text_of(message.get("content"))?),
-            "user" => push_turn(&mut messages, "user", content_blocks(message.get("content"))?),
+            "user" => push_turn(
+                &mut messages,
+                "user",
+                "content",
+                content_blocks(message.get("content"))?,
+            ),
             "assistant" => {
                 let mut blocks = content_blocks(message.get("content"))?;
                 for call in message
@@ -60,7 +60,7 @@ pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> 
                         "input": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
                     }));
                 }
-                push_turn(&mut messages, "assistant", blocks);
+                push_turn(&mut messages, "assistant", "content", blocks);
             }
             "tool" => {
                 let result = json!({
@@ -68,7 +68,7 @@ pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> 
                     "tool_use_id": message.get("tool_call_id").cloned().unwrap_or_default(),
                     "content": text_of(message.get("content"))?,
                 });
-                push_turn(&mut messages, "user", vec![result]);
+                push_turn(&mut messages, "user", "content", vec![result]);
             }
             other => return Err(format!("Message role `{other}` is not supported.")),
         }
@@ -132,51 +132,17 @@ pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> 
     Ok(Value::Object(body))
 }
 
-/// Appends blocks to the last turn when it has the same role (the API wants turns to
-/// alternate), else starts a turn.
-fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if let Some(last) = messages
-        .last_mut()
-        .filter(|m| m.get("role").and_then(Value::as_str) == Some(role))
-    {
-        if let Some(content) = last.get_mut("content").and_then(Value::as_array_mut) {
-            content.extend(blocks);
-            return;
-        }
-    }
-    messages.push(json!({ "role": role, "content": blocks }));
-}
-
-/// OpenAI message content (a string or text parts) as Anthropic blocks.
+/// OpenAI message content as Anthropic text blocks.
 fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, String> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![json!({"type": "text", "text": text})]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => {
-                    Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()}))
-                }
-                Some(other) => Err(format!(
-                    "Content parts of type `{other}` are not supported by this model's provider."
-                )),
-                None => Err("A content part has no `type`.".into()),
-            })
-            .collect(),
-        Some(_) => Err("`content` must be a string or an array of parts.".into()),
-    }
+    Ok(content_texts(content)?
+        .into_iter()
+        .map(|text| json!({"type": "text", "text": text}))
+        .collect())
 }
 
 /// OpenAI message content as plain text.
 fn text_of(content: Option<&Value>) -> Result<String, String> {
-    let blocks = content_blocks(content)?;
-    Ok(blocks
-        .iter()
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(content_texts(content)?.join("\n"))
 }
 
 fn finish_reason(stop_reason: Option<&str>) -> Value {

@@ -16,17 +16,12 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::Event;
-use super::translate::{write_chunk, write_end, Translate};
+use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
 
 /// The request body for `model`, or why it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
-    if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err("`n` above 1 is not supported by this model's provider.".into());
-    }
-    if request.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err("`logprobs` is not supported by this model's provider.".into());
-    }
+    refuse_unsupported(request)?;
     let empty = Vec::new();
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -40,7 +35,12 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
         match role {
             "system" | "developer" => system.push(text_of(message.get("content"))?),
-            "user" => push_turn(&mut contents, "user", text_parts(message.get("content"))?),
+            "user" => push_turn(
+                &mut contents,
+                "user",
+                "parts",
+                text_parts(message.get("content"))?,
+            ),
             "assistant" => {
                 let mut parts = text_parts(message.get("content"))?;
                 for call in message
@@ -63,7 +63,7 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
                         "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
                     }}));
                 }
-                push_turn(&mut contents, "model", parts);
+                push_turn(&mut contents, "model", "parts", parts);
             }
             "tool" => {
                 let id = message
@@ -83,6 +83,7 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
                 push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({ "functionResponse": { "name": name, "response": response } })],
                 );
             }
@@ -154,44 +155,17 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
     Ok(Value::Object(body))
 }
 
-fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if let Some(last) = contents
-        .last_mut()
-        .filter(|c| c.get("role").and_then(Value::as_str) == Some(role))
-    {
-        if let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut) {
-            existing.extend(parts);
-            return;
-        }
-    }
-    contents.push(json!({ "role": role, "parts": parts }));
-}
-
+/// OpenAI message content as Gemini text parts.
 fn text_parts(content: Option<&Value>) -> Result<Vec<Value>, String> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![json!({ "text": text })]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(json!({ "text": part.get("text").cloned().unwrap_or_default() })),
-                Some(other) => Err(format!(
-                    "Content parts of type `{other}` are not supported by this model's provider."
-                )),
-                None => Err("A content part has no `type`.".into()),
-            })
-            .collect(),
-        Some(_) => Err("`content` must be a string or an array of parts.".into()),
-    }
+    Ok(content_texts(content)?
+        .into_iter()
+        .map(|text| json!({ "text": text }))
+        .collect())
 }
 
+/// OpenAI message content as plain text.
 fn text_of(content: Option<&Value>) -> Result<String, String> {
-    Ok(text_parts(content)?
-        .iter()
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(content_texts(content)?.join("\n"))
 }
 
 fn finish_reason(reason: Option<&str>, called: bool) -> Value {

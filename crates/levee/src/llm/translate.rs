@@ -1,7 +1,7 @@
 //! What a provider stream translator does: turn the provider's events into OpenAI
 //! `chat.completion.chunk` frames and keep the usage it saw.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::sse::Event;
 use super::usage::Usage;
@@ -66,4 +66,55 @@ pub fn write_end(id: &str, created: u64, model: &str, usage: Option<Usage>, out:
         write_data(&chunk.to_string(), out);
     }
     write_data("[DONE]", out);
+}
+
+/// Refuses request fields no translated provider can honour, naming them.
+pub fn refuse_unsupported(request: &Map<String, Value>) -> Result<(), String> {
+    if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err("`n` above 1 is not supported by this model's provider.".into());
+    }
+    if request.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err("`logprobs` is not supported by this model's provider.".into());
+    }
+    Ok(())
+}
+
+/// The texts of an OpenAI message's `content` (a string or text parts); other parts are
+/// refused by name.
+pub fn content_texts(content: Option<&Value>) -> Result<Vec<String>, String> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![text.clone()]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()),
+                Some(other) => Err(format!(
+                    "Content parts of type `{other}` are not supported by this model's provider."
+                )),
+                None => Err("A content part has no `type`.".into()),
+            })
+            .collect(),
+        Some(_) => Err("`content` must be a string or an array of parts.".into()),
+    }
+}
+
+/// Appends `items` to the last turn under `key` when it has the same role (providers want
+/// turns to alternate), else starts a turn `{"role": role, key: items}`.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if let Some(last) = turns
+        .last_mut()
+        .filter(|t| t.get("role").and_then(Value::as_str) == Some(role))
+    {
+        if let Some(existing) = last.get_mut(key).and_then(Value::as_array_mut) {
+            existing.extend(items);
+            return;
+        }
+    }
+    turns.push(json!({ "role": role, key: items }));
 }

@@ -216,13 +216,14 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
 
 /// `00-<trace id>-<span id>-<flags>`.
 pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> HeaderValue {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    out.push_str(&hex(&trace_id.0));
-    out.push('-');
-    out.push_str(&hex(span_id));
-    out.push('-');
-    out.push_str(&hex(&[flags]));
+    // One allocation: this runs for every upstream attempt.
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    crate::headers::hex_into(&trace_id.0, &mut out);
+    out.push(b'-');
+    crate::headers::hex_into(span_id, &mut out);
+    out.push(b'-');
+    crate::headers::hex_into(&[flags], &mut out);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
@@ -270,16 +271,9 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            if let Some(&c) = DIGITS.get(usize::from(nibble)) {
-                out.push(char::from(c));
-            }
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    crate::headers::hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A finished request's spans, handed to the exporter.
