@@ -28,6 +28,10 @@ done
 # promtool lints the metrics exposition in the tests (Debian ships it in `prometheus`).
 command -v promtool >/dev/null || apt_install prometheus
 command -v promtool >/dev/null && promtool --version 2>&1 | head -1
+# A real Alertmanager receives the SLO burn-rate alerts in the tests (Debian ships it as
+# `prometheus-alertmanager`).
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
+  || apt_install prometheus-alertmanager || true
 # Python tools the tests use (openapi-spec-validator checks the admin API's OpenAPI
 # document), in a virtualenv of their own under target/.
 VENV="$PWD/target/test-venv"

@@ -86,6 +86,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// SLOs: `levee slo status` asks a running gateway; `levee slo rules` writes Prometheus rules.
+    Slo {
+        #[command(subcommand)]
+        action: SloAction,
+    },
     /// API keys: `levee key new` prints a fresh random key and the digest for the config.
     Key {
         #[command(subcommand)]
@@ -102,6 +107,23 @@ struct AdminArgs {
     /// Environment variable holding the admin token.
     #[arg(long, default_value = "LEVEE_ADMIN_TOKEN")]
     token_env: String,
+}
+
+#[derive(Subcommand)]
+enum SloAction {
+    /// Every SLO of a running gateway: objective, SLI, budget left, burn rates, alerts.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print Prometheus recording and alerting rules equivalent to the built-in alerts.
+    Rules {
+        #[arg(long, short, default_value = "levee.yaml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +174,15 @@ fn main() -> ExitCode {
             );
             admin_command(&admin, &url, json, top_table)
         }
+        Command::Slo {
+            action: SloAction::Status { admin, json },
+        } => {
+            let url = format!("{}/api/v1/slos", admin.admin.trim_end_matches('/'));
+            admin_command(&admin, &url, json, slo_table)
+        }
+        Command::Slo {
+            action: SloAction::Rules { config },
+        } => slo_rules(&config),
         Command::Schema => {
             let schema = levee::config::file::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
@@ -269,6 +300,84 @@ fn top_table(value: &serde_json::Value) -> String {
         })
         .collect();
     levee::admin_client::table(&["group", "requests", "5xx", "p99 ms"], &rows)
+}
+
+fn slo_table(value: &serde_json::Value) -> String {
+    let percent = |v: &serde_json::Value| v.as_f64().map_or_else(|| "-".into(), |p| format!("{p:.3}%"));
+    let rows: Vec<Vec<String>> = field(value, "slos")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|slo| {
+            let burn = |window: &str| {
+                field(slo, "burn_rates")
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|b| field(b, "window").as_str() == Some(window))
+                    .and_then(|b| field(b, "burn_rate").as_f64())
+                    .map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+            };
+            let alerts: Vec<&str> = field(slo, "alerts_firing")
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| field(a, "severity").as_str())
+                .collect();
+            vec![
+                field(slo, "name").as_str().unwrap_or("-").to_owned(),
+                percent(field(slo, "objective")),
+                percent(field(slo, "sli_now")),
+                field(field(slo, "error_budget"), "remaining")
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0)),
+                burn("5m"),
+                burn("1h"),
+                burn("6h"),
+                burn("3d"),
+                if alerts.is_empty() {
+                    "-".into()
+                } else {
+                    alerts.join(",")
+                },
+            ]
+        })
+        .collect();
+    levee::admin_client::table(
+        &[
+            "slo",
+            "objective",
+            "sli",
+            "budget left",
+            "burn 5m",
+            "burn 1h",
+            "burn 6h",
+            "burn 3d",
+            "firing",
+        ],
+        &rows,
+    )
+}
+
+/// `levee slo rules`: the config's SLOs as Prometheus rules on stdout.
+fn slo_rules(path: &std::path::Path) -> ExitCode {
+    let config = match levee::load_file(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match levee::slo::rules::prometheus_rules(&config.slos) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("levee: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn new_key() -> ExitCode {

@@ -193,13 +193,8 @@ impl JwtVerifier {
 }
 
 async fn fetch_jwks(url: &http::Uri) -> Result<Vec<Key>, String> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let client: crate::outbound::OutboundClient<Empty<Bytes>> =
+        crate::outbound::client(std::time::Duration::from_secs(10));
     let response = client.get(url.clone()).await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));

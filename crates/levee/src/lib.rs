@@ -21,6 +21,8 @@
 //! * [`restart`]: zero-downtime restart on inherited sockets
 //! * [`demo`]: the self-contained `levee demo`
 //! * [`llm`]: the AI gateway (OpenAI-compatible API over LLM providers)
+//! * [`slo`]: SLOs computed from the gateway's own traffic, burn-rate alerts, chaos experiments
+//! * [`outbound`]: the HTTP client for calls Levee makes itself (providers, JWKS, OTLP, alerts)
 
 pub mod admin;
 pub mod admin_client;
@@ -37,12 +39,14 @@ pub mod headers;
 pub mod jwt;
 pub mod llm;
 pub mod observability;
+pub mod outbound;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reload;
 pub mod restart;
 pub mod router;
 pub mod server;
+pub mod slo;
 pub mod stale;
 pub mod strict;
 pub mod tls;

@@ -77,6 +77,7 @@ pub async fn handle(
         consumer: None,
         llm: None,
         fault: None,
+        experiment: None,
         emitted: false,
     };
 
@@ -148,7 +149,16 @@ pub async fn handle(
     }
 
     // Fault injection (chaos), after the rate limit and before anything reaches an upstream.
-    if let Some(fault) = &route.fault {
+    // A running chaos experiment's fault takes the place of the route's own.
+    record.experiment = record
+        .route
+        .as_deref()
+        .and_then(|name| worker.recorder.slo.experiments.active_for(name));
+    let fault = match &record.experiment {
+        Some(experiment) => Some(&experiment.fault),
+        None => route.fault.as_ref(),
+    };
+    if let Some(fault) = fault {
         let injection = crate::chaos::decide(fault, &parts.headers);
         parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
         if let Some(delay) = injection.delay {

@@ -78,6 +78,8 @@ pub enum StartError {
     Tls { name: String, message: String },
     #[error("call log: {message}")]
     CallLog { message: String },
+    #[error("SLO store: {message}")]
+    SloStore { message: String },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: String,
@@ -103,6 +105,8 @@ pub struct SharedState {
     /// A read connection to the call log, when there is one.
     pub calls: Option<std::sync::Mutex<SqliteStore>>,
     pub reloader: Reloader,
+    /// SLOs, alerts and chaos experiments.
+    pub slo: Arc<crate::slo::SloEngine>,
 }
 
 /// Every worker's view of `upstream` (one per worker that serves a config holding it).
@@ -234,6 +238,8 @@ pub struct RunningGateway {
     access_log: Option<JoinHandle<()>>,
     call_log: Option<JoinHandle<()>>,
     tracer: Option<ExportThread>,
+    /// The `levee-slo` thread and what stops it (after the workers, so it counts them all).
+    slo: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     /// Copies of the listening sockets for a successor (zero-downtime restart); dropped when
     /// draining starts, so a stopping gateway refuses new connections instead of letting them
     /// wait in a queue nobody serves.
@@ -488,6 +494,16 @@ impl RunningGateway {
             }
             None => (None, None),
         };
+        let slo_store = match &config.file.data_dir {
+            Some(dir) => Some(
+                crate::slo::store::Store::open(std::path::Path::new(dir))
+                    .map_err(|message| StartError::SloStore { message })?,
+            ),
+            None => None,
+        };
+        let slo = Arc::new(crate::slo::SloEngine::new(crate::slo::Clock::system(), slo_store));
+        slo.apply(&config.slos);
+        slo.experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
         let gateway = Arc::new(Gateway::new(config));
@@ -501,6 +517,7 @@ impl RunningGateway {
             worker_versions: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             calls,
             reloader,
+            slo: slo.clone(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -511,6 +528,7 @@ impl RunningGateway {
                 access_log: access_log.clone(),
                 call_log: call_log.clone(),
                 tracer: tracer.clone(),
+                slo: slo.clone(),
             });
             let gateway_rx = gateway_rx.clone();
             let rx = shutdown_rx.clone();
@@ -553,6 +571,26 @@ impl RunningGateway {
                 })?;
             Some(thread)
         };
+        let slo_thread = {
+            let (stop, stop_rx) = watch::channel(false);
+            let gateway_rx = gateway_rx.clone();
+            let external_url = admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
+            let thread = std::thread::Builder::new()
+                .name("levee-slo".into())
+                .spawn(
+                    move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => {
+                            runtime.block_on(crate::slo::run(slo, gateway_rx, stop_rx, external_url))
+                        }
+                        Err(error) => tracing::error!(%error, "SLO thread could not start its event loop"),
+                    },
+                )
+                .map_err(|source| StartError::Thread {
+                    name: "slo".into(),
+                    source,
+                })?;
+            Some((thread, stop))
+        };
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let admin = match admin_socket {
             Some(socket) => {
@@ -582,6 +620,7 @@ impl RunningGateway {
             access_log: access_log_thread,
             call_log: call_log_thread,
             tracer: tracer_thread,
+            slo: slo_thread,
             handoff: std::sync::Mutex::new(Some((handoff, admin_handoff))),
             handed_off: AtomicBool::new(false),
         })
@@ -651,6 +690,10 @@ impl RunningGateway {
         }
         if let Some(control) = self.control.take() {
             let _ = control.join();
+        }
+        if let Some((thread, stop)) = self.slo.take() {
+            let _ = stop.send(true);
+            let _ = thread.join();
         }
         let _ = self.admin_shutdown.send(true);
         if let Some(admin) = self.admin.take() {

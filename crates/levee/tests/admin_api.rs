@@ -13,8 +13,8 @@ use common::Harness;
 use http::StatusCode;
 use levee_test_support::*;
 
-/// Every admin path of PRODUCT.md section 5 that this build serves (the dashboard at `/` and
-/// `/api/v1/slos` belong to later work).
+/// Every admin path of PRODUCT.md sections 5 and 10 that this build serves (the dashboard at
+/// `/` belongs to later work).
 const ADMIN_PATHS: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -26,6 +26,11 @@ const ADMIN_PATHS: &[(&str, &str)] = &[
     ("post", "/api/v1/config/reload"),
     ("get", "/api/v1/calls"),
     ("get", "/api/v1/analytics"),
+    ("get", "/api/v1/slos"),
+    ("get", "/api/v1/experiments"),
+    ("post", "/api/v1/experiments"),
+    ("get", "/api/v1/experiments/{id}"),
+    ("delete", "/api/v1/experiments/{id}"),
 ];
 
 fn config(upstream: std::net::SocketAddr) -> String {
@@ -68,6 +73,17 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
         serde_json::from_value(document.clone()).expect("a valid OpenAPI 3 document");
     assert!(parsed.openapi.starts_with("3.0"), "{}", parsed.openapi);
 
+    // An experiment to show and stop through the `{id}` paths.
+    let started = send(
+        &client(false),
+        http::Request::post(format!("{}/api/v1/experiments", h.admin))
+            .body(full(r#"{"name": "probe", "route": "second", "fault": {"abort": {"percent": 0, "status": 503}}, "duration": "60s"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+    let experiment = started.json()["id"].as_str().unwrap().to_owned();
+
     // Every admin route is in it, with its method, and answers (no 404 for a documented path).
     for (method, path) in ADMIN_PATHS {
         let item = parsed
@@ -79,9 +95,11 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
         let operation = match *method {
             "get" => item.get.as_ref(),
             "post" => item.post.as_ref(),
+            "delete" => item.delete.as_ref(),
             _ => None,
         };
         assert!(operation.is_some(), "{method} {path} is not documented");
+        let path = path.replace("{id}", &experiment);
         let request = http::Request::builder()
             .method(method.to_uppercase().as_str())
             .uri(format!("{}{path}", h.admin))
@@ -91,9 +109,10 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
         assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
         assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
     }
+    let distinct: std::collections::BTreeSet<&str> = ADMIN_PATHS.iter().map(|(_, p)| *p).collect();
     assert_eq!(
         parsed.paths.paths.len(),
-        ADMIN_PATHS.len(),
+        distinct.len(),
         "no undocumented extras or missing routes"
     );
 

@@ -49,13 +49,42 @@ fn unknown_keys_name_the_position_and_the_nearest_key() {
 }
 
 #[test]
-fn contract_keys_that_are_not_built_yet_are_refused_not_ignored() {
-    let yaml =
-        format!("{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n  - name: users-availability\n");
+fn slos_and_alerting_are_validated_with_positions() {
+    let yaml = format!(
+        "{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n  - name: a\n    route: user\n    objective: 100\n    sli: availability\n  - name: a\n    route: users\n    consumer: nobody\n    objective: 99\n    window: 10m\n    sli: {{ latency_below: 0ms }}\nalerting:\n  evaluation_interval: 0s\n  webhooks: [ {{ url: \"ftp://x\" }} ]\n"
+    );
     let errs = errors(&yaml);
-    assert!(
-        errs[0].starts_with("levee.yaml:10:1: ") && errs[0].contains("unknown key `slos`"),
-        "{errs:?}"
+    for (position, text) in [
+        (
+            "levee.yaml:12:12: ",
+            "no route named `user` (did you mean `users`?)",
+        ),
+        (
+            "levee.yaml:13:16: ",
+            "objective is a percentage above 0 and below 100",
+        ),
+        ("levee.yaml:15:11: ", "duplicate SLO name `a`"),
+        ("levee.yaml:17:15: ", "no consumer named `nobody`"),
+        ("levee.yaml:19:13: ", "window must be from 1h to 90d"),
+        ("levee.yaml:20:27: ", "latency_below must be above zero"),
+        ("levee.yaml:22:24: ", "evaluation_interval must be from 1s to 1m"),
+        ("levee.yaml:23:22: ", "`ftp://x` is not an http(s) URL"),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(position) && e.contains(text)),
+            "{position}{text} not in {errs:#?}"
+        );
+    }
+    // A valid section passes, with an Alertmanager base URL.
+    let yaml = format!(
+        "{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n  - name: users-availability\n    route: users\n    objective: 99.9\n    sli: availability\nalerting:\n  alertmanager: {{ url: \"http://127.0.0.1:9093/\" }}\n"
+    );
+    let config = levee::load_str(&yaml, "levee.yaml").unwrap();
+    assert_eq!(config.slos.len(), 1);
+    assert_eq!(config.slos[0].window, std::time::Duration::from_secs(30 * 86_400));
+    assert_eq!(
+        config.alerting.alertmanager.unwrap().to_string(),
+        "http://127.0.0.1:9093/api/v2/alerts"
     );
 }
 

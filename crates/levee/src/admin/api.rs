@@ -161,6 +161,82 @@ fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
 
 const JSON: &str = "application/json";
 
+/// `GET /api/v1/slos`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Slos {
+    pub slos: Vec<SloView>,
+}
+
+/// One SLO as of the last evaluation (once a second).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SloView {
+    pub name: String,
+    pub route: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// `availability` or `latency_below <duration>`.
+    pub sli: String,
+    /// Percent of good events wanted (`99.9`).
+    pub objective: f64,
+    /// The compliance window (`30d`).
+    pub window: String,
+    /// Percent of good events over the window so far; absent without events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sli_now: Option<f64>,
+    /// Events over the window.
+    pub events: EventsView,
+    pub error_budget: BudgetView,
+    /// Per trailing window, shortest first.
+    pub burn_rates: Vec<BurnRateView>,
+    /// Burn-rate alerts firing now (`page`, `ticket`).
+    pub alerts_firing: Vec<AlertView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, JsonSchema)]
+pub struct EventsView {
+    pub total: u64,
+    pub good: u64,
+    pub bad: u64,
+    /// Of `total`, requests that carried an injected fault (chaos).
+    pub injected: u64,
+    /// Of `bad`, requests that carried an injected fault.
+    pub injected_bad: u64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BudgetView {
+    /// Share left: 1 untouched, 0 spent, below 0 overspent.
+    pub remaining: f64,
+    /// Bad events still allowed given the window's events so far.
+    pub remaining_events: f64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BurnRateView {
+    /// `5m`, `30m`, `1h`, `2h`, `6h`, `1d` or `3d`.
+    pub window: &'static str,
+    pub burn_rate: f64,
+    pub total: u64,
+    pub bad: u64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AlertView {
+    /// `page` or `ticket`.
+    pub severity: &'static str,
+    /// When it started firing (RFC 3339).
+    pub since: String,
+}
+
+/// `GET /api/v1/experiments`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Experiments {
+    /// Newest first.
+    pub experiments: Vec<crate::chaos::experiments::ExperimentView>,
+}
+
 /// Every endpoint of the admin listener.
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -306,6 +382,54 @@ pub const ENDPOINTS: &[Endpoint] = &[
             },
         ],
     },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/slos",
+        summary: "Every SLO: objective, SLI now, error budget remaining, burn rates, alerts firing.",
+        ok: (200, schema::<Slos>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/experiments",
+        summary: "Chaos experiments of this process, newest first, with their reports.",
+        ok: (200, schema::<Experiments>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/experiments",
+        summary: "Starts a chaos experiment (body: name, route, fault, duration, abort_if).",
+        ok: (201, schema::<crate::chaos::experiments::ExperimentView>),
+        content_type: JSON,
+        errors: &[
+            (400, "The experiment is invalid (the message says why)."),
+            (409, "An experiment already runs on the route, or too many run."),
+        ],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/experiments/{id}",
+        summary: "One experiment: state (running, completed, aborted) and report.",
+        ok: (200, schema::<crate::chaos::experiments::ExperimentView>),
+        content_type: JSON,
+        errors: &[(404, "No experiment has this id.")],
+        query: &[],
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/experiments/{id}",
+        summary: "Stops a running experiment (its state becomes aborted) and returns it.",
+        ok: (200, schema::<crate::chaos::experiments::ExperimentView>),
+        content_type: JSON,
+        errors: &[(404, "No experiment has this id.")],
+        query: &[],
+    },
 ];
 
 /// The OpenAPI 3.0 document of the admin API.
@@ -344,11 +468,14 @@ pub fn openapi() -> Value {
                 }),
             );
         }
-        let parameters: Vec<Value> = endpoint
+        let mut parameters: Vec<Value> = endpoint
             .query
             .iter()
             .map(|p| json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": { "type": "string" } }))
             .collect();
+        if endpoint.path.contains("{id}") {
+            parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The experiment's id.", "schema": { "type": "string" } }));
+        }
         let mut operation = serde_json::Map::new();
         operation.insert("summary".into(), endpoint.summary.into());
         operation.insert("operationId".into(), operation_id(endpoint).into());
@@ -389,6 +516,7 @@ fn operation_id(endpoint: &Endpoint) -> String {
         .path
         .split(['/', '.'])
         .filter(|w| !w.is_empty() && *w != "api" && *w != "v1")
+        .map(|w| w.trim_matches(['{', '}']))
         .collect();
     format!("{}_{}", endpoint.method, words.join("_"))
 }

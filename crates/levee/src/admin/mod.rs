@@ -80,6 +80,14 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
                         ),
                     });
                 }
+                let experiments = request.uri().path().starts_with(EXPERIMENTS);
+                if experiments && matches!(*request.method(), Method::POST | Method::DELETE) {
+                    let request_id = crate::headers::request_id(request.headers());
+                    if !authorized(&state, &request) {
+                        return Ok(unauthorized(&request_id));
+                    }
+                    return Ok(change_experiments(&state, request, &request_id).await);
+                }
                 Ok::<_, Infallible>(route(&state, request))
             }
         });
@@ -95,6 +103,142 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
 
 /// `POST` here reloads the config file.
 const RELOAD: &str = "/api/v1/config/reload";
+/// `POST` starts an experiment; `GET`/`DELETE` `EXPERIMENTS/{id}` show and stop one.
+const EXPERIMENTS: &str = "/api/v1/experiments";
+
+/// Largest experiment request body read.
+const MAX_EXPERIMENT_BODY: usize = 64 * 1024;
+
+/// `POST /api/v1/experiments` and `DELETE /api/v1/experiments/{id}`.
+async fn change_experiments(
+    state: &SharedState,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    use crate::chaos::experiments::{ExperimentError, ExperimentRequest};
+    use http_body_util::BodyExt;
+    let path = request.uri().path().to_owned();
+    let answer_error = |error: ExperimentError| {
+        let (status, code) = match &error {
+            ExperimentError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ExperimentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ExperimentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        };
+        error_response(status, code, &error.to_string(), request_id)
+    };
+    if request.method() == Method::DELETE {
+        let id = path.strip_prefix(EXPERIMENTS).unwrap_or("").trim_matches('/');
+        return match state.slo.experiments.stop(id, &state.slo) {
+            Ok(view) => json_value(StatusCode::OK, &view),
+            Err(error) => answer_error(error),
+        };
+    }
+    if path.trim_end_matches('/') != EXPERIMENTS {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No such admin endpoint.",
+            request_id,
+        );
+    }
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_EXPERIMENT_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The body could not be read (at most 64 KiB).",
+                request_id,
+            )
+        }
+    };
+    let parsed: ExperimentRequest = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => return answer_error(ExperimentError::Invalid(format!("invalid experiment: {error}"))),
+    };
+    let gateway = state.gateway.load();
+    let routes: Vec<&str> = gateway.config.routes.iter().map(|r| &*r.name).collect();
+    match state.slo.experiments.start(parsed, &routes, &state.slo) {
+        Ok(view) => json_value(StatusCode::CREATED, &view),
+        Err(error) => answer_error(error),
+    }
+}
+
+/// `GET /api/v1/slos`.
+fn slos_view(state: &SharedState) -> api::Slos {
+    use crate::config::spec::Sli;
+    let slos = state
+        .slo
+        .slos()
+        .all
+        .iter()
+        .map(|slo| {
+            let spec = &slo.spec;
+            let status = slo.status();
+            let alerts = slo.alerts();
+            let alerts_firing = [("page", &alerts.page), ("ticket", &alerts.ticket)]
+                .into_iter()
+                .filter_map(|(severity, a)| {
+                    a.firing_since.map(|since| api::AlertView {
+                        severity,
+                        since: crate::slo::alerts::rfc3339(since),
+                    })
+                })
+                .collect();
+            let window = status.as_ref().map(|s| s.window).unwrap_or_default();
+            api::SloView {
+                name: spec.name.to_string(),
+                route: spec.route.to_string(),
+                consumer: spec.consumer.as_deref().map(str::to_owned),
+                sli: match spec.sli {
+                    Sli::Availability => "availability".into(),
+                    Sli::LatencyBelow(d) => format!("latency_below {}", humantime::format_duration(d)),
+                },
+                objective: spec.objective,
+                window: humantime::format_duration(spec.window).to_string(),
+                sli_now: status.as_ref().and_then(|s| s.sli).map(|r| r * 100.0),
+                events: api::EventsView {
+                    total: window.total,
+                    good: window.good(),
+                    bad: window.bad,
+                    injected: window.injected,
+                    injected_bad: window.injected_bad,
+                },
+                error_budget: api::BudgetView {
+                    remaining: status.as_ref().map_or(1.0, |s| s.budget_remaining),
+                    remaining_events: status.as_ref().map_or(0.0, |s| s.budget_remaining_events),
+                },
+                burn_rates: crate::slo::BURN_WINDOWS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| {
+                        let counts = status
+                            .as_ref()
+                            .and_then(|s| s.burn_counts.get(i).copied())
+                            .unwrap_or_default();
+                        api::BurnRateView {
+                            window: name,
+                            burn_rate: status
+                                .as_ref()
+                                .and_then(|s| s.burn_rates.get(i).copied())
+                                .unwrap_or(0.0),
+                            total: counts.total,
+                            bad: counts.bad,
+                        }
+                    })
+                    .collect(),
+                alerts_firing,
+                evaluated_at: status
+                    .as_ref()
+                    .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),
+            }
+        })
+        .collect();
+    api::Slos { slos }
+}
 
 fn unauthorized(request_id: &HeaderValue) -> Response<ResponseBody> {
     let mut response = error_response(
@@ -210,8 +354,29 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             )
         }
         "/openapi.json" => json_value(StatusCode::OK, &api::openapi()),
+        "/api/v1/slos" => json_value(StatusCode::OK, &slos_view(state)),
+        EXPERIMENTS => json_value(
+            StatusCode::OK,
+            &api::Experiments {
+                experiments: state.slo.experiments.views(),
+            },
+        ),
+        path if path.starts_with("/api/v1/experiments/") => {
+            let id = path.trim_start_matches("/api/v1/experiments/");
+            match state.slo.experiments.view(id) {
+                Some(view) => json_value(StatusCode::OK, &view),
+                None => error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("No experiment with id `{id}`."),
+                    &request_id,
+                ),
+            }
+        }
         "/metrics" => {
-            let mut response = Response::new(ResponseBody::full(state.metrics.render_with(&state.gauges())));
+            let mut text = state.metrics.render_with(&state.gauges());
+            state.slo.render_metrics(&mut text);
+            let mut response = Response::new(ResponseBody::full(text));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -28,6 +28,8 @@ pub struct Config {
     pub call_log: Option<CallLogSpec>,
     pub tracing: Option<TracingSpec>,
     pub llm: Option<LlmSpec>,
+    pub slos: Vec<SloSpec>,
+    pub alerting: AlertingSpec,
     /// The file as read, for display by the admin API.
     pub file: ConfigFile,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
@@ -98,6 +100,66 @@ pub enum LlmStrategy {
     Fallback,
     Weighted,
     LowestLatency,
+}
+
+/// A service level objective on a route's traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloSpec {
+    pub name: Arc<str>,
+    pub route: Arc<str>,
+    pub consumer: Option<Arc<str>>,
+    /// Percent of good events (`99.9`).
+    pub objective: f64,
+    pub window: Duration,
+    pub sli: Sli,
+}
+
+impl SloSpec {
+    /// The share of events allowed to be bad (`0.001` for 99.9).
+    pub fn error_budget(&self) -> f64 {
+        1.0 - self.objective / 100.0
+    }
+
+    /// What the SLO counts, as text: counts recorded under another definition are not
+    /// mixed with these (a changed threshold starts a new history).
+    pub fn definition(&self) -> String {
+        let sli = match self.sli {
+            Sli::Availability => "availability".to_owned(),
+            Sli::LatencyBelow(d) => format!("latency_below={}ms", d.as_millis()),
+        };
+        match &self.consumer {
+            Some(c) => format!("route={};consumer={c};{sli}", self.route),
+            None => format!("route={};{sli}", self.route),
+        }
+    }
+}
+
+/// What makes an event good.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sli {
+    /// Any status below 500.
+    Availability,
+    /// Answered in full within the duration.
+    LatencyBelow(Duration),
+}
+
+/// Where alerts go and how often they are evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertingSpec {
+    pub evaluation_interval: Duration,
+    /// Alertmanager's `/api/v2/alerts` URL.
+    pub alertmanager: Option<http::Uri>,
+    pub webhooks: Vec<http::Uri>,
+}
+
+impl Default for AlertingSpec {
+    fn default() -> Self {
+        AlertingSpec {
+            evaluation_interval: Duration::from_secs(5),
+            alertmanager: None,
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 /// Where and how spans are exported.

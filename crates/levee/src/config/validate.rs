@@ -376,6 +376,12 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         }
     }
     let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let slos = check_slos(&file, &routes, &consumers, p);
+    let alerting = file
+        .alerting
+        .as_ref()
+        .map(|a| check_alerting(a, p))
+        .unwrap_or_default();
     Some(Config {
         listeners,
         admin,
@@ -390,6 +396,8 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         call_log,
         tracing,
         llm,
+        slos,
+        alerting,
         file,
         source: None,
         warnings: Vec::new(),
@@ -1803,6 +1811,149 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
         cache,
         prompts,
     })
+}
+
+/// Most SLOs one config may declare (each holds a minute-bucket ring sized to its window).
+const MAX_SLOS: usize = 100;
+
+/// The `slos` section: names usable as metric labels, routes and consumers that exist,
+/// objectives and windows that make sense.
+fn check_slos(
+    file: &ConfigFile,
+    routes: &[RouteSpec],
+    consumers: &[ConsumerSpec],
+    p: &mut Problems,
+) -> Vec<SloSpec> {
+    use super::file::SliFile;
+    let mut slos: Vec<SloSpec> = Vec::new();
+    if file.slos.len() > MAX_SLOS {
+        p.at("slos", format!("at most {MAX_SLOS} SLOs"));
+    }
+    for (i, slo) in file.slos.iter().enumerate() {
+        let path = format!("slos[{i}]");
+        let name_ok = !slo.name.is_empty()
+            && slo.name.len() <= 128
+            && slo
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_ok {
+            p.at(
+                &format!("{path}.name"),
+                format!(
+                    "SLO name `{}` must be 1 to 128 letters, digits, `_`, `-` or `.`",
+                    slo.name
+                ),
+            );
+        }
+        if slos.iter().any(|s| *s.name == *slo.name) {
+            p.at(
+                &format!("{path}.name"),
+                format!("duplicate SLO name `{}`", slo.name),
+            );
+        }
+        let route = routes.iter().find(|r| *r.name == *slo.route);
+        if route.is_none() {
+            let suggestion = nearest(&slo.route, routes.iter().map(|r| &*r.name))
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            p.at(
+                &format!("{path}.route"),
+                format!("no route named `{}`{suggestion}", slo.route),
+            );
+        }
+        if let Some(consumer) = &slo.consumer {
+            if !consumers.iter().any(|c| *c.name == **consumer) {
+                p.at(
+                    &format!("{path}.consumer"),
+                    format!("no consumer named `{consumer}`"),
+                );
+            }
+        }
+        if !(slo.objective > 0.0 && slo.objective < 100.0) {
+            p.at(
+                &format!("{path}.objective"),
+                "objective is a percentage above 0 and below 100 (like 99.9)",
+            );
+        }
+        let window = slo
+            .window
+            .map_or(std::time::Duration::from_secs(30 * 86_400), |d| d.0);
+        if window < std::time::Duration::from_secs(3600)
+            || window > std::time::Duration::from_secs(90 * 86_400)
+        {
+            p.at(&format!("{path}.window"), "window must be from 1h to 90d");
+        }
+        let sli = match &slo.sli {
+            SliFile::Named(_) => Sli::Availability,
+            SliFile::Latency(l) => {
+                if l.latency_below.0.is_zero() {
+                    p.at(
+                        &format!("{path}.sli.latency_below"),
+                        "latency_below must be above zero",
+                    );
+                }
+                Sli::LatencyBelow(l.latency_below.0)
+            }
+        };
+        slos.push(SloSpec {
+            name: slo.name.as_str().into(),
+            route: slo.route.as_str().into(),
+            consumer: slo.consumer.as_deref().map(Arc::from),
+            objective: slo.objective,
+            window,
+            sli,
+        });
+    }
+    slos
+}
+
+/// The `alerting` section: receiver URLs and the evaluation interval.
+fn check_alerting(a: &super::file::AlertingFile, p: &mut Problems) -> AlertingSpec {
+    let mut url = |text: &str, path: &str, suffix: Option<&str>| -> Option<http::Uri> {
+        let uri = match text.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => uri,
+            _ => {
+                p.at(path, format!("`{text}` is not an http(s) URL"));
+                return None;
+            }
+        };
+        match suffix {
+            // Alertmanager is named by its base URL; alerts go to its v2 API under it.
+            Some(suffix) => {
+                let base = text.trim_end_matches('/');
+                let _ = uri;
+                format!("{base}{suffix}").parse().ok()
+            }
+            None => Some(uri),
+        }
+    };
+    let alertmanager = a
+        .alertmanager
+        .as_ref()
+        .and_then(|r| url(&r.url, "alerting.alertmanager.url", Some("/api/v2/alerts")));
+    let webhooks = a
+        .webhooks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| url(&r.url, &format!("alerting.webhooks[{i}].url"), None))
+        .collect();
+    let evaluation_interval = a
+        .evaluation_interval
+        .map_or(std::time::Duration::from_secs(5), |d| d.0);
+    if evaluation_interval < std::time::Duration::from_secs(1)
+        || evaluation_interval > std::time::Duration::from_secs(60)
+    {
+        p.at(
+            "alerting.evaluation_interval",
+            "evaluation_interval must be from 1s to 1m",
+        );
+    }
+    AlertingSpec {
+        evaluation_interval,
+        alertmanager,
+        webhooks,
+    }
 }
 
 /// The `tracing` section: a collector URL and sane batching numbers.

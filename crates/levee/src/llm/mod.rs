@@ -36,8 +36,6 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
@@ -51,7 +49,7 @@ use crate::observability::{RequestRecord, UpstreamFacts};
 use usage::{LlmCall, Usage};
 
 /// The per-worker client for LLM providers (HTTPS or plain HTTP, pooled).
-pub type LlmClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type LlmClient = crate::outbound::OutboundClient<Full<Bytes>>;
 
 /// Non-streamed provider answers are read up to this size.
 const MAX_ANSWER_BYTES: usize = 32 << 20;
@@ -64,18 +62,7 @@ pub static X_LEVEE_CACHE: http::HeaderName = http::HeaderName::from_static("x-le
 
 /// A worker's client for the providers.
 pub fn client() -> LlmClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+    crate::outbound::client(Duration::from_secs(10))
 }
 
 /// An error in OpenAI's shape.

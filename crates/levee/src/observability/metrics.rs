@@ -600,7 +600,7 @@ fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, count
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -618,7 +618,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, hist: &Histogram) {
 }
 
 /// Escapes a label value per the exposition format.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

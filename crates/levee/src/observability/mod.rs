@@ -32,6 +32,8 @@ pub struct Recorder {
     pub call_log: Option<call_log::CallLog>,
     /// Present when spans are exported.
     pub tracer: Option<Tracer>,
+    /// SLO counters and chaos experiments.
+    pub slo: Arc<crate::slo::SloEngine>,
 }
 
 /// Facts about the upstream attempt that served a request.
@@ -81,6 +83,8 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
     /// The LLM call's accounting, on AI gateway routes.
     pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
+    /// The chaos experiment running on the route, which counts this request in its report.
+    pub experiment: Option<Arc<crate::chaos::experiments::Experiment>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -142,6 +146,19 @@ impl RequestRecord {
                     call.cost_usd(),
                 );
             }
+        }
+        // SLO counters: injected faults count like real ones, marked as injected.
+        if let Some(route) = &self.route {
+            self.recorder.slo.record(
+                route,
+                self.consumer.as_deref(),
+                self.status,
+                elapsed,
+                self.fault.is_some(),
+            );
+        }
+        if let Some(experiment) = &self.experiment {
+            experiment.observe(self.status, self.fault);
         }
         let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
         let bytes_in = self

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -99,19 +98,7 @@ fn run(rx: Receiver<FinishedTrace>, spec: &TracingSpec, metrics: &Metrics, stop:
             return;
         }
     };
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector({
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(spec.export_timeout));
-            http
-        });
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let client: crate::outbound::OutboundClient<Full<Bytes>> = crate::outbound::client(spec.export_timeout);
     let resource = Resource {
         attributes: vec![
             string("service.name", &spec.service_name),

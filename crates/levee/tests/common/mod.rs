@@ -134,3 +134,34 @@ pub fn write_atomically(path: &std::path::Path, text: &str) {
     std::fs::write(&temporary, text).unwrap();
     std::fs::rename(&temporary, path).unwrap();
 }
+
+/// `promtool check metrics` must report nothing. Skipped (with a note) only when promtool is
+/// not installed; the project's test script installs it.
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("promtool not installed: exposition not linted");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}

@@ -7,6 +7,8 @@
 //! must spend error budget to mean anything) and labelled everywhere (`levee_faults_injected_total`,
 //! the access and call logs' `fault`) so reports can tell them apart.
 
+pub mod experiments;
+
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, StatusCode};

@@ -1,0 +1,618 @@
+//! Service level objectives computed by the gateway from its own traffic.
+//!
+//! Every request that ends on a route with an SLO adds one good or bad event to that SLO's
+//! [`ledger`] (one-minute buckets over the SLO's window). A background thread
+//! (`levee-slo`) turns the ledgers into the SLI, the error budget left and the burn rates
+//! over 5m..3d once a second, evaluates the multiwindow multi-burn-rate [`alerts`], hands
+//! notifications to [`notify`] (which retries on its own, never holding a request), saves
+//! new counts to the data directory ([`store`]) so a restart does not reset the budget, and
+//! watches the guards of running chaos experiments.
+//!
+//! Why the gateway and not only Prometheus rules: the gateway sees every request, so its
+//! SLIs are exact (no scrape gaps, no histogram buckets to round a latency threshold to) and
+//! alerting needs no second system. [`rules`] still writes the equivalent Prometheus rules
+//! for teams that alert from Prometheus.
+//!
+//! Burn rate: how fast the budget is spent compared with spending exactly all of it over
+//! the window. 1 means the budget lasts the window; 14.4 over an hour means 2% of a 30-day
+//! budget gone in that hour. A window with less data than its length uses the data it has.
+
+pub mod alerts;
+pub mod ledger;
+pub mod notify;
+pub mod rules;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::config::spec::{Sli, SloSpec};
+use ledger::{Counts, Ledger};
+
+/// The burn-rate windows, with their length in minutes.
+pub const BURN_WINDOWS: [(&str, u64); 7] = [
+    ("5m", 5),
+    ("30m", 30),
+    ("1h", 60),
+    ("2h", 120),
+    ("6h", 360),
+    ("1d", 1440),
+    ("3d", 4320),
+];
+
+/// Unsaved minute counts kept at most per SLO while the store is failing.
+const MAX_UNSAVED: usize = 1440;
+
+/// Wall-clock time read through tokio's clock: in production it is the system clock as of
+/// the start plus monotonic time since, so a clock step cannot move events between buckets;
+/// in tests a paused tokio clock drives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    unix_ms_at_start: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock::starting_at(unix_ms)
+    }
+
+    /// A clock that reads `unix_ms` now and moves with tokio's clock.
+    pub fn starting_at(unix_ms: u64) -> Clock {
+        Clock {
+            unix_ms_at_start: unix_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.unix_ms_at_start.saturating_add(elapsed)
+    }
+
+    /// Minutes since the Unix epoch.
+    pub fn minute(&self) -> u64 {
+        self.now_ms() / 60_000
+    }
+}
+
+/// Counts not yet written to the store, with the ledger they also went to.
+#[derive(Debug)]
+struct Tally {
+    ledger: Ledger,
+    unsaved: Vec<(u64, Counts)>,
+}
+
+/// What one evaluation found for an SLO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Events over the SLO's window.
+    pub window: Counts,
+    /// Good events over all events in the window; `None` without events.
+    pub sli: Option<f64>,
+    /// Share of the window's error budget left (1 untouched, 0 spent, below 0 overspent).
+    pub budget_remaining: f64,
+    /// Bad events the budget still allows over the window's events so far.
+    pub budget_remaining_events: f64,
+    /// Burn rate per [`BURN_WINDOWS`] entry, in that order.
+    pub burn_rates: [f64; 7],
+    /// Events per [`BURN_WINDOWS`] entry.
+    pub burn_counts: [Counts; 7],
+    pub evaluated_at_ms: u64,
+}
+
+impl Status {
+    /// The burn rate over the window named `name` (`5m` .. `3d`).
+    pub fn burn_rate(&self, name: &str) -> Option<f64> {
+        BURN_WINDOWS
+            .iter()
+            .position(|(n, _)| *n == name)
+            .and_then(|i| self.burn_rates.get(i).copied())
+    }
+}
+
+/// One SLO's counts and latest evaluation.
+#[derive(Debug)]
+pub struct SloState {
+    pub spec: SloSpec,
+    /// What is counted (route, consumer, SLI); persisted counts are matched on it.
+    pub definition: String,
+    tally: Mutex<Tally>,
+    /// Events since this process started (Prometheus counters).
+    pub events_total: AtomicU64,
+    pub events_bad: AtomicU64,
+    status: Mutex<Option<Status>>,
+    alerts: Mutex<alerts::AlertPair>,
+}
+
+impl SloState {
+    fn new(spec: SloSpec) -> SloState {
+        // The ring covers the window and the longest burn window, whichever is longer.
+        let minutes = (spec.window.as_secs() / 60).max(4320);
+        SloState {
+            definition: spec.definition(),
+            spec,
+            tally: Mutex::new(Tally {
+                ledger: Ledger::new(minutes),
+                unsaved: Vec::new(),
+            }),
+            events_total: AtomicU64::new(0),
+            events_bad: AtomicU64::new(0),
+            status: Mutex::new(None),
+            alerts: Mutex::new(alerts::AlertPair::default()),
+        }
+    }
+
+    /// Whether an answer with `status` after `elapsed` is a good event.
+    pub fn is_good(&self, status: u16, elapsed: Duration) -> bool {
+        match self.spec.sli {
+            Sli::Availability => status < 500,
+            Sli::LatencyBelow(threshold) => elapsed < threshold,
+        }
+    }
+
+    fn record(&self, minute: u64, counts: Counts) {
+        self.events_total.fetch_add(counts.total, Ordering::Relaxed);
+        self.events_bad.fetch_add(counts.bad, Ordering::Relaxed);
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        tally.ledger.add(minute, counts);
+        match tally.unsaved.last_mut() {
+            Some((m, c)) if *m == minute => c.add(counts),
+            _ => {
+                if tally.unsaved.len() >= MAX_UNSAVED {
+                    tally.unsaved.remove(0);
+                }
+                tally.unsaved.push((minute, counts));
+            }
+        }
+    }
+
+    /// Adds counts read back from the store (not to be saved again).
+    fn restore(&self, buckets: &[(u64, Counts)]) {
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        for (minute, counts) in buckets {
+            tally.ledger.add(*minute, *counts);
+        }
+    }
+
+    fn take_unsaved(&self) -> Vec<(u64, Counts)> {
+        std::mem::take(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()).unsaved)
+    }
+
+    /// Computes the SLI, budget and burn rates as of `minute`.
+    pub fn evaluate(&self, minute: u64, now_ms: u64) -> Status {
+        let window_minutes = (self.spec.window.as_secs() / 60).max(1);
+        let lengths: Vec<u64> = BURN_WINDOWS.iter().map(|(_, m)| *m).collect();
+        let (burn, window) = {
+            let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                tally.ledger.sums(minute, &lengths),
+                tally.ledger.sum(minute, window_minutes),
+            )
+        };
+        let budget = self.spec.error_budget();
+        let mut burn_rates = [0.0; 7];
+        let mut burn_counts = [Counts::default(); 7];
+        for ((rate, count), counts) in burn_rates.iter_mut().zip(burn_counts.iter_mut()).zip(&burn) {
+            *rate = counts.error_rate() / budget;
+            *count = *counts;
+        }
+        let allowed = budget * window.total as f64;
+        let (budget_remaining, budget_remaining_events) = if window.total == 0 {
+            (1.0, 0.0)
+        } else {
+            (1.0 - window.bad as f64 / allowed, allowed - window.bad as f64)
+        };
+        Status {
+            window,
+            sli: (window.total > 0).then(|| window.good() as f64 / window.total as f64),
+            budget_remaining,
+            budget_remaining_events,
+            burn_rates,
+            burn_counts,
+            evaluated_at_ms: now_ms,
+        }
+    }
+
+    /// The latest evaluation.
+    pub fn status(&self) -> Option<Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The alerts' states (page, ticket).
+    pub fn alerts(&self) -> alerts::AlertPair {
+        self.alerts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The SLOs of the running config, found by route.
+#[derive(Debug, Default)]
+pub struct SloSet {
+    pub all: Vec<Arc<SloState>>,
+    by_route: HashMap<Arc<str>, Vec<Arc<SloState>>>,
+}
+
+/// Every SLO of the process, their evaluation and alerting.
+#[derive(Debug)]
+pub struct SloEngine {
+    pub clock: Clock,
+    set: ArcSwap<SloSet>,
+    store: Option<Mutex<store::Store>>,
+    /// Alert notifications by receiver and result.
+    pub notifications: notify::Counters,
+    /// Chaos experiments (guarded by these SLOs).
+    pub experiments: crate::chaos::experiments::Experiments,
+}
+
+impl SloEngine {
+    /// An engine with no SLOs yet; `store` keeps counts across restarts.
+    pub fn new(clock: Clock, store: Option<store::Store>) -> SloEngine {
+        SloEngine {
+            clock,
+            set: ArcSwap::from_pointee(SloSet::default()),
+            store: store.map(Mutex::new),
+            notifications: notify::Counters::default(),
+            experiments: crate::chaos::experiments::Experiments::default(),
+        }
+    }
+
+    /// Takes the SLOs of a (new) config. An SLO whose name and definition are unchanged
+    /// keeps its counts and alert state; a new one starts from what the store holds.
+    pub fn apply(&self, specs: &[SloSpec]) {
+        let current = self.set.load();
+        let minute = self.clock.minute();
+        let mut set = SloSet::default();
+        for spec in specs {
+            let kept = current.all.iter().find(|s| {
+                s.spec.name == spec.name && s.definition == spec.definition() && s.spec.window == spec.window
+            });
+            let state = match kept {
+                Some(state) if state.spec == *spec => state.clone(),
+                Some(state) => {
+                    // Same counts, new objective: carry the ledger over.
+                    let fresh = SloState::new(spec.clone());
+                    *fresh.tally.lock().unwrap_or_else(|p| p.into_inner()) = {
+                        let old = state.tally.lock().unwrap_or_else(|p| p.into_inner());
+                        Tally {
+                            ledger: old.ledger.clone(),
+                            unsaved: old.unsaved.clone(),
+                        }
+                    };
+                    Arc::new(fresh)
+                }
+                None => {
+                    let fresh = SloState::new(spec.clone());
+                    if let Some(store) = &self.store {
+                        let since = minute.saturating_sub(
+                            fresh
+                                .tally
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .ledger
+                                .minutes(),
+                        );
+                        let loaded = store.lock().unwrap_or_else(|p| p.into_inner()).load(
+                            &spec.name,
+                            &fresh.definition,
+                            since,
+                        );
+                        match loaded {
+                            Ok(buckets) => fresh.restore(&buckets),
+                            Err(error) => {
+                                tracing::warn!(slo = %spec.name, %error, "cannot read saved SLO counts; starting from zero")
+                            }
+                        }
+                    }
+                    Arc::new(fresh)
+                }
+            };
+            set.by_route
+                .entry(spec.route.clone())
+                .or_default()
+                .push(state.clone());
+            set.all.push(state);
+        }
+        // Counts of SLOs that went away are saved before they are dropped.
+        for old in &current.all {
+            if !set.all.iter().any(|s| Arc::ptr_eq(s, old)) {
+                self.save_one(old);
+            }
+        }
+        self.set.store(Arc::new(set));
+    }
+
+    /// Counts one finished request on `route`.
+    pub fn record(
+        &self,
+        route: &str,
+        consumer: Option<&str>,
+        status: u16,
+        elapsed: Duration,
+        injected: bool,
+    ) {
+        let set = self.set.load();
+        if set.all.is_empty() {
+            return;
+        }
+        let Some(slos) = set.by_route.get(route) else {
+            return;
+        };
+        let minute = self.clock.minute();
+        for slo in slos {
+            if slo.spec.consumer.as_deref().is_some_and(|c| Some(c) != consumer) {
+                continue;
+            }
+            slo.record(minute, Counts::one(slo.is_good(status, elapsed), injected));
+        }
+    }
+
+    /// The SLOs of the running config.
+    pub fn slos(&self) -> Arc<SloSet> {
+        self.set.load_full()
+    }
+
+    /// The SLO named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<SloState>> {
+        self.set
+            .load()
+            .all
+            .iter()
+            .find(|s| &*s.spec.name == name)
+            .cloned()
+    }
+
+    /// Evaluates every SLO now and stores the results.
+    pub fn evaluate(&self) {
+        let now_ms = self.clock.now_ms();
+        let minute = now_ms / 60_000;
+        for slo in &self.set.load().all {
+            let status = slo.evaluate(minute, now_ms);
+            *slo.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        }
+    }
+
+    /// Steps every SLO's alerts with its latest status; returns what changed (to notify).
+    pub fn step_alerts(&self) -> Vec<alerts::Transition> {
+        let now_ms = self.clock.now_ms();
+        let mut transitions = Vec::new();
+        for slo in &self.set.load().all {
+            let Some(status) = slo.status() else {
+                continue;
+            };
+            let mut pair = slo.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            transitions.extend(pair.step(&slo.spec, &status, now_ms));
+        }
+        transitions
+    }
+
+    /// Alerts firing now, for re-sending to Alertmanager.
+    pub fn firing(&self) -> Vec<alerts::Transition> {
+        let mut out = Vec::new();
+        for slo in &self.set.load().all {
+            let Some(status) = slo.status() else {
+                continue;
+            };
+            out.extend(slo.alerts().firing(&slo.spec, &status));
+        }
+        out
+    }
+
+    /// Writes counts not yet saved to the store (no-op without one).
+    pub fn save(&self) {
+        for slo in &self.set.load().all {
+            self.save_one(slo);
+        }
+    }
+
+    fn save_one(&self, slo: &SloState) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let unsaved = slo.take_unsaved();
+        if unsaved.is_empty() {
+            return;
+        }
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        let keep_after = self.clock.minute().saturating_sub(
+            slo.tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ledger
+                .minutes(),
+        );
+        if let Err(error) = store.add(&slo.spec.name, &slo.definition, &unsaved, keep_after) {
+            tracing::warn!(slo = %slo.spec.name, %error, "cannot save SLO counts; keeping them for the next try");
+            let mut tally = slo.tally.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::take(&mut tally.unsaved);
+            tally.unsaved = unsaved;
+            for (minute, counts) in newer {
+                match tally.unsaved.last_mut() {
+                    Some((m, c)) if *m == minute => c.add(counts),
+                    _ => tally.unsaved.push((minute, counts)),
+                }
+            }
+            let excess = tally.unsaved.len().saturating_sub(MAX_UNSAVED);
+            tally.unsaved.drain(..excess);
+        }
+    }
+
+    /// The store, for experiments.
+    pub fn store(&self) -> Option<&Mutex<store::Store>> {
+        self.store.as_ref()
+    }
+
+    /// Appends the SLO metric families to a Prometheus exposition.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::observability::metrics::{escape, family};
+        use std::fmt::Write as _;
+        let set = self.set.load();
+        if !set.all.is_empty() {
+            family(
+                out,
+                "levee_slo_requests_total",
+                "counter",
+                "Events counted by an SLO since the process started, good or bad.",
+            );
+            for slo in &set.all {
+                let name = escape(&slo.spec.name);
+                let total = slo.events_total.load(Ordering::Relaxed);
+                let bad = slo.events_bad.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "levee_slo_requests_total{{slo=\"{name}\",result=\"good\"}} {}",
+                    total.saturating_sub(bad)
+                );
+                let _ = writeln!(
+                    out,
+                    "levee_slo_requests_total{{slo=\"{name}\",result=\"bad\"}} {bad}"
+                );
+            }
+            family(
+                out,
+                "levee_slo_objective_ratio",
+                "gauge",
+                "The SLO's objective as a ratio (0.999 for 99.9%).",
+            );
+            for slo in &set.all {
+                let _ = writeln!(
+                    out,
+                    "levee_slo_objective_ratio{{slo=\"{}\"}} {}",
+                    escape(&slo.spec.name),
+                    slo.spec.objective / 100.0
+                );
+            }
+            let statuses: Vec<(String, Status, alerts::AlertPair)> = set
+                .all
+                .iter()
+                .filter_map(|s| s.status().map(|st| (escape(&s.spec.name), st, s.alerts())))
+                .collect();
+            family(
+                out,
+                "levee_slo_sli_ratio",
+                "gauge",
+                "Good events over all events in the SLO's window (absent without events).",
+            );
+            for (name, status, _) in &statuses {
+                if let Some(sli) = status.sli {
+                    let _ = writeln!(out, "levee_slo_sli_ratio{{slo=\"{name}\"}} {sli}");
+                }
+            }
+            family(
+                out,
+                "levee_slo_error_budget_remaining",
+                "gauge",
+                "Share of the SLO window's error budget left: 1 untouched, 0 spent, below 0 overspent.",
+            );
+            for (name, status, _) in &statuses {
+                let _ = writeln!(
+                    out,
+                    "levee_slo_error_budget_remaining{{slo=\"{name}\"}} {}",
+                    status.budget_remaining
+                );
+            }
+            family(out, "levee_slo_burn_rate", "gauge", "Error budget burn rate over a trailing window (1 spends the budget exactly over the SLO window).");
+            for (name, status, _) in &statuses {
+                for ((window, _), rate) in BURN_WINDOWS.iter().zip(status.burn_rates) {
+                    let _ = writeln!(
+                        out,
+                        "levee_slo_burn_rate{{slo=\"{name}\",window=\"{window}\"}} {rate}"
+                    );
+                }
+            }
+            family(
+                out,
+                "levee_slo_alert_firing",
+                "gauge",
+                "1 while the SLO's burn-rate alert of that severity fires.",
+            );
+            for (name, _, pair) in &statuses {
+                for (severity, firing) in [
+                    ("page", pair.page.firing_since.is_some()),
+                    ("ticket", pair.ticket.firing_since.is_some()),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "levee_slo_alert_firing{{slo=\"{name}\",severity=\"{severity}\"}} {}",
+                        u8::from(firing)
+                    );
+                }
+            }
+        }
+        self.notifications.render(out);
+    }
+}
+
+/// The `levee-slo` thread's loop: follows config reloads, evaluates every second, sends
+/// alerts every `alerting.evaluation_interval`, saves counts, and steps experiments. Ends
+/// (after a last save) when `stop` turns true.
+pub async fn run(
+    engine: Arc<SloEngine>,
+    mut gateway_rx: tokio::sync::watch::Receiver<Arc<crate::gateway::Gateway>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    external_url: String,
+) {
+    let mut outbox: Option<notify::Outbox> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next_alerts = tokio::time::Instant::now();
+    let mut next_resend = tokio::time::Instant::now() + notify::RESEND_EVERY;
+    loop {
+        let gateway = gateway_rx.borrow_and_update().clone();
+        engine.apply(&gateway.config.slos);
+        if outbox
+            .as_ref()
+            .is_none_or(|o| *o.spec() != gateway.config.alerting)
+        {
+            outbox = Some(notify::Outbox::start(
+                &gateway.config.alerting,
+                external_url.clone(),
+                engine.clone(),
+            ));
+        }
+        let interval = gateway.config.alerting.evaluation_interval;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = gateway_rx.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return finish(&engine),
+                },
+                _ = stop.wait_for(|s| *s) => return finish(&engine),
+            }
+            engine.evaluate();
+            engine.experiments.step(&engine);
+            let now = tokio::time::Instant::now();
+            if now >= next_alerts {
+                next_alerts = now + interval;
+                let transitions = engine.step_alerts();
+                for t in &transitions {
+                    tracing::warn!(slo = %t.slo, severity = t.severity.name(), firing = t.firing, "SLO burn-rate alert");
+                }
+                if let Some(outbox) = &outbox {
+                    outbox.notify(&transitions, engine.clock.now_ms());
+                }
+            }
+            if now >= next_resend {
+                next_resend = now + notify::RESEND_EVERY;
+                if let Some(outbox) = &outbox {
+                    outbox.resend(&engine.firing(), engine.clock.now_ms());
+                }
+            }
+            engine.save();
+        }
+    }
+}
+
+fn finish(engine: &SloEngine) {
+    engine
+        .experiments
+        .stop_all("the gateway stopped during the experiment", engine);
+    engine.save();
+}
