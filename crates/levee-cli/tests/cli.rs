@@ -664,3 +664,73 @@ async fn usr2_starts_the_binary_now_on_disk_after_an_upgrade() {
         .unwrap();
     eventually("the successor exits", || std::future::ready(!alive(new_pid))).await;
 }
+
+#[tokio::test]
+async fn slo_status_reads_a_running_gateway_and_slo_rules_pass_promtool() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{ name: public, bind: 127.0.0.1:0 }}]\nadmin: {{ bind: 127.0.0.1:0 }}\nupstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes: [{{ name: shop, upstream: u }}]\nslos:\n  - {{ name: shop-availability, route: shop, objective: 99.5, sli: availability }}\n  - {{ name: shop-latency, route: shop, objective: 99, window: 7d, sli: {{ latency_below: 250ms }} }}\n",
+            upstream.addr
+        ),
+    );
+
+    // The rules for this config pass promtool.
+    let rules = levee(&["slo", "rules", "--config", &cfg]);
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stderr)
+    );
+    let text = String::from_utf8_lossy(&rules.stdout).into_owned();
+    assert!(
+        text.contains("levee_slo:error_ratio:rate5m") && text.contains("shop-latency"),
+        "{text}"
+    );
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, &text).unwrap();
+    match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "promtool is required in CI");
+            eprintln!("promtool not installed: rules not checked");
+        }
+    }
+
+    let (child, lines) = run_levee(&cfg);
+    let public = logged_addr(&lines, "listening").await;
+    let admin = format!("http://{}", logged_addr(&lines, "admin listening").await);
+    for _ in 0..4 {
+        get(&format!("http://{public}/"), &[]).await;
+    }
+    let status = move || {
+        let out = levee(&["slo", "status", "--admin", &admin]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Evaluated once a second: the table shows both SLOs with all four events good.
+    eventually("slo status shows the SLI", || {
+        let status = status.clone();
+        async move {
+            let text = tokio::task::spawn_blocking(status).await.unwrap();
+            text.lines().any(|l| {
+                l.starts_with("shop-availability") && l.contains("99.500%") && l.contains("100.000%")
+            }) && text.lines().any(|l| l.starts_with("shop-latency"))
+        }
+    })
+    .await;
+    let text = tokio::task::spawn_blocking(status).await.unwrap();
+    assert!(text.lines().next().unwrap().starts_with("slo"), "{text}");
+    signal(&child.0, "TERM");
+    assert_eq!(exit_code(child).await, Some(0));
+}

@@ -160,7 +160,6 @@ pub async fn handle(
     };
     if let Some(fault) = fault {
         let injection = crate::chaos::decide(fault, &parts.headers);
-        parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
         if let Some(delay) = injection.delay {
             record.fault = Some("delay");
             if let Some(name) = &record.route {
@@ -188,6 +187,9 @@ pub async fn handle(
             return Response::from_parts(head, body.with_record(record));
         }
     }
+
+    // The fault header is for this gateway, never for the upstream.
+    parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
 
     // The AI gateway answers on its own (OpenAI-shaped, with fallback over providers).
     if route.llm {

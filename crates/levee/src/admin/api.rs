@@ -521,6 +521,16 @@ fn operation_id(endpoint: &Endpoint) -> String {
     format!("{}_{}", endpoint.method, words.join("_"))
 }
 
+/// Keeps a receiver URL's scheme and authority: its path or query often carries a token
+/// (chat webhooks do).
+fn redact_url(url: &mut Value) {
+    let shown = url
+        .as_str()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .and_then(|u| Some(format!("{}://{}/<redacted>", u.scheme_str()?, u.authority()?)));
+    *url = Value::from(shown.unwrap_or_else(|| "<redacted>".into()));
+}
+
 /// Credential-bearing header names whose rewrite values are never shown.
 const SECRET_HEADERS: &[&str] = &[
     "authorization",
@@ -540,6 +550,23 @@ pub fn redacted(file: &ConfigFile) -> Value {
                 for key in keys {
                     *key = Value::from("<redacted>");
                 }
+            }
+        }
+    }
+    // Receiver URLs often carry a token in their path or query (chat webhooks do): only
+    // the scheme and authority are shown.
+    if let Some(alerting) = value.get_mut("alerting") {
+        if let Some(url) = alerting.pointer_mut("/alertmanager/url") {
+            redact_url(url);
+        }
+        for hook in alerting
+            .get_mut("webhooks")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(url) = hook.get_mut("url") {
+                redact_url(url);
             }
         }
     }

@@ -198,7 +198,7 @@ fn slos_view(state: &SharedState) -> api::Slos {
                     Sli::LatencyBelow(d) => format!("latency_below {}", humantime::format_duration(d)),
                 },
                 objective: spec.objective,
-                window: humantime::format_duration(spec.window).to_string(),
+                window: crate::slo::window_text(spec.window),
                 sli_now: status.as_ref().and_then(|s| s.sli).map(|r| r * 100.0),
                 events: api::EventsView {
                     total: window.total,
@@ -288,6 +288,14 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let (allowed, message) = match path {
             RELOAD => ("POST", "A reload is a POST."),
+            EXPERIMENTS => (
+                "GET, HEAD, POST",
+                "Experiments are listed with GET and started with POST.",
+            ),
+            p if p.starts_with("/api/v1/experiments/") => (
+                "GET, HEAD, DELETE",
+                "An experiment is shown with GET and stopped with DELETE.",
+            ),
             _ => ("GET, HEAD", "This admin endpoint only answers GET."),
         };
         let mut response = error_response(

@@ -233,7 +233,7 @@ impl Experiments {
         engine: &SloEngine,
     ) -> Result<ExperimentView, ExperimentError> {
         let invalid = |m: String| Err(ExperimentError::Invalid(m));
-        if request.name.is_empty() || request.name.len() > 128 {
+        if request.name.is_empty() || request.name.chars().count() > 128 {
             return invalid("`name` must be 1 to 128 characters".into());
         }
         if !routes.contains(&request.route.as_str()) {
@@ -315,8 +315,13 @@ impl Experiments {
             errors: AtomicU64::new(0),
         });
         all.push(experiment.clone());
-        let excess = all.len().saturating_sub(crate::slo::store::MAX_EXPERIMENTS);
-        all.drain(..excess);
+        // Beyond the limit the oldest ended experiments go; running ones always stay.
+        while all.len() > crate::slo::store::MAX_EXPERIMENTS {
+            let Some(oldest_ended) = all.iter().position(|e| !e.running()) else {
+                break;
+            };
+            all.remove(oldest_ended);
+        }
         self.publish(&all);
         drop(all);
         let view = experiment.view();
@@ -373,6 +378,12 @@ impl Experiments {
                 let view = experiment.view.lock().unwrap_or_else(|p| p.into_inner());
                 (view.ends_ms, view.abort_if.clone())
             };
+            if let Some(guard) = guard.as_ref().filter(|g| engine.get(&g.slo).is_none()) {
+                // A reload removed the guarded SLO: without its guard the experiment stops.
+                let reason = format!("the guarded SLO {} is no longer in the config", guard.slo);
+                self.end(&experiment, "aborted", Some(reason), engine);
+                continue;
+            }
             let burn = update_budget(&experiment, engine);
             if let (Some(guard), Some(rate)) = (&guard, burn) {
                 if rate > guard.burn_rate_above {

@@ -119,7 +119,8 @@ pub struct LatencySliFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertingFile {
-    /// How often burn rates are evaluated, 1s to 1m. Default 5s.
+    /// How often alert rules are checked against the burn rates (which are computed every
+    /// second), 1s to 1m. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation_interval: Option<DurationStr>,
     /// A Prometheus Alertmanager: alerts are POSTed to its `/api/v2/alerts`.

@@ -1615,6 +1615,15 @@ fn warn(config: &Config, p: &mut Problems) {
             );
         }
     }
+    for (i, slo) in config.slos.iter().enumerate() {
+        let route = config.routes.iter().find(|r| r.name == slo.route);
+        if slo.consumer.is_some() && route.is_some_and(|r| r.auth == AuthSpec::None) {
+            p.at(
+                &format!("slos[{i}].consumer"),
+                format!("SLO `{}` counts one consumer's requests, but route `{}` has no auth, so no request names a consumer: it will count nothing", slo.name, slo.route),
+            );
+        }
+    }
     if let Some(admin) = &config.admin {
         if !admin.bind.ip().is_loopback() && admin.token.is_none() {
             p.at(
@@ -1920,11 +1929,8 @@ fn check_alerting(a: &super::file::AlertingFile, p: &mut Problems) -> AlertingSp
         };
         match suffix {
             // Alertmanager is named by its base URL; alerts go to its v2 API under it.
-            Some(suffix) => {
-                let base = text.trim_end_matches('/');
-                let _ = uri;
-                format!("{base}{suffix}").parse().ok()
-            }
+            Some(suffix) if uri.path().trim_end_matches('/').ends_with(suffix) => Some(uri),
+            Some(suffix) => format!("{}{suffix}", text.trim_end_matches('/')).parse().ok(),
             None => Some(uri),
         }
     };

@@ -185,7 +185,7 @@ fn transition(
             format!(
                 "Objective {}% over {}; error budget remaining {:.1}%; burn rates {}.",
                 spec.objective,
-                humantime::format_duration(spec.window),
+                super::window_text(spec.window),
                 status.budget_remaining * 100.0,
                 rates.join(" ")
             ),

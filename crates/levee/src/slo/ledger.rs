@@ -154,13 +154,12 @@ mod tests {
         ledger.add(1001, events(10, 2));
         ledger.add(1005, events(10, 3));
         assert_eq!(ledger.sum(1005, 1), events(10, 3));
-        assert_eq!(ledger.sum(1005, 5), events(10, 5));
+        // Minutes 1001..=1005.
+        assert_eq!(ledger.sum(1005, 5), events(20, 5));
         assert_eq!(ledger.sum(1005, 6), events(30, 6));
         let sums = ledger.sums(1005, &[1, 5, 6, 600]);
-        assert_eq!(
-            sums,
-            vec![events(10, 3), events(10, 5), events(30, 6), events(30, 6)]
-        );
+        let expected = vec![events(10, 3), events(20, 5), events(30, 6), events(30, 6)];
+        assert_eq!(sums, expected);
     }
 
     #[test]

@@ -44,6 +44,21 @@ pub const BURN_WINDOWS: [(&str, u64); 7] = [
     ("3d", 4320),
 ];
 
+/// A window as people write it: `30d`, `12h`, `90m`.
+pub fn window_text(window: Duration) -> String {
+    let secs = window.as_secs();
+    if secs >= 86_400 && secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else if secs >= 3600 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}m", secs / 60)
+    }
+}
+
+/// The longest ring: a 90-day window (validation's limit).
+const MAX_RING_MINUTES: u64 = 90 * 1440;
+
 /// Unsaved minute counts kept at most per SLO while the store is failing.
 const MAX_UNSAVED: usize = 1440;
 
@@ -90,6 +105,54 @@ struct Tally {
     unsaved: Vec<(u64, Counts)>,
 }
 
+impl Tally {
+    fn add(&mut self, minute: u64, counts: Counts) {
+        if counts.total == 0 {
+            return;
+        }
+        self.ledger.add(minute, counts);
+        match self.unsaved.last_mut() {
+            Some((m, c)) if *m == minute => c.add(counts),
+            _ => {
+                if self.unsaved.len() >= MAX_UNSAVED {
+                    self.unsaved.remove(0);
+                }
+                self.unsaved.push((minute, counts));
+            }
+        }
+    }
+}
+
+/// The current minute's events, counted with atomics so that workers never wait on each
+/// other: two slots (even and odd minutes), folded into the ledger once a second by the
+/// `levee-slo` thread or, once a minute, by the first request of a new minute.
+#[derive(Debug, Default)]
+struct Pending {
+    minute: AtomicU64,
+    total: AtomicU64,
+    bad: AtomicU64,
+    injected: AtomicU64,
+    injected_bad: AtomicU64,
+}
+
+impl Pending {
+    fn add(&self, c: Counts) {
+        self.total.fetch_add(c.total, Ordering::Relaxed);
+        self.bad.fetch_add(c.bad, Ordering::Relaxed);
+        self.injected.fetch_add(c.injected, Ordering::Relaxed);
+        self.injected_bad.fetch_add(c.injected_bad, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Counts {
+        Counts {
+            total: self.total.swap(0, Ordering::Relaxed),
+            bad: self.bad.swap(0, Ordering::Relaxed),
+            injected: self.injected.swap(0, Ordering::Relaxed),
+            injected_bad: self.injected_bad.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
 /// What one evaluation found for an SLO.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
@@ -124,6 +187,7 @@ pub struct SloState {
     pub spec: SloSpec,
     /// What is counted (route, consumer, SLI); persisted counts are matched on it.
     pub definition: String,
+    pending: [Pending; 2],
     tally: Mutex<Tally>,
     /// Events since this process started (Prometheus counters).
     pub events_total: AtomicU64,
@@ -139,6 +203,7 @@ impl SloState {
         SloState {
             definition: spec.definition(),
             spec,
+            pending: Default::default(),
             tally: Mutex::new(Tally {
                 ledger: Ledger::new(minutes),
                 unsaved: Vec::new(),
@@ -161,16 +226,33 @@ impl SloState {
     fn record(&self, minute: u64, counts: Counts) {
         self.events_total.fetch_add(counts.total, Ordering::Relaxed);
         self.events_bad.fetch_add(counts.bad, Ordering::Relaxed);
-        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
-        tally.ledger.add(minute, counts);
-        match tally.unsaved.last_mut() {
-            Some((m, c)) if *m == minute => c.add(counts),
-            _ => {
-                if tally.unsaved.len() >= MAX_UNSAVED {
-                    tally.unsaved.remove(0);
-                }
-                tally.unsaved.push((minute, counts));
+        let Some(slot) = self.pending.get(usize::from(minute % 2 == 1)) else {
+            return;
+        };
+        if slot.minute.load(Ordering::Acquire) != minute {
+            // First event of a new minute in this slot: move what it held (two minutes ago)
+            // to the ledger. The lock makes one request do it; the others find it done.
+            let mut tally = self.lock_tally();
+            if slot.minute.load(Ordering::Acquire) != minute {
+                let previous = slot.minute.load(Ordering::Acquire);
+                let held = slot.take();
+                tally.add(previous, held);
+                slot.minute.store(minute, Ordering::Release);
             }
+        }
+        slot.add(counts);
+    }
+
+    fn lock_tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the pending counts into the ledger (under the tally lock).
+    fn fold(&self, tally: &mut Tally) {
+        for slot in &self.pending {
+            let minute = slot.minute.load(Ordering::Acquire);
+            let held = slot.take();
+            tally.add(minute, held);
         }
     }
 
@@ -183,7 +265,9 @@ impl SloState {
     }
 
     fn take_unsaved(&self) -> Vec<(u64, Counts)> {
-        std::mem::take(&mut self.tally.lock().unwrap_or_else(|p| p.into_inner()).unsaved)
+        let mut tally = self.lock_tally();
+        self.fold(&mut tally);
+        std::mem::take(&mut tally.unsaved)
     }
 
     /// Computes the SLI, budget and burn rates as of `minute`.
@@ -191,7 +275,8 @@ impl SloState {
         let window_minutes = (self.spec.window.as_secs() / 60).max(1);
         let lengths: Vec<u64> = BURN_WINDOWS.iter().map(|(_, m)| *m).collect();
         let (burn, window) = {
-            let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tally = self.lock_tally();
+            self.fold(&mut tally);
             (
                 tally.ledger.sums(minute, &lengths),
                 tally.ledger.sum(minute, window_minutes),
@@ -249,6 +334,8 @@ pub struct SloEngine {
     pub notifications: notify::Counters,
     /// Chaos experiments (guarded by these SLOs).
     pub experiments: crate::chaos::experiments::Experiments,
+    /// The minute after which old rows are next deleted from the store.
+    next_forget: AtomicU64,
 }
 
 impl SloEngine {
@@ -260,14 +347,16 @@ impl SloEngine {
             store: store.map(Mutex::new),
             notifications: notify::Counters::default(),
             experiments: crate::chaos::experiments::Experiments::default(),
+            next_forget: AtomicU64::new(0),
         }
     }
 
-    /// Takes the SLOs of a (new) config. An SLO whose name and definition are unchanged
-    /// keeps its counts and alert state; a new one starts from what the store holds.
-    pub fn apply(&self, specs: &[SloSpec]) {
-        let current = self.set.load();
-        let minute = self.clock.minute();
+    /// Takes the SLOs of a (new) config. An SLO whose name, definition and window are
+    /// unchanged keeps its counts and alert state (a new objective applies to them); a new
+    /// one starts from what the store holds. Returns the resolved notifications of alerts
+    /// that fired for SLOs that went away (or whose definition changed).
+    pub fn apply(&self, specs: &[SloSpec]) -> Vec<alerts::Transition> {
+        let current = self.set.load_full();
         let mut set = SloSet::default();
         for spec in specs {
             let kept = current.all.iter().find(|s| {
@@ -276,42 +365,19 @@ impl SloEngine {
             let state = match kept {
                 Some(state) if state.spec == *spec => state.clone(),
                 Some(state) => {
-                    // Same counts, new objective: carry the ledger over.
+                    // A new objective over the same events: the counts and alerts move over.
                     let fresh = SloState::new(spec.clone());
-                    *fresh.tally.lock().unwrap_or_else(|p| p.into_inner()) = {
-                        let old = state.tally.lock().unwrap_or_else(|p| p.into_inner());
-                        Tally {
-                            ledger: old.ledger.clone(),
-                            unsaved: old.unsaved.clone(),
-                        }
-                    };
-                    Arc::new(fresh)
-                }
-                None => {
-                    let fresh = SloState::new(spec.clone());
-                    if let Some(store) = &self.store {
-                        let since = minute.saturating_sub(
-                            fresh
-                                .tally
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .ledger
-                                .minutes(),
-                        );
-                        let loaded = store.lock().unwrap_or_else(|p| p.into_inner()).load(
-                            &spec.name,
-                            &fresh.definition,
-                            since,
-                        );
-                        match loaded {
-                            Ok(buckets) => fresh.restore(&buckets),
-                            Err(error) => {
-                                tracing::warn!(slo = %spec.name, %error, "cannot read saved SLO counts; starting from zero")
-                            }
-                        }
+                    {
+                        let mut old = state.lock_tally();
+                        state.fold(&mut old);
+                        let mut new = fresh.lock_tally();
+                        new.ledger = old.ledger.clone();
+                        new.unsaved = std::mem::take(&mut old.unsaved);
                     }
+                    *fresh.alerts.lock().unwrap_or_else(|p| p.into_inner()) = state.alerts();
                     Arc::new(fresh)
                 }
+                None => Arc::new(self.restored(spec)),
             };
             set.by_route
                 .entry(spec.route.clone())
@@ -319,13 +385,84 @@ impl SloEngine {
                 .push(state.clone());
             set.all.push(state);
         }
-        // Counts of SLOs that went away are saved before they are dropped.
+        self.set.store(Arc::new(set));
+        let set = self.set.load();
+        let now_ms = self.clock.now_ms();
+        let mut resolved = Vec::new();
         for old in &current.all {
-            if !set.all.iter().any(|s| Arc::ptr_eq(s, old)) {
-                self.save_one(old);
+            if set.all.iter().any(|s| Arc::ptr_eq(s, old)) {
+                continue;
+            }
+            // Counts recorded until the swap are saved before the state is dropped.
+            self.save_one(old);
+            if set
+                .all
+                .iter()
+                .any(|s| s.spec.name == old.spec.name && s.definition == old.definition)
+            {
+                continue;
+            }
+            let Some(status) = old.status() else {
+                continue;
+            };
+            for mut t in old.alerts().firing(&old.spec, &status) {
+                t.firing = false;
+                t.ends_at_ms = Some(now_ms);
+                self.save_alert(old, t.severity, None);
+                resolved.push(t);
             }
         }
-        self.set.store(Arc::new(set));
+        resolved
+    }
+
+    /// A new SLO state with the counts and alert state the store holds for it.
+    fn restored(&self, spec: &SloSpec) -> SloState {
+        let fresh = SloState::new(spec.clone());
+        let Some(store) = &self.store else {
+            return fresh;
+        };
+        let since = self
+            .clock
+            .minute()
+            .saturating_sub(fresh.lock_tally().ledger.minutes());
+        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+        match store.load(&spec.name, &fresh.definition, since) {
+            Ok(buckets) => fresh.restore(&buckets),
+            Err(error) => {
+                tracing::warn!(slo = %spec.name, %error, "cannot read saved SLO counts; starting from zero")
+            }
+        }
+        // An alert that fired when the last process stopped still fires (and resolves, with
+        // a notification, once the burn rates say so).
+        match store.alerts(&spec.name, &fresh.definition) {
+            Ok(firing) => {
+                let mut pair = fresh.alerts.lock().unwrap_or_else(|p| p.into_inner());
+                for (severity, since) in firing {
+                    match severity.as_str() {
+                        "page" => pair.page.firing_since = Some(since),
+                        "ticket" => pair.ticket.firing_since = Some(since),
+                        _ => {}
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(slo = %spec.name, %error, "cannot read saved alert state"),
+        }
+        fresh
+    }
+
+    fn save_alert(&self, slo: &SloState, severity: alerts::Severity, firing_since: Option<u64>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let saved = store.lock().unwrap_or_else(|p| p.into_inner()).save_alert(
+            &slo.spec.name,
+            &slo.definition,
+            severity.name(),
+            firing_since,
+        );
+        if let Err(error) = saved {
+            tracing::warn!(slo = %slo.spec.name, %error, "cannot save alert state");
+        }
     }
 
     /// Counts one finished request on `route`.
@@ -386,8 +523,15 @@ impl SloEngine {
             let Some(status) = slo.status() else {
                 continue;
             };
-            let mut pair = slo.alerts.lock().unwrap_or_else(|p| p.into_inner());
-            transitions.extend(pair.step(&slo.spec, &status, now_ms));
+            let changed = slo
+                .alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .step(&slo.spec, &status, now_ms);
+            for t in &changed {
+                self.save_alert(slo, t.severity, t.firing.then_some(t.starts_at_ms));
+            }
+            transitions.extend(changed);
         }
         transitions
     }
@@ -408,6 +552,21 @@ impl SloEngine {
     pub fn save(&self) {
         for slo in &self.set.load().all {
             self.save_one(slo);
+        }
+        // Once an hour, rows no window can reach (of SLOs since removed, say) go.
+        let minute = self.clock.minute();
+        if let Some(store) = &self.store {
+            if minute >= self.next_forget.load(Ordering::Relaxed) {
+                self.next_forget.store(minute + 60, Ordering::Relaxed);
+                let horizon = minute.saturating_sub(MAX_RING_MINUTES);
+                if let Err(error) = store
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forget_before(horizon)
+                {
+                    tracing::warn!(%error, "cannot delete old SLO counts");
+                }
+            }
         }
     }
 
@@ -565,11 +724,18 @@ pub async fn run(
     let mut next_resend = tokio::time::Instant::now() + notify::RESEND_EVERY;
     loop {
         let gateway = gateway_rx.borrow_and_update().clone();
-        engine.apply(&gateway.config.slos);
+        let resolved = engine.apply(&gateway.config.slos);
+        if let Some(outbox) = &outbox {
+            outbox.notify(&resolved, engine.clock.now_ms());
+        }
         if outbox
             .as_ref()
             .is_none_or(|o| *o.spec() != gateway.config.alerting)
         {
+            // The old receivers finish what they hold in the background.
+            if let Some(old) = outbox.take() {
+                tokio::spawn(old.drain(DRAIN_LIMIT));
+            }
             outbox = Some(notify::Outbox::start(
                 &gateway.config.alerting,
                 external_url.clone(),
@@ -582,9 +748,9 @@ pub async fn run(
                 _ = tick.tick() => {}
                 changed = gateway_rx.changed() => match changed {
                     Ok(()) => break,
-                    Err(_) => return finish(&engine),
+                    Err(_) => return finish(&engine, outbox).await,
                 },
-                _ = stop.wait_for(|s| *s) => return finish(&engine),
+                _ = stop.wait_for(|s| *s) => return finish(&engine, outbox).await,
             }
             engine.evaluate();
             engine.experiments.step(&engine);
@@ -610,9 +776,16 @@ pub async fn run(
     }
 }
 
-fn finish(engine: &SloEngine) {
+/// How long notifications still queued may take when the gateway stops or the receivers
+/// change.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+async fn finish(engine: &SloEngine, outbox: Option<notify::Outbox>) {
     engine
         .experiments
         .stop_all("the gateway stopped during the experiment", engine);
     engine.save();
+    if let Some(outbox) = outbox {
+        outbox.drain(DRAIN_LIMIT).await;
+    }
 }

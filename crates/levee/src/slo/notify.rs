@@ -6,6 +6,7 @@
 //! notification; every outcome is counted in `levee_alert_notifications_total`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,11 +33,23 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const RESEND_EVERY: Duration = Duration::from_secs(60);
 const RESEND_ENDS_AFTER: Duration = Duration::from_secs(240);
 
-/// Notification outcomes per (receiver URL, result).
+/// Notification outcomes per (receiver, result). Receivers are named `alertmanager` and
+/// `webhook-N` (by position in the config), never by URL: webhook URLs often carry a token.
 #[derive(Debug, Default)]
 pub struct Counters(Mutex<BTreeMap<(String, &'static str), u64>>);
 
+/// Every result a notification can end with.
+const RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"];
+
 impl Counters {
+    /// Shows every result of `receiver` at zero until it happens (so rates start from 0).
+    fn register(&self, receiver: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for result in RESULTS {
+            map.entry((receiver.to_owned(), result)).or_default();
+        }
+    }
+
     fn add(&self, receiver: &str, result: &'static str) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry((receiver.to_owned(), result)).or_default() += 1;
@@ -79,9 +92,12 @@ enum Kind {
 
 #[derive(Debug)]
 struct Receiver {
-    url: http::Uri,
+    /// `alertmanager` or `webhook-N`, for metrics and logs.
+    name: String,
     kind: Kind,
     tx: mpsc::Sender<Bytes>,
+    /// Notifications queued or being delivered.
+    pending: Arc<AtomicUsize>,
     task: tokio::task::AbortHandle,
 }
 
@@ -107,19 +123,34 @@ impl Outbox {
     /// Starts a delivery task per receiver of `spec`.
     pub fn start(spec: &AlertingSpec, external_url: String, engine: Arc<SloEngine>) -> Outbox {
         let client: OutboundClient<Full<Bytes>> = crate::outbound::client(ATTEMPT_TIMEOUT);
-        let targets = spec
+        let alertmanager = spec
             .alertmanager
             .iter()
-            .map(|u| (u, Kind::Alertmanager))
-            .chain(spec.webhooks.iter().map(|u| (u, Kind::Webhook)));
-        let receivers = targets
-            .map(|(url, kind)| {
+            .map(|u| (u, Kind::Alertmanager, "alertmanager".to_owned()));
+        let webhooks = spec
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u, Kind::Webhook, format!("webhook-{i}")));
+        let receivers = alertmanager
+            .chain(webhooks)
+            .map(|(url, kind, name)| {
+                engine.notifications.register(&name);
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let task = tokio::spawn(deliver(url.clone(), rx, client.clone(), engine.clone()));
-                Receiver {
+                let pending = Arc::new(AtomicUsize::new(0));
+                let delivery = Delivery {
                     url: url.clone(),
+                    name: name.clone(),
+                    client: client.clone(),
+                    engine: engine.clone(),
+                    pending: pending.clone(),
+                };
+                let task = tokio::spawn(delivery.run(rx));
+                Receiver {
+                    name,
                     kind,
                     tx,
+                    pending,
                     task: task.abort_handle(),
                 }
             })
@@ -172,11 +203,30 @@ impl Outbox {
 
     fn queue(&self, receiver: &Receiver, body: &serde_json::Value) {
         let bytes = Bytes::from(body.to_string());
+        receiver.pending.fetch_add(1, Ordering::SeqCst);
         if receiver.tx.try_send(bytes).is_err() {
-            self.engine
-                .notifications
-                .add(&receiver.url.to_string(), "dropped");
-            tracing::warn!(receiver = %receiver.url, "alert notification queue full; notification dropped");
+            receiver.pending.fetch_sub(1, Ordering::SeqCst);
+            self.engine.notifications.add(&receiver.name, "dropped");
+            tracing::warn!(receiver = %receiver.name, "alert notification queue full; notification dropped");
+        }
+    }
+
+    /// Waits until every queued notification was delivered or given up, or `limit` passed
+    /// (the gateway stops, or the receivers change); what is left is counted as dropped.
+    pub async fn drain(self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self
+            .receivers
+            .iter()
+            .any(|r| r.pending.load(Ordering::SeqCst) > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for receiver in &self.receivers {
+            for _ in 0..receiver.pending.load(Ordering::SeqCst) {
+                self.engine.notifications.add(&receiver.name, "dropped");
+            }
         }
     }
 }
@@ -185,35 +235,43 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Sends each queued body in turn, retrying failures with backoff.
-async fn deliver(
+/// One receiver's delivery task.
+struct Delivery {
     url: http::Uri,
-    mut rx: mpsc::Receiver<Bytes>,
+    name: String,
     client: OutboundClient<Full<Bytes>>,
     engine: Arc<SloEngine>,
-) {
-    let label = url.to_string();
-    while let Some(body) = rx.recv().await {
+    pending: Arc<AtomicUsize>,
+}
+
+impl Delivery {
+    /// Sends each queued body in turn, retrying failures with backoff.
+    async fn run(self, mut rx: mpsc::Receiver<Bytes>) {
+        while let Some(body) = rx.recv().await {
+            let result = self.deliver(body).await;
+            self.engine.notifications.add(&self.name, result);
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn deliver(&self, body: Bytes) -> &'static str {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = tokio::time::timeout(ATTEMPT_TIMEOUT, post(&client, &url, body.clone())).await;
+            let result =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, post(&self.client, &self.url, body.clone())).await;
             let error = match result {
-                Ok(Ok(())) => {
-                    engine.notifications.add(&label, "sent");
-                    break;
-                }
+                Ok(Ok(())) => return "sent",
                 Ok(Err(error)) => error,
                 Err(_) => "timed out".to_owned(),
             };
             if attempt >= MAX_ATTEMPTS {
-                engine.notifications.add(&label, "failed");
-                tracing::warn!(receiver = %url, %error, attempts = attempt, "alert notification given up");
-                break;
+                tracing::warn!(receiver = %self.name, %error, attempts = attempt, "alert notification given up");
+                return "failed";
             }
-            engine.notifications.add(&label, "retried");
+            self.engine.notifications.add(&self.name, "retried");
             if attempt == 1 {
-                tracing::warn!(receiver = %url, %error, "alert notification failed; retrying with backoff");
+                tracing::warn!(receiver = %self.name, %error, "alert notification failed; retrying with backoff");
             }
             let wait = levee_resilience::full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, fastrand::f64());
             tokio::time::sleep(wait.max(Duration::from_millis(50))).await;

@@ -71,9 +71,9 @@ fn rules_value(slos: &[SloSpec]) -> Value {
                 "annotations": {
                     "summary": format!("SLO {} is burning its error budget too fast ({})", slo.name, factors.join(", or ")),
                     "description": format!(
-                        "Objective {}% over {}. Error budget remaining: {{{{ with printf \"levee_slo_error_budget_remaining{{slo='{}'}}\" | query }}}}{{{{ . | first | value | humanizePercentage }}}}{{{{ end }}}}.",
+                        "Objective {}% over {}. The budget left is in levee_slo_error_budget_remaining{{slo=\"{}\"}}.",
                         slo.objective,
-                        humantime::format_duration(slo.window),
+                        super::window_text(slo.window),
                         slo.name
                     ),
                     "runbook": "docs/runbooks/slo-burn-rate.md",

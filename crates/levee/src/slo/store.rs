@@ -39,6 +39,13 @@ impl Store {
                  injected_bad INTEGER NOT NULL,
                  PRIMARY KEY (slo, definition, minute)
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS slo_alerts (
+                 slo TEXT NOT NULL,
+                 definition TEXT NOT NULL,
+                 severity TEXT NOT NULL,
+                 firing_since INTEGER NOT NULL,
+                 PRIMARY KEY (slo, definition, severity)
+             );
              CREATE TABLE IF NOT EXISTS experiments (
                  id TEXT PRIMARY KEY,
                  started_ms INTEGER NOT NULL,
@@ -116,6 +123,57 @@ impl Store {
             })
             .map_err(|e| e.to_string())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Records that an alert fires since `firing_since` (unix ms), or no longer fires.
+    pub fn save_alert(
+        &mut self,
+        slo: &str,
+        definition: &str,
+        severity: &str,
+        firing_since: Option<u64>,
+    ) -> Result<(), String> {
+        match firing_since {
+            Some(since) => self.conn.execute(
+                "INSERT INTO slo_alerts (slo, definition, severity, firing_since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (slo, definition, severity) DO UPDATE SET firing_since = excluded.firing_since",
+                params![slo, definition, severity, to_i64(since)],
+            ),
+            None => self.conn.execute(
+                "DELETE FROM slo_alerts WHERE slo = ?1 AND definition = ?2 AND severity = ?3",
+                params![slo, definition, severity],
+            ),
+        }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// The alerts saved as firing for the SLO: (severity, since).
+    pub fn alerts(&self, slo: &str, definition: &str) -> Result<Vec<(String, u64)>, String> {
+        let mut select = self
+            .conn
+            .prepare_cached(
+                "SELECT severity, firing_since FROM slo_alerts WHERE slo = ?1 AND definition = ?2",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = select
+            .query_map(params![slo, definition], |row| {
+                Ok((row.get(0)?, from_i64(row.get(1)?)))
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Forgets every SLO's counts up to `minute`: SLOs removed from the config leave rows
+    /// behind, and no window reaches back further than 90 days.
+    pub fn forget_before(&mut self, minute: u64) -> Result<(), String> {
+        self.conn
+            .execute(
+                "DELETE FROM slo_events WHERE minute <= ?1",
+                params![to_i64(minute)],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Saves an experiment (as JSON), keeping the newest [`MAX_EXPERIMENTS`].
