@@ -76,6 +76,17 @@ routes:
     strip_prefix: true
     retry: {{ attempts: 3, on: [503, timeout], per_try_timeout: 500ms, backoff: 10ms }}
     fallback: {{ status: 200, body: '{{"upstream":"fallback","note":"served by the gateway while the upstream fails"}}' }}
+slos:
+  - name: flaky-availability
+    route: flaky
+    objective: 99
+    window: 7d
+    sli: availability
+  - name: retried-availability
+    route: flaky-retried
+    objective: 99
+    window: 7d
+    sli: availability
 "#
     )
 }
@@ -160,6 +171,7 @@ impl Demo {
              \x20 curl -i http://{gw}/flaky/hello          # ~30% 503 from the upstream, ~10% 504 (too slow)\n\
              \x20 curl -i http://{gw}/retried/hello        # the same upstream with retries and a fallback\n\
              \x20 curl http://{admin}/api/v1/upstreams     # targets: health, breaker state, load\n\
+             \x20 levee slo status --admin http://{admin}  # SLOs: budget left, burn rates, alerts\n\
              \x20 curl -i http://{gw}/nowhere              # 404 no_route, as JSON\n\
              \x20 curl http://{admin}/metrics              # Prometheus metrics\n\
              \x20 curl http://{admin}/readyz               # readiness\n\

@@ -3,15 +3,16 @@
 //! 1. accept (connection cap, header-read timeout): `server`
 //! 2. request id and trace context; load shedding past the in-flight cap
 //! 3. route match, auth (API key or JWT → consumer), then the route's rate limit
-//! 4. fault injection (`chaos`): an abort answers here, a delay holds the request
+//! 4. fault injection (`chaos`): the route's `fault`, or a running chaos experiment's; an
+//!    abort answers here, a delay holds the request
 //! 5. on an AI gateway route, the `llm` module takes over (answer cache, consumer quota,
 //!    the model's targets with fallback and breakers, usage and cost)
 //! 6. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
 //!    whose breaker is open) → circuit admission → per-try timeout → forward }
 //! 7. response: on failure the last good answer (stale-if-error) or the route's fallback;
 //!    else header rewrite, stale-cache capture, protocol switch
-//! 8. access log, metrics, call log and spans, recorded when the response body ends
-//!    (`observability`)
+//! 8. access log, metrics, call log, spans and SLO counters, recorded when the response body
+//!    ends (`observability`, `slo`)
 
 use std::time::{Duration, SystemTime};
 

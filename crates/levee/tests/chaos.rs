@@ -292,3 +292,23 @@ async fn a_restart_mid_experiment_restores_normal_traffic() {
     assert_eq!(requests(&h, 10).await, 0, "no fault after the restart");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_follow_their_share() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = gateway(upstream.addr, "{ delay: { percent: 25, duration: 1ms } }", "");
+    let client = client(false);
+    for _ in 0..2000 {
+        let answer = send(&client, http::Request::get(h.url("/")).body(empty()).unwrap()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    let delayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("levee_faults_injected_total{route=\"flaky\",kind=\"delay\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 25% of 2000 is 500, with a standard deviation of about 19.4: 400..600 is ±5.2 of them.
+    assert!((400..600).contains(&delayed), "{delayed} delayed");
+}

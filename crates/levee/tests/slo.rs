@@ -573,3 +573,75 @@ async fn a_firing_alert_survives_a_restart_and_resolves_when_its_slo_goes() {
     engine.evaluate();
     assert!(engine.firing().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_objective_keeps_the_counts_and_a_new_slo_starts_empty() {
+    let engine = SloEngine::new(Clock::starting_at(0), None);
+    engine.apply(&[spec("users-availability", 99.9, Sli::Availability)]);
+    feed(&engine, 99, 1);
+    engine.evaluate();
+    assert!(close(
+        engine
+            .get("users-availability")
+            .unwrap()
+            .status()
+            .unwrap()
+            .budget_remaining,
+        1.0 - 1.0 / 0.1
+    ));
+    // Objective loosened to 99: the same 100 events, a larger budget.
+    engine.apply(&[
+        spec("users-availability", 99.0, Sli::Availability),
+        spec(
+            "users-latency",
+            99.0,
+            Sli::LatencyBelow(Duration::from_millis(50)),
+        ),
+    ]);
+    feed(&engine, 100, 0);
+    engine.evaluate();
+    let status = engine.get("users-availability").unwrap().status().unwrap();
+    assert_eq!((status.window.total, status.window.bad), (200, 1));
+    assert!(close(status.budget_remaining, 1.0 - 1.0 / 2.0));
+    let latency = engine.get("users-latency").unwrap().status().unwrap();
+    assert_eq!(latency.window.total, 100, "counts only what came after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_an_slo_and_its_counting_starts() {
+    let (upstream, _failing) = switchable_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.yaml");
+    let without = format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: users\n    upstream: u\n",
+        upstream.addr
+    );
+    let h = Harness::start_file(&path, &without);
+    let slos_url = format!("{}/api/v1/slos", h.admin);
+    assert_eq!(get(&slos_url, &[]).await.json()["slos"], serde_json::json!([]));
+    common::write_atomically(
+        &path,
+        &Harness::compose(&format!(
+            "{without}slos:\n  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}\n"
+        )),
+    );
+    let reloaded = send(
+        &client(false),
+        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reloaded.status, http::StatusCode::OK, "{}", reloaded.text());
+    // The SLO thread takes the new config within a second; requests after that count.
+    eventually("the SLO appears", || async {
+        get(&slos_url, &[]).await.json()["slos"][0]["name"] == "users-availability"
+    })
+    .await;
+    assert_eq!(traffic(&h.url("/"), 8).await, 0);
+    eventually("the requests are counted", || async {
+        get(&slos_url, &[]).await.json()["slos"][0]["events"]["total"] == 8
+    })
+    .await;
+    h.stop().await;
+}
