@@ -527,7 +527,11 @@ fn redact_url(url: &mut Value) {
     let shown = url
         .as_str()
         .and_then(|u| u.parse::<http::Uri>().ok())
-        .and_then(|u| Some(format!("{}://{}/<redacted>", u.scheme_str()?, u.authority()?)));
+        .and_then(|u| {
+            // Host and port only: user information in the authority is a secret too.
+            let port = u.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            Some(format!("{}://{}{port}/<redacted>", u.scheme_str()?, u.host()?))
+        });
     *url = Value::from(shown.unwrap_or_else(|| "<redacted>".into()));
 }
 

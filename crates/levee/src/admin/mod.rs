@@ -195,7 +195,7 @@ fn slos_view(state: &SharedState) -> api::Slos {
                 consumer: spec.consumer.as_deref().map(str::to_owned),
                 sli: match spec.sli {
                     Sli::Availability => "availability".into(),
-                    Sli::LatencyBelow(d) => format!("latency_below {}", humantime::format_duration(d)),
+                    Sli::LatencyBelow(d) => format!("latency_below {}ms", d.as_millis()),
                 },
                 objective: spec.objective,
                 window: crate::slo::window_text(spec.window),

@@ -126,11 +126,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let mut binds = HashSet::new();
     for (i, l) in file.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
-        let name_ok = !l.name.is_empty()
-            && l.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !name_ok {
+        if !label_safe(&l.name) {
             p.at(
                 &format!("{path}.name"),
                 format!(
@@ -402,6 +398,15 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         source: None,
         warnings: Vec::new(),
     })
+}
+
+/// A name that is also a metric label value and a file-safe word: letters, digits, `_`,
+/// `-`, `.`, at least one.
+fn label_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn socket_addr(text: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
@@ -1840,13 +1845,7 @@ fn check_slos(
     }
     for (i, slo) in file.slos.iter().enumerate() {
         let path = format!("slos[{i}]");
-        let name_ok = !slo.name.is_empty()
-            && slo.name.len() <= 128
-            && slo
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !name_ok {
+        if !label_safe(&slo.name) || slo.name.len() > 128 {
             p.at(
                 &format!("{path}.name"),
                 format!(

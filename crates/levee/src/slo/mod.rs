@@ -357,6 +357,8 @@ impl SloEngine {
     /// that fired for SLOs that went away (or whose definition changed).
     pub fn apply(&self, specs: &[SloSpec]) -> Vec<alerts::Transition> {
         let current = self.set.load_full();
+        // Saved first, so that an SLO rebuilt with another window reads every count back.
+        self.save();
         let mut set = SloSet::default();
         for spec in specs {
             let kept = current.all.iter().find(|s| {

@@ -176,7 +176,8 @@ impl Store {
             .map_err(|e| e.to_string())
     }
 
-    /// Saves an experiment (as JSON), keeping the newest [`MAX_EXPERIMENTS`].
+    /// Saves an experiment (as JSON), keeping the newest [`MAX_EXPERIMENTS`] and every
+    /// running one.
     pub fn save_experiment(&mut self, id: &str, started_ms: u64, body: &str) -> Result<(), String> {
         self.conn
             .execute(
@@ -187,7 +188,7 @@ impl Store {
             .map_err(|e| e.to_string())?;
         self.conn
             .execute(
-                "DELETE FROM experiments WHERE id NOT IN
+                "DELETE FROM experiments WHERE json_extract(body, '$.state') != 'running' AND id NOT IN
                  (SELECT id FROM experiments ORDER BY started_ms DESC LIMIT ?1)",
                 params![MAX_EXPERIMENTS as i64],
             )

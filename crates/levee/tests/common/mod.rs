@@ -146,11 +146,7 @@ pub fn promtool_accepts(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn();
     let Ok(mut child) = child else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required in CI (scripts/test.sh installs it)"
-        );
-        eprintln!("promtool not installed: exposition not linted");
+        missing_tool("promtool not installed: exposition not linted");
         return;
     };
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
@@ -164,4 +160,26 @@ pub fn promtool_accepts(text: &str) {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
+}
+
+/// A tool a test needs is not installed: in CI (where scripts/test.sh installs every one)
+/// that fails the test; elsewhere the check is skipped, saying so.
+pub fn missing_tool(note: &str) {
+    assert!(
+        std::env::var("CI").is_err(),
+        "a tool is missing in CI, where scripts/test.sh installs it: {note}"
+    );
+    eprintln!("{note}");
+}
+
+/// Runs `command` and fails the test with its output unless it exits 0; returns stdout.
+pub fn run_ok(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
