@@ -40,6 +40,9 @@ pub struct Gateway {
     pub llm_targets: Vec<Vec<Arc<crate::llm::TargetState>>>,
     /// The AI gateway's answer cache, when configured.
     pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
+    /// Each route's canary (`None` where the route has none); kept, rolled back or not,
+    /// while the route's `canary` block is unchanged.
+    pub canaries: Vec<Option<Arc<crate::slo::canary::Canary>>>,
     /// 1 for the config the process started with, one more per applied reload.
     pub version: u64,
 }
@@ -150,7 +153,25 @@ impl Gateway {
                 })
                 .collect(),
         };
+        let canaries = config
+            .routes
+            .iter()
+            .map(|route| {
+                let spec = route.canary.as_ref()?;
+                let kept = previous.and_then(|old| {
+                    old.canaries
+                        .iter()
+                        .flatten()
+                        .find(|c| c.route == route.name && c.spec.definition == spec.definition)
+                        .cloned()
+                });
+                Some(kept.unwrap_or_else(|| {
+                    Arc::new(crate::slo::canary::Canary::new(route.name.clone(), spec.clone()))
+                }))
+            })
+            .collect();
         Gateway {
+            canaries,
             llm_targets,
             llm_quotas,
             llm_cache,

@@ -79,6 +79,7 @@ pub async fn handle(
         llm: None,
         fault: None,
         experiment: None,
+        sent_to: None,
         emitted: false,
     };
 
@@ -391,9 +392,21 @@ async fn forward(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let Some(upstream) = route.upstream.and_then(|i| worker.upstreams.get(i)) else {
+    // A canary takes its share of the route's requests, unless it was rolled back.
+    let canary = worker
+        .gateway
+        .canaries
+        .get(route_index)
+        .and_then(Option::as_ref)
+        .filter(|c| c.takes_request());
+    let upstream_index = match canary {
+        Some(canary) => Some(canary.spec.upstream),
+        None => route.upstream,
+    };
+    let Some(upstream) = upstream_index.and_then(|i| worker.upstreams.get(i)) else {
         return Err(Rejection::NoRoute);
     };
+    record.sent_to = Some(upstream.name.clone());
 
     // The first piece of the body arrives before any upstream work: a malformed or too
     // large start is refused without touching the upstream, and a client slow to start its

@@ -114,6 +114,10 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
     }
     let version = current.version + 1;
     let next = Arc::new(Gateway::build(config, Some(&current)).with_version(version));
+    // A canary block that was rolled back before (going back to an earlier release) is
+    // rolled back again before it takes a request.
+    let canaries: Vec<_> = next.canaries.iter().flatten().cloned().collect();
+    crate::slo::canary::restore(&state.slo, &canaries);
     state.gateway.store(next.clone());
     state
         .metrics

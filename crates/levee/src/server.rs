@@ -198,6 +198,14 @@ impl SharedState {
                 });
             }
         }
+        for canary in gateway.canaries.iter().flatten() {
+            gauges.push(Gauge {
+                name: "levee_canary_rolled_back",
+                help: "1 once a route's canary was rolled back (every request goes to the route's own upstream), else 0.",
+                labels: vec![("route", canary.route.to_string())],
+                value: if canary.rolled_back().is_some() { 1.0 } else { 0.0 },
+            });
+        }
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
         for upstream in &gateway.upstreams {
             for (t, target) in upstream.spec.targets.iter().enumerate() {
@@ -507,6 +515,9 @@ impl RunningGateway {
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
         let gateway = Arc::new(Gateway::new(config));
+        // Canaries rolled back by an earlier run stay rolled back, from the first request.
+        let canaries: Vec<_> = gateway.canaries.iter().flatten().cloned().collect();
+        crate::slo::canary::restore(&slo, &canaries);
         let (gateway_tx, gateway_rx) = watch::channel(gateway.clone());
         let state = Arc::new(SharedState {
             metrics: metrics.clone(),

@@ -441,3 +441,40 @@ routes:
     }
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
 }
+
+#[test]
+fn canaries_are_validated() {
+    let yaml = format!(
+        "{BASE}  v2:\n    targets: [127.0.0.1:9002]\nroutes:\n  - name: users\n    upstream: users\n    canary: {{ upstream: v3, percent: 150 }}\n  - name: orders\n    match: {{ path_prefix: /orders }}\n    upstream: users\n    canary: {{ upstream: v2, percent: 10, rollback_if: {{ slo: users-availability, burn_rate_above: 10, window: 10m }} }}\nslos:\n  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}\n"
+    );
+    let errs = errors(&yaml);
+    for text in [
+        "percent must be from 0 to 100",
+        "no upstream named `v3`",
+        "`10m` is not one of 5m, 30m, 1h, 2h, 6h, 1d, 3d",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(text)), "{text} not in {errs:#?}");
+    }
+    let yaml = format!(
+        "{BASE}  v2:\n    targets: [127.0.0.1:9002]\nroutes:\n  - name: users\n    upstream: users\n  - name: orders\n    match: {{ path_prefix: /orders }}\n    upstream: users\n    canary: {{ upstream: v2, percent: 10, rollback_if: {{ slo: users-availability, burn_rate_above: 10 }} }}\nslos:\n  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}\n"
+    );
+    let errs = errors(&yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("SLO `users-availability` is on route `users`, not on this route")),
+        "{errs:#?}"
+    );
+    // A valid canary adds the SLO that judges it, without alerts.
+    let yaml = format!(
+        "{BASE}  v2:\n    targets: [127.0.0.1:9002]\nroutes:\n  - name: users\n    upstream: users\n    canary: {{ upstream: v2, percent: 10, rollback_if: {{ slo: users-availability, burn_rate_above: 10 }} }}\nslos:\n  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}\n"
+    );
+    let config = levee::load_str(&yaml, "levee.yaml").unwrap();
+    let derived = config
+        .slos
+        .iter()
+        .find(|s| &*s.name == "users-availability-canary")
+        .unwrap();
+    assert_eq!(derived.upstream.as_deref(), Some("v2"));
+    assert!(!derived.alerts);
+    assert_eq!(config.routes[0].canary.as_ref().unwrap().share, 0.1);
+}

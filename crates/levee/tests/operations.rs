@@ -331,10 +331,14 @@ fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn the_grafana_dashboard_and_the_docs_name_only_exposed_metrics() {
     let upstream = MockUpstream::fixed("ok").await;
-    // With an SLO and an alert receiver, so that their families are exposed too.
+    // With an SLO, a canary and an alert receiver, so that their families are exposed too.
     let h = Harness::start(&format!(
         "{}slos:\n  - {{ name: all-availability, route: all, objective: 99.9, sli: availability }}\nalerting:\n  evaluation_interval: 1s\n  webhooks: [ {{ url: \"http://{}/hook\" }} ]\n",
-        single_upstream(&[upstream.addr], "", ""),
+        single_upstream(
+            &[upstream.addr],
+            &format!("  v2:\n    targets: [\"{}\"]\n", upstream.addr),
+            "    canary: { upstream: v2, percent: 0 }\n"
+        ),
         upstream.addr
     ));
     get(&h.url("/"), &[]).await;

@@ -26,6 +26,9 @@ fn spec(name: &str, objective: f64, sli: Sli) -> SloSpec {
         name: name.into(),
         route: "users".into(),
         consumer: None,
+        upstream: None,
+        release: None,
+        alerts: true,
         objective,
         window: Duration::from_secs(30 * 86_400),
         sli,
@@ -35,10 +38,10 @@ fn spec(name: &str, objective: f64, sli: Sli) -> SloSpec {
 /// `good` and `bad` events on route `users`, now.
 fn feed(engine: &SloEngine, good: u64, bad: u64) {
     for _ in 0..good {
-        engine.record("users", None, 200, Duration::from_millis(5), false);
+        engine.record("users", None, Some("u"), 200, Duration::from_millis(5), false);
     }
     for _ in 0..bad {
-        engine.record("users", None, 503, Duration::from_millis(5), false);
+        engine.record("users", None, Some("u"), 503, Duration::from_millis(5), false);
     }
 }
 
@@ -59,9 +62,9 @@ async fn sli_budget_and_every_burn_rate_from_a_known_sequence() {
     minutes(10).await;
     feed(&engine, 1000, 0);
     // A 429 and a 404 are good for availability; a request on another route is not counted.
-    engine.record("users", None, 429, Duration::ZERO, false);
-    engine.record("users", None, 404, Duration::ZERO, false);
-    engine.record("orders", None, 500, Duration::ZERO, false);
+    engine.record("users", None, Some("u"), 429, Duration::ZERO, false);
+    engine.record("users", None, Some("u"), 404, Duration::ZERO, false);
+    engine.record("orders", None, Some("u"), 500, Duration::ZERO, false);
     engine.evaluate();
     let slo = engine.get("users-availability").unwrap();
     let status = slo.status().unwrap();
@@ -104,10 +107,38 @@ async fn latency_slis_consumers_and_injected_faults() {
     let mut fast = spec("users-fast", 99.0, Sli::LatencyBelow(Duration::from_millis(300)));
     fast.consumer = Some("mobile".into());
     engine.apply(&[fast, spec("users-availability", 99.0, Sli::Availability)]);
-    engine.record("users", Some("mobile"), 200, Duration::from_millis(299), false);
-    engine.record("users", Some("mobile"), 500, Duration::from_millis(10), true);
-    engine.record("users", Some("mobile"), 200, Duration::from_millis(300), false);
-    engine.record("users", Some("web"), 200, Duration::from_secs(3), false);
+    engine.record(
+        "users",
+        Some("mobile"),
+        Some("u"),
+        200,
+        Duration::from_millis(299),
+        false,
+    );
+    engine.record(
+        "users",
+        Some("mobile"),
+        Some("u"),
+        500,
+        Duration::from_millis(10),
+        true,
+    );
+    engine.record(
+        "users",
+        Some("mobile"),
+        Some("u"),
+        200,
+        Duration::from_millis(300),
+        false,
+    );
+    engine.record(
+        "users",
+        Some("web"),
+        Some("u"),
+        200,
+        Duration::from_secs(3),
+        false,
+    );
     engine.evaluate();
     let fast = engine.get("users-fast").unwrap().status().unwrap();
     // Only mobile's three; a fast 500 is good for latency, the 300 ms answer is not.

@@ -174,6 +174,9 @@ pub struct SloView {
     pub route: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
+    /// Only requests sent to this upstream count (the SLO judging a route's canary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// `availability` or `latency_below <duration>`.
     pub sli: String,
     /// Percent of good events wanted (`99.9`).
@@ -228,6 +231,36 @@ pub struct AlertView {
     pub severity: &'static str,
     /// When it started firing (RFC 3339).
     pub since: String,
+}
+
+/// `GET /api/v1/canaries`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Canaries {
+    pub canaries: Vec<CanaryView>,
+}
+
+/// One route's canary.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CanaryView {
+    pub route: String,
+    /// The canary's upstream.
+    pub upstream: String,
+    /// Share of the route's requests it gets while active.
+    pub percent: f64,
+    /// `active` or `rolled_back`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The SLO counting the canary's requests (`<slo>-canary`), when it has `rollback_if`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<String>,
+    /// That SLO's burn rate over the rollback window, and its events there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_rate: Option<f64>,
+    pub requests: u64,
+    pub bad: u64,
 }
 
 /// `GET /api/v1/experiments`.
@@ -387,6 +420,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/slos",
         summary: "Every SLO: objective, SLI now, error budget remaining, burn rates, alerts firing.",
         ok: (200, schema::<Slos>),
+        content_type: JSON,
+        errors: &[],
+        query: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/canaries",
+        summary: "Every route's canary: its share, whether it was rolled back and why, its burn rate.",
+        ok: (200, schema::<Canaries>),
         content_type: JSON,
         errors: &[],
         query: &[],

@@ -167,6 +167,49 @@ async fn change_experiments(
     }
 }
 
+/// `GET /api/v1/canaries`.
+fn canaries_view(state: &SharedState) -> api::Canaries {
+    let gateway = state.gateway.load();
+    let canaries = gateway
+        .canaries
+        .iter()
+        .flatten()
+        .map(|canary| {
+            let rollback = canary.rolled_back();
+            let rule = canary.spec.rollback.as_ref();
+            let status = rule
+                .and_then(|r| state.slo.get(&r.slo))
+                .and_then(|slo| slo.status());
+            let window = rule.and_then(|r| crate::slo::BURN_WINDOWS.iter().position(|(w, _)| *w == r.window));
+            let counts = status
+                .as_ref()
+                .zip(window)
+                .and_then(|(s, i)| s.burn_counts.get(i).copied())
+                .unwrap_or_default();
+            api::CanaryView {
+                route: canary.route.to_string(),
+                upstream: canary.spec.upstream_name.to_string(),
+                percent: (canary.spec.share * 100.0 * 1e6).round() / 1e6,
+                state: if rollback.is_some() {
+                    "rolled_back"
+                } else {
+                    "active"
+                },
+                rolled_back_at: rollback.as_ref().map(|(at, _)| crate::slo::alerts::rfc3339(*at)),
+                reason: rollback.map(|(_, reason)| reason),
+                slo: rule.map(|r| r.slo.to_string()),
+                burn_rate: status
+                    .as_ref()
+                    .zip(window)
+                    .and_then(|(s, i)| s.burn_rates.get(i).copied()),
+                requests: counts.total,
+                bad: counts.bad,
+            }
+        })
+        .collect();
+    api::Canaries { canaries }
+}
+
 /// `GET /api/v1/slos`.
 fn slos_view(state: &SharedState) -> api::Slos {
     use crate::config::spec::Sli;
@@ -193,6 +236,7 @@ fn slos_view(state: &SharedState) -> api::Slos {
                 name: spec.name.to_string(),
                 route: spec.route.to_string(),
                 consumer: spec.consumer.as_deref().map(str::to_owned),
+                upstream: spec.upstream.as_deref().map(str::to_owned),
                 sli: match spec.sli {
                     Sli::Availability => "availability".into(),
                     Sli::LatencyBelow(d) => format!("latency_below {}ms", d.as_millis()),
@@ -363,6 +407,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
         }
         "/openapi.json" => json_value(StatusCode::OK, &api::openapi()),
         "/api/v1/slos" => json_value(StatusCode::OK, &slos_view(state)),
+        "/api/v1/canaries" => json_value(StatusCode::OK, &canaries_view(state)),
         EXPERIMENTS => json_value(
             StatusCode::OK,
             &api::Experiments {

@@ -940,6 +940,40 @@ pub struct RouteFile {
     /// Fault injection: abort or delay a share of requests (chaos testing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultFile>,
+    /// Send a share of the route's requests to another upstream (a new release), and take
+    /// it back automatically when that share burns an SLO's error budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryFile>,
+}
+
+/// A canary release on a route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    /// The upstream serving the new release.
+    pub upstream: String,
+    /// Share of the route's requests sent to it, 0 to 100.
+    pub percent: f64,
+    /// Roll back (send every request to the route's own upstream again) when the canary's
+    /// requests burn the SLO's budget too fast. Without it the split is never undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_if: Option<CanaryRollbackFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRollbackFile {
+    /// An SLO on this route: the canary's requests are judged by its SLI and objective.
+    pub slo: String,
+    /// Roll back when the canary's burn rate goes above this.
+    pub burn_rate_above: f64,
+    /// The burn-rate window watched: `5m` (default), `30m`, `1h`, `2h`, `6h`, `1d` or `3d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Canary requests the window must hold before a rollback can happen. Default 100 (at
+    /// 99.9% and 14.4, one bad request in fewer than 70 would trip it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
 }
 
 /// A route's rate limit.

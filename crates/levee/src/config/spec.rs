@@ -102,12 +102,43 @@ pub enum LlmStrategy {
     LowestLatency,
 }
 
+/// A canary release: a share of a route's requests to another upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub upstream_name: Arc<str>,
+    /// 0..1.
+    pub share: f64,
+    pub rollback: Option<CanaryRollback>,
+    /// The `canary` block as written (rollbacks are remembered for this exact block).
+    pub definition: String,
+}
+
+/// When a canary is taken back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryRollback {
+    /// The SLO that counts the canary's requests (built from the one the config names).
+    pub slo: Arc<str>,
+    pub burn_rate_above: f64,
+    /// A burn-rate window name (`5m` .. `3d`).
+    pub window: &'static str,
+    pub min_requests: u64,
+}
+
 /// A service level objective on a route's traffic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SloSpec {
     pub name: Arc<str>,
     pub route: Arc<str>,
     pub consumer: Option<Arc<str>>,
+    /// Count only requests sent to this upstream (a canary's SLO).
+    pub upstream: Option<Arc<str>>,
+    /// For a canary's SLO, the canary block it judges: a new release starts a new count.
+    pub release: Option<Arc<str>>,
+    /// Burn-rate alerts are evaluated and sent (false for the SLO a canary's rollback uses:
+    /// the rollback is its answer).
+    pub alerts: bool,
     /// Percent of good events (`99.9`).
     pub objective: f64,
     pub window: Duration,
@@ -127,10 +158,17 @@ impl SloSpec {
             Sli::Availability => "availability".to_owned(),
             Sli::LatencyBelow(d) => format!("latency_below={}ms", d.as_millis()),
         };
-        match &self.consumer {
-            Some(c) => format!("route={};consumer={c};{sli}", self.route),
-            None => format!("route={};{sli}", self.route),
+        let mut text = format!("route={}", self.route);
+        if let Some(c) = &self.consumer {
+            text.push_str(&format!(";consumer={c}"));
         }
+        if let Some(u) = &self.upstream {
+            text.push_str(&format!(";upstream={u}"));
+        }
+        if let Some(r) = &self.release {
+            text.push_str(&format!(";release={r}"));
+        }
+        format!("{text};{sli}")
     }
 }
 
@@ -371,6 +409,7 @@ pub struct RouteSpec {
     pub rate_limit: Option<RateLimitSpec>,
     pub auth: AuthSpec,
     pub fault: Option<FaultSpec>,
+    pub canary: Option<CanarySpec>,
     /// Request body bytes allowed (the route's own limit or the global one).
     pub max_body_bytes: u64,
 }

@@ -372,7 +372,8 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         }
     }
     let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let slos = check_slos(&file, &routes, &consumers, p);
+    let mut slos = check_slos(&file, &routes, &consumers, p);
+    check_canary_rollbacks(&file, &mut routes, &mut slos, p);
     let alerting = file
         .alerting
         .as_ref()
@@ -802,6 +803,10 @@ fn check_route(
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
         auth,
         fault,
+        canary: route
+            .canary
+            .as_ref()
+            .and_then(|c| check_canary(c, route, path, upstream_index, p)),
         rate_limit,
         stale_if_error,
         retry,
@@ -1592,8 +1597,10 @@ fn warn(config: &Config, p: &mut Problems) {
         }
         let used = config.routes.iter().any(|r| {
             r.upstream
-                .and_then(|i| config.upstreams.get(i))
-                .is_some_and(|u| &*u.name == name.as_str())
+                .into_iter()
+                .chain(r.canary.as_ref().map(|c| c.upstream))
+                .filter_map(|i| config.upstreams.get(i))
+                .any(|u| &*u.name == name.as_str())
         });
         if !used {
             p.at(&path, format!("upstream `{name}` is not used by any route"));
@@ -1908,12 +1915,132 @@ fn check_slos(
             name: slo.name.as_str().into(),
             route: slo.route.as_str().into(),
             consumer: slo.consumer.as_deref().map(Arc::from),
+            upstream: None,
+            release: None,
+            alerts: true,
             objective: slo.objective,
             window,
             sli,
         });
     }
     slos
+}
+
+/// A route's `canary` (its rollback is checked with the SLOs, in
+/// [`check_canary_rollbacks`]).
+fn check_canary(
+    canary: &super::file::CanaryFile,
+    route: &RouteFile,
+    path: &str,
+    upstream_index: &HashMap<String, usize>,
+    p: &mut Problems,
+) -> Option<CanarySpec> {
+    if route.llm {
+        p.at(
+            &format!("{path}.canary"),
+            "`canary` has no effect on an AI gateway route (`llm: true`): split traffic with a weighted model instead",
+        );
+        return None;
+    }
+    if !(0.0..=100.0).contains(&canary.percent) {
+        p.at(&format!("{path}.canary.percent"), "percent must be from 0 to 100");
+    }
+    if canary.upstream == route.upstream {
+        p.at(
+            &format!("{path}.canary.upstream"),
+            "the canary's upstream must differ from the route's own",
+        );
+    }
+    let Some(index) = upstream_index.get(&canary.upstream) else {
+        p.at(
+            &format!("{path}.canary.upstream"),
+            format!("no upstream named `{}`", canary.upstream),
+        );
+        return None;
+    };
+    Some(CanarySpec {
+        upstream: *index,
+        upstream_name: canary.upstream.as_str().into(),
+        share: canary.percent / 100.0,
+        rollback: None,
+        definition: serde_json::to_string(canary).unwrap_or_default(),
+    })
+}
+
+/// Each canary's `rollback_if`: an SLO of its route, copied into an SLO that counts only the
+/// canary's requests (named `<slo>-canary`, without alerts: the rollback is the answer).
+fn check_canary_rollbacks(
+    file: &ConfigFile,
+    routes: &mut [RouteSpec],
+    slos: &mut Vec<SloSpec>,
+    p: &mut Problems,
+) {
+    for (i, route_file) in file.routes.iter().enumerate() {
+        let Some(rollback) = route_file.canary.as_ref().and_then(|c| c.rollback_if.as_ref()) else {
+            continue;
+        };
+        let path = format!("routes[{i}].canary.rollback_if");
+        let Some(route) = routes.iter_mut().find(|r| *r.name == *route_file.name) else {
+            continue;
+        };
+        let Some(canary) = route.canary.as_mut() else {
+            continue;
+        };
+        let window = rollback.window.as_deref().unwrap_or("5m");
+        let Some(window) = crate::slo::BURN_WINDOWS
+            .iter()
+            .map(|(w, _)| *w)
+            .find(|w| *w == window)
+        else {
+            p.at(
+                &format!("{path}.window"),
+                format!("`{window}` is not one of 5m, 30m, 1h, 2h, 6h, 1d, 3d"),
+            );
+            continue;
+        };
+        if !(rollback.burn_rate_above.is_finite() && rollback.burn_rate_above > 0.0) {
+            p.at(
+                &format!("{path}.burn_rate_above"),
+                "burn_rate_above must be above zero",
+            );
+        }
+        let Some(base) = slos.iter().find(|s| *s.name == *rollback.slo && s.alerts) else {
+            p.at(&format!("{path}.slo"), format!("no SLO named `{}`", rollback.slo));
+            continue;
+        };
+        if *base.route != *route.name {
+            p.at(
+                &format!("{path}.slo"),
+                format!(
+                    "SLO `{}` is on route `{}`, not on this route",
+                    base.name, base.route
+                ),
+            );
+            continue;
+        }
+        let name: Arc<str> = format!("{}-canary", base.name).into();
+        if slos.iter().any(|s| s.name == name) {
+            p.at(
+                &format!("{path}.slo"),
+                format!("the canary's SLO would be named `{name}`, which another SLO already is"),
+            );
+            continue;
+        }
+        let derived = SloSpec {
+            name: name.clone(),
+            upstream: Some(canary.upstream_name.clone()),
+            release: Some(canary.definition.as_str().into()),
+            alerts: false,
+            ..base.clone()
+        };
+        canary.rollback = Some(CanaryRollback {
+            slo: name,
+            burn_rate_above: rollback.burn_rate_above,
+            window,
+            min_requests: rollback.min_requests.unwrap_or(100),
+        });
+        slos.push(derived);
+    }
 }
 
 /// The `alerting` section: receiver URLs and the evaluation interval.

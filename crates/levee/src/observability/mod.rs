@@ -83,6 +83,8 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
     /// The LLM call's accounting, on AI gateway routes.
     pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
+    /// The upstream the request was sent to (the route's own, or its canary).
+    pub sent_to: Option<Arc<str>>,
     /// The chaos experiment running on the route, which counts this request in its report.
     pub experiment: Option<Arc<crate::chaos::experiments::Experiment>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
@@ -152,6 +154,7 @@ impl RequestRecord {
             self.recorder.slo.record(
                 route,
                 self.consumer.as_deref(),
+                self.sent_to.as_deref(),
                 self.status,
                 elapsed,
                 self.fault.is_some(),

@@ -241,12 +241,15 @@ pub fn webhook_body(t: &Transition, external_url: &str) -> Value {
     let group: Vec<(&'static str, String)> = t
         .labels
         .iter()
-        .filter(|(k, _)| matches!(*k, "alertname" | "slo" | "severity"))
+        .filter(|(k, _)| matches!(*k, "alertname" | "slo" | "severity" | "route"))
         .cloned()
         .collect();
     json!({
         "version": "4",
-        "groupKey": format!("{{}}:{{alertname=\"{ALERT_NAME}\", slo=\"{}\", severity=\"{}\"}}", t.slo, t.severity.name()),
+        "groupKey": format!(
+            "{{}}:{{{}}}",
+            group.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(", ")
+        ),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": "levee",

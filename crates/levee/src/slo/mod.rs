@@ -18,6 +18,7 @@
 //! budget gone in that hour. A window with less data than its length uses the data it has.
 
 pub mod alerts;
+pub mod canary;
 pub mod ledger;
 pub mod notify;
 pub mod rules;
@@ -472,6 +473,7 @@ impl SloEngine {
         &self,
         route: &str,
         consumer: Option<&str>,
+        upstream: Option<&str>,
         status: u16,
         elapsed: Duration,
         injected: bool,
@@ -485,7 +487,9 @@ impl SloEngine {
         };
         let minute = self.clock.minute();
         for slo in slos {
-            if slo.spec.consumer.as_deref().is_some_and(|c| Some(c) != consumer) {
+            if slo.spec.consumer.as_deref().is_some_and(|c| Some(c) != consumer)
+                || slo.spec.upstream.as_deref().is_some_and(|u| Some(u) != upstream)
+            {
                 continue;
             }
             slo.record(minute, Counts::one(slo.is_good(status, elapsed), injected));
@@ -521,7 +525,7 @@ impl SloEngine {
     pub fn step_alerts(&self) -> Vec<alerts::Transition> {
         let now_ms = self.clock.now_ms();
         let mut transitions = Vec::new();
-        for slo in &self.set.load().all {
+        for slo in self.set.load().all.iter().filter(|s| s.spec.alerts) {
             let Some(status) = slo.status() else {
                 continue;
             };
@@ -724,9 +728,21 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_alerts = tokio::time::Instant::now();
     let mut next_resend = tokio::time::Instant::now() + notify::RESEND_EVERY;
+    // Canaries rolled back whose alert fires (it resolves when their config goes).
+    let mut rolled_back: Vec<Arc<canary::Canary>> = Vec::new();
     loop {
         let gateway = gateway_rx.borrow_and_update().clone();
-        let resolved = engine.apply(&gateway.config.slos);
+        let canaries: Vec<Arc<canary::Canary>> = gateway.canaries.iter().flatten().cloned().collect();
+        let mut resolved = engine.apply(&gateway.config.slos);
+        let now_ms = engine.clock.now_ms();
+        rolled_back.retain(|old| {
+            let kept = canaries.iter().any(|c| Arc::ptr_eq(c, old));
+            if !kept {
+                resolved.extend(old.notification(Some(now_ms)));
+            }
+            kept
+        });
+        track_rollbacks(&canaries, &mut rolled_back);
         if let Some(outbox) = &outbox {
             outbox.notify(&resolved, engine.clock.now_ms());
         }
@@ -756,6 +772,13 @@ pub async fn run(
             }
             engine.evaluate();
             engine.experiments.step(&engine);
+            let rollbacks = canary::step(&engine, &canaries);
+            if !rollbacks.is_empty() {
+                track_rollbacks(&canaries, &mut rolled_back);
+                if let Some(outbox) = &outbox {
+                    outbox.notify(&rollbacks, engine.clock.now_ms());
+                }
+            }
             let now = tokio::time::Instant::now();
             if now >= next_alerts {
                 next_alerts = now + interval;
@@ -770,10 +793,21 @@ pub async fn run(
             if now >= next_resend {
                 next_resend = now + notify::RESEND_EVERY;
                 if let Some(outbox) = &outbox {
-                    outbox.resend(&engine.firing(), engine.clock.now_ms());
+                    let mut firing = engine.firing();
+                    firing.extend(rolled_back.iter().filter_map(|c| c.notification(None)));
+                    outbox.resend(&firing, engine.clock.now_ms());
                 }
             }
             engine.save();
+        }
+    }
+}
+
+/// Adds the canaries of `canaries` that are rolled back to `rolled_back`.
+fn track_rollbacks(canaries: &[Arc<canary::Canary>], rolled_back: &mut Vec<Arc<canary::Canary>>) {
+    for canary in canaries {
+        if canary.rolled_back().is_some() && !rolled_back.iter().any(|c| Arc::ptr_eq(c, canary)) {
+            rolled_back.push(canary.clone());
         }
     }
 }

@@ -46,6 +46,13 @@ impl Store {
                  firing_since INTEGER NOT NULL,
                  PRIMARY KEY (slo, definition, severity)
              );
+             CREATE TABLE IF NOT EXISTS canary_rollbacks (
+                 route TEXT NOT NULL,
+                 definition TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 reason TEXT NOT NULL,
+                 PRIMARY KEY (route, definition)
+             );
              CREATE TABLE IF NOT EXISTS experiments (
                  id TEXT PRIMARY KEY,
                  started_ms INTEGER NOT NULL,
@@ -174,6 +181,38 @@ impl Store {
             )
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Remembers that the canary `definition` of `route` was rolled back.
+    pub fn save_rollback(
+        &mut self,
+        route: &str,
+        definition: &str,
+        at_ms: u64,
+        reason: &str,
+    ) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT INTO canary_rollbacks (route, definition, at_ms, reason) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (route, definition) DO UPDATE SET at_ms = excluded.at_ms, reason = excluded.reason",
+                params![route, definition, to_i64(at_ms), reason],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// When and why the canary `definition` of `route` was rolled back, if it was.
+    pub fn rollback(&self, route: &str, definition: &str) -> Result<Option<(u64, String)>, String> {
+        let mut select = self
+            .conn
+            .prepare_cached("SELECT at_ms, reason FROM canary_rollbacks WHERE route = ?1 AND definition = ?2")
+            .map_err(|e| e.to_string())?;
+        let mut rows = select
+            .query_map(params![route, definition], |row| {
+                Ok((from_i64(row.get(0)?), row.get(1)?))
+            })
+            .map_err(|e| e.to_string())?;
+        rows.next().transpose().map_err(|e| e.to_string())
     }
 
     /// Saves an experiment (as JSON), keeping the newest [`MAX_EXPERIMENTS`] and every
