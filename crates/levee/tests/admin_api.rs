@@ -170,13 +170,7 @@ async fn routes_and_config_show_the_running_config_with_secrets_redacted() {
         &path,
         &Harness::compose(&config(upstream.addr).replace("name: second", "name: third")),
     );
-    let reloaded = send(
-        &client(false),
-        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let reloaded = common::reload(&h).await;
     assert_eq!(reloaded.json()["version"], 2);
     let routes = get(&format!("{}/api/v1/routes", h.admin), &[]).await.json();
     assert_eq!(
@@ -195,13 +189,7 @@ async fn admin_errors_use_the_data_plane_error_shape() {
     assert_eq!(body["error"]["code"], "not_found");
     assert!(body["error"]["request_id"].as_str().is_some());
     // A gateway started from text has no file to reload.
-    let reload = send(
-        &client(false),
-        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let reload = common::reload(&h).await;
     assert_eq!(reload.status, StatusCode::BAD_REQUEST);
     assert!(reload.json()["errors"][0]
         .as_str()

@@ -175,13 +175,7 @@ async fn a_rollback_survives_a_restart_until_the_canary_changes() {
         &path,
         &Harness::compose(&canary_config(stable.addr, v2.addr, 20, &data_dir)),
     );
-    let reloaded = send(
-        &client(false),
-        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let reloaded = common::reload(&h).await;
     assert_eq!(reloaded.status, StatusCode::OK);
     assert_eq!(canary_state(&h).await["state"], "active");
     requests(&h, 100).await;

@@ -29,16 +29,6 @@ routes:
     )
 }
 
-async fn reload(h: &Harness) -> Answer {
-    send(
-        &client(false),
-        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
-            .body(empty())
-            .unwrap(),
-    )
-    .await
-}
-
 async fn metrics(h: &Harness) -> String {
     get(&format!("{}/metrics", h.admin), &[]).await.text()
 }
@@ -54,7 +44,7 @@ async fn a_hundred_reloads_under_load_fail_no_request_and_switch_routes() {
     for i in 1..=100u64 {
         let target = if i % 2 == 1 { "b" } else { "a" };
         write_atomically(&path, &Harness::compose(&routes(target, a.addr, b.addr)));
-        let answer = reload(&h).await;
+        let answer = common::reload(&h).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         assert_eq!(answer.json()["version"], 1 + i);
         // The reload answers once every worker serves the new config.
@@ -90,7 +80,7 @@ async fn an_invalid_config_is_refused_under_load_and_the_old_routes_keep_answeri
     // Two problems: a route to an upstream that does not exist, and a misspelt key.
     let broken = Harness::compose(&routes("nowhere", a.addr, b.addr)).replace("path_prefix", "path_prefx");
     write_atomically(&path, &broken);
-    let answer = reload(&h).await;
+    let answer = common::reload(&h).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     let body = answer.json();
     let errors: Vec<String> = body["errors"]
@@ -132,7 +122,7 @@ async fn listeners_and_other_process_settings_need_a_restart() {
     let h = Harness::start_file(&path, &yaml);
     let changed = Harness::compose(&yaml).replace("workers: 2", "workers: 3");
     write_atomically(&path, &changed);
-    let answer = reload(&h).await;
+    let answer = common::reload(&h).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     let errors = answer.json()["errors"].clone();
     let first = errors[0].as_str().unwrap();
@@ -173,7 +163,7 @@ routes:
     // A reload that changes only the route keeps the upstream, and with it the verdict: no
     // request goes to the dead target while it would be checked again.
     write_atomically(&path, &Harness::compose(&yaml("renamed")));
-    assert_eq!(reload(&h).await.status, StatusCode::OK);
+    assert_eq!(common::reload(&h).await.status, StatusCode::OK);
     assert_eq!(dead_healthy(get(&upstreams, &[]).await.json()), Some(false));
     for _ in 0..10 {
         assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
@@ -201,7 +191,7 @@ async fn a_reload_is_a_post_and_needs_the_admin_token() {
     let get_answer = get(&url, &[("authorization", "Bearer s3cret")]).await;
     assert_eq!(get_answer.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(get_answer.header("allow"), Some("POST"));
-    assert_eq!(reload(&h).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(common::reload(&h).await.status, StatusCode::UNAUTHORIZED);
     let answer = send(
         &client(false),
         http::Request::post(&url)
@@ -246,7 +236,7 @@ routes:
     .await;
     // A reload that only renames the route keeps the worker's breaker for this upstream.
     write_atomically(&path, &Harness::compose(&yaml("renamed")));
-    assert_eq!(reload(&h).await.status, StatusCode::OK);
+    assert_eq!(common::reload(&h).await.status, StatusCode::OK);
     assert_eq!(
         circuit(get(&upstreams, &[]).await.json()).as_deref(),
         Some("open")
@@ -256,7 +246,7 @@ routes:
         &path,
         &Harness::compose(&yaml("renamed").replace("open_for: 10m", "open_for: 9m")),
     );
-    assert_eq!(reload(&h).await.status, StatusCode::OK);
+    assert_eq!(common::reload(&h).await.status, StatusCode::OK);
     assert_eq!(
         circuit(get(&upstreams, &[]).await.json()).as_deref(),
         Some("closed")

@@ -636,13 +636,7 @@ async fn a_reload_adds_an_slo_and_its_counting_starts() {
             "{without}slos:\n  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}\n"
         )),
     );
-    let reloaded = send(
-        &client(false),
-        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let reloaded = common::reload(&h).await;
     assert_eq!(reloaded.status, http::StatusCode::OK, "{}", reloaded.text());
     // The SLO thread takes the new config within a second; requests after that count.
     eventually("the SLO appears", || async {

@@ -183,3 +183,15 @@ pub fn run_ok(command: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `POST /api/v1/config/reload` without credentials.
+pub async fn reload(h: &Harness) -> levee_test_support::Answer {
+    use levee_test_support::{client, empty, send};
+    send(
+        &client(false),
+        http::Request::post(format!("{}/api/v1/config/reload", h.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
