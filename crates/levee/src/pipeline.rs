@@ -94,6 +94,13 @@ pub async fn handle(
                 .globals
                 .shed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Named by its route, a shed request counts against that route's SLOs: an
+            // overloaded gateway is an outage its users see.
+            record.route = worker
+                .gateway
+                .router
+                .route(&parts)
+                .and_then(|(index, _)| worker.route_names.get(index).cloned());
             return answer(Rejection::Overloaded, record);
         }
     }
@@ -152,16 +159,18 @@ pub async fn handle(
 
     // Fault injection (chaos), after the rate limit and before anything reaches an upstream.
     // A running chaos experiment's fault takes the place of the route's own.
+    let slo = &worker.recorder.slo;
     record.experiment = record
         .route
         .as_deref()
-        .and_then(|name| worker.recorder.slo.experiments.active_for(name));
+        .and_then(|name| slo.experiments.active_for(name, &slo.clock));
     let fault = match &record.experiment {
         Some(experiment) => Some(&experiment.fault),
         None => route.fault.as_ref(),
     };
     if let Some(fault) = fault {
-        let injection = crate::chaos::decide(fault, &parts.headers);
+        let allow_header = route.fault.as_ref().is_some_and(|f| f.allow_header);
+        let injection = crate::chaos::decide(fault, allow_header, &parts.headers);
         if let Some(delay) = injection.delay {
             record.fault = Some("delay");
             if let Some(name) = &record.route {

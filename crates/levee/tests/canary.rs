@@ -116,6 +116,16 @@ async fn a_failing_canary_is_rolled_back_and_the_receivers_are_told() {
     })
     .await;
     // The canary's own SLO raises no burn-rate alert of its own: the rollback answered it.
+    // (The route's SLO, which counted the same failures, pages: once its page is in, an
+    // alert for the canary's SLO would have been sent too.)
+    eventually("the route's own page", || async {
+        receiver.seen().iter().any(|s| {
+            let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+            body["alerts"][0]["labels"]["slo"] == "users-availability"
+                && body["alerts"][0]["labels"]["severity"] == "page"
+        })
+    })
+    .await;
     let hooks: Vec<serde_json::Value> = receiver
         .seen()
         .iter()

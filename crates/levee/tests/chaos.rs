@@ -173,9 +173,17 @@ async fn an_experiment_aborts_itself_when_its_guard_trips_and_reports_what_clien
         view["reason"].as_str().unwrap().contains("guard tripped"),
         "{view}"
     );
-    let report = &view["report"];
-    // Every 503 the clients saw was injected and is in the report; nothing else failed.
+    // Every 503 the clients saw was injected and is in the report (a request is counted
+    // when its answer has gone out, so the last one may land a moment later).
     assert!(seen_503 > 0);
+    let url = format!("{}/api/v1/experiments/{id}", h.admin);
+    eventually("the report counts every injected 503", || async {
+        get(&url, &[]).await.json()["report"]["aborted"] == seen_503
+    })
+    .await;
+    let view = experiment(&h, &id).await;
+    let report = &view["report"];
+    assert_eq!(report["affected"], seen_503);
     assert_eq!(report["aborted"], seen_503, "{view}");
     assert_eq!(report["errors"], seen_503, "{view}");
     assert_eq!(report["delayed"], 0);
@@ -204,7 +212,7 @@ async fn an_experiment_ends_at_its_duration_or_on_delete() {
     let h = experiment_gateway(upstream.addr, None);
     let started = post_experiment(
         &h,
-        r#"{"name": "short", "route": "flaky", "fault": {"abort": {"percent": 100, "status": 503}}, "duration": "1s"}"#,
+        r#"{"name": "short", "route": "flaky", "fault": {"abort": {"percent": 100, "status": 503}}, "duration": "3s"}"#,
     )
     .await;
     assert_eq!(started.status, StatusCode::CREATED);

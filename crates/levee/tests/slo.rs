@@ -38,10 +38,24 @@ fn spec(name: &str, objective: f64, sli: Sli) -> SloSpec {
 /// `good` and `bad` events on route `users`, now.
 fn feed(engine: &SloEngine, good: u64, bad: u64) {
     for _ in 0..good {
-        engine.record("users", None, Some("u"), 200, Duration::from_millis(5), false);
+        engine.record(
+            "users",
+            None,
+            Some("u"),
+            200.into(),
+            Duration::from_millis(5),
+            false,
+        );
     }
     for _ in 0..bad {
-        engine.record("users", None, Some("u"), 503, Duration::from_millis(5), false);
+        engine.record(
+            "users",
+            None,
+            Some("u"),
+            503.into(),
+            Duration::from_millis(5),
+            false,
+        );
     }
 }
 
@@ -62,9 +76,9 @@ async fn sli_budget_and_every_burn_rate_from_a_known_sequence() {
     minutes(10).await;
     feed(&engine, 1000, 0);
     // A 429 and a 404 are good for availability; a request on another route is not counted.
-    engine.record("users", None, Some("u"), 429, Duration::ZERO, false);
-    engine.record("users", None, Some("u"), 404, Duration::ZERO, false);
-    engine.record("orders", None, Some("u"), 500, Duration::ZERO, false);
+    engine.record("users", None, Some("u"), 429.into(), Duration::ZERO, false);
+    engine.record("users", None, Some("u"), 404.into(), Duration::ZERO, false);
+    engine.record("orders", None, Some("u"), 500.into(), Duration::ZERO, false);
     engine.evaluate();
     let slo = engine.get("users-availability").unwrap();
     let status = slo.status().unwrap();
@@ -107,38 +121,20 @@ async fn latency_slis_consumers_and_injected_faults() {
     let mut fast = spec("users-fast", 99.0, Sli::LatencyBelow(Duration::from_millis(300)));
     fast.consumer = Some("mobile".into());
     engine.apply(&[fast, spec("users-availability", 99.0, Sli::Availability)]);
-    engine.record(
-        "users",
-        Some("mobile"),
-        Some("u"),
-        200,
-        Duration::from_millis(299),
-        false,
-    );
-    engine.record(
-        "users",
-        Some("mobile"),
-        Some("u"),
-        500,
-        Duration::from_millis(10),
-        true,
-    );
-    engine.record(
-        "users",
-        Some("mobile"),
-        Some("u"),
-        200,
-        Duration::from_millis(300),
-        false,
-    );
-    engine.record(
-        "users",
-        Some("web"),
-        Some("u"),
-        200,
-        Duration::from_secs(3),
-        false,
-    );
+    let event = |consumer, status: u16, elapsed_ms, injected| {
+        engine.record(
+            "users",
+            Some(consumer),
+            Some("u"),
+            status.into(),
+            Duration::from_millis(elapsed_ms),
+            injected,
+        )
+    };
+    event("mobile", 200, 299, false);
+    event("mobile", 500, 10, true);
+    event("mobile", 200, 300, false);
+    event("web", 200, 3000, false);
     engine.evaluate();
     let fast = engine.get("users-fast").unwrap().status().unwrap();
     // Only mobile's three; a fast 500 is good for latency, the 300 ms answer is not.
@@ -649,4 +645,32 @@ async fn a_reload_adds_an_slo_and_its_counting_starts() {
     })
     .await;
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_slo_on_one_upstream_judges_what_it_answered_even_behind_a_fallback() {
+    let engine = SloEngine::new(Clock::starting_at(0), None);
+    let mut canary = spec("users-availability-canary", 99.9, Sli::Availability);
+    canary.upstream = Some("v2".into());
+    engine.apply(&[canary, spec("users-availability", 99.9, Sli::Availability)]);
+    // v2 answered 503; the route's fallback answered the client 200.
+    let hidden = levee::slo::Answered {
+        status: 200,
+        replaced: Some(503),
+    };
+    engine.record("users", None, Some("v2"), hidden, Duration::ZERO, false);
+    engine.record("users", None, Some("stable"), 200.into(), Duration::ZERO, false);
+    engine.evaluate();
+    let canary = engine.get("users-availability-canary").unwrap().status().unwrap();
+    assert_eq!(
+        (canary.window.total, canary.window.bad),
+        (1, 1),
+        "only v2's request, judged by v2's 503"
+    );
+    let route = engine.get("users-availability").unwrap().status().unwrap();
+    assert_eq!(
+        (route.window.total, route.window.bad),
+        (2, 0),
+        "the clients got 200s"
+    );
 }

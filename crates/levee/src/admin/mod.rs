@@ -118,6 +118,15 @@ async fn change_experiments(
     use crate::chaos::experiments::{ExperimentError, ExperimentRequest};
     use http_body_util::BodyExt;
     let path = request.uri().path().to_owned();
+    if request.method() == Method::POST && state.draining.load(Ordering::SeqCst) {
+        // The SLO thread that would end it stops with the gateway.
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "The gateway is stopping: no experiment can start.",
+            request_id,
+        );
+    }
     let answer_error = |error: ExperimentError| {
         let (status, code) = match &error {
             ExperimentError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -180,11 +189,10 @@ fn canaries_view(state: &SharedState) -> api::Canaries {
             let status = rule
                 .and_then(|r| state.slo.get(&r.slo))
                 .and_then(|slo| slo.status());
-            let window = rule.and_then(|r| crate::slo::BURN_WINDOWS.iter().position(|(w, _)| *w == r.window));
             let counts = status
                 .as_ref()
-                .zip(window)
-                .and_then(|(s, i)| s.burn_counts.get(i).copied())
+                .zip(rule)
+                .and_then(|(s, r)| s.burn_counts(r.window))
                 .unwrap_or_default();
             api::CanaryView {
                 route: canary.route.to_string(),
@@ -198,10 +206,7 @@ fn canaries_view(state: &SharedState) -> api::Canaries {
                 rolled_back_at: rollback.as_ref().map(|(at, _)| crate::slo::alerts::rfc3339(*at)),
                 reason: rollback.map(|(_, reason)| reason),
                 slo: rule.map(|r| r.slo.to_string()),
-                burn_rate: status
-                    .as_ref()
-                    .zip(window)
-                    .and_then(|(s, i)| s.burn_rates.get(i).copied()),
+                burn_rate: status.as_ref().zip(rule).and_then(|(s, r)| s.burn_rate(r.window)),
                 requests: counts.total,
                 bad: counts.bad,
             }

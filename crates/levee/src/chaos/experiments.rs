@@ -100,6 +100,10 @@ pub struct ExperimentView {
 pub struct Report {
     /// Requests the route served while the experiment ran.
     pub requests: u64,
+    /// Of those, requests that got an injected fault (a request both delayed and aborted
+    /// counts once, as aborted).
+    #[serde(default)]
+    pub affected: u64,
     /// Of those, answered with the injected status.
     pub aborted: u64,
     /// Of those, held for the injected delay.
@@ -132,17 +136,39 @@ pub struct BudgetReport {
 pub struct Experiment {
     pub route: Arc<str>,
     pub fault: FaultSpec,
+    /// When it ends (unix ms), at the latest.
+    ends_ms: u64,
     view: Mutex<ExperimentView>,
     requests: AtomicU64,
+    affected: AtomicU64,
     aborted: AtomicU64,
     delayed: AtomicU64,
     errors: AtomicU64,
 }
 
 impl Experiment {
+    /// An experiment as `view` describes it, its report's counts included.
+    fn new(view: ExperimentView, fault: FaultSpec) -> Experiment {
+        let report = &view.report;
+        Experiment {
+            route: view.route.as_str().into(),
+            fault,
+            ends_ms: view.ends_ms,
+            requests: AtomicU64::new(report.requests),
+            affected: AtomicU64::new(report.affected),
+            aborted: AtomicU64::new(report.aborted),
+            delayed: AtomicU64::new(report.delayed),
+            errors: AtomicU64::new(report.errors),
+            view: Mutex::new(view),
+        }
+    }
+
     /// Counts a request the route finished while the experiment ran.
     pub fn observe(&self, status: u16, fault: Option<&str>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        if fault.is_some() {
+            self.affected.fetch_add(1, Ordering::Relaxed);
+        }
         match fault {
             Some("abort") => {
                 self.aborted.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +188,7 @@ impl Experiment {
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let report = &mut view.report;
         report.requests = self.requests.load(Ordering::Relaxed);
+        report.affected = self.affected.load(Ordering::Relaxed);
         report.aborted = self.aborted.load(Ordering::Relaxed);
         report.delayed = self.delayed.load(Ordering::Relaxed);
         report.errors = self.errors.load(Ordering::Relaxed);
@@ -199,12 +226,16 @@ pub struct Experiments {
 
 impl Experiments {
     /// The experiment running on `route`, if any.
-    pub fn active_for(&self, route: &str) -> Option<Arc<Experiment>> {
+    /// Past its end an experiment injects nothing even before the `levee-slo` thread marks
+    /// it ended: the request path checks the time itself, so a stalled thread cannot leave
+    /// a fault on.
+    pub fn active_for(&self, route: &str, clock: &crate::slo::Clock) -> Option<Arc<Experiment>> {
         let active = self.active.load();
         if active.is_empty() {
             return None;
         }
-        active.iter().find(|e| &*e.route == route).cloned()
+        let experiment = active.iter().find(|e| &*e.route == route)?;
+        (clock.now_ms() < experiment.ends_ms).then(|| experiment.clone())
     }
 
     fn publish(&self, all: &[Arc<Experiment>]) {
@@ -305,15 +336,7 @@ impl Experiments {
                 ..Report::default()
             },
         };
-        let experiment = Arc::new(Experiment {
-            route: request.route.as_str().into(),
-            fault,
-            view: Mutex::new(view),
-            requests: AtomicU64::new(0),
-            aborted: AtomicU64::new(0),
-            delayed: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        });
+        let experiment = Arc::new(Experiment::new(view, fault));
         all.push(experiment.clone());
         // Beyond the limit the oldest ended experiments go; running ones always stay.
         while all.len() > crate::slo::store::MAX_EXPERIMENTS {
@@ -354,6 +377,10 @@ impl Experiments {
         let now_ms = engine.clock.now_ms();
         {
             let mut view = experiment.view.lock().unwrap_or_else(|p| p.into_inner());
+            // A DELETE and the thread's step may both find it running: the first one ends it.
+            if view.state != "running" {
+                return;
+            }
             view.state = state.into();
             view.reason = reason;
             view.ended_ms = Some(now_ms);
@@ -444,16 +471,7 @@ impl Experiments {
             let Ok(fault) = fault_spec(&view.fault) else {
                 continue;
             };
-            let report = view.report.clone();
-            all.push(Arc::new(Experiment {
-                route: view.route.as_str().into(),
-                fault,
-                view: Mutex::new(view),
-                requests: AtomicU64::new(report.requests),
-                aborted: AtomicU64::new(report.aborted),
-                delayed: AtomicU64::new(report.delayed),
-                errors: AtomicU64::new(report.errors),
-            }));
+            all.push(Arc::new(Experiment::new(view, fault)));
         }
         self.publish(&all);
     }

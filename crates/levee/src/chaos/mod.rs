@@ -24,10 +24,11 @@ pub struct Injection {
     pub abort: Option<StatusCode>,
 }
 
-/// The faults for a request: the header's, when the route allows it and it is present, else
-/// drawn by the route's percentages.
-pub fn decide(spec: &FaultSpec, headers: &HeaderMap) -> Injection {
-    if spec.allow_header {
+/// The faults for a request: the header's, when the route allows it (`allow_header`, which
+/// a running experiment keeps from the route) and it is present, else drawn by `spec`'s
+/// percentages.
+pub fn decide(spec: &FaultSpec, allow_header: bool, headers: &HeaderMap) -> Injection {
+    if allow_header {
         if let Some(value) = headers.get(&X_LEVEE_FAULT).and_then(|v| v.to_str().ok()) {
             return parse_header(value);
         }
@@ -106,6 +107,6 @@ mod tests {
             delay: None,
             allow_header: false,
         };
-        assert_eq!(decide(&quiet, &headers), Injection::default());
+        assert_eq!(decide(&quiet, quiet.allow_header, &headers), Injection::default());
     }
 }

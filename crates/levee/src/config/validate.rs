@@ -2041,6 +2041,12 @@ fn check_canary_rollbacks(
         });
         slos.push(derived);
     }
+    if slos.len() > MAX_SLOS {
+        p.at(
+            "slos",
+            format!("at most {MAX_SLOS} SLOs, counting the one each canary's rollback_if adds"),
+        );
+    }
 }
 
 /// The `alerting` section: receiver URLs and the evaluation interval.
@@ -2056,7 +2062,23 @@ fn check_alerting(a: &super::file::AlertingFile, p: &mut Problems) -> AlertingSp
         match suffix {
             // Alertmanager is named by its base URL; alerts go to its v2 API under it.
             Some(suffix) if uri.path().trim_end_matches('/').ends_with(suffix) => Some(uri),
-            Some(suffix) => format!("{}{suffix}", text.trim_end_matches('/')).parse().ok(),
+            Some(suffix) => {
+                // The API path goes after the base path, before any query.
+                let mut parts = uri.into_parts();
+                let base = parts
+                    .path_and_query
+                    .as_ref()
+                    .map_or("", |pq| pq.path())
+                    .trim_end_matches('/');
+                let query = parts
+                    .path_and_query
+                    .as_ref()
+                    .and_then(|pq| pq.query())
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                parts.path_and_query = format!("{base}{suffix}{query}").parse().ok();
+                http::Uri::from_parts(parts).ok()
+            }
             None => Some(uri),
         }
     };

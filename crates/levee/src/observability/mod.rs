@@ -155,7 +155,10 @@ impl RequestRecord {
                 route,
                 self.consumer.as_deref(),
                 self.sent_to.as_deref(),
-                self.status,
+                crate::slo::Answered {
+                    status: self.status,
+                    replaced: self.fallback_for,
+                },
                 elapsed,
                 self.fault.is_some(),
             );

@@ -33,6 +33,15 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// `page` or `ticket`.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        match name {
+            "page" => Some(Severity::Page),
+            "ticket" => Some(Severity::Ticket),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Severity::Page => "page",
@@ -285,4 +294,49 @@ pub fn alertmanager_body(transitions: &[Transition], now_ms: u64, resend_ends_af
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn transition(ends_at_ms: Option<u64>) -> Transition {
+        Transition {
+            slo: "api".into(),
+            severity: Severity::Page,
+            firing: ends_at_ms.is_none(),
+            starts_at_ms: 1_700_000_000_000,
+            ends_at_ms,
+            labels: vec![
+                ("alertname", ALERT_NAME.into()),
+                ("slo", "api".into()),
+                ("severity", "page".into()),
+            ],
+            annotations: vec![("summary", "burning".into())],
+        }
+    }
+
+    #[test]
+    fn alertmanager_gets_an_end_for_firing_and_resolved_alerts() {
+        let now = 1_700_000_060_000;
+        let body = alertmanager_body(&[transition(None), transition(Some(now))], now, 240_000);
+        // Firing: ends four minutes from now unless sent again.
+        assert_eq!(body[0]["endsAt"], "2023-11-14T22:18:20.000Z");
+        assert_eq!(body[0]["startsAt"], "2023-11-14T22:13:20.000Z");
+        // Resolved: ends when it resolved.
+        assert_eq!(body[1]["endsAt"], "2023-11-14T22:14:20.000Z");
+        assert_eq!(body[1]["labels"]["slo"], "api");
+    }
+
+    #[test]
+    fn a_webhook_group_key_names_the_alert_it_carries() {
+        let mut t = transition(None);
+        t.labels[0].1 = "LeveeCanaryRolledBack".into();
+        let body = webhook_body(&t, "");
+        assert!(body["groupKey"]
+            .as_str()
+            .unwrap()
+            .contains("alertname=\"LeveeCanaryRolledBack\""));
+    }
 }

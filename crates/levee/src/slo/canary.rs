@@ -49,8 +49,9 @@ impl Canary {
     }
 
     fn roll_back(&self, at_ms: u64, reason: String) {
-        *self.rollback.lock().unwrap_or_else(|p| p.into_inner()) = Some((at_ms, reason));
+        // Traffic stops first; the admin view follows.
         self.rolled_back.store(true, Ordering::Relaxed);
+        *self.rollback.lock().unwrap_or_else(|p| p.into_inner()) = Some((at_ms, reason));
     }
 
     /// The notification for this canary's rollback (firing, or resolved at `ended_ms`).
@@ -106,14 +107,8 @@ pub fn step(engine: &SloEngine, canaries: &[Arc<Canary>]) -> Vec<Transition> {
         let Some(status) = engine.get(&rollback.slo).and_then(|s| s.status()) else {
             continue;
         };
-        let Some(i) = crate::slo::BURN_WINDOWS
-            .iter()
-            .position(|(w, _)| *w == rollback.window)
-        else {
-            continue;
-        };
-        let rate = status.burn_rates.get(i).copied().unwrap_or(0.0);
-        let counts = status.burn_counts.get(i).copied().unwrap_or_default();
+        let rate = status.burn_rate(rollback.window).unwrap_or(0.0);
+        let counts = status.burn_counts(rollback.window).unwrap_or_default();
         if counts.total < rollback.min_requests || rate <= rollback.burn_rate_above {
             continue;
         }

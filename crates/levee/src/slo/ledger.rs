@@ -127,7 +127,7 @@ impl Ledger {
         let mut out: Vec<(u64, Counts)> = self
             .slots
             .iter()
-            .filter(|b| b.counts.total > 0)
+            .filter(|b| b.counts != Counts::default())
             .map(|b| (b.minute, b.counts))
             .collect();
         out.sort_by_key(|(minute, _)| *minute);

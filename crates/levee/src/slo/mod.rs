@@ -57,7 +57,7 @@ pub fn window_text(window: Duration) -> String {
     }
 }
 
-/// The longest ring: a 90-day window (validation's limit).
+/// How far back the store keeps counts: the longest window validation allows (90 days).
 const MAX_RING_MINUTES: u64 = 90 * 1440;
 
 /// Unsaved minute counts kept at most per SLO while the store is failing.
@@ -99,34 +99,61 @@ impl Clock {
     }
 }
 
-/// Counts not yet written to the store, with the ledger they also went to.
-#[derive(Debug)]
-struct Tally {
-    ledger: Ledger,
-    unsaved: Vec<(u64, Counts)>,
+/// The status a request was answered with, and the one a fallback or stale answer replaced.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub status: u16,
+    pub replaced: Option<u16>,
 }
 
-impl Tally {
-    fn add(&mut self, minute: u64, counts: Counts) {
-        if counts.total == 0 {
-            return;
-        }
-        self.ledger.add(minute, counts);
-        match self.unsaved.last_mut() {
-            Some((m, c)) if *m == minute => c.add(counts),
-            _ => {
-                if self.unsaved.len() >= MAX_UNSAVED {
-                    self.unsaved.remove(0);
-                }
-                self.unsaved.push((minute, counts));
-            }
+impl From<u16> for Answered {
+    fn from(status: u16) -> Answered {
+        Answered {
+            status,
+            replaced: None,
         }
     }
 }
 
+/// The ledger, and the counts not yet written to the store (when there is one).
+#[derive(Debug)]
+struct Tally {
+    ledger: Ledger,
+    unsaved: Vec<(u64, Counts)>,
+    saved: bool,
+}
+
+impl Tally {
+    fn add(&mut self, minute: u64, counts: Counts) {
+        if counts == Counts::default() {
+            return;
+        }
+        self.ledger.add(minute, counts);
+        if self.saved {
+            merge_unsaved(&mut self.unsaved, minute, counts);
+        }
+    }
+}
+
+/// Adds a minute's counts to a list of unsaved counts (merged with the last entry when it is
+/// the same minute), keeping the newest [`MAX_UNSAVED`] minutes.
+fn merge_unsaved(unsaved: &mut Vec<(u64, Counts)>, minute: u64, counts: Counts) {
+    match unsaved.last_mut() {
+        Some((m, c)) if *m == minute => c.add(counts),
+        _ => unsaved.push((minute, counts)),
+    }
+    let excess = unsaved.len().saturating_sub(MAX_UNSAVED);
+    unsaved.drain(..excess);
+}
+
 /// The current minute's events, counted with atomics so that workers never wait on each
-/// other: two slots (even and odd minutes), folded into the ledger once a second by the
-/// `levee-slo` thread or, once a minute, by the first request of a new minute.
+/// other or on the evaluation: two slots (even and odd minutes). The first request of a
+/// minute moves what its slot held (two minutes back) to `rolled`, under a lock held for a
+/// push; once a second the `levee-slo` thread moves `rolled` and both slots into the
+/// ledger. The long ledger walks happen under the tally lock, which requests never take.
+/// The fields of a slot are separate atomics, so a fold may take an event's `total`
+/// without its `bad` for a second (the next fold takes it): sums are exact, a single
+/// bucket may lag by an event.
 #[derive(Debug, Default)]
 struct Pending {
     minute: AtomicU64,
@@ -175,11 +202,18 @@ pub struct Status {
 impl Status {
     /// The burn rate over the window named `name` (`5m` .. `3d`).
     pub fn burn_rate(&self, name: &str) -> Option<f64> {
-        BURN_WINDOWS
-            .iter()
-            .position(|(n, _)| *n == name)
-            .and_then(|i| self.burn_rates.get(i).copied())
+        window_index(name).and_then(|i| self.burn_rates.get(i).copied())
     }
+
+    /// The events in the burn window named `name`.
+    pub fn burn_counts(&self, name: &str) -> Option<Counts> {
+        window_index(name).and_then(|i| self.burn_counts.get(i).copied())
+    }
+}
+
+/// The position of the burn window named `name` in [`BURN_WINDOWS`].
+pub fn window_index(name: &str) -> Option<usize> {
+    BURN_WINDOWS.iter().position(|(n, _)| *n == name)
 }
 
 /// One SLO's counts and latest evaluation.
@@ -189,6 +223,8 @@ pub struct SloState {
     /// What is counted (route, consumer, SLI); persisted counts are matched on it.
     pub definition: String,
     pending: [Pending; 2],
+    /// Counts moved out of a pending slot by a request, waiting for the next fold.
+    rolled: Mutex<Vec<(u64, Counts)>>,
     tally: Mutex<Tally>,
     /// Events since this process started (Prometheus counters).
     pub events_total: AtomicU64,
@@ -198,16 +234,18 @@ pub struct SloState {
 }
 
 impl SloState {
-    fn new(spec: SloSpec) -> SloState {
+    fn new(spec: SloSpec, saved: bool) -> SloState {
         // The ring covers the window and the longest burn window, whichever is longer.
         let minutes = (spec.window.as_secs() / 60).max(4320);
         SloState {
             definition: spec.definition(),
             spec,
             pending: Default::default(),
+            rolled: Mutex::new(Vec::new()),
             tally: Mutex::new(Tally {
                 ledger: Ledger::new(minutes),
                 unsaved: Vec::new(),
+                saved,
             }),
             events_total: AtomicU64::new(0),
             events_bad: AtomicU64::new(0),
@@ -231,13 +269,16 @@ impl SloState {
             return;
         };
         if slot.minute.load(Ordering::Acquire) != minute {
-            // First event of a new minute in this slot: move what it held (two minutes ago)
-            // to the ledger. The lock makes one request do it; the others find it done.
-            let mut tally = self.lock_tally();
+            // First event of a new minute in this slot: set aside what it held (two minutes
+            // ago). The lock makes one request do it; the others find it done.
+            let mut rolled = self.rolled.lock().unwrap_or_else(|p| p.into_inner());
             if slot.minute.load(Ordering::Acquire) != minute {
                 let previous = slot.minute.load(Ordering::Acquire);
                 let held = slot.take();
-                tally.add(previous, held);
+                // Any count, even a `bad` whose `total` an earlier fold took.
+                if held != Counts::default() {
+                    merge_unsaved(&mut rolled, previous, held);
+                }
                 slot.minute.store(minute, Ordering::Release);
             }
         }
@@ -248,12 +289,19 @@ impl SloState {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the pending counts into the ledger (under the tally lock).
+    /// Moves the pending counts into the ledger (under the tally lock). The `rolled` lock,
+    /// held for a few atomic swaps, keeps a slot from changing minute while it is taken.
     fn fold(&self, tally: &mut Tally) {
-        for slot in &self.pending {
-            let minute = slot.minute.load(Ordering::Acquire);
-            let held = slot.take();
-            tally.add(minute, held);
+        let mut taken = Vec::new();
+        {
+            let mut rolled = self.rolled.lock().unwrap_or_else(|p| p.into_inner());
+            taken.append(&mut rolled);
+            for slot in &self.pending {
+                taken.push((slot.minute.load(Ordering::Acquire), slot.take()));
+            }
+        }
+        for (minute, counts) in taken {
+            tally.add(minute, counts);
         }
     }
 
@@ -362,19 +410,23 @@ impl SloEngine {
         self.save();
         let mut set = SloSet::default();
         for spec in specs {
-            let kept = current.all.iter().find(|s| {
-                s.spec.name == spec.name && s.definition == spec.definition() && s.spec.window == spec.window
-            });
+            let kept = current
+                .all
+                .iter()
+                .find(|s| s.spec.name == spec.name && s.definition == spec.definition());
             let state = match kept {
                 Some(state) if state.spec == *spec => state.clone(),
                 Some(state) => {
-                    // A new objective over the same events: the counts and alerts move over.
-                    let fresh = SloState::new(spec.clone());
+                    // A new objective or window over the same events: the counts and alerts
+                    // move over (into a ring of the new window's size).
+                    let fresh = SloState::new(spec.clone(), self.store.is_some());
                     {
                         let mut old = state.lock_tally();
                         state.fold(&mut old);
                         let mut new = fresh.lock_tally();
-                        new.ledger = old.ledger.clone();
+                        for (minute, counts) in old.ledger.buckets() {
+                            new.ledger.add(minute, counts);
+                        }
                         new.unsaved = std::mem::take(&mut old.unsaved);
                     }
                     *fresh.alerts.lock().unwrap_or_else(|p| p.into_inner()) = state.alerts();
@@ -420,7 +472,7 @@ impl SloEngine {
 
     /// A new SLO state with the counts and alert state the store holds for it.
     fn restored(&self, spec: &SloSpec) -> SloState {
-        let fresh = SloState::new(spec.clone());
+        let fresh = SloState::new(spec.clone(), self.store.is_some());
         let Some(store) = &self.store else {
             return fresh;
         };
@@ -441,10 +493,10 @@ impl SloEngine {
             Ok(firing) => {
                 let mut pair = fresh.alerts.lock().unwrap_or_else(|p| p.into_inner());
                 for (severity, since) in firing {
-                    match severity.as_str() {
-                        "page" => pair.page.firing_since = Some(since),
-                        "ticket" => pair.ticket.firing_since = Some(since),
-                        _ => {}
+                    match alerts::Severity::from_name(&severity) {
+                        Some(alerts::Severity::Page) => pair.page.firing_since = Some(since),
+                        Some(alerts::Severity::Ticket) => pair.ticket.firing_since = Some(since),
+                        None => {}
                     }
                 }
             }
@@ -474,7 +526,7 @@ impl SloEngine {
         route: &str,
         consumer: Option<&str>,
         upstream: Option<&str>,
-        status: u16,
+        answered: Answered,
         elapsed: Duration,
         injected: bool,
     ) {
@@ -492,6 +544,12 @@ impl SloEngine {
             {
                 continue;
             }
+            // An SLO on one upstream (a canary's) judges what that upstream answered, even
+            // when a fallback or a stale answer hid it from the client.
+            let status = match slo.spec.upstream {
+                Some(_) => answered.replaced.unwrap_or(answered.status),
+                None => answered.status,
+            };
             slo.record(minute, Counts::one(slo.is_good(status, elapsed), injected));
         }
     }
@@ -585,26 +643,14 @@ impl SloEngine {
             return;
         }
         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let keep_after = self.clock.minute().saturating_sub(
-            slo.tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .ledger
-                .minutes(),
-        );
-        if let Err(error) = store.add(&slo.spec.name, &slo.definition, &unsaved, keep_after) {
+        if let Err(error) = store.add(&slo.spec.name, &slo.definition, &unsaved) {
             tracing::warn!(slo = %slo.spec.name, %error, "cannot save SLO counts; keeping them for the next try");
             let mut tally = slo.tally.lock().unwrap_or_else(|p| p.into_inner());
             let newer = std::mem::take(&mut tally.unsaved);
             tally.unsaved = unsaved;
             for (minute, counts) in newer {
-                match tally.unsaved.last_mut() {
-                    Some((m, c)) if *m == minute => c.add(counts),
-                    _ => tally.unsaved.push((minute, counts)),
-                }
+                merge_unsaved(&mut tally.unsaved, minute, counts);
             }
-            let excess = tally.unsaved.len().saturating_sub(MAX_UNSAVED);
-            tally.unsaved.drain(..excess);
         }
     }
 
@@ -823,5 +869,88 @@ async fn finish(engine: &SloEngine, outbox: Option<notify::Outbox>) {
     engine.save();
     if let Some(outbox) = outbox {
         outbox.drain(DRAIN_LIMIT).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::config::spec::Sli;
+
+    fn state() -> SloState {
+        SloState::new(
+            SloSpec {
+                name: "s".into(),
+                route: "r".into(),
+                consumer: None,
+                upstream: None,
+                release: None,
+                alerts: true,
+                objective: 99.9,
+                window: Duration::from_secs(86_400),
+                sli: Sli::Availability,
+            },
+            true,
+        )
+    }
+
+    /// Four threads record across minute boundaries while another folds, as the `levee-slo`
+    /// thread does: every event lands in the ledger, in its own minute. Like workers reading
+    /// one clock, the threads are at most a minute apart: in each phase two record the
+    /// phase's minute and two the next one.
+    #[test]
+    fn concurrent_recording_across_minutes_loses_nothing() {
+        let slo = Arc::new(state());
+        let phases = 12u64;
+        let per_phase = 5_000u64;
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let folder = {
+            let slo = slo.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut tally = slo.lock_tally();
+                    slo.fold(&mut tally);
+                }
+            })
+        };
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let slo = slo.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    for phase in 1..=phases {
+                        let minute = phase + w % 2;
+                        for i in 0..per_phase {
+                            slo.record(minute, Counts::one((i + w) % 10 != 0, false));
+                        }
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        folder.join().unwrap();
+        let mut tally = slo.lock_tally();
+        slo.fold(&mut tally);
+        for minute in 1..=phases + 1 {
+            // Two writers per phase: minute m gets the even writers' phase m and the odd
+            // writers' phase m - 1.
+            let writers_on_it = u64::from(minute <= phases) * 2 + u64::from(minute >= 2) * 2;
+            let counts = tally.ledger.sum(minute, 1);
+            assert_eq!(counts.total, writers_on_it * per_phase, "minute {minute}");
+            assert_eq!(counts.bad, writers_on_it * per_phase / 10, "minute {minute}");
+        }
+        let unsaved: u64 = tally.unsaved.iter().map(|(_, c)| c.total).sum();
+        assert_eq!(
+            unsaved,
+            4 * per_phase * phases,
+            "everything is also queued for the store"
+        );
     }
 }

@@ -29,6 +29,7 @@ impl Store {
             .map_err(|e| e.to_string())?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS slo_events (
                  slo TEXT NOT NULL,
                  definition TEXT NOT NULL,
@@ -39,6 +40,7 @@ impl Store {
                  injected_bad INTEGER NOT NULL,
                  PRIMARY KEY (slo, definition, minute)
              ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS slo_events_by_minute ON slo_events (minute);
              CREATE TABLE IF NOT EXISTS slo_alerts (
                  slo TEXT NOT NULL,
                  definition TEXT NOT NULL,
@@ -63,15 +65,9 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// Adds `buckets` to what is saved for the SLO, and forgets its minutes up to
-    /// `forget_until` (outside every window).
-    pub fn add(
-        &mut self,
-        slo: &str,
-        definition: &str,
-        buckets: &[(u64, Counts)],
-        forget_until: u64,
-    ) -> Result<(), String> {
+    /// Adds `buckets` to what is saved for the SLO (old rows go hourly, in
+    /// [`Store::forget_before`]).
+    pub fn add(&mut self, slo: &str, definition: &str, buckets: &[(u64, Counts)]) -> Result<(), String> {
         let tx = self.conn.transaction().map_err(|e| e.to_string())?;
         {
             let mut insert = tx
@@ -98,11 +94,6 @@ impl Store {
                     ])
                     .map_err(|e| e.to_string())?;
             }
-            tx.execute(
-                "DELETE FROM slo_events WHERE slo = ?1 AND minute <= ?2",
-                params![slo, to_i64(forget_until)],
-            )
-            .map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| e.to_string())
     }
