@@ -232,6 +232,18 @@ async fn an_experiment_ends_at_its_duration_or_on_delete() {
     .await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
     assert!(unknown.text().contains("no route named `nope`"));
+    let bad = post_experiment(
+        &h,
+        r#"{"name": "x", "route": "flaky", "fault": {"abort": {"percent": 120, "status": 200}}, "duration": "1m"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let message = bad.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("`fault.abort.percent`: percent must be from 0 to 100")
+            && message.contains("`fault.abort.status`: status must be from 400 to 599"),
+        "{message}"
+    );
     let url = format!("{}/api/v1/experiments/{id}", h.admin);
     eventually("the experiment completes", || async {
         get(&url, &[]).await.json()["state"] == "completed"

@@ -515,26 +515,11 @@ fn fault_spec(fault: &ExperimentFault) -> Result<FaultSpec, String> {
     if fault.abort.is_none() && fault.delay.is_none() {
         return Err("`fault` needs `abort` or `delay`".into());
     }
-    let percent_ok = |p: f64| (0.0..=100.0).contains(&p);
-    let abort = match &fault.abort {
-        Some(a) if !percent_ok(a.percent) => return Err("`fault.abort.percent` must be from 0 to 100".into()),
-        Some(a) => match http::StatusCode::from_u16(a.status) {
-            Ok(status) if (400..=599).contains(&a.status) => Some((a.percent / 100.0, status)),
-            _ => return Err("`fault.abort.status` must be from 400 to 599".into()),
-        },
-        None => None,
-    };
-    let delay = match &fault.delay {
-        Some(d) if !percent_ok(d.percent) => return Err("`fault.delay.percent` must be from 0 to 100".into()),
-        Some(d) if d.duration.0 > Duration::from_secs(3600) => {
-            return Err("`fault.delay.duration` must be at most 1h".into())
-        }
-        Some(d) => Some((d.percent / 100.0, d.duration.0)),
-        None => None,
-    };
-    Ok(FaultSpec {
-        abort,
-        delay,
-        allow_header: false,
+    crate::chaos::check_fault(fault.abort.as_ref(), fault.delay.as_ref(), false).map_err(|problems| {
+        let named: Vec<String> = problems
+            .iter()
+            .map(|(key, message)| format!("`fault.{key}`: {message}"))
+            .collect();
+        named.join("; ")
     })
 }

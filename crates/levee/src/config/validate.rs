@@ -758,46 +758,14 @@ fn check_route(
             "max_body_bytes must be at most 1 TiB",
         );
     }
-    let fault = route.fault.as_ref().map(|f| {
-        let percent_ok = |p: f64| (0.0..=100.0).contains(&p);
-        let abort = f.abort.as_ref().and_then(|a| {
-            if !percent_ok(a.percent) {
-                p.at(
-                    &format!("{path}.fault.abort.percent"),
-                    "percent must be from 0 to 100",
-                );
-            }
-            match http::StatusCode::from_u16(a.status) {
-                Ok(status) if (400..=599).contains(&a.status) => Some((a.percent / 100.0, status)),
-                _ => {
-                    p.at(
-                        &format!("{path}.fault.abort.status"),
-                        "status must be from 400 to 599",
-                    );
-                    None
+    let fault = route.fault.as_ref().and_then(|f| {
+        crate::chaos::check_fault(f.abort.as_ref(), f.delay.as_ref(), f.allow_header)
+            .map_err(|problems| {
+                for (key, message) in problems {
+                    p.at(&format!("{path}.fault.{key}"), message);
                 }
-            }
-        });
-        let delay = f.delay.as_ref().map(|d| {
-            if !percent_ok(d.percent) {
-                p.at(
-                    &format!("{path}.fault.delay.percent"),
-                    "percent must be from 0 to 100",
-                );
-            }
-            if d.duration.0 > std::time::Duration::from_secs(3600) {
-                p.at(
-                    &format!("{path}.fault.delay.duration"),
-                    "duration must be at most 1h",
-                );
-            }
-            (d.percent / 100.0, d.duration.0)
-        });
-        FaultSpec {
-            abort,
-            delay,
-            allow_header: f.allow_header,
-        }
+            })
+            .ok()
     });
     Some(RouteSpec {
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
