@@ -75,6 +75,20 @@ fn slos_and_alerting_are_validated_with_positions() {
             "{position}{text} not in {errs:#?}"
         );
     }
+    // The minute buckets are bounded: 60 SLOs of 90 days would take 296 MiB.
+    let many: String = (0..60)
+        .map(|i| {
+            format!("  - {{ name: s{i}, route: users, objective: 99, window: 90d, sli: availability }}\n")
+        })
+        .collect();
+    let errs = errors(&format!(
+        "{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n{many}"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("the SLOs' minute buckets would take 296 MiB, more than 256 MiB")),
+        "{errs:#?}"
+    );
     // A valid section passes, with an Alertmanager base URL.
     let yaml = format!(
         "{BASE}routes:\n  - name: users\n    upstream: users\nslos:\n  - name: users-availability\n    route: users\n    objective: 99.9\n    sli: availability\nalerting:\n  alertmanager: {{ url: \"http://127.0.0.1:9093/\" }}\n"

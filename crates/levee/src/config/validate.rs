@@ -2015,7 +2015,25 @@ fn check_canary_rollbacks(
             format!("at most {MAX_SLOS} SLOs, counting the one each canary's rollback_if adds"),
         );
     }
+    // Each SLO holds a one-minute ring of the longer of its window and 3 days.
+    let ring_bytes: u64 = slos
+        .iter()
+        .map(|s| (s.window.as_secs() / 60).max(3 * 1440) * crate::slo::ledger::BUCKET_BYTES)
+        .sum();
+    if ring_bytes > MAX_SLO_MEMORY {
+        p.at(
+            "slos",
+            format!(
+                "the SLOs' minute buckets would take {} MiB, more than {} MiB: use shorter windows or fewer SLOs",
+                ring_bytes >> 20,
+                MAX_SLO_MEMORY >> 20
+            ),
+        );
+    }
 }
+
+/// Memory the SLOs' minute buckets may take at most (100 SLOs of `30d` take 165 MiB).
+const MAX_SLO_MEMORY: u64 = 256 << 20;
 
 /// The `alerting` section: receiver URLs and the evaluation interval.
 fn check_alerting(a: &super::file::AlertingFile, p: &mut Problems) -> AlertingSpec {

@@ -48,6 +48,9 @@ impl Counts {
     }
 }
 
+/// Memory one bucket takes: the minute and four counts.
+pub const BUCKET_BYTES: u64 = std::mem::size_of::<Bucket>() as u64;
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     /// Minutes since the Unix epoch.
