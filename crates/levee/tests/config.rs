@@ -100,6 +100,16 @@ fn slos_and_alerting_are_validated_with_positions() {
         config.alerting.alertmanager.unwrap().to_string(),
         "http://127.0.0.1:9093/api/v2/alerts"
     );
+    // Behind a proxy with a path and a query, the API path goes between them.
+    let config = levee::load_str(
+        &yaml.replace("http://127.0.0.1:9093/", "https://am.example/team-a/?tenant=7"),
+        "levee.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.alerting.alertmanager.unwrap().to_string(),
+        "https://am.example/team-a/api/v2/alerts?tenant=7"
+    );
 }
 
 #[test]
@@ -454,6 +464,25 @@ routes:
         );
     }
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
+
+    // An SLO of one consumer on a route without auth would count nothing.
+    let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+upstreams:
+  u: { targets: [127.0.0.1:1, 127.0.0.1:2] }
+consumers:
+  - { name: mobile, api_keys: [\"sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae\"] }
+routes:
+  - { name: open, upstream: u }
+slos:
+  - { name: mobile-open, route: open, consumer: mobile, objective: 99, sli: availability }
+";
+    let config = levee::load_str(yaml, "levee.yaml").unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("levee.yaml:9:49: ")
+            && w.contains("route `open` has no auth, so no request names a consumer")),
+        "{warnings:#?}"
+    );
 }
 
 #[test]

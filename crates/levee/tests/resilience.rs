@@ -465,7 +465,7 @@ async fn a_failing_target_is_ejected_as_an_outlier() {
 async fn load_shedding_refuses_requests_past_the_inflight_cap() {
     let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(600))).await;
     let h = Harness::start(&format!(
-        "limits: {{ max_inflight: 2 }}\n{}routes:\n  - name: all\n    upstream: u\n",
+        "limits: {{ max_inflight: 2 }}\n{}routes:\n  - name: all\n    upstream: u\nslos:\n  - {{ name: all-availability, route: all, objective: 99.9, sli: availability }}\n",
         upstreams(&[upstream.addr], "")
     ));
     let slow = in_flight(&h, &upstream, 2).await;
@@ -478,6 +478,13 @@ async fn load_shedding_refuses_requests_past_the_inflight_cap() {
     for task in slow {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
+    // The shed request is its route's: its users saw a 503, so the route's SLO counts it.
+    let slos = format!("{}/api/v1/slos", h.admin);
+    eventually("the SLO counts the shed request", || async {
+        let events = get(&slos, &[]).await.json()["slos"][0]["events"].clone();
+        events["total"] == 3 && events["bad"] == 1
+    })
+    .await;
     assert_eq!(
         get(&h.url("/"), &[]).await.status,
         StatusCode::OK,

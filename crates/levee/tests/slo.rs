@@ -612,6 +612,13 @@ async fn a_new_objective_keeps_the_counts_and_a_new_slo_starts_empty() {
     assert!(close(status.budget_remaining, 1.0 - 1.0 / 2.0));
     let latency = engine.get("users-latency").unwrap().status().unwrap();
     assert_eq!(latency.window.total, 100, "counts only what came after it");
+    // A shorter window over the same events keeps them (in a ring of the new size).
+    let mut weekly = spec("users-availability", 99.0, Sli::Availability);
+    weekly.window = Duration::from_secs(7 * 86_400);
+    engine.apply(&[weekly]);
+    engine.evaluate();
+    let status = engine.get("users-availability").unwrap().status().unwrap();
+    assert_eq!((status.window.total, status.window.bad), (200, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
