@@ -51,6 +51,7 @@ pub fn request_head(bytes: &[u8]) {
         return;
     };
     let (mut parts, ()) = request.into_parts();
+    let _ = crate::host::settle(&mut parts);
     let _ = crate::pipeline::strict_framing(&parts);
     let _ = crate::pipeline::head_bytes(&parts);
     let _ = router().route(&parts);

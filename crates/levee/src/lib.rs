@@ -12,6 +12,7 @@
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
 //! * [`chaos`]: fault injection
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
+//! * [`host`]: which host a request is for (`Host`, absolute form, `:authority`)
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
 //! * [`edge`]: failures to JSON error responses, in one place
 //! * [`observability`]: metrics and the access log
@@ -36,6 +37,7 @@ pub mod edge;
 pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
+pub mod host;
 pub mod jwt;
 pub mod llm;
 pub mod observability;

@@ -83,6 +83,18 @@ pub async fn handle(
         emitted: false,
     };
 
+    // The host the request is for, settled before anything reads it: routing and the
+    // request sent upstream must agree on it (RFC 9112 section 3.2).
+    if let Err(reason) = crate::host::settle(&mut parts) {
+        tracing::debug!(request_id = ?record.request_id, reason, "request host refused");
+        // As nginx does: a client this confused about where it is gets no second request.
+        let mut response = answer(Rejection::BadRequest, record);
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+
     // Load shedding: past the worker's in-flight cap, refuse at once.
     match LoadPermit::try_take(&worker.inflight, worker.limits.max_inflight) {
         Some(permit) => record.admission = Some(permit),
@@ -463,14 +475,8 @@ async fn forward(
     }
 
     // Rewrite the request for the upstream, once for every attempt.
-    let original_host: Option<HeaderValue> = match parts.headers.get(HOST) {
-        Some(host) => Some(host.clone()),
-        // HTTP/2 carries the host in :authority (port included).
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    // `host::settle` made Host the request's host (the URI's authority when it has one).
+    let original_host: Option<HeaderValue> = parts.headers.get(HOST).cloned();
     let path = upstream_path(route, &parts);
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());

@@ -299,3 +299,135 @@ async fn an_oversized_body_does_not_count_against_the_upstream() {
     // The target's breaker stayed closed: normal requests still pass.
     assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
 }
+
+/// RFC 9112 section 3.2: no Host, several, or an invalid one is a 400 with the JSON body,
+/// and the upstream never hears of it; an absolute-form target is routed and forwarded by
+/// its own authority, whatever Host says.
+#[tokio::test]
+async fn host_is_validated_and_the_absolute_form_decides_it() {
+    let upstream = MockUpstream::start(|seen| {
+        let host = seen
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let forwarded = seen
+            .headers
+            .get("x-forwarded-host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let route = seen
+            .headers
+            .get("x-route")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let hosts = seen.headers.get_all("host").iter().count();
+        Reply::ok(format!("route={route} host={host} xfh={forwarded} hosts={hosts}"))
+    })
+    .await;
+    let yaml = format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: a\n    match: {{ host: a.example, path_prefix: /py }}\n    upstream: u\n    request_headers: {{ set: {{ x-route: a }} }}\n  - name: b\n    match: {{ host: b.example, path_prefix: /py }}\n    upstream: u\n    request_headers: {{ set: {{ x-route: b }} }}\n",
+        upstream.addr
+    );
+    let h = Harness::start(&yaml);
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let refused: &[(&str, &[u8])] = &[
+        ("no Host", b"GET /py/x HTTP/1.1\r\n\r\n"),
+        (
+            "two Host headers",
+            b"GET /py/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        ),
+        ("invalid Host", b"GET /py/x HTTP/1.1\r\nHost: a b/c@d\r\n\r\n"),
+        ("empty Host", b"GET /py/x HTTP/1.1\r\nHost: \r\n\r\n"),
+        (
+            "a port that is not one",
+            b"GET /py/x HTTP/1.1\r\nHost: a.example:http\r\n\r\n",
+        ),
+        (
+            "user information in the absolute form",
+            b"GET http://me@a.example/py/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ),
+    ];
+    for (name, bytes) in refused {
+        let answer = raw_exchange(addr, bytes).await;
+        assert_eq!(status_of(&answer), 400, "{name}: {answer:?}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {answer}"));
+        assert_eq!(json["error"]["code"], "bad_request", "{name}");
+        assert!(json["error"]["request_id"].is_string(), "{name}");
+    }
+    assert_eq!(upstream.hits(), 0, "nothing refused reached the upstream");
+
+    // Absolute form with another Host: routed by the URI's authority, forwarded with it.
+    let answer = raw_exchange(
+        addr,
+        b"GET http://a.example/py/x HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        answer.ends_with("route=a host=a.example xfh=a.example hosts=1"),
+        "the upstream sees the URI's authority: {answer}"
+    );
+    // HTTP/1.0 may leave Host out.
+    let answer = raw_exchange(addr, b"GET http://b.example/py/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        answer.ends_with("route=b host=b.example xfh=b.example hosts=1"),
+        "{answer}"
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// RFC 9113 section 8.3.1: an HTTP/2 request whose `host` names another host than its
+/// `:authority` is malformed; a consistent one is forwarded with that host.
+#[tokio::test]
+async fn http2_authority_and_host_must_agree() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = MockUpstream::start(|seen| {
+        let host = seen
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        Reply::ok(format!("host={host}"))
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "upstreams:\n  u:\n    targets: [\"{}\"]\nroutes:\n  - name: a\n    match: {{ host: a.example }}\n    upstream: u\n",
+        upstream.addr
+    ));
+    let addr = h.gateway().listener_addr("public").unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut exchange = |host: Option<&'static str>| {
+        let mut request = http::Request::get("http://a.example/x");
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let request = request.body(Empty::<bytes::Bytes>::new()).unwrap();
+        let sent = sender.send_request(request);
+        async move {
+            let response = tokio::time::timeout(DEADLINE, sent).await.unwrap().unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = exchange(Some("b.example")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["code"], "bad_request");
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(
+        exchange(Some("a.example")).await,
+        (StatusCode::OK, "host=a.example".into())
+    );
+    assert_eq!(exchange(None).await, (StatusCode::OK, "host=a.example".into()));
+}
