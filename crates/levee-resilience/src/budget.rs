@@ -14,7 +14,10 @@ use tokio::time::Instant;
 use crate::window::Window;
 
 /// Requests deposited and retries withdrawn over a sliding window (10 s by default).
-#[derive(Debug, Clone)]
+///
+/// One budget serves a route for the whole process, shared by every worker thread (on the
+/// sharded [`Window`]), so its floor and ratio hold process-wide rather than once per core.
+#[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
     min_per_second: f64,
@@ -36,18 +39,23 @@ impl RetryBudget {
     }
 
     /// Counts an original (first-attempt) request.
-    pub fn deposit(&mut self, now: Instant) {
+    pub fn deposit(&self, now: Instant) {
         self.window.add_a(now, 1);
     }
 
     /// Takes one retry from the budget if there is one left.
-    pub fn try_withdraw(&mut self, now: Instant) -> bool {
+    ///
+    /// The retry is counted first and checked after, and taken back if it went over: two
+    /// threads racing for the last retry may then both be refused, but the budget is never
+    /// exceeded.
+    pub fn try_withdraw(&self, now: Instant) -> bool {
+        self.window.add_b(now, 1);
         let (requests, retries) = self.window.totals(now);
         let allowed = self.min_per_second * self.window_seconds + self.ratio * requests as f64;
-        if (retries as f64) + 1.0 <= allowed {
-            self.window.add_b(now, 1);
+        if retries as f64 <= allowed {
             true
         } else {
+            self.window.undo_b(now);
             false
         }
     }
@@ -60,7 +68,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_are_capped_at_the_ratio_plus_floor() {
         let window = Duration::from_secs(10);
-        let mut budget = RetryBudget::new(0.2, 0.0, window, Instant::now());
+        let budget = RetryBudget::new(0.2, 0.0, window, Instant::now());
         for _ in 0..100 {
             budget.deposit(Instant::now());
         }
@@ -68,14 +76,14 @@ mod tests {
         assert_eq!(granted, 20);
 
         // The floor lets a quiet route retry a little: 1/s over 10 s.
-        let mut quiet = RetryBudget::new(0.2, 1.0, window, Instant::now());
+        let quiet = RetryBudget::new(0.2, 1.0, window, Instant::now());
         let granted = (0..100).filter(|_| quiet.try_withdraw(Instant::now())).count();
         assert_eq!(granted, 10);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_refills_as_the_window_slides() {
-        let mut budget = RetryBudget::new(0.5, 0.0, Duration::from_secs(2), Instant::now());
+        let budget = RetryBudget::new(0.5, 0.0, Duration::from_secs(2), Instant::now());
         budget.deposit(Instant::now());
         budget.deposit(Instant::now());
         assert!(budget.try_withdraw(Instant::now()));
@@ -91,5 +99,29 @@ mod tests {
             budget.try_withdraw(Instant::now()),
             "old retries no longer count either"
         );
+    }
+
+    /// Threads share one budget: racing withdrawals never take more than it holds.
+    #[test]
+    fn threads_never_overdraw_a_shared_budget() {
+        use std::sync::Arc;
+        let budget = Arc::new(RetryBudget::new(
+            0.2,
+            0.0,
+            Duration::from_secs(3600),
+            Instant::now(),
+        ));
+        for _ in 0..1000 {
+            budget.deposit(Instant::now());
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let budget = budget.clone();
+                std::thread::spawn(move || (0..100).filter(|_| budget.try_withdraw(Instant::now())).count())
+            })
+            .collect();
+        let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!((190..=200).contains(&granted), "{granted} of 200");
+        assert!(!budget.try_withdraw(Instant::now()));
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! A reload builds a new [`Gateway`] next to the running one and hands over the state that
 //! must survive it: an upstream whose config block did not change keeps its `Upstream` (health
-//! verdicts, outlier ejections, bulkhead count) and, on each worker, its `WorkerUpstream`
-//! (connection pool, circuit breakers, balancer state); a route whose rate limit or
-//! stale-if-error settings did not change keeps its limiter and its stored answers.
+//! verdicts, outlier ejections, circuit breakers, bulkhead count) and, on each worker, its
+//! `WorkerUpstream` (connection pool, balancer state); a route whose rate limit or
+//! stale-if-error settings did not change keeps its limiter and its stored answers, and one
+//! whose retry budget settings did not change keeps its budget.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use levee_resilience::RetryBudget;
 
@@ -32,6 +34,9 @@ pub struct Gateway {
     pub stale: Vec<Option<Arc<StaleCache>>>,
     /// Each route's rate limiter (`None` where the route has none), shared by the workers.
     pub limiters: Vec<Option<Arc<RouteLimiter>>>,
+    /// Each route's retry budget (`None` for routes without a retry policy), shared by the
+    /// workers so that its ratio and floor hold for the whole process.
+    pub retry_budgets: Vec<Option<Arc<RetryBudget>>>,
     pub credentials: Credentials,
     pub jwt: Option<Arc<JwtVerifier>>,
     /// Each consumer's LLM budget and rate limits (only consumers that have any).
@@ -55,29 +60,52 @@ impl Gateway {
     /// Compiles `config`, taking over from `previous` (the running gateway, on a reload) the
     /// state of every upstream and route limit whose config did not change.
     pub fn build(config: Config, previous: Option<&Gateway>) -> Gateway {
+        let old_upstreams: HashMap<&str, &Arc<Upstream>> = previous
+            .map(|old| old.upstreams.iter().map(|u| (&*u.spec.name, u)).collect())
+            .unwrap_or_default();
         let upstreams = config
             .upstreams
             .iter()
             .map(|spec| {
                 previous
-                    .and_then(|old| old.unchanged_upstream(&spec.name, &config))
+                    .and_then(|old| old.unchanged_upstream(&spec.name, &config, &old_upstreams))
                     .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
             })
             .collect();
         let router = Router::new(config.routes.clone());
-        let route_file = |config: &Config, name: &str| {
+        // Each config's routes by name, so that finding a route's predecessor stays linear
+        // in the number of routes (a reload of 100,000 routes must not compare every pair).
+        let names = |config: &Config| -> HashMap<String, usize> {
             config
                 .file
                 .routes
                 .iter()
-                .find(|r| r.name == name)
-                .map(|r| (json(&r.rate_limit), json(&r.stale_if_error)))
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect()
+        };
+        let new_files = names(&config);
+        let old_files = previous.map(|old| names(&old.config)).unwrap_or_default();
+        let old_routes: HashMap<&str, usize> = previous
+            .map(|old| {
+                old.router
+                    .routes()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (&*r.name, i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let route_file = |config: &Config, files: &HashMap<String, usize>, name: &str| {
+            let route = config.file.routes.get(*files.get(name)?)?;
+            Some((json(&route.rate_limit), json(&route.stale_if_error)))
         };
         // The old route of the same name, when its limiter and cache settings are the same.
         let kept_route = |name: &str| -> Option<usize> {
             let old = previous?;
-            let index = old.router.routes().iter().position(|r| &*r.name == name)?;
-            (route_file(&old.config, name) == route_file(&config, name)).then_some(index)
+            let index = *old_routes.get(name)?;
+            (route_file(&old.config, &old_files, name) == route_file(&config, &new_files, name))
+                .then_some(index)
         };
         let stale = config
             .routes
@@ -99,6 +127,29 @@ impl Gateway {
                         .as_ref()
                         .map(|spec| Arc::new(RouteLimiter::new(spec)))
                 })
+            })
+            .collect();
+        // A retry budget carries over while the route's budget settings stay the same.
+        let retry_budgets = config
+            .routes
+            .iter()
+            .map(|r| {
+                let policy = r.retry.as_ref()?;
+                let kept = previous.and_then(|old| {
+                    let i = *old_routes.get(&*r.name)?;
+                    let before = old.router.routes().get(i)?.retry.as_ref()?;
+                    let same =
+                        before.budget == policy.budget && before.min_per_second == policy.min_per_second;
+                    old.retry_budgets.get(i).cloned().flatten().filter(|_| same)
+                });
+                Some(kept.unwrap_or_else(|| {
+                    Arc::new(RetryBudget::new(
+                        policy.budget,
+                        policy.min_per_second,
+                        RETRY_BUDGET_WINDOW,
+                        tokio::time::Instant::now(),
+                    ))
+                }))
             })
             .collect();
         let credentials = Credentials::new(&config.consumers);
@@ -180,6 +231,7 @@ impl Gateway {
             upstreams,
             stale,
             limiters,
+            retry_budgets,
             credentials,
             jwt,
             version: 1,
@@ -199,13 +251,18 @@ impl Gateway {
     }
 
     /// This gateway's upstream `name`, if `next` configures it exactly the same way.
-    fn unchanged_upstream(&self, name: &str, next: &Config) -> Option<Arc<Upstream>> {
+    fn unchanged_upstream(
+        &self,
+        name: &str,
+        next: &Config,
+        running: &HashMap<&str, &Arc<Upstream>>,
+    ) -> Option<Arc<Upstream>> {
         let old = self.config.file.upstreams.get(name)?;
         let new = next.file.upstreams.get(name)?;
         if json(old) != json(new) {
             return None;
         }
-        self.upstreams.iter().find(|u| &*u.spec.name == name).cloned()
+        running.get(name).map(|u| Arc::clone(u))
     }
 }
 
@@ -217,8 +274,6 @@ pub struct WorkerContext {
     pub upstreams: Vec<Arc<WorkerUpstream>>,
     /// Worker-local copies of route names, indexed like the routes.
     pub route_names: Vec<Arc<str>>,
-    /// Each route's retry budget on this worker (`None` for routes without a retry policy).
-    pub retry_budgets: Vec<Option<Mutex<RetryBudget>>>,
     pub recorder: Arc<Recorder>,
     /// This worker's share of the process-wide caps.
     pub limits: LimitsSpec,
@@ -255,20 +310,28 @@ impl WorkerContext {
         WorkerContext::build(gateway, recorder, None)
     }
 
-    /// This worker's view of `gateway`, keeping from `previous` the pools, breakers and
-    /// balancer state of every upstream the new gateway took over unchanged.
+    /// This worker's view of `gateway`, keeping from `previous` the pools and balancer state of every upstream the new gateway took over unchanged.
     pub fn build(
         gateway: Arc<Gateway>,
         recorder: Arc<Recorder>,
         previous: Option<&WorkerContext>,
     ) -> WorkerContext {
+        // The worker views of the previous config, by the shared upstream they view.
+        let views: HashMap<*const Upstream, &Arc<WorkerUpstream>> = previous
+            .map(|old| {
+                old.upstreams
+                    .iter()
+                    .map(|w| (Arc::as_ptr(w.shared()), w))
+                    .collect()
+            })
+            .unwrap_or_default();
         let upstreams = gateway
             .upstreams
             .iter()
             .map(|u| {
-                previous
-                    .and_then(|old| old.upstreams.iter().find(|w| Arc::ptr_eq(w.shared(), u)))
-                    .cloned()
+                views
+                    .get(&Arc::as_ptr(u))
+                    .map(|w| Arc::clone(w))
                     .unwrap_or_else(|| Arc::new(WorkerUpstream::new(u.clone())))
             })
             .collect();
@@ -277,21 +340,6 @@ impl WorkerContext {
             .routes()
             .iter()
             .map(|r| Arc::from(&*r.name))
-            .collect();
-        let retry_budgets = gateway
-            .router
-            .routes()
-            .iter()
-            .map(|r| {
-                r.retry.as_ref().map(|p| {
-                    Mutex::new(RetryBudget::new(
-                        p.budget,
-                        p.min_per_second,
-                        RETRY_BUDGET_WINDOW,
-                        tokio::time::Instant::now(),
-                    ))
-                })
-            })
             .collect();
         let limits = gateway.config.limits.per_worker(gateway.config.workers);
         let llm_client = gateway.config.llm.as_ref().map(|_| {
@@ -303,7 +351,6 @@ impl WorkerContext {
             gateway,
             upstreams,
             route_names,
-            retry_budgets,
             recorder,
             limits,
             // The worker's load counts span configs: requests and connections that began

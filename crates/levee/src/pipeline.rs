@@ -467,11 +467,13 @@ async fn forward(
     let any_reason = parts.method.is_idempotent() || route.retry_non_idempotent;
     let max_attempts = policy.map_or(1, |p| p.attempts.max(1));
     let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
-    let budget = worker.retry_budgets.get(route_index).and_then(Option::as_ref);
+    let budget = worker
+        .gateway
+        .retry_budgets
+        .get(route_index)
+        .and_then(Option::as_ref);
     if let (Some(_), Some(budget)) = (policy, budget) {
-        if let Ok(mut budget) = budget.lock() {
-            budget.deposit(Instant::now());
-        }
+        budget.deposit(Instant::now());
     }
 
     // Rewrite the request for the upstream, once for every attempt.
@@ -645,7 +647,7 @@ async fn forward(
         let retry = reason.filter(|_| {
             attempt < max_attempts
                 && body.replayable()
-                && budget.is_some_and(|b| b.lock().is_ok_and(|mut b| b.try_withdraw(Instant::now())))
+                && budget.is_some_and(|b| b.try_withdraw(Instant::now()))
         });
         let Some(reason) = retry else {
             record.upstream = Some(facts);

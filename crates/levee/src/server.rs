@@ -120,8 +120,7 @@ fn worker_views<'a>(
 }
 
 impl SharedState {
-    /// `GET /api/v1/upstreams`: every target's health, breaker state (the worst any worker
-    /// sees), requests in flight (summed over workers) and peak-EWMA latency (the highest).
+    /// `GET /api/v1/upstreams`: every target's health, breaker state, requests in flight (summed over workers) and peak-EWMA latency (the highest).
     pub fn upstreams_view(&self) -> crate::admin::api::Upstreams {
         use crate::admin::api::{TargetView, UpstreamView, Upstreams};
         let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,11 +140,7 @@ impl SharedState {
                         let views: Vec<_> = worker_views(&workers, upstream)
                             .filter_map(|w| w.targets.get(t))
                             .collect();
-                        let circuit = views
-                            .iter()
-                            .map(|v| v.circuit())
-                            .max_by_key(|state| state.gauge())
-                            .unwrap_or(levee_resilience::State::Closed);
+                        let circuit = upstream.circuit(t);
                         let health = upstream.health.get(t);
                         TargetView {
                             addr: target.addr.to_string(),
@@ -171,7 +166,7 @@ impl SharedState {
     }
 
     /// Gauges read from live state: in-flight requests per upstream and the breaker state per
-    /// target (the worst any worker sees: 0 closed, 1 half-open, 2 open).
+    /// target (0 closed, 1 half-open, 2 open).
     pub fn gauges(&self) -> Vec<Gauge> {
         let mut gauges = Vec::new();
         let gateway = self.gateway.load();
@@ -206,19 +201,17 @@ impl SharedState {
                 value: if canary.rolled_back().is_some() { 1.0 } else { 0.0 },
             });
         }
-        let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
         for upstream in &gateway.upstreams {
             for (t, target) in upstream.spec.targets.iter().enumerate() {
-                let worst = worker_views(&workers, upstream)
-                    .filter_map(|w| w.targets.get(t))
-                    .map(|t| t.circuit().gauge())
-                    .max()
-                    .unwrap_or(0);
+                let state = upstream.circuit(t).gauge();
                 gauges.push(Gauge {
                     name: "levee_circuit_state",
-                    help: "Circuit breaker state per target: 0 closed, 1 half-open, 2 open (worst over workers).",
-                    labels: vec![("upstream", upstream.spec.name.to_string()), ("target", target.addr.to_string())],
-                    value: f64::from(worst),
+                    help: "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+                    labels: vec![
+                        ("upstream", upstream.spec.name.to_string()),
+                        ("target", target.addr.to_string()),
+                    ],
+                    value: f64::from(state),
                 });
             }
         }

@@ -852,3 +852,83 @@ async fn a_listener_cap_refuses_connections_past_it() {
     })
     .await;
 }
+
+/// One breaker per target for the whole process: with four workers (connections spread over
+/// them by the kernel), a hung target opens its breaker after exactly the `min_requests`
+/// failures the config names, whichever workers carried them; every later request fails
+/// fast on every worker; half-open lets `half_open_probes` requests through in the whole
+/// process, not per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_breaker_per_target_across_workers() {
+    let hang = Arc::new(AtomicBool::new(true));
+    let flag = hang.clone();
+    let upstream = MockUpstream::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ok("late").delay(Duration::from_secs(30))
+        } else {
+            Reply::ok("back")
+        }
+    })
+    .await;
+    let h = Harness::start(&format!(
+        "workers: 4\n{}routes:\n  - name: all\n    upstream: u\n",
+        upstreams(
+            &[upstream.addr],
+            "    timeouts: { request: 200ms }\n    circuit_breaker: { min_requests: 4, failure_rate: 0.5, consecutive_failures: 0, window: 60s, open_for: 1500ms, half_open_probes: 2 }\n"
+        )
+    ));
+    // Each request on a new connection, so the kernel spreads them over the workers.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(&h.url("/"), &[]).await.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [504, 504, 504, 504, 503, 503, 503, 503, 503, 503, 503, 503],
+        "four timeouts open it for every worker"
+    );
+    assert_eq!(upstream.hits(), 4);
+    let circuit = || async {
+        let view = get(&format!("{}/api/v1/upstreams", h.admin), &[]).await.json();
+        view["upstreams"][0]["targets"][0]["circuit"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(circuit().await, "open");
+
+    // Half-open, still hung: of eight concurrent requests exactly two are probes.
+    eventually("the breaker turns half-open", || async {
+        circuit().await == "half_open"
+    })
+    .await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let url = h.url("/");
+            tokio::spawn(async move { get(&url, &[]).await.status.as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [503, 503, 503, 503, 503, 503, 504, 504],
+        "two probes in all"
+    );
+    assert_eq!(upstream.hits(), 6);
+    assert_eq!(circuit().await, "open", "a failed probe opens it again");
+
+    // Recovered: two successful probes close it, and every worker sends again.
+    hang.store(false, Ordering::SeqCst);
+    eventually("the breaker turns half-open again", || async {
+        circuit().await == "half_open"
+    })
+    .await;
+    for _ in 0..8 {
+        assert_eq!(get(&h.url("/"), &[]).await.text(), "back");
+    }
+    assert_eq!(circuit().await, "closed");
+}

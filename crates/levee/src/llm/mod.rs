@@ -636,7 +636,7 @@ async fn call_targets(
 /// The shared state of one model target: its circuit breaker and its latency estimate.
 #[derive(Debug)]
 pub struct TargetState {
-    breaker: Option<std::sync::Mutex<levee_resilience::CircuitBreaker>>,
+    breaker: Option<levee_resilience::CircuitBreaker>,
     /// Peak-free EWMA of the time to an answer (its first bytes for a stream), in ms.
     latency_ms: std::sync::Mutex<Option<f64>>,
 }
@@ -651,7 +651,7 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if let (Some(state), Some(permit)) = (self.state, self.permit.take()) {
             if let Some(breaker) = &state.breaker {
-                breaker.lock().unwrap_or_else(|p| p.into_inner()).release(permit);
+                breaker.release(permit);
             }
         }
     }
@@ -663,8 +663,7 @@ const LATENCY_WEIGHT: f64 = 0.3;
 impl TargetState {
     pub fn new(breaker: Option<levee_resilience::BreakerConfig>) -> TargetState {
         TargetState {
-            breaker: breaker
-                .map(|c| std::sync::Mutex::new(levee_resilience::CircuitBreaker::new(c, Instant::now()))),
+            breaker: breaker.map(|c| levee_resilience::CircuitBreaker::new(c, Instant::now())),
             latency_ms: std::sync::Mutex::new(None),
         }
     }
@@ -673,12 +672,7 @@ impl TargetState {
     fn admit(&self, now: Instant) -> Result<Option<levee_resilience::Permit>, ()> {
         match &self.breaker {
             None => Ok(None),
-            Some(breaker) => breaker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .try_acquire(now)
-                .map(Some)
-                .ok_or(()),
+            Some(breaker) => breaker.try_acquire(now).map(Some).ok_or(()),
         }
     }
 
@@ -690,10 +684,7 @@ impl TargetState {
         now: Instant,
     ) {
         if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
-            breaker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(permit, served, now);
+            breaker.record(permit, served, now);
         }
         if served {
             let sample = elapsed.as_secs_f64() * 1000.0;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::config::spec::{TargetSpec, UpstreamSpec};
 use balancer::{Balancer, PickContext};
-use levee_resilience::{BreakerConfig, CircuitBreaker, Permit, State};
+use levee_resilience::{CircuitBreaker, Permit, State};
 
 /// Why an upstream attempt failed. Each variant knows whether a retry could help.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,8 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// One target as one worker sees it: address plus that worker's load signals.
 ///
 /// Load signals are per worker, as in Envoy: each core balances its own traffic without
-/// touching another core's cache lines.
+/// touching another core's cache lines. The target's circuit breaker is not: it judges the
+/// target for the whole process (see [`Upstream::breaker`]).
 #[derive(Debug)]
 pub struct Target {
     /// A worker-local copy of the address (labels are cloned per request; a shared `Arc`
@@ -84,18 +85,11 @@ pub struct Target {
     pub weight: u32,
     inflight: AtomicUsize,
     ewma: Mutex<Ewma>,
-    /// This worker's breaker for the target (`None` when breakers are off).
-    breaker: Option<Mutex<CircuitBreaker>>,
 }
 
 impl Target {
     pub fn new(spec: &TargetSpec) -> Target {
-        Target::with_breaker(spec, None)
-    }
-
-    pub fn with_breaker(spec: &TargetSpec, breaker: Option<&BreakerConfig>) -> Target {
         Target {
-            breaker: breaker.map(|config| Mutex::new(CircuitBreaker::new(config.clone(), Instant::now()))),
             addr: Arc::from(&*spec.addr),
             // A copy, not a clone: a clone would share the config's reference count.
             authority: spec
@@ -154,49 +148,6 @@ impl Target {
         }
     }
 
-    /// Whether the breaker would let a request through now.
-    pub fn admits(&self, now: Instant) -> bool {
-        match &self.breaker {
-            None => true,
-            Some(b) => b.lock().map(|mut b| b.would_admit(now)).unwrap_or(true),
-        }
-    }
-
-    /// The breaker state now (closed when breakers are off).
-    pub fn circuit(&self) -> State {
-        match &self.breaker {
-            None => State::Closed,
-            Some(b) => b
-                .lock()
-                .map(|mut b| b.state(Instant::now()))
-                .unwrap_or(State::Closed),
-        }
-    }
-
-    fn acquire(&self, now: Instant) -> Option<Permit> {
-        match &self.breaker {
-            None => Some(Permit::Normal),
-            Some(b) => b.lock().ok().and_then(|mut b| b.try_acquire(now)),
-        }
-    }
-
-    /// Feeds an attempt's outcome to the breaker.
-    pub fn record(&self, permit: Permit, success: bool) {
-        if let Some(b) = &self.breaker {
-            if let Ok(mut b) = b.lock() {
-                b.record(permit, success, Instant::now());
-            }
-        }
-    }
-
-    fn release(&self, permit: Permit) {
-        if let Some(b) = &self.breaker {
-            if let Ok(mut b) = b.lock() {
-                b.release(permit);
-            }
-        }
-    }
-
     /// p2c cost: expected latency scaled by the queue in front of it, per unit of weight.
     fn cost(&self) -> f64 {
         (self.ewma_ms() + 0.001) * (self.inflight() as f64 + 1.0) / f64::from(self.weight)
@@ -221,6 +172,10 @@ pub struct Upstream {
     freed: tokio::sync::Notify,
     /// Per target, shared by all workers: health check verdict and outlier ejection.
     pub health: Vec<health::TargetHealth>,
+    /// Per target, shared by all workers: the circuit breaker (`None` when breakers are off).
+    /// One per process, so that the failures the config names open it wherever they
+    /// happened, and half-open lets its probe count through in the whole process.
+    breakers: Vec<Option<CircuitBreaker>>,
     /// The clock outlier ejection counts from.
     pub epoch: Instant,
 }
@@ -234,6 +189,15 @@ impl Upstream {
                 .iter()
                 .map(|_| health::TargetHealth::default())
                 .collect(),
+            breakers: spec
+                .targets
+                .iter()
+                .map(|_| {
+                    spec.circuit_breaker
+                        .clone()
+                        .map(|config| CircuitBreaker::new(config, Instant::now()))
+                })
+                .collect(),
             epoch: Instant::now(),
             spec,
             balancer,
@@ -245,6 +209,22 @@ impl Upstream {
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Target `index`'s breaker (`None` when breakers are off).
+    pub fn breaker(&self, index: usize) -> Option<&CircuitBreaker> {
+        self.breakers.get(index).and_then(Option::as_ref)
+    }
+
+    /// Whether target `index`'s breaker would let a request through now.
+    fn admits(&self, index: usize, now: Instant) -> bool {
+        self.breaker(index).is_none_or(|b| b.would_admit(now))
+    }
+
+    /// Target `index`'s breaker state now (closed when breakers are off).
+    pub fn circuit(&self, index: usize) -> State {
+        self.breaker(index)
+            .map_or(State::Closed, |b| b.state(Instant::now()))
     }
 }
 
@@ -308,16 +288,18 @@ pub struct BreakerTicket {
 
 impl BreakerTicket {
     pub fn settle(mut self, success: bool) {
-        if let (Some(permit), Some(target)) = (self.permit.take(), self.upstream.targets.get(self.index)) {
-            target.record(permit, success);
+        if let (Some(permit), Some(breaker)) = (self.permit.take(), self.upstream.shared.breaker(self.index))
+        {
+            breaker.record(permit, success, Instant::now());
         }
     }
 }
 
 impl Drop for BreakerTicket {
     fn drop(&mut self) {
-        if let (Some(permit), Some(target)) = (self.permit.take(), self.upstream.targets.get(self.index)) {
-            target.release(permit);
+        if let (Some(permit), Some(breaker)) = (self.permit.take(), self.upstream.shared.breaker(self.index))
+        {
+            breaker.release(permit);
         }
     }
 }
@@ -344,11 +326,7 @@ impl WorkerUpstream {
             .build(connector);
         WorkerUpstream {
             name: Arc::from(&*spec.name),
-            targets: spec
-                .targets
-                .iter()
-                .map(|t| Target::with_breaker(t, spec.circuit_breaker.as_ref()))
-                .collect(),
+            targets: spec.targets.iter().map(Target::new).collect(),
             client,
             shared,
         }
@@ -424,7 +402,7 @@ impl WorkerUpstream {
         };
         let now = Instant::now();
         let now_ms = health::millis_since(self.shared.epoch, now);
-        let admits = |i: usize| self.targets.get(i).is_some_and(|t| t.admits(now));
+        let admits = |i: usize| self.shared.admits(i, now);
         let usable = |i: usize| self.shared.health.get(i).is_some_and(|h| h.usable(now_ms));
         let balancer = &self.shared.balancer;
         let index = balancer
@@ -437,7 +415,10 @@ impl WorkerUpstream {
             .or_else(|| balancer.pick(&self.targets, ctx, &admits))
             .ok_or_else(no_target)?;
         let target = self.targets.get(index).ok_or_else(no_target)?;
-        let permit = target.acquire(now).ok_or_else(no_target)?;
+        let permit = match self.shared.breaker(index) {
+            None => Permit::Normal,
+            Some(breaker) => breaker.try_acquire(now).ok_or_else(no_target)?,
+        };
         target.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             index,
