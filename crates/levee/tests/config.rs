@@ -521,3 +521,82 @@ fn canaries_are_validated() {
     assert!(!derived.alerts);
     assert_eq!(config.routes[0].canary.as_ref().unwrap().share, 0.1);
 }
+
+/// Type errors no longer stop the check at the first: five problems in five sections, of
+/// both kinds (values serde cannot read, and meanings validation refuses), all reported at
+/// their own line and column in one run.
+#[test]
+fn every_problem_in_the_file_is_reported_in_one_run() {
+    let yaml = "listeners:
+  - name: public
+    bind: 127.0.0.1:8080
+upstreams:
+  users:
+    targets: [127.0.0.1:9001]
+    timeouts: { connect: 10 }
+  orders:
+    targets: [127.0.0.1:9002]
+    retries: 3
+routes:
+  - name: users
+    match: { path_prefix: /users }
+    upstream: users
+    retry: { attempts: many }
+  - name: users
+    match: { path_prefix: /orders }
+    upstream: orders
+  - name: ghost
+    match: { path_prefix: /ghost }
+    upstream: nowhere
+limits:
+  max_inflight: -1
+";
+    let errs = errors(yaml);
+    let expected = [
+        ("levee.yaml:7:26:", "duration `10` needs a unit"),
+        ("levee.yaml:10:5:", "unknown key `retries`"),
+        (
+            "levee.yaml:15:24:",
+            "routes[0].retry.attempts: invalid type: string \"many\"",
+        ),
+        ("levee.yaml:16:11:", "duplicate route name `users`"),
+        ("levee.yaml:21:15:", "`nowhere`"),
+        (
+            "levee.yaml:23:17:",
+            "limits.max_inflight: invalid value: integer `-1`",
+        ),
+    ];
+    for (at, text) in expected {
+        assert!(
+            errs.iter().any(|e| e.starts_with(at) && e.contains(text)),
+            "no `{at} ...{text}...` in:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "nothing else:\n{}", errs.join("\n"));
+}
+
+/// Several bad values in one block, and a list item that must go whole: each reported, and
+/// the items after a cut one still at their own lines.
+#[test]
+fn type_errors_in_one_block_and_list_items_are_all_reported() {
+    let yaml = format!(
+        "{BASE}    timeouts: {{ connect: 10, request: soon }}\n    pool: {{ max_idle_per_target: lots }}\nroutes:\n  - match: {{ path: /x }}\n    upstream: users\n  - name: b\n    match: {{ path: /b }}\n    upstream: nobody\n"
+    );
+    let errs = errors(&yaml);
+    let expected = [
+        ("levee.yaml:7:26:", "duration `10` needs a unit"),
+        ("levee.yaml:7:39:", "invalid duration `soon`"),
+        ("levee.yaml:8:34:", "invalid type: string \"lots\""),
+        ("levee.yaml:10:", "routes[0]: missing field `name`"),
+        ("levee.yaml:14:15:", "`nobody`"),
+    ];
+    for (at, text) in expected {
+        assert!(
+            errs.iter().any(|e| e.starts_with(at) && e.contains(text)),
+            "no `{at} ...{text}...` in:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "nothing else:\n{}", errs.join("\n"));
+}

@@ -7,6 +7,7 @@
 
 pub mod duration;
 pub mod file;
+mod parse;
 pub mod source_map;
 pub mod spec;
 mod validate;

@@ -3,10 +3,8 @@
 //!
 //! serde tells us the position of the first syntax or type error, but semantic checks run on
 //! typed values that have forgotten their origin. Rather than thread spans through every type,
-//! we walk the parser's event stream once and remember the position of every node by its path
-//! (`routes[1].match.path`).
-
-use std::collections::HashMap;
+//! we walk the parser's event stream once and remember the position of every node, found
+//! again later by its path (`routes[1].match.path`).
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -18,11 +16,31 @@ pub struct Position {
     pub col: usize,
 }
 
-/// Positions of the nodes of one YAML document, keyed by path.
+/// Positions of the nodes of one YAML document, as a tree shaped like the document.
+///
+/// A tree rather than a map from full path strings to positions: a file of 100,000 routes has
+/// a million nodes, and hashing a freshly formatted path for each one cost more than parsing
+/// the YAML. Here each node stores its position and its children; a mapping's children are
+/// sorted by key once the document is read, so a lookup is a binary search per step.
 #[derive(Debug, Default)]
 pub struct SourceMap {
-    values: HashMap<String, Position>,
-    keys: HashMap<String, Position>,
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug)]
+struct Node {
+    pos: Position,
+    /// Where the key naming this node is, for a mapping's child.
+    key_pos: Option<Position>,
+    children: Children,
+}
+
+#[derive(Debug)]
+enum Children {
+    None,
+    Sequence(Vec<u32>),
+    /// Sorted by key after the walk.
+    Mapping(Vec<(String, u32)>),
 }
 
 impl SourceMap {
@@ -34,45 +52,105 @@ impl SourceMap {
         if parser.load(&mut walker, false).is_err() {
             return SourceMap::default();
         }
-        walker.map
+        let mut map = SourceMap { nodes: walker.nodes };
+        for node in &mut map.nodes {
+            if let Children::Mapping(children) = &mut node.children {
+                children.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+        }
+        map
     }
 
     /// The position of the value at `path`, or of its nearest indexed ancestor, or 1:1.
     pub fn value(&self, path: &str) -> Position {
-        let mut probe = path;
-        loop {
-            if let Some(pos) = self.values.get(probe) {
-                return *pos;
-            }
-            match probe.rfind(['.', '[']) {
-                Some(cut) => probe = &probe[..cut],
-                None => return Position { line: 1, col: 1 },
-            }
-        }
+        let (node, _) = self.find(path);
+        node.map_or(Position { line: 1, col: 1 }, |n| n.pos)
     }
 
     /// The position of the key naming the value at `path`, falling back to the value.
     pub fn key(&self, path: &str) -> Position {
-        self.keys.get(path).copied().unwrap_or_else(|| self.value(path))
+        match self.find(path) {
+            (Some(node), true) => node.key_pos.unwrap_or(node.pos),
+            (Some(node), false) => node.pos,
+            (None, _) => Position { line: 1, col: 1 },
+        }
+    }
+
+    /// The node at `path` (`routes[1].match.path`), or its nearest ancestor in the
+    /// document; `true` when the whole path was found.
+    fn find(&self, path: &str) -> (Option<&Node>, bool) {
+        let Some(mut node) = self.nodes.first() else {
+            return (None, false);
+        };
+        let mut rest = path;
+        while !rest.is_empty() {
+            let next = match (&node.children, rest.strip_prefix('[')) {
+                (Children::Sequence(items), Some(tail)) => {
+                    let Some(close) = tail.find(']') else {
+                        return (Some(node), false);
+                    };
+                    let index = tail.get(..close).and_then(|d| d.parse::<usize>().ok());
+                    rest = tail.get(close + 1..).unwrap_or_default();
+                    index.and_then(|i| items.get(i))
+                }
+                (Children::Mapping(children), None) => {
+                    let key_text = rest.strip_prefix('.').unwrap_or(rest);
+                    match longest_key(children, key_text) {
+                        Some((len, child)) => {
+                            rest = key_text.get(len..).unwrap_or_default();
+                            Some(child)
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            };
+            match next.and_then(|&i| self.nodes.get(i as usize)) {
+                Some(child) => node = child,
+                None => return (Some(node), false),
+            }
+        }
+        (Some(node), true)
     }
 }
 
+/// The longest key of `children` that `path` starts with, followed by the end, `.` or `[`
+/// (keys may themselves contain dots, like `api.v1`); its length and node.
+fn longest_key<'a>(children: &'a [(String, u32)], path: &str) -> Option<(usize, &'a u32)> {
+    let ends = path
+        .match_indices(['.', '['])
+        .map(|(at, _)| at)
+        .chain(std::iter::once(path.len()));
+    let mut best = None;
+    for end in ends {
+        let Some(candidate) = path.get(..end) else {
+            continue;
+        };
+        if let Ok(i) = children.binary_search_by(|(k, _)| k.as_str().cmp(candidate)) {
+            best = children.get(i).map(|(_, node)| (end, node));
+        }
+    }
+    best
+}
+
+/// What the walker is inside of.
 enum Frame {
+    /// A mapping node: `key` is the key whose value comes next (with its position).
     Mapping {
-        path: String,
-        key: Option<String>,
-        key_pos: Position,
+        node: u32,
+        key: Option<(String, Position)>,
     },
     Sequence {
-        path: String,
-        index: usize,
+        node: u32,
     },
+    /// A container used as a mapping key (never valid in Levee's config): skipped whole.
+    Skipped,
 }
 
 #[derive(Default)]
 struct Walker {
     stack: Vec<Frame>,
-    map: SourceMap,
+    nodes: Vec<Node>,
 }
 
 fn position(mark: Marker) -> Position {
@@ -82,36 +160,19 @@ fn position(mark: Marker) -> Position {
     }
 }
 
-impl Walker {
-    /// Path of the node that starts now, or `None` when the node is a mapping key.
-    fn node_path(&mut self) -> Option<String> {
-        match self.stack.last_mut() {
-            None => Some(String::new()),
-            Some(Frame::Sequence { path, index }) => {
-                let child = format!("{path}[{index}]");
-                *index += 1;
-                Some(child)
-            }
-            Some(Frame::Mapping { path, key, .. }) => match key.take() {
-                None => None,
-                Some(k) if path.is_empty() => Some(k),
-                Some(k) => Some(format!("{path}.{k}")),
-            },
-        }
-    }
-}
-
 impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, event: Event, mark: Marker) {
         let pos = position(mark);
-        let pending_key_pos = match self.stack.last() {
-            Some(Frame::Mapping {
-                key: Some(_),
-                key_pos,
-                ..
-            }) => Some(*key_pos),
-            _ => None,
-        };
+        if matches!(self.stack.last(), Some(Frame::Skipped)) {
+            match event {
+                Event::MappingStart(..) | Event::SequenceStart(..) => self.stack.push(Frame::Skipped),
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.stack.pop();
+                }
+                _ => {}
+            }
+            return;
+        }
         let is_node = matches!(
             event,
             Event::Scalar(..) | Event::Alias(_) | Event::MappingStart(..) | Event::SequenceStart(..)
@@ -122,41 +183,60 @@ impl MarkedEventReceiver for Walker {
             }
             return;
         }
-        let path = match self.node_path() {
-            Some(path) => path,
-            None => {
-                // This node is a mapping key. A container used as a key (rare, never valid in
-                // Levee's config) is indexed under a placeholder name.
-                let name = match &event {
-                    Event::Scalar(value, ..) => value.clone(),
-                    _ => "?".to_string(),
-                };
-                if let Some(Frame::Mapping { key, key_pos, .. }) = self.stack.last_mut() {
-                    *key = Some(name);
-                    *key_pos = pos;
+        // A mapping waiting for a key: this node is the key.
+        if let Some(Frame::Mapping { key: key @ None, .. }) = self.stack.last_mut() {
+            match event {
+                Event::Scalar(value, ..) => *key = Some((value, pos)),
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    *key = Some(("?".into(), pos));
+                    self.stack.push(Frame::Skipped);
                 }
-                if matches!(event, Event::MappingStart(..) | Event::SequenceStart(..)) {
-                    self.stack.push(Frame::Sequence {
-                        path: "?".into(),
-                        index: 0,
-                    });
-                }
-                return;
+                _ => *key = Some(("?".into(), pos)),
             }
+            return;
+        }
+        let id = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let mut key_pos = None;
+        match self.stack.last_mut() {
+            Some(Frame::Mapping { node, key }) => {
+                if let Some((name, at)) = key.take() {
+                    key_pos = Some(at);
+                    if let Some(Node {
+                        children: Children::Mapping(children),
+                        ..
+                    }) = self.nodes.get_mut(*node as usize)
+                    {
+                        children.push((name, id));
+                    }
+                }
+            }
+            Some(Frame::Sequence { node }) => {
+                if let Some(Node {
+                    children: Children::Sequence(items),
+                    ..
+                }) = self.nodes.get_mut(*node as usize)
+                {
+                    items.push(id);
+                }
+            }
+            Some(Frame::Skipped) | None => {}
+        }
+        let children = match event {
+            Event::MappingStart(..) => {
+                self.stack.push(Frame::Mapping { node: id, key: None });
+                Children::Mapping(Vec::new())
+            }
+            Event::SequenceStart(..) => {
+                self.stack.push(Frame::Sequence { node: id });
+                Children::Sequence(Vec::new())
+            }
+            _ => Children::None,
         };
-        if let Some(key_pos) = pending_key_pos {
-            self.map.keys.insert(path.clone(), key_pos);
-        }
-        self.map.values.insert(path.clone(), pos);
-        match event {
-            Event::MappingStart(..) => self.stack.push(Frame::Mapping {
-                path,
-                key: None,
-                key_pos: pos,
-            }),
-            Event::SequenceStart(..) => self.stack.push(Frame::Sequence { path, index: 0 }),
-            _ => {}
-        }
+        self.nodes.push(Node {
+            pos,
+            key_pos,
+            children,
+        });
     }
 }
 

@@ -14,21 +14,25 @@ use super::file::{
     JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, TracingFile,
     UpstreamFile, Workers,
 };
+use super::parse::{self, nearest, unknown_key_message, Cuts};
 use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
-use crate::router::{parse_template, HostMatch, PathMatch, RouteMatch};
+use crate::router::{parse_template, CoverIndex, HostMatch, PathMatch, RouteMatch};
 
 /// Collects problems, each tied to the path of the value it is about.
 struct Problems<'a> {
     file: &'a str,
     map: SourceMap,
+    /// What was cut from the document to get past its type errors, so that paths in what is
+    /// left are reported where they were written.
+    cuts: Cuts,
     errors: Vec<ConfigError>,
 }
 
 impl Problems<'_> {
     fn at(&mut self, path: &str, message: impl Into<String>) {
-        let pos = self.map.value(path);
+        let pos = self.map.value(&self.cuts.original(path));
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line: pos.line,
@@ -39,23 +43,22 @@ impl Problems<'_> {
 }
 
 pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
-    let file: ConfigFile = if text.trim().is_empty() {
-        ConfigFile::default()
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(&e, name)]))?
-    };
+    let map = SourceMap::build(text);
+    let (file, mut errors, cuts) = read(text, name, &map)?;
     let mut problems = Problems {
         file: name,
-        map: SourceMap::build(text),
+        map,
+        cuts,
         errors: Vec::new(),
     };
-    let config = check(file, &mut problems);
-    let mut errors = problems.errors;
+    let config = file.and_then(|file| check(file, &mut problems));
+    errors.append(&mut problems.errors);
     if errors.is_empty() {
         if let Some(mut config) = config {
             let mut advice = Problems {
                 file: name,
                 map: problems.map,
+                cuts: Cuts::default(),
                 errors: Vec::new(),
             };
             warn(&config, &mut advice);
@@ -66,6 +69,64 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
     }
     errors.sort_by_key(|e| (e.line, e.col));
     Err(ConfigErrors(errors))
+}
+
+/// Reads the file types from `text`: the typed read when it succeeds (the usual case, and
+/// the fastest), else every type error the document has (`parse::salvage`) and whatever
+/// could still be read, for the semantic checks. A YAML syntax error stops the read.
+fn read(
+    text: &str,
+    name: &str,
+    map: &SourceMap,
+) -> Result<(Option<ConfigFile>, Vec<ConfigError>, Cuts), ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok((Some(ConfigFile::default()), Vec::new(), Cuts::default()));
+    }
+    let first = match serde_yaml_ng::from_str::<ConfigFile>(text) {
+        Ok(file) => return Ok((Some(file), Vec::new(), Cuts::default())),
+        Err(first) => first,
+    };
+    let tree: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
+        Ok(tree) => tree,
+        Err(syntax) => {
+            let mut error = serde_error(&syntax, name);
+            error
+                .message
+                .push_str(" (a YAML syntax error stops the check here: fix it to see any other problems)");
+            return Err(ConfigErrors(vec![error]));
+        }
+    };
+    let salvaged = parse::salvage(tree);
+    let mut errors: Vec<ConfigError> = salvaged
+        .errors
+        .iter()
+        .map(|e| {
+            let pos = if e.at_key {
+                map.key(&e.path)
+            } else {
+                map.value(&e.path)
+            };
+            let mut message = if e.shown.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.shown, e.message)
+            };
+            if let Some(rewritten) = unknown_key_message(&message) {
+                message = rewritten;
+            }
+            ConfigError {
+                file: name.to_string(),
+                line: pos.line,
+                col: pos.col,
+                message,
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        // The generic read saw nothing wrong where the typed one did: report the typed one.
+        errors.push(serde_error(&first, name));
+    }
+    Ok((salvaged.file, errors, salvaged.cuts))
 }
 
 /// Rewrites serde's message into ours, adding a "did you mean" for unknown keys.
@@ -85,36 +146,6 @@ fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
         col,
         message,
     }
-}
-
-fn unknown_key_message(message: &str) -> Option<String> {
-    let start = message.find("unknown field `")?;
-    let prefix = message.get(..start).unwrap_or("");
-    let rest = message.get(start + "unknown field `".len()..)?;
-    let key = rest.get(..rest.find('`')?)?;
-    let candidates: Vec<&str> = rest
-        .split('`')
-        .skip(2)
-        .step_by(2)
-        .filter(|c| !c.is_empty())
-        .collect();
-    let nearest = nearest(key, candidates.iter().copied());
-    let mut out = format!("{prefix}unknown key `{key}`");
-    match nearest {
-        Some(best) => out.push_str(&format!(" (did you mean `{best}`?)")),
-        None if !candidates.is_empty() => out.push_str(&format!("; valid keys: {}", candidates.join(", "))),
-        None => {}
-    }
-    Some(out)
-}
-
-/// The candidate closest to `word`, when it is close enough to be a plausible typo.
-fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
 }
 
 fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
@@ -246,6 +277,8 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, p));
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
+    let mut covering = CoverIndex::default();
+    let consumer_names: HashSet<&str> = file.consumers.iter().map(|c| c.name.as_str()).collect();
     for (i, route) in file.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if route.name.is_empty() {
@@ -259,10 +292,13 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                 ),
             );
         }
-        let Some(spec) = check_route(route, &path, &upstream_index, &file, p) else {
+        let Some(spec) = check_route(route, &path, &upstream_index, &file, &consumer_names, p) else {
             continue;
         };
-        if let Some(earlier) = routes.iter().find(|r| r.matcher.covers(&spec.matcher)) {
+        let earlier = covering
+            .first_covering(&spec.matcher, |i| routes.get(i).map(|r: &RouteSpec| &r.matcher))
+            .and_then(|i| routes.get(i));
+        if let Some(earlier) = earlier {
             p.at(
                 &format!("{path}.match"),
                 format!(
@@ -271,6 +307,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                 ),
             );
         }
+        covering.insert(routes.len(), &spec.matcher);
         routes.push(spec);
     }
     // A prompt endpoint is served by the first route whose path takes it: it must be an AI
@@ -610,6 +647,7 @@ fn check_route(
     path: &str,
     upstream_index: &HashMap<String, usize>,
     file: &ConfigFile,
+    consumer_names: &HashSet<&str>,
     p: &mut Problems,
 ) -> Option<RouteSpec> {
     let upstream = match upstream_index.get(&route.upstream) {
@@ -739,7 +777,7 @@ fn check_route(
             );
         }
     }
-    let auth = check_auth(route, path, file, p);
+    let auth = check_auth(route, path, file, consumer_names, p);
     let rate_limit = route
         .rate_limit
         .as_ref()
@@ -1112,7 +1150,13 @@ fn parse_digest(text: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
-fn check_auth(route: &RouteFile, path: &str, file: &ConfigFile, p: &mut Problems) -> AuthSpec {
+fn check_auth(
+    route: &RouteFile,
+    path: &str,
+    file: &ConfigFile,
+    consumer_names: &HashSet<&str>,
+    p: &mut Problems,
+) -> AuthSpec {
     let extra = route.api_key_header.is_some() || route.consumers.is_some() || route.forward_credentials;
     match route.auth {
         AuthFile::None => {
@@ -1169,7 +1213,7 @@ fn check_auth(route: &RouteFile, path: &str, file: &ConfigFile, p: &mut Problems
                 list.iter()
                     .enumerate()
                     .filter_map(|(i, name)| {
-                        if file.consumers.iter().any(|c| &c.name == name) {
+                        if consumer_names.contains(name.as_str()) {
                             Some(Arc::from(name.as_str()))
                         } else {
                             p.at(
@@ -1555,6 +1599,19 @@ fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<F
 /// What is valid but probably not what was meant: reported by `levee check` (and logged at
 /// start and reload) without refusing the config.
 fn warn(config: &Config, p: &mut Problems) {
+    // Which upstreams some route uses, found once (not once per upstream: that would grow
+    // with upstreams times routes).
+    let used: HashSet<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.upstream
+                .into_iter()
+                .chain(r.canary.as_ref().map(|c| c.upstream))
+        })
+        .filter_map(|i| config.upstreams.get(i))
+        .map(|u| &*u.name)
+        .collect();
     for (name, upstream) in &config.file.upstreams {
         let path = format!("upstreams.{name}");
         if upstream.targets.len() == 1 && upstream.health_check.is_none() {
@@ -1563,14 +1620,7 @@ fn warn(config: &Config, p: &mut Problems) {
                 format!("upstream `{name}` has one target and no health_check: when that target fails, every request to it fails; add targets or a health check"),
             );
         }
-        let used = config.routes.iter().any(|r| {
-            r.upstream
-                .into_iter()
-                .chain(r.canary.as_ref().map(|c| c.upstream))
-                .filter_map(|i| config.upstreams.get(i))
-                .any(|u| &*u.name == name.as_str())
-        });
-        if !used {
+        if !used.contains(name.as_str()) {
             p.at(&path, format!("upstream `{name}` is not used by any route"));
         }
     }
@@ -1595,8 +1645,9 @@ fn warn(config: &Config, p: &mut Problems) {
             );
         }
     }
+    let routes: HashMap<&str, &RouteSpec> = config.routes.iter().map(|r| (&*r.name, r)).collect();
     for (i, slo) in config.slos.iter().enumerate() {
-        let route = config.routes.iter().find(|r| r.name == slo.route);
+        let route = routes.get(&*slo.route);
         if slo.consumer.is_some() && route.is_some_and(|r| r.auth == AuthSpec::None) {
             p.at(
                 &format!("slos[{i}].consumer"),
@@ -1815,6 +1866,9 @@ fn check_slos(
 ) -> Vec<SloSpec> {
     use super::file::SliFile;
     let mut slos: Vec<SloSpec> = Vec::new();
+    let route_by_name: HashMap<&str, &RouteSpec> = routes.iter().map(|r| (&*r.name, r)).collect();
+    let consumer_names: HashSet<&str> = consumers.iter().map(|c| &*c.name).collect();
+    let mut slo_names: HashSet<String> = HashSet::new();
     if file.slos.len() > MAX_SLOS {
         p.at("slos", format!("at most {MAX_SLOS} SLOs"));
     }
@@ -1829,13 +1883,13 @@ fn check_slos(
                 ),
             );
         }
-        if slos.iter().any(|s| *s.name == *slo.name) {
+        if !slo_names.insert(slo.name.clone()) {
             p.at(
                 &format!("{path}.name"),
                 format!("duplicate SLO name `{}`", slo.name),
             );
         }
-        let route = routes.iter().find(|r| *r.name == *slo.route);
+        let route = route_by_name.get(slo.route.as_str()).copied();
         if route.is_none() {
             let suggestion = nearest(&slo.route, routes.iter().map(|r| &*r.name))
                 .map(|n| format!(" (did you mean `{n}`?)"))
@@ -1846,7 +1900,7 @@ fn check_slos(
             );
         }
         if let Some(consumer) = &slo.consumer {
-            if !consumers.iter().any(|c| *c.name == **consumer) {
+            if !consumer_names.contains(&**consumer) {
                 p.at(
                     &format!("{path}.consumer"),
                     format!("no consumer named `{consumer}`"),
