@@ -242,6 +242,22 @@ async fn demo_serves_the_urls_it_prints() {
         .wait_for("gateway URL", |l| l.trim_start().starts_with("gateway:"))
         .await;
     let gateway = gateway.split_whitespace().nth(1).unwrap().to_string();
+    // The printed commands run as printed: this binary is not on PATH, so the demo names it
+    // by its path.
+    let slo = lines
+        .wait_for("the slo status hint", |l| l.contains(" slo status --admin "))
+        .await;
+    let words: Vec<&str> = slo.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "slo").unwrap();
+    let program = words[..at].join(" ");
+    assert_ne!(program, "levee", "{slo}");
+    let status = Command::new(&program).args(&words[at..at + 4]).output().unwrap();
+    assert!(
+        status.status.success(),
+        "{slo}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(String::from_utf8_lossy(&status.stdout).contains("flaky-availability"));
     let healthy = get(&format!("{gateway}/healthy/hello"), &[]).await;
     assert_eq!(healthy.status, 200);
     assert_eq!(healthy.json()["upstream"], "healthy");
@@ -733,4 +749,59 @@ async fn slo_status_reads_a_running_gateway_and_slo_rules_pass_promtool() {
     assert!(text.lines().next().unwrap().starts_with("slo"), "{text}");
     signal(&child.0, "TERM");
     assert_eq!(exit_code(child).await, Some(0));
+}
+
+/// A file of 100,000 routes (and 10,000 upstreams, 1,000 consumers) is checked in one run,
+/// and the one broken route at its very end is reported at its line. (How long it takes is
+/// measured by bench/config.sh, not asserted here.)
+#[test]
+fn check_handles_a_hundred_thousand_routes() {
+    use std::fmt::Write as _;
+    let routes = 100_000;
+    let mut text = String::from("listeners: [{ name: p, bind: 127.0.0.1:0 }]\nupstreams:\n");
+    for u in 0..routes / 10 {
+        writeln!(text, "  svc-{u}: {{ targets: [\"127.0.0.1:{}\"] }}", 20_000 + u).unwrap();
+    }
+    text.push_str("consumers:\n");
+    for c in 0..routes / 100 {
+        writeln!(
+            text,
+            "  - {{ name: tenant-{c}, api_keys: [\"sha256:{c:064x}\"] }}"
+        )
+        .unwrap();
+    }
+    text.push_str("routes:\n");
+    for r in 0..routes {
+        let upstream = if r == routes - 1 {
+            "no-such-upstream".to_string()
+        } else {
+            format!("svc-{}", r % (routes / 10))
+        };
+        let tenant = r / 10;
+        let matcher = match r % 4 {
+            0 => format!("{{ host: t{tenant}.example.com, path_prefix: /api/v{} }}", r % 3),
+            1 => format!("{{ host: t{tenant}.example.com, path: /health/{r} }}"),
+            2 => format!(
+                "{{ host: t{tenant}.example.com, path: \"/users/{{id}}/orders/{r}\", methods: [GET] }}"
+            ),
+            _ => format!("{{ path_prefix: /tenants/{tenant}/items/{r} }}"),
+        };
+        writeln!(
+            text,
+            "  - {{ name: route-{r}, match: {matcher}, upstream: {upstream} }}"
+        )
+        .unwrap();
+    }
+    let lines = text.lines().count();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &text);
+    let out = levee(&["check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with(&format!("{path}:{lines}:")) && errors[0].contains("no-such-upstream"),
+        "{stderr}"
+    );
 }

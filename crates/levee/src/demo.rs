@@ -150,8 +150,9 @@ impl Demo {
         })
     }
 
-    /// What to print for the person who ran `levee demo`.
-    pub fn instructions(&self) -> String {
+    /// What to print for the person who ran `levee demo`; `levee` is how their shell runs
+    /// this binary (its path when it is not on `PATH`), so the commands work as printed.
+    pub fn instructions(&self, levee: &str) -> String {
         let gw = self
             .gateway
             .listener_addr("public")
@@ -171,7 +172,7 @@ impl Demo {
              \x20 curl -i http://{gw}/flaky/hello          # ~30% 503 from the upstream, ~10% 504 (too slow)\n\
              \x20 curl -i http://{gw}/retried/hello        # the same upstream with retries and a fallback\n\
              \x20 curl http://{admin}/api/v1/upstreams     # targets: health, breaker state, load\n\
-             \x20 levee slo status --admin http://{admin}  # SLOs: budget left, burn rates, alerts\n\
+             \x20 {levee} slo status --admin http://{admin}  # SLOs: budget left, burn rates, alerts\n\
              \x20 curl -i http://{gw}/nowhere              # 404 no_route, as JSON\n\
              \x20 curl http://{admin}/metrics              # Prometheus metrics\n\
              \x20 curl http://{admin}/readyz               # readiness\n\
