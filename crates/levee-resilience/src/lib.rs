@@ -3,8 +3,10 @@
 //!
 //! They are written here, by hand, because they are the heart of what Levee promises: each
 //! is a small, synchronous value that takes the current time as an argument, so it can be
-//! tested exhaustively on tokio's paused clock and owned by one worker thread without locks
-//! shared across cores. None of them touch the network.
+//! tested exhaustively on tokio's paused clock. The breaker and the budget are shared by every
+//! worker thread of the process without locks (atomic state changed by compare-and-swap,
+//! counters sharded so each thread writes its own cache lines: see [`window`]), so the
+//! evidence a config names counts wherever it was seen. None of them touch the network.
 //!
 //! Why each exists, in one line: retries turn a transient failure into a success, the budget
 //! stops retries from multiplying load on an upstream that is already failing (a retry storm),

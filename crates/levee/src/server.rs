@@ -97,8 +97,8 @@ pub struct SharedState {
     pub gateway: ArcSwap<Gateway>,
     /// Announces each applied config to the workers and the control thread.
     pub gateway_tx: watch::Sender<Arc<Gateway>>,
-    /// Each worker's view of the upstreams (breakers, load), indexed by worker, for the admin
-    /// API and gauges.
+    /// Each worker's view of the upstreams (its load signals: in flight, peak EWMA), indexed
+    /// by worker, for the admin API. Breakers are in the shared `Upstream`.
     pub worker_upstreams: std::sync::Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
     /// The config version each worker serves, indexed by worker.
     pub worker_versions: Vec<AtomicU64>,
