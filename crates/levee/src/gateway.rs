@@ -73,85 +73,11 @@ impl Gateway {
             })
             .collect();
         let router = Router::new(config.routes.clone());
-        // Each config's routes by name, so that finding a route's predecessor stays linear
-        // in the number of routes (a reload of 100,000 routes must not compare every pair).
-        let names = |config: &Config| -> HashMap<String, usize> {
-            config
-                .file
-                .routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.name.clone(), i))
-                .collect()
-        };
-        let new_files = names(&config);
-        let old_files = previous.map(|old| names(&old.config)).unwrap_or_default();
-        let old_routes: HashMap<&str, usize> = previous
-            .map(|old| {
-                old.router
-                    .routes()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (&*r.name, i))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let route_file = |config: &Config, files: &HashMap<String, usize>, name: &str| {
-            let route = config.file.routes.get(*files.get(name)?)?;
-            Some((json(&route.rate_limit), json(&route.stale_if_error)))
-        };
-        // The old route of the same name, when its limiter and cache settings are the same.
-        let kept_route = |name: &str| -> Option<usize> {
-            let old = previous?;
-            let index = *old_routes.get(name)?;
-            (route_file(&old.config, &old_files, name) == route_file(&config, &new_files, name))
-                .then_some(index)
-        };
-        let stale = config
-            .routes
-            .iter()
-            .map(|r| {
-                let kept = kept_route(&r.name)
-                    .and_then(|i| previous.and_then(|old| old.stale.get(i).cloned().flatten()));
-                kept.or_else(|| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
-            })
-            .collect();
-        let limiters = config
-            .routes
-            .iter()
-            .map(|r| {
-                let kept = kept_route(&r.name)
-                    .and_then(|i| previous.and_then(|old| old.limiters.get(i).cloned().flatten()));
-                kept.or_else(|| {
-                    r.rate_limit
-                        .as_ref()
-                        .map(|spec| Arc::new(RouteLimiter::new(spec)))
-                })
-            })
-            .collect();
-        // A retry budget carries over while the route's budget settings stay the same.
-        let retry_budgets = config
-            .routes
-            .iter()
-            .map(|r| {
-                let policy = r.retry.as_ref()?;
-                let kept = previous.and_then(|old| {
-                    let i = *old_routes.get(&*r.name)?;
-                    let before = old.router.routes().get(i)?.retry.as_ref()?;
-                    let same =
-                        before.budget == policy.budget && before.min_per_second == policy.min_per_second;
-                    old.retry_budgets.get(i).cloned().flatten().filter(|_| same)
-                });
-                Some(kept.unwrap_or_else(|| {
-                    Arc::new(RetryBudget::new(
-                        policy.budget,
-                        policy.min_per_second,
-                        RETRY_BUDGET_WINDOW,
-                        tokio::time::Instant::now(),
-                    ))
-                }))
-            })
-            .collect();
+        let RouteState {
+            stale,
+            limiters,
+            retry_budgets,
+        } = RouteState::build(&config, previous);
         let credentials = Credentials::new(&config.consumers);
         // The verifier keeps its fetched JWKS when nothing about it changed.
         let jwt = match (previous.and_then(|old| old.jwt.as_ref()), &config.jwt) {
@@ -235,6 +161,103 @@ impl Gateway {
             credentials,
             jwt,
             version: 1,
+        }
+    }
+}
+
+/// The state each route keeps between requests, taken over from the running gateway for
+/// every route whose settings for it did not change.
+struct RouteState {
+    stale: Vec<Option<Arc<StaleCache>>>,
+    limiters: Vec<Option<Arc<RouteLimiter>>>,
+    retry_budgets: Vec<Option<Arc<RetryBudget>>>,
+}
+
+impl RouteState {
+    fn build(config: &Config, previous: Option<&Gateway>) -> RouteState {
+        // Each config's routes by name, so that finding a route's predecessor stays linear
+        // in the number of routes (a reload of 100,000 routes must not compare every pair).
+        let names = |config: &Config| -> HashMap<String, usize> {
+            config
+                .file
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect()
+        };
+        let new_files = names(config);
+        let old_files = previous.map(|old| names(&old.config)).unwrap_or_default();
+        let old_routes: HashMap<&str, usize> = previous
+            .map(|old| {
+                old.router
+                    .routes()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (&*r.name, i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let route_file = |config: &Config, files: &HashMap<String, usize>, name: &str| {
+            let route = config.file.routes.get(*files.get(name)?)?;
+            Some((json(&route.rate_limit), json(&route.stale_if_error)))
+        };
+        // The old route of the same name, when its limiter and cache settings are the same.
+        let kept_route = |name: &str| -> Option<usize> {
+            let old = previous?;
+            let index = *old_routes.get(name)?;
+            (route_file(&old.config, &old_files, name) == route_file(config, &new_files, name))
+                .then_some(index)
+        };
+        let stale = config
+            .routes
+            .iter()
+            .map(|r| {
+                let kept = kept_route(&r.name)
+                    .and_then(|i| previous.and_then(|old| old.stale.get(i).cloned().flatten()));
+                kept.or_else(|| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
+            })
+            .collect();
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                let kept = kept_route(&r.name)
+                    .and_then(|i| previous.and_then(|old| old.limiters.get(i).cloned().flatten()));
+                kept.or_else(|| {
+                    r.rate_limit
+                        .as_ref()
+                        .map(|spec| Arc::new(RouteLimiter::new(spec)))
+                })
+            })
+            .collect();
+        // A retry budget carries over while the route's budget settings stay the same.
+        let retry_budgets = config
+            .routes
+            .iter()
+            .map(|r| {
+                let policy = r.retry.as_ref()?;
+                let kept = previous.and_then(|old| {
+                    let i = *old_routes.get(&*r.name)?;
+                    let before = old.router.routes().get(i)?.retry.as_ref()?;
+                    let same =
+                        before.budget == policy.budget && before.min_per_second == policy.min_per_second;
+                    old.retry_budgets.get(i).cloned().flatten().filter(|_| same)
+                });
+                Some(kept.unwrap_or_else(|| {
+                    Arc::new(RetryBudget::new(
+                        policy.budget,
+                        policy.min_per_second,
+                        RETRY_BUDGET_WINDOW,
+                        tokio::time::Instant::now(),
+                    ))
+                }))
+            })
+            .collect();
+        RouteState {
+            stale,
+            limiters,
+            retry_budgets,
         }
     }
 }

@@ -87,12 +87,7 @@ pub async fn handle(
     // request sent upstream must agree on it (RFC 9112 section 3.2).
     if let Err(reason) = crate::host::settle(&mut parts) {
         tracing::debug!(request_id = ?record.request_id, reason, "request host refused");
-        // As nginx does: a client this confused about where it is gets no second request.
-        let mut response = answer(Rejection::BadRequest, record);
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return refuse_and_close(record);
     }
 
     // Load shedding: past the worker's in-flight cap, refuse at once.
@@ -127,11 +122,7 @@ pub async fn handle(
     // Strict framing: shapes that parse but that proxies disagree about (smuggling).
     if let Err(reason) = strict_framing(&parts) {
         tracing::debug!(request_id = ?record.request_id, reason, "ambiguous request framing refused");
-        let mut response = answer(Rejection::BadRequest, record);
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return refuse_and_close(record);
     }
 
     // Size limits that can be judged from the head alone.
@@ -325,6 +316,16 @@ pub(crate) fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
         [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err("Transfer-Encoding other than chunked"),
     }
+}
+
+/// A 400 for a request too malformed to trust the connection it came on (ambiguous framing,
+/// a confused host): as nginx does, the client gets no second request on it.
+fn refuse_and_close(record: RequestRecord) -> Response<ResponseBody> {
+    let mut response = answer(Rejection::BadRequest, record);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The size of a request head as it arrived: request line and header lines.

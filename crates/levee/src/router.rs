@@ -58,6 +58,18 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// The path made of a template's leading literal segments: `/users` for `/users/{id}/x`.
+fn literal_head(template: &[Segment]) -> String {
+    let head: Vec<&str> = template
+        .iter()
+        .map_while(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            Segment::Param(_) => None,
+        })
+        .collect();
+    format!("/{}", head.join("/"))
+}
+
 /// Splits a template such as `/users/{id}/orders` into segments.
 pub fn parse_template(path: &str) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
@@ -193,15 +205,7 @@ impl PathMatch {
             (PathMatch::Prefix(p), PathMatch::Prefix(q)) => prefix_matches(p, q),
             (PathMatch::Prefix(p), PathMatch::Template(t)) => {
                 // Covered when the prefix lies within the template's leading literals.
-                let literal_head: Vec<&str> = t
-                    .iter()
-                    .map_while(|s| match s {
-                        Segment::Literal(l) => Some(l.as_str()),
-                        Segment::Param(_) => None,
-                    })
-                    .collect();
-                let head = format!("/{}", literal_head.join("/"));
-                prefix_matches(p, &head)
+                prefix_matches(p, &literal_head(t))
             }
             (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
             (PathMatch::Template(t), PathMatch::Exact(e)) => template_matches(t, e),
@@ -435,14 +439,7 @@ impl PathIndex {
             }
             PathMatch::Prefix(prefix) => prefixes_of(prefix),
             PathMatch::Template(segments) => {
-                let head: Vec<&str> = segments
-                    .iter()
-                    .map_while(|s| match s {
-                        Segment::Literal(l) => Some(l.as_str()),
-                        Segment::Param(_) => None,
-                    })
-                    .collect();
-                prefixes_of(&format!("/{}", head.join("/")));
+                prefixes_of(&literal_head(segments));
                 let parts: Vec<Part> = segments
                     .iter()
                     .map(|s| match s {

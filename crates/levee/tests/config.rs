@@ -566,14 +566,7 @@ limits:
             "limits.max_inflight: invalid value: integer `-1`",
         ),
     ];
-    for (at, text) in expected {
-        assert!(
-            errs.iter().any(|e| e.starts_with(at) && e.contains(text)),
-            "no `{at} ...{text}...` in:\n{}",
-            errs.join("\n")
-        );
-    }
-    assert_eq!(errs.len(), expected.len(), "nothing else:\n{}", errs.join("\n"));
+    assert_exactly(&errs, &expected);
 }
 
 /// Several bad values in one block, and a list item that must go whole: each reported, and
@@ -591,6 +584,12 @@ fn type_errors_in_one_block_and_list_items_are_all_reported() {
         ("levee.yaml:10:", "routes[0]: missing field `name`"),
         ("levee.yaml:14:15:", "`nobody`"),
     ];
+    assert_exactly(&errs, &expected);
+}
+
+/// `errs` holds, for each (position prefix, text), one error starting with the one and
+/// containing the other, and nothing else.
+fn assert_exactly(errs: &[String], expected: &[(&str, &str)]) {
     for (at, text) in expected {
         assert!(
             errs.iter().any(|e| e.starts_with(at) && e.contains(text)),

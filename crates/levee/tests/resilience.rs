@@ -21,6 +21,22 @@ fn upstreams(targets: &[std::net::SocketAddr], extra: &str) -> String {
     format!("upstreams:\n  u:\n    targets: [{}]\n{extra}", list.join(", "))
 }
 
+/// An upstream that hangs (answers after 30 s) while the flag is set, and answers "back" at
+/// once after it is cleared.
+async fn hanging_upstream() -> (MockUpstream, Arc<AtomicBool>) {
+    let hang = Arc::new(AtomicBool::new(true));
+    let flag = hang.clone();
+    let upstream = MockUpstream::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ok("late").delay(Duration::from_secs(30))
+        } else {
+            Reply::ok("back")
+        }
+    })
+    .await;
+    (upstream, hang)
+}
+
 /// A value from the metrics exposition, 0 when the series is absent.
 async fn metric(h: &Harness, series: &str) -> f64 {
     let text = get(&format!("{}/metrics", h.admin), &[]).await.text();
@@ -174,16 +190,7 @@ async fn a_killed_target_is_avoided_and_taken_back_when_it_returns() {
 
 #[tokio::test]
 async fn a_hung_upstream_trips_the_breaker_and_then_fails_fast() {
-    let hang = Arc::new(AtomicBool::new(true));
-    let flag = hang.clone();
-    let upstream = MockUpstream::start(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::ok("late").delay(Duration::from_secs(30))
-        } else {
-            Reply::ok("back")
-        }
-    })
-    .await;
+    let (upstream, hang) = hanging_upstream().await;
     let h = Harness::start(&format!(
         "{}routes:\n  - name: all\n    upstream: u\n",
         upstreams(
@@ -860,16 +867,7 @@ async fn a_listener_cap_refuses_connections_past_it() {
 /// process, not per worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_breaker_per_target_across_workers() {
-    let hang = Arc::new(AtomicBool::new(true));
-    let flag = hang.clone();
-    let upstream = MockUpstream::start(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::ok("late").delay(Duration::from_secs(30))
-        } else {
-            Reply::ok("back")
-        }
-    })
-    .await;
+    let (upstream, hang) = hanging_upstream().await;
     let h = Harness::start(&format!(
         "workers: 4\n{}routes:\n  - name: all\n    upstream: u\n",
         upstreams(

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use serde_yaml_ng::Value;
 
 use super::file::ConfigFile;
+use super::source_map::SourceMap;
+use super::{ConfigError, ConfigErrors};
 
 /// At most this many type errors are collected from one file (each costs one more read).
 const MAX_TYPE_ERRORS: usize = 100;
@@ -31,6 +33,83 @@ pub(super) struct TypeError {
     pub shown: String,
     pub at_key: bool,
     pub message: String,
+}
+
+/// Reads the file types from `text`: the typed read when it succeeds (the usual case, and
+/// the fastest), else every type error the document has (`parse::salvage`) and whatever
+/// could still be read, for the semantic checks. A YAML syntax error stops the read.
+pub(super) fn read(
+    text: &str,
+    name: &str,
+    map: &SourceMap,
+) -> Result<(Option<ConfigFile>, Vec<ConfigError>, Cuts), ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok((Some(ConfigFile::default()), Vec::new(), Cuts::default()));
+    }
+    let first = match serde_yaml_ng::from_str::<ConfigFile>(text) {
+        Ok(file) => return Ok((Some(file), Vec::new(), Cuts::default())),
+        Err(first) => first,
+    };
+    let tree: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
+        Ok(tree) => tree,
+        Err(syntax) => {
+            let mut error = serde_error(&syntax, name);
+            error
+                .message
+                .push_str(" (a YAML syntax error stops the check here: fix it to see any other problems)");
+            return Err(ConfigErrors(vec![error]));
+        }
+    };
+    let salvaged = salvage(tree);
+    let mut errors: Vec<ConfigError> = salvaged
+        .errors
+        .iter()
+        .map(|e| {
+            let pos = if e.at_key {
+                map.key(&e.path)
+            } else {
+                map.value(&e.path)
+            };
+            let mut message = if e.shown.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.shown, e.message)
+            };
+            if let Some(rewritten) = unknown_key_message(&message) {
+                message = rewritten;
+            }
+            ConfigError {
+                file: name.to_string(),
+                line: pos.line,
+                col: pos.col,
+                message,
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        // The generic read saw nothing wrong where the typed one did: report the typed one.
+        errors.push(serde_error(&first, name));
+    }
+    Ok((salvaged.file, errors, salvaged.cuts))
+}
+
+/// Rewrites serde's message into ours, adding a "did you mean" for unknown keys.
+fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let (line, col) = error.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let mut message = error.to_string();
+    // serde_yaml appends " at line L column C"; we print the position up front instead.
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    if let Some(rewritten) = unknown_key_message(&message) {
+        message = rewritten;
+    }
+    ConfigError {
+        file: file.to_string(),
+        line,
+        col,
+        message,
+    }
 }
 
 /// The items cut from lists, by the list's path in the original document: to translate the

@@ -14,7 +14,7 @@ use super::file::{
     JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, TracingFile,
     UpstreamFile, Workers,
 };
-use super::parse::{self, nearest, unknown_key_message, Cuts};
+use super::parse::{self, nearest, Cuts};
 use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
@@ -44,7 +44,7 @@ impl Problems<'_> {
 
 pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
     let map = SourceMap::build(text);
-    let (file, mut errors, cuts) = read(text, name, &map)?;
+    let (file, mut errors, cuts) = parse::read(text, name, &map)?;
     let mut problems = Problems {
         file: name,
         map,
@@ -69,83 +69,6 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
     }
     errors.sort_by_key(|e| (e.line, e.col));
     Err(ConfigErrors(errors))
-}
-
-/// Reads the file types from `text`: the typed read when it succeeds (the usual case, and
-/// the fastest), else every type error the document has (`parse::salvage`) and whatever
-/// could still be read, for the semantic checks. A YAML syntax error stops the read.
-fn read(
-    text: &str,
-    name: &str,
-    map: &SourceMap,
-) -> Result<(Option<ConfigFile>, Vec<ConfigError>, Cuts), ConfigErrors> {
-    if text.trim().is_empty() {
-        return Ok((Some(ConfigFile::default()), Vec::new(), Cuts::default()));
-    }
-    let first = match serde_yaml_ng::from_str::<ConfigFile>(text) {
-        Ok(file) => return Ok((Some(file), Vec::new(), Cuts::default())),
-        Err(first) => first,
-    };
-    let tree: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
-        Ok(tree) => tree,
-        Err(syntax) => {
-            let mut error = serde_error(&syntax, name);
-            error
-                .message
-                .push_str(" (a YAML syntax error stops the check here: fix it to see any other problems)");
-            return Err(ConfigErrors(vec![error]));
-        }
-    };
-    let salvaged = parse::salvage(tree);
-    let mut errors: Vec<ConfigError> = salvaged
-        .errors
-        .iter()
-        .map(|e| {
-            let pos = if e.at_key {
-                map.key(&e.path)
-            } else {
-                map.value(&e.path)
-            };
-            let mut message = if e.shown.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.shown, e.message)
-            };
-            if let Some(rewritten) = unknown_key_message(&message) {
-                message = rewritten;
-            }
-            ConfigError {
-                file: name.to_string(),
-                line: pos.line,
-                col: pos.col,
-                message,
-            }
-        })
-        .collect();
-    if errors.is_empty() {
-        // The generic read saw nothing wrong where the typed one did: report the typed one.
-        errors.push(serde_error(&first, name));
-    }
-    Ok((salvaged.file, errors, salvaged.cuts))
-}
-
-/// Rewrites serde's message into ours, adding a "did you mean" for unknown keys.
-fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
-    let (line, col) = error.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-    let mut message = error.to_string();
-    // serde_yaml appends " at line L column C"; we print the position up front instead.
-    if let Some(cut) = message.find(" at line ") {
-        message.truncate(cut);
-    }
-    if let Some(rewritten) = unknown_key_message(&message) {
-        message = rewritten;
-    }
-    ConfigError {
-        file: file.to_string(),
-        line,
-        col,
-        message,
-    }
 }
 
 fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
@@ -2222,6 +2145,7 @@ fn otlp_traces_url(uri: http::Uri) -> Option<http::Uri> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse::unknown_key_message;
     use super::*;
 
     #[test]
