@@ -24,6 +24,10 @@ use super::{ConfigError, ConfigErrors};
 /// At most this many type errors are collected from one file (each costs one more read).
 const MAX_TYPE_ERRORS: usize = 100;
 
+/// And for at most this long: each read of a file of 100,000 routes takes a few tenths of a
+/// second, and a check (or a reload) must answer in bounded time whatever the file.
+const SALVAGE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One type error: the path of the node it is about (in the original document), the path
 /// to name in the message, whether the position to show is the key's (an unknown key), and
 /// the message.
@@ -223,7 +227,20 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
     // one of them is our doing, not the author's.
     let mut cut_keys: Vec<(String, String)> = Vec::new();
     let mut last: Option<(String, String)> = None;
+    let started = std::time::Instant::now();
     while errors.len() < MAX_TYPE_ERRORS {
+        if started.elapsed() > SALVAGE_TIME {
+            errors.push(TypeError {
+                path: String::new(),
+                shown: String::new(),
+                at_key: false,
+                message: format!(
+                    "stopped looking for more problems after {} s: fix these and check again",
+                    SALVAGE_TIME.as_secs()
+                ),
+            });
+            break;
+        }
         let error = match serde_path_to_error::deserialize::<_, ConfigFile>(&tree) {
             Ok(file) => {
                 return Salvaged {
