@@ -522,14 +522,16 @@ fn canaries_are_validated() {
     assert_eq!(config.routes[0].canary.as_ref().unwrap().share, 0.1);
 }
 
-/// Type errors no longer stop the check at the first: five problems in five sections, of
-/// both kinds (values serde cannot read, and meanings validation refuses), all reported at
-/// their own line and column in one run.
+/// Type errors no longer stop the check at the first: eight problems in five sections
+/// (listeners, upstreams, routes, limits, slos), of both kinds (values serde cannot read,
+/// and meanings validation refuses), all reported at their own line and column in one run.
 #[test]
 fn every_problem_in_the_file_is_reported_in_one_run() {
     let yaml = "listeners:
   - name: public
     bind: 127.0.0.1:8080
+  - name: admin-ish
+    bind: 127.0.0.1:99999
 upstreams:
   users:
     targets: [127.0.0.1:9001]
@@ -550,20 +552,30 @@ routes:
     upstream: nowhere
 limits:
   max_inflight: -1
+slos:
+  - name: users-availability
+    route: users
+    objective: high
+    sli: availability
 ";
     let errs = errors(yaml);
     let expected = [
-        ("levee.yaml:7:26:", "duration `10` needs a unit"),
-        ("levee.yaml:10:5:", "unknown key `retries`"),
+        ("levee.yaml:5:11:", "127.0.0.1:99999"),
+        ("levee.yaml:9:26:", "duration `10` needs a unit"),
+        ("levee.yaml:12:5:", "unknown key `retries`"),
         (
-            "levee.yaml:15:24:",
+            "levee.yaml:17:24:",
             "routes[0].retry.attempts: invalid type: string \"many\"",
         ),
-        ("levee.yaml:16:11:", "duplicate route name `users`"),
-        ("levee.yaml:21:15:", "`nowhere`"),
+        ("levee.yaml:18:11:", "duplicate route name `users`"),
+        ("levee.yaml:23:15:", "`nowhere`"),
         (
-            "levee.yaml:23:17:",
+            "levee.yaml:25:17:",
             "limits.max_inflight: invalid value: integer `-1`",
+        ),
+        (
+            "levee.yaml:29:16:",
+            "slos[0].objective: invalid type: string \"high\"",
         ),
     ];
     assert_exactly(&errs, &expected);
