@@ -82,12 +82,12 @@ impl State {
 /// Permission to send one request; hand it back with the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
-    Normal,
+    /// A request in the closed period numbered `generation`: its outcome counts only while
+    /// the breaker is still closed in that period (not after it opened and closed again).
+    Normal { generation: u32 },
     /// A half-open probe, from the half-open period numbered `generation`: an outcome from
     /// an earlier period says nothing about this one and is ignored.
-    Probe {
-        generation: u32,
-    },
+    Probe { generation: u32 },
 }
 
 /// The state word: bits 0-1 the state, bits 2-21 the half-open generation, bits 22-63 the
@@ -163,6 +163,13 @@ impl CircuitBreaker {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Milliseconds since the epoch rounded up: an opening time stored this way never lets
+    /// half-open start before `open_for` has really passed.
+    fn millis_ceil(&self, now: Instant) -> u64 {
+        let nanos = now.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+
     /// The state word now, an open breaker whose `open_for` has passed turned half-open.
     fn current(&self, now: Instant) -> Word {
         let mut word = Word(self.word.load(Ordering::Acquire));
@@ -170,9 +177,9 @@ impl CircuitBreaker {
             if word.tag() != TAG_OPEN {
                 return word;
             }
-            let opened = word.payload();
-            let now_ms = self.millis(now) & ((1 << 42) - 1);
-            if now_ms.wrapping_sub(opened) & ((1 << 42) - 1) < self.open_for_ms {
+            // 42 bits of milliseconds last 139 years. A caller whose `now` was read just
+            // before another thread opened the breaker sees no time passed, not a wrap.
+            if self.millis(now).saturating_sub(word.payload()) < self.open_for_ms {
                 return word;
             }
             let next = Word::half_open(word.generation().wrapping_add(1), 0, 0);
@@ -210,7 +217,11 @@ impl CircuitBreaker {
         let mut word = self.current(now);
         loop {
             match word.tag() {
-                TAG_CLOSED => return Some(Permit::Normal),
+                TAG_CLOSED => {
+                    return Some(Permit::Normal {
+                        generation: word.generation(),
+                    })
+                }
                 TAG_HALF_OPEN => {
                     let (in_flight, succeeded) = word.probes();
                     if in_flight >= u64::from(self.config.half_open_probes) {
@@ -238,10 +249,11 @@ impl CircuitBreaker {
     pub fn record(&self, permit: Permit, success: bool, now: Instant) {
         match permit {
             Permit::Probe { generation } => self.record_probe(generation, success, now),
-            Permit::Normal => {
+            Permit::Normal { generation } => {
                 // Outcomes of requests admitted before the state changed say nothing about
                 // the target's health now.
-                if self.current(now).tag() != TAG_CLOSED {
+                let word = self.current(now);
+                if word.tag() != TAG_CLOSED || word.generation() != generation {
                     return;
                 }
                 if success {
@@ -281,6 +293,15 @@ impl CircuitBreaker {
             let (in_flight, succeeded) = word.probes();
             let succeeded = succeeded + 1;
             let closes = succeeded >= u64::from(self.config.half_open_probes);
+            if closes {
+                // Closed again with a clean slate, cleared before the state says closed so
+                // that no request of the new closed period sees the failures that opened it
+                // (outcomes of other periods are ignored meanwhile, so this is harmless if
+                // the swap below loses). A failure recorded by another thread of the new
+                // period in this instant could be wiped: that errs on the side of traffic.
+                self.consecutive.store(0, Ordering::Release);
+                self.window.clear();
+            }
             let next = if closes {
                 Word::closed(generation)
             } else {
@@ -290,16 +311,7 @@ impl CircuitBreaker {
                 .word
                 .compare_exchange(word.0, next.0, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    if closes {
-                        // Closed again with a clean slate. A failure counted by another
-                        // thread in this instant may be wiped with it: the breaker has just
-                        // seen the target answer, so that errs on the side of traffic.
-                        self.consecutive.store(0, Ordering::Relaxed);
-                        self.window.clear();
-                    }
-                    return;
-                }
+                Ok(_) => return,
                 Err(seen) => word = Word(seen),
             }
         }
@@ -337,7 +349,7 @@ impl CircuitBreaker {
             if seen.tag() != from || seen.generation() != generation {
                 return;
             }
-            let next = Word::open(generation, self.millis(now));
+            let next = Word::open(generation, self.millis_ceil(now));
             match self
                 .word
                 .compare_exchange(seen.0, next.0, Ordering::AcqRel, Ordering::Acquire)
@@ -568,5 +580,45 @@ mod tests {
             b.record(permit, true, later);
         }
         assert_eq!(b.state(later), State::Closed);
+    }
+
+    /// A caller that read the clock just before another thread opened the breaker sees it
+    /// open, not a wrapped-around elapsed time that would end the open period at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_clock_reading_keeps_it_open() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        });
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        send(&b, false);
+        assert!(!b.would_admit(before));
+        assert!(b.try_acquire(before).is_none());
+        assert_eq!(b.state(Instant::now()), State::Open);
+    }
+
+    /// A request let through before the breaker opened, finishing after it closed again,
+    /// says nothing about the new closed period.
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_from_an_earlier_closed_period_is_ignored() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 2,
+            ..BreakerConfig::default()
+        });
+        let slow = b.try_acquire(Instant::now()).unwrap();
+        send(&b, false);
+        send(&b, false);
+        assert_eq!(b.state(Instant::now()), State::Open);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(send(&b, true), "the probe");
+        assert_eq!(b.state(Instant::now()), State::Closed);
+        b.record(slow, false, Instant::now());
+        send(&b, false);
+        assert_eq!(
+            b.state(Instant::now()),
+            State::Closed,
+            "one failure of this period, not two"
+        );
     }
 }

@@ -121,7 +121,10 @@ mod tests {
             })
             .collect();
         let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        assert!((190..=200).contains(&granted), "{granted} of 200");
-        assert!(!budget.try_withdraw(Instant::now()));
+        assert!(granted <= 200, "{granted} of 200");
+        // A race may have refused a retry that was there; alone now, the rest is granted,
+        // and not one more.
+        let rest = (0..300).filter(|_| budget.try_withdraw(Instant::now())).count();
+        assert_eq!(granted + rest, 200);
     }
 }

@@ -110,7 +110,7 @@ impl Window {
             return;
         };
         let n = n.min(0xffff_ffff);
-        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+        let _ = word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
             Some(if current & !0xffff_ffff == tag {
                 let count = (current & 0xffff_ffff).saturating_add(n).min(0xffff_ffff);
                 tag | count
@@ -135,12 +135,17 @@ impl Window {
         let Some((word, tag)) = self.word(now, Kind::B) else {
             return;
         };
-        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+        let _ = word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
             (current & !0xffff_ffff == tag && current & 0xffff_ffff > 0).then(|| current - 1)
         });
     }
 
     /// Sums of (a, b) over the window ending now, over every shard.
+    ///
+    /// Counts and these loads are sequentially consistent, so that a thread that counts and
+    /// then reads the totals sees every count another thread made before reading its own
+    /// totals: the retry budget's count-then-check relies on it. (On x86 this costs nothing
+    /// more than acquire/release.)
     pub fn totals(&self, now: Instant) -> (u64, u64) {
         let second = self.second(now);
         let len = self.seconds as u64;
@@ -151,7 +156,7 @@ impl Window {
                 continue;
             };
             for (i, word) in words.iter().enumerate() {
-                let value = word.load(Ordering::Acquire);
+                let value = word.load(Ordering::SeqCst);
                 let stamp = value >> 32;
                 if stamp == 0 {
                     continue;

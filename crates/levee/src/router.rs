@@ -266,8 +266,8 @@ impl RouteMatch {
 /// 100,000 routes, and comparing each route with all before it grows with the square.
 ///
 /// Earlier routes are filed by what a covering route must have in common with the one
-/// asked about: its host rule (none, the same name, or a wildcard the name ends in), its
-/// first header condition (which the later route must also have) and its path rule (any;
+/// asked about: its host rule (none, the same name, or a wildcard the name ends in), its set
+/// of header conditions (a subset of the later route's) and its path rule (any;
 /// a prefix, found among the prefixes of the later route's path; an exact path; a template,
 /// found by walking a trie of templates segment by segment). Only those candidates are then
 /// compared in full with [`RouteMatch::covers`], so the answer is exactly what comparing
@@ -280,8 +280,22 @@ pub struct CoverIndex {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Scope {
     host: Option<HostMatch>,
-    header: Option<(HeaderName, HeaderValue)>,
+    /// The route's header conditions, sorted and without repeats: a covering route's set is
+    /// a subset of the later route's.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// Header conditions sorted and without repeats, to file and find them as a set.
+fn header_set(headers: &[(HeaderName, HeaderValue)]) -> Vec<(HeaderName, HeaderValue)> {
+    let mut set = headers.to_vec();
+    set.sort_by(|a, b| (a.0.as_str(), a.1.as_bytes()).cmp(&(b.0.as_str(), b.1.as_bytes())));
+    set.dedup();
+    set
+}
+
+/// Up to this many header conditions, a later route's subsets are looked up one by one
+/// (2^12 at most); past it every filed scope of a covering host is looked at instead.
+const MAX_HEADER_SUBSETS: usize = 12;
 
 #[derive(Debug, Default)]
 struct PathIndex {
@@ -356,7 +370,7 @@ impl CoverIndex {
     pub fn insert(&mut self, index: usize, route: &RouteMatch) {
         let scope = Scope {
             host: route.host.clone(),
-            header: route.headers.first().cloned(),
+            headers: header_set(&route.headers),
         };
         let paths = self.scopes.entry(scope).or_default();
         match &route.path {
@@ -374,12 +388,26 @@ impl CoverIndex {
         filed: impl Fn(usize) -> Option<&'a RouteMatch>,
     ) -> Option<usize> {
         let mut candidates = Vec::new();
+        let headers = header_set(&later.headers);
         for host in covering_hosts(later.host.as_ref()) {
-            let headers = std::iter::once(None).chain(later.headers.iter().cloned().map(Some));
-            for header in headers {
+            if headers.len() > MAX_HEADER_SUBSETS {
+                for (scope, paths) in &self.scopes {
+                    if scope.host == host {
+                        paths.candidates(&later.path, &mut candidates);
+                    }
+                }
+                continue;
+            }
+            for mask in 0u32..(1 << headers.len()) {
+                let subset = headers
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| mask & (1 << bit) != 0)
+                    .map(|(_, header)| header.clone())
+                    .collect();
                 let scope = Scope {
                     host: host.clone(),
-                    header,
+                    headers: subset,
                 };
                 if let Some(paths) = self.scopes.get(&scope) {
                     paths.candidates(&later.path, &mut candidates);

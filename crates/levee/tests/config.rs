@@ -611,3 +611,33 @@ fn assert_exactly(errs: &[String], expected: &[(&str, &str)]) {
     }
     assert_eq!(errs.len(), expected.len(), "nothing else:\n{}", errs.join("\n"));
 }
+
+/// What the salvage pass must not invent or lose: a number where a string is expected reads
+/// as its text (as the normal read does), errors under a key read as the key it was meant to
+/// be stay at their own place and path, and an error serde cannot give a path keeps its
+/// position.
+#[test]
+fn the_salvage_pass_reports_only_what_is_wrong_and_where() {
+    let yaml = format!(
+        "{BASE}routes:\n  - name: v2\n    match: {{ path: /v2, headers: {{ x-version: 2, x-debug: true }} }}\n    upstream: users\n  - name: typo\n    mach: {{ path: /t, methods: 5 }}\n    upstreem: users\n"
+    );
+    let errs = errors(&yaml);
+    assert_exactly(
+        &errs,
+        &[
+            ("levee.yaml:12:5:", "unknown key `mach` (did you mean `match`?)"),
+            (
+                "levee.yaml:12:32:",
+                "routes[1].mach.methods: invalid type: integer `5`",
+            ),
+            (
+                "levee.yaml:13:5:",
+                "unknown key `upstreem` (did you mean `upstream`?)",
+            ),
+        ],
+    );
+    let errs = errors(&format!(
+        "{BASE}routes:\n  - name: r\n    upstream: users\n    1: x\n    retry: {{ attempts: x }}\n"
+    ));
+    assert!(errs[0].starts_with("levee.yaml:10:"), "{errs:?}");
+}

@@ -30,9 +30,10 @@ const SALVAGE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One type error: the path of the node it is about (in the original document), the path
 /// to name in the message, whether the position to show is the key's (an unknown key), and
-/// the message.
+/// the message. `unlocated` when serde could not say where (a key that is not a string).
 #[derive(Debug)]
 pub(super) struct TypeError {
+    pub unlocated: bool,
     pub path: String,
     pub shown: String,
     pub at_key: bool,
@@ -68,7 +69,12 @@ pub(super) fn read(
     let mut errors: Vec<ConfigError> = salvaged
         .errors
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(i, e)| {
+            if e.unlocated && i == 0 {
+                // serde could not name a path, but the typed read knows where it was.
+                return serde_error(&first, name);
+            }
             let pos = if e.at_key {
                 map.key(&e.path)
             } else {
@@ -121,11 +127,32 @@ fn serde_error(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
 #[derive(Debug, Default)]
 pub(super) struct Cuts {
     removed: HashMap<String, Vec<usize>>,
+    /// Keys read under another name (a typo read as the key it was meant to be): the path
+    /// with the new name, and the path as written, both in the original document.
+    renamed: Vec<(String, String)>,
 }
 
 impl Cuts {
     /// `path` (in the document as it is after the cuts) as it was written in the file.
     pub fn original(&self, path: &str) -> String {
+        if self.removed.is_empty() && self.renamed.is_empty() {
+            return path.to_string();
+        }
+        let mut out = self.original_indices(path);
+        for (read_as, written) in &self.renamed {
+            let below = out
+                .strip_prefix(read_as.as_str())
+                .filter(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                .map(str::to_string);
+            if let Some(rest) = below {
+                out = format!("{written}{rest}");
+            }
+        }
+        out
+    }
+
+    /// `path` with its list indices translated back across the cut items.
+    fn original_indices(&self, path: &str) -> String {
         if self.removed.is_empty() {
             return path.to_string();
         }
@@ -231,6 +258,7 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
     while errors.len() < MAX_TYPE_ERRORS {
         if started.elapsed() > SALVAGE_TIME {
             errors.push(TypeError {
+                unlocated: false,
                 path: String::new(),
                 shown: String::new(),
                 at_key: false,
@@ -254,6 +282,7 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
         let message = error.inner().to_string();
         let Some(mut at) = steps(error.path()) else {
             errors.push(TypeError {
+                unlocated: true,
                 path: String::new(),
                 shown: String::new(),
                 at_key: false,
@@ -261,14 +290,19 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
             });
             break;
         };
+        // The text reader takes any scalar where a string is expected (`x-version: 2`); the
+        // tree reader has typed it already. Read it as the text it was, and say nothing.
+        if message.contains("expected a string") && stringify(&mut tree, &at, &message) {
+            continue;
+        }
         let here = cuts.original(&text_of(&at));
         if last.as_ref() == Some(&(here.clone(), message.clone())) {
             break; // cutting did not help: stop rather than loop
         }
         last = Some((here.clone(), message.clone()));
-        let unknown = quoted_after(&message, "unknown field `");
+        let unknown = quoted_after(&message, "unknown field `").map(str::to_string);
         let missing = quoted_after(&message, "missing field `");
-        match (unknown, missing) {
+        match (unknown.as_deref(), missing) {
             (Some(key), _) => {
                 // The path may or may not end at the unknown key already; the message names
                 // the mapping it is in, the position is the key's.
@@ -281,6 +315,7 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
                 // `upstream`" would only repeat the typo's error).
                 let meant = suggestion(&message, key);
                 errors.push(TypeError {
+                    unlocated: false,
                     path: cuts.original(&text_of(&at)),
                     shown: cuts.original(&text_of(mapping)),
                     at_key: true,
@@ -288,6 +323,9 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
                 });
                 if let Some(meant) = meant {
                     if rename(&mut tree, &at, &meant) {
+                        let written = cuts.original(&text_of(&at));
+                        let parent = written.strip_suffix(key).unwrap_or(&written).to_string();
+                        cuts.renamed.push((format!("{parent}{meant}"), written));
                         continue;
                     }
                 }
@@ -297,6 +335,7 @@ pub(super) fn salvage(mut tree: Value) -> Salvaged {
                 // without it, so it goes too (reported once, as that value's error).
             }
             _ => errors.push(TypeError {
+                unlocated: false,
                 shown: here.clone(),
                 path: here,
                 at_key: false,
@@ -353,6 +392,26 @@ fn suggestion(message: &str, key: &str) -> Option<String> {
     let expected = message.get(message.find("expected")?..)?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     nearest(key, candidates.into_iter()).map(str::to_string)
+}
+
+/// Replaces the number or boolean at `at` with its text (from serde's message: ``integer
+/// `2`, expected a string``). False when there is no such scalar there.
+fn stringify(tree: &mut Value, at: &[Step], message: &str) -> bool {
+    let Some(text) = quoted_after(message, "`") else {
+        return false;
+    };
+    let mut node = &mut *tree;
+    for step in at {
+        match child(node, step) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    if !matches!(node, Value::Number(_) | Value::Bool(_)) {
+        return false;
+    }
+    *node = Value::String(text.to_string());
+    true
 }
 
 /// Renames the key at `at` to `meant` if its mapping has no `meant` yet.

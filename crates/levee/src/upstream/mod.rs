@@ -416,7 +416,7 @@ impl WorkerUpstream {
             .ok_or_else(no_target)?;
         let target = self.targets.get(index).ok_or_else(no_target)?;
         let permit = match self.shared.breaker(index) {
-            None => Permit::Normal,
+            None => Permit::Normal { generation: 0 },
             Some(breaker) => breaker.try_acquire(now).ok_or_else(no_target)?,
         };
         target.inflight.fetch_add(1, Ordering::Relaxed);
