@@ -296,9 +296,8 @@ impl CircuitBreaker {
             if closes {
                 // Closed again with a clean slate, cleared before the state says closed so
                 // that no request of the new closed period sees the failures that opened it
-                // (outcomes of other periods are ignored meanwhile, so this is harmless if
-                // the swap below loses). A failure recorded by another thread of the new
-                // period in this instant could be wiped: that errs on the side of traffic.
+                // (no outcome counts while half-open, so this is harmless if the swap below
+                // loses to a failing probe).
                 self.consecutive.store(0, Ordering::Release);
                 self.window.clear();
             }
