@@ -88,6 +88,21 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
                     }
                     return Ok(change_experiments(&state, request, &request_id).await);
                 }
+                // Call-log and analytics queries read SQLite, for seconds on a large log:
+                // off the admin event loop too, so /healthz, /readyz and /metrics (liveness
+                // probes, scrapes) keep answering while one runs.
+                if matches!(request.uri().path(), CALLS | ANALYTICS) {
+                    let request_id = crate::headers::request_id(request.headers());
+                    let answered = tokio::task::spawn_blocking(move || route(&state, request)).await;
+                    return Ok(answered.unwrap_or_else(|_| {
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "The call log query did not finish.",
+                            &request_id,
+                        )
+                    }));
+                }
                 Ok::<_, Infallible>(route(&state, request))
             }
         });
@@ -103,6 +118,9 @@ async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutd
 
 /// `POST` here reloads the config file.
 const RELOAD: &str = "/api/v1/config/reload";
+/// The call log and its analytics: SQLite queries, run on the blocking pool.
+const CALLS: &str = "/api/v1/calls";
+const ANALYTICS: &str = "/api/v1/analytics";
 /// `POST` starts an experiment; `GET`/`DELETE` `EXPERIMENTS/{id}` show and stop one.
 const EXPERIMENTS: &str = "/api/v1/experiments";
 
@@ -382,8 +400,8 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
                 .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             response
         }
-        "/api/v1/calls" => calls(state, request.uri().query().unwrap_or(""), &request_id),
-        "/api/v1/analytics" => analytics(state, request.uri().query().unwrap_or(""), &request_id),
+        CALLS => calls(state, request.uri().query().unwrap_or(""), &request_id),
+        ANALYTICS => analytics(state, request.uri().query().unwrap_or(""), &request_id),
         "/api/v1/upstreams" => json_value(StatusCode::OK, &state.upstreams_view()),
         "/api/v1/routes" => {
             let gateway = state.gateway.load();
