@@ -5,10 +5,10 @@
 //! times the evidence on N cores before it protects anyone (each worker must see its own
 //! failures), and lets N half-open probes at a recovering target at once. One window per
 //! process fixes that, but a single counter that every request increments would bounce one
-//! cache line between all cores. So the window is split into shards, one per core or so;
-//! a thread always counts into the same shard (its own cache lines, uncontended), and the
-//! rare reader of the totals (a failure deciding whether to open the breaker, a retry asking
-//! the budget) sums every shard.
+//! cache line between all cores. So the window is split into shards, one per core up to
+//! eight; a thread always counts into the same shard (its own cache lines, uncontended), and
+//! the rare reader of the totals (a failure deciding whether to open the breaker, a retry
+//! asking the budget) sums every shard.
 //!
 //! Each counter is one `AtomicU64`: the second it counts (high 32 bits, plus one so that 0
 //! means "never used") and the count (low 32 bits), updated together by compare-and-swap,
@@ -26,9 +26,11 @@ use tokio::time::Instant;
 /// share a cache line (or an adjacent-line prefetch pair).
 const SHARD_GAP: usize = 16;
 
-/// At most this many shards, whatever the core count: beyond it, memory per window grows
-/// for little gain.
-const MAX_SHARDS: usize = 32;
+/// At most this many shards, whatever the core count: every breaker and every route's retry
+/// budget has a window, and a config of 100,000 routes with retries on a 64-core host must
+/// not spend a gigabyte on counters. With more threads than shards, a few threads share a
+/// shard: still exact, with a little contention on the counting CAS.
+const MAX_SHARDS: usize = 8;
 
 /// Counts of two kinds of event (`a` and `b`) over the last `len` seconds.
 #[derive(Debug)]
