@@ -155,23 +155,30 @@ fn main() -> ExitCode {
             limit,
             json,
         } => {
-            let mut query = vec![format!("limit={limit}")];
-            query.extend(route.map(|r| format!("route={}", encode(&r))));
-            query.extend(consumer.map(|c| format!("consumer={}", encode(&c))));
-            query.extend(status.map(|s| format!("status={s}")));
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(route) = &route {
+                query.append_pair("route", route);
+            }
+            if let Some(consumer) = &consumer {
+                query.append_pair("consumer", consumer);
+            }
+            if let Some(status) = status {
+                query.append_pair("status", &status.to_string());
+            }
             let url = format!(
                 "{}/api/v1/calls?{}",
                 admin.admin.trim_end_matches('/'),
-                query.join("&")
+                query.finish()
             );
             admin_command(&admin, &url, json, calls_table)
         }
         Command::Top { admin, by, json } => {
-            let url = format!(
-                "{}/api/v1/analytics?group_by={}&bucket=1h",
-                admin.admin.trim_end_matches('/'),
-                encode(&by)
-            );
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("group_by", &by)
+                .append_pair("bucket", "1h")
+                .finish();
+            let url = format!("{}/api/v1/analytics?{query}", admin.admin.trim_end_matches('/'));
             admin_command(&admin, &url, json, top_table)
         }
         Command::Slo {
@@ -194,15 +201,6 @@ fn main() -> ExitCode {
 /// A JSON field, or null when absent.
 fn field<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
     value.get(key).unwrap_or(&serde_json::Value::Null)
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs one admin API request and prints JSON or a table.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::header::{HeaderName, AUTHORIZATION};
 use http::request::Parts;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::spec::{AuthSpec, ConsumerSpec};
 
@@ -49,11 +50,7 @@ impl Credentials {
         let mut found = None;
         for (stored, name) in &self.keys {
             // Constant time per digest, and every digest is compared.
-            let diff = stored
-                .iter()
-                .zip(digest.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if bool::from(stored.ct_eq(&digest)) {
                 found = Some(name.clone());
             }
         }
@@ -148,8 +145,7 @@ pub async fn authenticate_jwt(
 /// A new random API key and its digest for the config (`levee key new`).
 pub fn digest_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::hex::encode(&digest))
 }
 
 #[cfg(test)]

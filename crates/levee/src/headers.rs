@@ -81,21 +81,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
     }
 }
 
-pub(crate) fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
-        out.push(HEX.get(usize::from(b & 0x0f)).copied().unwrap_or(b'0'));
-    }
-}
-
 fn random_hex(len_bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len_bytes * 2);
     let mut remaining = len_bytes;
     while remaining > 0 {
         let word = fastrand::u64(..).to_le_bytes();
         let take = remaining.min(8);
-        hex_into(word.get(..take).unwrap_or(&word), &mut out);
+        crate::hex::encode_into(word.get(..take).unwrap_or(&word), &mut out);
         remaining -= take;
     }
     out

@@ -14,6 +14,7 @@
 //! * [`upstream`]: targets, load balancing, pooled connections, timeouts
 //! * [`host`]: which host a request is for (`Host`, absolute form, `:authority`)
 //! * [`headers`]: hop-by-hop, forwarding, request id, trace context
+//! * [`hex`]: the one hex encoder and decoder
 //! * [`edge`]: failures to JSON error responses, in one place
 //! * [`observability`]: metrics and the access log
 //! * [`stale`]: the last good answers, served when an upstream fails
@@ -37,6 +38,7 @@ pub mod edge;
 pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
+pub mod hex;
 pub mod host;
 pub mod jwt;
 pub mod llm;

@@ -554,10 +554,8 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
         bucket_ms: 60_000,
         group_by: GroupBy::Route,
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let value =
-            percent_decode(raw).ok_or_else(|| format!("parameter `{key}` is not valid percent-encoding"))?;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let (key, value): (&str, String) = (&key, value.into_owned());
         match key {
             "group_by" => {
                 request.group_by = match value.as_str() {
@@ -620,10 +618,8 @@ pub fn parse_call_query(query: &str) -> Result<CallQuery, String> {
         limit: 100,
         ..CallQuery::default()
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let value =
-            percent_decode(raw).ok_or_else(|| format!("parameter `{key}` is not valid percent-encoding"))?;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let (key, value): (&str, String) = (&key, value.into_owned());
         let time = |v: &str| parse_time(key, v);
         match key {
             "route" => filter.route = Some(value),
@@ -656,30 +652,6 @@ pub fn parse_call_query(query: &str) -> Result<CallQuery, String> {
     Ok(filter)
 }
 
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let hex = text.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Whether the request carries the admin token (always true when none is configured).
 /// Compared in constant time.
 fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
@@ -695,11 +667,12 @@ fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
         .unwrap_or("");
     // Compare digests: fixed length, so neither content nor length leaks through timing.
     use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
     let (a, b) = (
         Sha256::digest(presented.as_bytes()),
         Sha256::digest(token.0.as_bytes()),
     );
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(&b).into()
 }
 
 /// A 200 JSON response with an already serialised body.

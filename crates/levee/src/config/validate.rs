@@ -1062,14 +1062,8 @@ fn check_consumers(file: &ConfigFile, p: &mut Problems) -> Vec<ConsumerSpec> {
 }
 
 fn parse_digest(text: &str) -> Option<[u8; 32]> {
-    let hex = text.strip_prefix("sha256:")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
     let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    crate::hex::decode_into(text.strip_prefix("sha256:")?.as_bytes(), &mut digest)?;
     Some(digest)
 }
 

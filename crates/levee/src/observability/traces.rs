@@ -219,11 +219,11 @@ pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> HeaderVal
     // One allocation: this runs for every upstream attempt.
     let mut out = Vec::with_capacity(55);
     out.extend_from_slice(b"00-");
-    crate::headers::hex_into(&trace_id.0, &mut out);
+    crate::hex::encode_into(&trace_id.0, &mut out);
     out.push(b'-');
-    crate::headers::hex_into(span_id, &mut out);
+    crate::hex::encode_into(span_id, &mut out);
     out.push(b'-');
-    crate::headers::hex_into(&[flags], &mut out);
+    crate::hex::encode_into(&[flags], &mut out);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
@@ -240,7 +240,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, u8)> {
     let versioned_ok = version != b"ff" && (version != b"00" || value.len() == 55);
     // A later version may only add fields after another dash.
     let tail_ok = value.len() == 55 || value.get(55) == Some(&b'-');
-    if !seps || !versioned_ok || !tail_ok || !is_lower_hex(version) {
+    if !seps || !versioned_ok || !tail_ok || !crate::hex::is_lower(version) {
         return None;
     }
     let mut trace_id = [0u8; 16];
@@ -253,27 +253,15 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, u8)> {
     (nonzero(&trace_id) && nonzero(&span_id)).then_some((TraceId(trace_id), span_id, flags[0]))
 }
 
-fn is_lower_hex(s: &[u8]) -> bool {
-    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    crate::hex::encode(bytes)
 }
 
 fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
-    if text.len() != out.len() * 2 || !is_lower_hex(text) {
+    if !crate::hex::is_lower(text) {
         return None;
     }
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let value = pair
-            .iter()
-            .try_fold(0u32, |acc, c| Some(acc * 16 + char::from(*c).to_digit(16)?))?;
-        *byte = u8::try_from(value).ok()?;
-    }
-    Some(())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    crate::headers::hex_into(bytes, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    crate::hex::decode_into(text, out)
 }
 
 /// A finished request's spans, handed to the exporter.
