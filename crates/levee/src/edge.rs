@@ -155,6 +155,28 @@ pub fn error_response(
     response
 }
 
+/// The whole HTTP/1.1 answer written straight to a connection refused at accept, past a
+/// connection cap: no request was parsed (so there is no request id), and the same JSON
+/// shape as every other error.
+pub fn connection_refusal() -> Vec<u8> {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "upstream_unavailable",
+            message: "The gateway is at its connection limit; try again shortly.",
+            request_id: "",
+            kind: error_type(StatusCode::SERVICE_UNAVAILABLE),
+        },
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        json.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&json);
+    answer
+}
+
 /// The response for a rejection.
 pub fn reject(rejection: &Rejection, request_id: &HeaderValue) -> Response<ResponseBody> {
     error_response(

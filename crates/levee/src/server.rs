@@ -965,13 +965,9 @@ async fn accept_loop(
 /// nothing (what the client sent is read and discarded, for at most a second).
 async fn refuse_politely(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
-    const BODY: &str = r#"{"error":{"code":"upstream_unavailable","message":"The gateway is at its connection limit; try again shortly.","request_id":""}}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
+    let response = crate::edge::connection_refusal();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.write_all(&response).await;
         let _ = stream.shutdown().await;
         // Read what the client sent until it closes: closing with unread data would send a
         // reset that can destroy the 503 before the client reads it.

@@ -517,8 +517,13 @@ async fn connections_past_the_cap_get_a_503_and_are_closed() {
     .await;
     let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("upstream_unavailable"), "{answer}");
     assert!(answer.to_lowercase().contains("connection: close"), "{answer}");
+    // The same JSON error shape as every other refusal, `type` included.
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"]["code"], "upstream_unavailable", "{answer}");
+    assert_eq!(json["error"]["type"], "api_error", "{answer}");
+    assert!(json["error"]["message"].is_string());
     assert_eq!(metric(&h, "levee_shed_total").await, 1.0);
     assert_eq!(upstream.hits(), 0);
 }
