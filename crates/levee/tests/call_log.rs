@@ -262,26 +262,15 @@ async fn a_large_analytics_query_does_not_stall_health_and_metrics() {
             .map(|i| CallRecord {
                 time_ms: now_ms - 1_800_000 + i * 9,
                 request_id: format!("r{i}"),
-                trace_id: None,
                 route: Some(format!("route-{}", i % 50)),
-                consumer: None,
                 method: "GET".into(),
                 path: "/x".into(),
                 status: if i % 10 == 0 { 503 } else { 200 },
-                error: None,
                 upstream: Some("u".into()),
-                target: None,
                 attempts: 1,
                 latency_ms: (i % 997) as f64,
-                upstream_ms: None,
-                bytes_in: 0,
                 bytes_out: 2,
-                provider: None,
-                model: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-                cost_usd: None,
-                fault: None,
+                ..CallRecord::default()
             })
             .collect();
         store.insert(&rows).unwrap();

@@ -32,12 +32,12 @@ const SALVAGE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 /// to name in the message, whether the position to show is the key's (an unknown key), and
 /// the message. `unlocated` when serde could not say where (a key that is not a string).
 #[derive(Debug)]
-pub(super) struct TypeError {
-    pub unlocated: bool,
-    pub path: String,
-    pub shown: String,
-    pub at_key: bool,
-    pub message: String,
+struct TypeError {
+    unlocated: bool,
+    path: String,
+    shown: String,
+    at_key: bool,
+    message: String,
 }
 
 /// Reads the file types from `text`: the typed read when it succeeds (the usual case, and
@@ -204,11 +204,11 @@ impl Cuts {
 
 /// The outcome of reading a document whose typed read failed.
 #[derive(Debug)]
-pub(super) struct Salvaged {
+struct Salvaged {
     /// The file types read from what was left, if the cuts got that far.
-    pub file: Option<ConfigFile>,
-    pub errors: Vec<TypeError>,
-    pub cuts: Cuts,
+    file: Option<ConfigFile>,
+    errors: Vec<TypeError>,
+    cuts: Cuts,
 }
 
 /// One step of a path into the tree.
@@ -247,7 +247,7 @@ fn text_of(steps: &[Step]) -> String {
 
 /// Reads `tree` again and again, cutting out what each failure is about (see the module
 /// docs).
-pub(super) fn salvage(mut tree: Value) -> Salvaged {
+fn salvage(mut tree: Value) -> Salvaged {
     let mut errors = Vec::new();
     let mut cuts = Cuts::default();
     // Keys this process cut, by the original path of their mapping: a "missing field" for

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::metrics::Metrics;
 
 /// One request, as stored.
-#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct CallRecord {
     /// Milliseconds since the Unix epoch.
     pub time_ms: i64,
@@ -509,26 +509,15 @@ mod tests {
         CallRecord {
             time_ms: now_ms() - 1000 + i,
             request_id: format!("r{i}"),
-            trace_id: None,
             route: Some(route.into()),
-            consumer: None,
             method: "GET".into(),
             path: "/".into(),
             status,
-            error: None,
-            upstream: None,
-            target: None,
             attempts: 1,
             latency_ms: 1.5,
             upstream_ms: Some(1.0),
-            bytes_in: 0,
             bytes_out: 2,
-            provider: None,
-            model: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cost_usd: None,
-            fault: None,
+            ..CallRecord::default()
         }
     }
 
