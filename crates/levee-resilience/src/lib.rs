@@ -1,5 +1,5 @@
 //! The state machines that keep a gateway from making failures worse: a circuit breaker,
-//! a retry budget, jittered exponential backoff, and GCRA rate limiting.
+//! a retry budget, jittered exponential backoff, a bulkhead, and GCRA rate limiting.
 //!
 //! They are written here, by hand, because they are the heart of what Levee promises: each
 //! is a small, synchronous value that takes the current time as an argument, so it can be
@@ -17,10 +17,12 @@
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod bulkhead;
 pub mod gcra;
 pub mod window;
 
 pub use backoff::full_jitter;
 pub use breaker::{BreakerConfig, CircuitBreaker, Permit, State};
 pub use budget::RetryBudget;
+pub use bulkhead::{Bulkhead, BulkheadPermit};
 pub use gcra::{Decision, KeyedLimiter, Quota};

@@ -1,18 +1,27 @@
 //! The one place where failures become HTTP answers.
 //!
-//! Every error the gateway itself produces is JSON of one shape (PRODUCT.md section 4):
-//! `{"error": {"code", "message", "request_id"}}`, plus OpenAI's `type` (the error class its
-//! SDKs map to exceptions), so that the same errors also read right to OpenAI clients of the
-//! AI gateway. Modules report failures with their own
-//! error types; this module alone decides the status code and the public wording, so the
-//! contract is kept in a single file.
+//! Every error the gateway itself produces starts as a typed [`Rejection`]: the module that
+//! refused names the failure, and this module alone decides the status, the stable `code`,
+//! the public wording and the headers that go with it (`Retry-After`, `WWW-Authenticate`),
+//! so the contract (PRODUCT.md section 4, docs/observability.md) is kept in a single file.
+//!
+//! The body comes in the shape the client speaks ([`Shape`]): Levee's own
+//! `{"error": {"type", "code", "message", "request_id"}}` (with OpenAI's error class as
+//! `type`), OpenAI's (the same plus `param`, on AI gateway routes, so OpenAI SDKs raise their
+//! usual exceptions), or Anthropic's `{"type": "error", "error": {"type", "message"}}` (for
+//! clients of the Messages API).
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use std::borrow::Cow;
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use serde::Serialize;
+use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::body::ResponseBody;
+use crate::headers::X_REQUEST_ID;
+use crate::llm::ApiError;
 use crate::upstream::UpstreamError;
 
 /// A request the gateway answers itself instead of proxying.
@@ -34,8 +43,28 @@ pub enum Rejection {
     RequestTimeout,
     #[error("the request's body is larger than allowed")]
     BodyTooLarge,
+    #[error("a fault was injected (chaos testing)")]
+    FaultInjected(StatusCode),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The AI gateway's own refusals (unknown model, quota, every provider failing): each
+    /// names its status, OpenAI error class and code.
+    #[error("{}", .0.message)]
+    Llm(ApiError),
+}
+
+impl From<ApiError> for Rejection {
+    fn from(error: ApiError) -> Rejection {
+        Rejection::Llm(error)
+    }
+}
+
+/// The error body's shape: the API the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Levee,
+    OpenAi,
+    Anthropic,
 }
 
 impl Rejection {
@@ -50,6 +79,7 @@ impl Rejection {
             Rejection::BadRequest => StatusCode::BAD_REQUEST,
             Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::FaultInjected(status) => *status,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -59,29 +89,45 @@ impl Rejection {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             },
+            Rejection::Llm(error) => error.status,
         }
     }
 
-    /// The stable snake_case code clients and dashboards key on.
+    /// The stable snake_case code clients and dashboards key on: each rejection names its
+    /// own, so two failures that share a status stay apart (shedding is `overloaded`, an
+    /// upstream with no admitted target `upstream_unavailable`).
     pub fn code(&self) -> &'static str {
-        match self.status() {
-            StatusCode::NOT_FOUND => "no_route",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::REQUEST_TIMEOUT => "request_timeout",
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
-            StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
-            _ => "upstream_error",
+        match self {
+            Rejection::NoRoute => "no_route",
+            Rejection::Overloaded => "overloaded",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::Auth(AuthError::Forbidden) => "forbidden",
+            Rejection::Auth(_) => "unauthorized",
+            Rejection::HeadersTooLarge => "headers_too_large",
+            Rejection::BadRequest => "bad_request",
+            Rejection::RequestTimeout => "request_timeout",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::FaultInjected(_) => "fault_injected",
+            Rejection::Upstream(e) => match e {
+                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => "upstream_error",
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => "upstream_timeout",
+                UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => "upstream_unavailable",
+            },
+            Rejection::Llm(error) => error.code,
+        }
+    }
+
+    /// OpenAI's error class (`type`), which its SDKs map to exceptions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Llm(error) => error.kind,
+            other => error_type(other.status()),
         }
     }
 
     /// A sentence for humans that names no internal address.
-    pub fn public_message(&self) -> &'static str {
-        match self {
+    pub fn public_message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Rejection::NoRoute => "No route matches this request.",
             Rejection::Overloaded => "The gateway is overloaded; try again shortly.",
             Rejection::RateLimited => "Too many requests; slow down and retry after the time in Retry-After.",
@@ -94,6 +140,7 @@ impl Rejection {
             Rejection::BadRequest => "The request is malformed or its framing is ambiguous.",
             Rejection::RequestTimeout => "The request was not sent in time.",
             Rejection::BodyTooLarge => "The request's body is larger than this route accepts.",
+            Rejection::FaultInjected(_) => "A fault was injected by the gateway (chaos testing).",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",
@@ -102,22 +149,18 @@ impl Rejection {
                 UpstreamError::NoTarget { .. } => "No upstream target is available.",
                 UpstreamError::BulkheadFull { .. } => "The upstream service is at its concurrency limit.",
             },
+            Rejection::Llm(error) => return Cow::Owned(error.message.clone()),
+        })
+    }
+
+    /// How long the client should wait before trying again, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Rejection::Overloaded => Some(Duration::from_secs(1)),
+            Rejection::Llm(error) => error.retry_after,
+            _ => None,
         }
     }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-    request_id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
 }
 
 /// OpenAI's error class for a status.
@@ -131,23 +174,67 @@ pub fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
-/// A JSON error response in the contract's shape.
+/// Anthropic's error class for a status (its Messages API error reference).
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// The body of an error in `shape`.
+fn error_body(
+    shape: Shape,
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Vec<u8> {
+    let body = match shape {
+        Shape::Levee => json!({
+            "error": { "type": kind, "code": code, "message": message, "request_id": request_id }
+        }),
+        Shape::OpenAi => json!({
+            "error": {
+                "message": message, "type": kind, "code": code, "param": null, "request_id": request_id
+            }
+        }),
+        Shape::Anthropic => json!({
+            "type": "error",
+            "error": { "type": anthropic_type(status), "message": message }
+        }),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A JSON error response in Levee's shape, for errors that are not a [`Rejection`] (the
+/// admin API's).
 pub fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code,
-            message,
-            request_id: request_id.to_str().unwrap_or(""),
-            kind: error_type(status),
-        },
-    };
-    let json = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = Response::new(ResponseBody::full(json));
+    let body = error_body(
+        Shape::Levee,
+        status,
+        error_type(status),
+        code,
+        message,
+        request_id.to_str().unwrap_or(""),
+    );
+    json_response(status, body)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -159,15 +246,15 @@ pub fn error_response(
 /// connection cap: no request was parsed (so there is no request id), and the same JSON
 /// shape as every other error.
 pub fn connection_refusal() -> Vec<u8> {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: "upstream_unavailable",
-            message: "The gateway is at its connection limit; try again shortly.",
-            request_id: "",
-            kind: error_type(StatusCode::SERVICE_UNAVAILABLE),
-        },
-    };
-    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let json = error_body(
+        Shape::Levee,
+        status,
+        error_type(status),
+        Rejection::Overloaded.code(),
+        "The gateway is at its connection limit; try again shortly.",
+        "",
+    );
     let mut answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
         json.len()
@@ -177,12 +264,27 @@ pub fn connection_refusal() -> Vec<u8> {
     answer
 }
 
-/// The response for a rejection.
-pub fn reject(rejection: &Rejection, request_id: &HeaderValue) -> Response<ResponseBody> {
-    error_response(
-        rejection.status(),
+/// The response for a rejection, in the client's shape, with the headers that belong to it.
+pub fn reject(rejection: &Rejection, shape: Shape, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let status = rejection.status();
+    let body = error_body(
+        shape,
+        status,
+        rejection.kind(),
         rejection.code(),
-        rejection.public_message(),
-        request_id,
-    )
+        &rejection.public_message(),
+        request_id.to_str().unwrap_or(""),
+    );
+    let mut response = json_response(status, body);
+    let headers = response.headers_mut();
+    if let Some(after) = rejection.retry_after() {
+        // Whole seconds, rounded up, at least one.
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    if let Rejection::Auth(AuthError::Missing | AuthError::Invalid) = rejection {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
 }

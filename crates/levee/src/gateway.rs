@@ -45,6 +45,9 @@ pub struct Gateway {
     pub llm_targets: Vec<Vec<Arc<crate::llm::TargetState>>>,
     /// The AI gateway's answer cache, when configured.
     pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
+    /// Each LLM provider's bulkhead (`None` where the provider has no cap), process-wide
+    /// like an upstream's; a new one at every config load.
+    pub llm_bulkheads: Vec<Option<Arc<levee_resilience::Bulkhead>>>,
     /// Each route's canary (`None` where the route has none); kept, rolled back or not,
     /// while the route's `canary` block is unchanged.
     pub canaries: Vec<Option<Arc<crate::slo::canary::Canary>>>,
@@ -130,6 +133,15 @@ impl Gateway {
                 })
                 .collect(),
         };
+        let llm_bulkheads = config
+            .llm
+            .iter()
+            .flat_map(|l| l.providers.iter())
+            .map(|p| {
+                p.bulkhead
+                    .map(|(limit, queue)| Arc::new(levee_resilience::Bulkhead::new(limit, queue)))
+            })
+            .collect();
         let canaries = config
             .routes
             .iter()
@@ -150,6 +162,7 @@ impl Gateway {
         Gateway {
             canaries,
             llm_targets,
+            llm_bulkheads,
             llm_quotas,
             llm_cache,
             config,

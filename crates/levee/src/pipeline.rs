@@ -14,6 +14,7 @@
 //! 8. access log, metrics, call log, spans and SLO counters, recorded when the response body
 //!    ends (`observability`, `slo`)
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
@@ -26,10 +27,10 @@ use hyper_util::rt::TokioIo;
 use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
-use crate::auth::{self, AuthError};
+use crate::auth;
 use crate::body::{PrefetchError, ReplayableBody, ResponseBody};
-use crate::config::spec::{AuthSpec, Fallback, RouteSpec};
-use crate::edge::{self, Rejection};
+use crate::config::spec::{AuthSpec, CanaryTarget, Fallback, RouteSpec};
+use crate::edge::{self, Rejection, Shape};
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
 use crate::observability::metrics::Outcome;
@@ -41,7 +42,8 @@ use crate::stale::{Capture, StaleCache, StaleEntry};
 use crate::upstream::balancer::PickContext;
 use crate::upstream::{health, Picked, UpstreamError};
 
-/// Serves one request. Never fails: every problem becomes a JSON error response.
+/// Serves one request. Never fails: every problem becomes an error response in the shape
+/// the client speaks ([`edge`]).
 pub async fn handle(
     worker: &WorkerContext,
     conn: &ConnInfo,
@@ -50,14 +52,123 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
 
     // 2. Request id and trace context.
-    let request_id = headers::request_id(&parts.headers);
-    let trace = TraceContext::start(&parts.headers, worker.recorder.tracer.as_ref());
-    let mut record = RequestRecord {
+    let mut record = start_record(worker, conn, &parts);
+
+    // The host the request is for, settled before anything reads it: routing and the
+    // request sent upstream must agree on it (RFC 9112 section 3.2).
+    if let Err(reason) = crate::host::settle(&mut parts) {
+        tracing::debug!(request_id = ?record.request_id, reason, "request host refused");
+        return refuse_and_close(record);
+    }
+
+    // Load shedding: past the worker's in-flight cap, refuse at once.
+    match LoadPermit::try_take(&worker.inflight, worker.limits.max_inflight) {
+        Some(permit) => record.admission = Some(permit),
+        None => return shed(worker, &parts, record),
+    }
+
+    // 3. Route match.
+    let gateway = &worker.gateway;
+    let Some((route_index, route)) = gateway.router.route(&parts) else {
+        return answer(Rejection::NoRoute, Shape::Levee, record);
+    };
+    record.route = worker.route_names.get(route_index).cloned();
+    let shape = shape_for(route, &parts);
+
+    // Strict framing (smuggling) and the size limits that can be judged from the head.
+    if let Err(reason) = strict_framing(&parts) {
+        tracing::debug!(request_id = ?record.request_id, reason, "ambiguous request framing refused");
+        return refuse_and_close(record);
+    }
+    if let Err(rejection) = check_head_size(worker, route, &parts) {
+        return answer(rejection, shape, record);
+    }
+
+    // Auth: who is calling (the upstream learns it in x-consumer, never the key).
+    let authenticated = match &route.auth {
+        AuthSpec::Jwt { .. } => auth::authenticate_jwt(&route.auth, gateway.jwt.as_deref(), &mut parts).await,
+        _ => auth::authenticate(&route.auth, &gateway.credentials, &mut parts),
+    };
+    match authenticated {
+        Ok(consumer) => record.consumer = consumer,
+        Err(error) => return answer(Rejection::Auth(error), shape, record),
+    }
+
+    // Rate limit, after auth so that limits can be per consumer.
+    let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
+    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip(), record.consumer.as_deref()));
+    if let (Some(limiter), Some(decision)) = (limiter, decision.filter(|d| !d.allowed)) {
+        if let Some(route_name) = &record.route {
+            worker.recorder.metrics.lock().record_rate_limited(route_name);
+        }
+        let mut response = answer(Rejection::RateLimited, shape, record);
+        limiter.annotate(&decision, response.headers_mut());
+        return response;
+    }
+
+    // 4. Fault injection (chaos), after the rate limit and before any backend is asked.
+    if let Err(rejection) = inject_fault(worker, route, &parts, &mut record).await {
+        return answer(rejection, shape, record);
+    }
+    // The fault header is for this gateway, never for the backend.
+    parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
+
+    // Stale-if-error: only GETs without credentials are stored or served.
+    let stale = gateway
+        .stale
+        .get(route_index)
+        .and_then(Option::as_ref)
+        .filter(|_| route.auth == AuthSpec::None)
+        .and_then(|cache| Some((cache, StaleCache::key(&parts)?)));
+
+    // 5-6. The route's backend: the AI gateway's models, or the upstream (bulkhead, then
+    // the retry loop).
+    let result = if route.llm {
+        crate::llm::serve(worker, route_index, route, parts, body, &mut record)
+            .await
+            .map_err(Rejection::from)
+    } else {
+        forward(worker, conn, route_index, route, parts, body, &mut record).await
+    };
+
+    // 7. Response. A failure is replaced by the last good answer if there is one, else by
+    // the route's fallback.
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(rejection) => rejection.status(),
+    };
+    if let Err(rejection) = &result {
+        record.error = Some(rejection.code());
+    }
+    if let (true, Some((cache, key))) = (status.is_server_error(), &stale) {
+        if let Some((entry, age)) = cache.get(key, Instant::now()) {
+            return answer_stale(entry, age, status, record);
+        }
+    }
+    if let (Some(fallback), true) = (&route.fallback, matches!(status.as_u16(), 502..=504)) {
+        return answer_fallback(fallback, status, record);
+    }
+    match result {
+        Ok(response) => {
+            let annotate = |headers: &mut http::HeaderMap| {
+                if let (Some(limiter), Some(decision)) = (limiter, &decision) {
+                    limiter.annotate(decision, headers);
+                }
+            };
+            respond(response, route, stale, annotate, record)
+        }
+        Err(rejection) => answer(rejection, shape, record),
+    }
+}
+
+/// The record of a request that just arrived (request id and trace context included).
+fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> RequestRecord {
+    RequestRecord {
         recorder: worker.recorder.clone(),
         started: Instant::now(),
         wall_start: SystemTime::now(),
-        request_id: request_id.clone(),
-        trace,
+        request_id: headers::request_id(&parts.headers),
+        trace: TraceContext::start(&parts.headers, worker.recorder.tracer.as_ref()),
         client_ip: conn.peer.ip(),
         listener: conn.listener.clone(),
         scheme: if conn.tls { "https" } else { "http" },
@@ -81,53 +192,40 @@ pub async fn handle(
         experiment: None,
         sent_to: None,
         emitted: false,
-    };
-
-    // The host the request is for, settled before anything reads it: routing and the
-    // request sent upstream must agree on it (RFC 9112 section 3.2).
-    if let Err(reason) = crate::host::settle(&mut parts) {
-        tracing::debug!(request_id = ?record.request_id, reason, "request host refused");
-        return refuse_and_close(record);
     }
+}
 
-    // Load shedding: past the worker's in-flight cap, refuse at once.
-    match LoadPermit::try_take(&worker.inflight, worker.limits.max_inflight) {
-        Some(permit) => record.admission = Some(permit),
-        None => {
-            worker
-                .recorder
-                .access_log
-                .metrics()
-                .globals
-                .shed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Named by its route, a shed request counts against that route's SLOs: an
-            // overloaded gateway is an outage its users see.
-            record.route = worker
-                .gateway
-                .router
-                .route(&parts)
-                .and_then(|(index, _)| worker.route_names.get(index).cloned());
-            return answer(Rejection::Overloaded, record);
-        }
+/// The shape of the errors a route's clients expect: OpenAI's on an AI gateway route
+/// (Anthropic's for its Messages API), Levee's elsewhere.
+fn shape_for(route: &RouteSpec, parts: &Parts) -> Shape {
+    match route.llm {
+        true if parts.uri.path().ends_with("/messages") => Shape::Anthropic,
+        true => Shape::OpenAi,
+        false => Shape::Levee,
     }
+}
 
-    // 3. Route match.
-    let gateway = &worker.gateway;
-    let Some((route_index, route)) = gateway.router.route(&parts) else {
-        return answer(Rejection::NoRoute, record);
-    };
-    record.route = worker.route_names.get(route_index).cloned();
+/// Refuses a request past the worker's in-flight cap (load shedding).
+fn shed(worker: &WorkerContext, parts: &Parts, mut record: RequestRecord) -> Response<ResponseBody> {
+    worker
+        .recorder
+        .access_log
+        .metrics()
+        .globals
+        .shed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Named by its route, a shed request counts against that route's SLOs: an overloaded
+    // gateway is an outage its users see.
+    let routed = worker.gateway.router.route(parts);
+    record.route = routed.and_then(|(index, _)| worker.route_names.get(index).cloned());
+    let shape = routed.map_or(Shape::Levee, |(_, route)| shape_for(route, parts));
+    answer(Rejection::Overloaded, shape, record)
+}
 
-    // Strict framing: shapes that parse but that proxies disagree about (smuggling).
-    if let Err(reason) = strict_framing(&parts) {
-        tracing::debug!(request_id = ?record.request_id, reason, "ambiguous request framing refused");
-        return refuse_and_close(record);
-    }
-
-    // Size limits that can be judged from the head alone.
-    if head_bytes(&parts) > worker.limits.max_header_bytes {
-        return answer(Rejection::HeadersTooLarge, record);
+/// The size limits a request head shows: its headers, and a declared body length.
+fn check_head_size(worker: &WorkerContext, route: &RouteSpec, parts: &Parts) -> Result<(), Rejection> {
+    if head_bytes(parts) > worker.limits.max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
     }
     let declared = parts
         .headers
@@ -135,33 +233,19 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > route.max_body_bytes) {
-        return answer(Rejection::BodyTooLarge, record);
+        return Err(Rejection::BodyTooLarge);
     }
+    Ok(())
+}
 
-    // Auth: who is calling (the upstream learns it in x-consumer, never the key).
-    let authenticated = match &route.auth {
-        AuthSpec::Jwt { .. } => auth::authenticate_jwt(&route.auth, gateway.jwt.as_deref(), &mut parts).await,
-        _ => auth::authenticate(&route.auth, &gateway.credentials, &mut parts),
-    };
-    match authenticated {
-        Ok(consumer) => record.consumer = consumer,
-        Err(error) => return answer(Rejection::Auth(error), record),
-    }
-
-    // Rate limit, after auth so that limits can be per consumer.
-    let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
-    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip(), record.consumer.as_deref()));
-    if let (Some(limiter), Some(decision)) = (limiter, decision.filter(|d| !d.allowed)) {
-        if let Some(route_name) = &record.route {
-            worker.recorder.metrics.lock().record_rate_limited(route_name);
-        }
-        let mut response = answer(Rejection::RateLimited, record);
-        limiter.annotate(&decision, response.headers_mut());
-        return response;
-    }
-
-    // Fault injection (chaos), after the rate limit and before anything reaches an upstream.
-    // A running chaos experiment's fault takes the place of the route's own.
+/// The route's fault (or a running chaos experiment's, which takes its place): a delay
+/// holds the request here, an abort refuses it.
+async fn inject_fault(
+    worker: &WorkerContext,
+    route: &RouteSpec,
+    parts: &Parts,
+    record: &mut RequestRecord,
+) -> Result<(), Rejection> {
     let slo = &worker.recorder.slo;
     record.experiment = record
         .route
@@ -171,105 +255,60 @@ pub async fn handle(
         Some(experiment) => Some(&experiment.fault),
         None => route.fault.as_ref(),
     };
-    if let Some(fault) = fault {
-        let allow_header = route.fault.as_ref().is_some_and(|f| f.allow_header);
-        let injection = crate::chaos::decide(fault, allow_header, &parts.headers);
-        if let Some(delay) = injection.delay {
-            record.fault = Some("delay");
-            if let Some(name) = &record.route {
-                worker.recorder.metrics.lock().record_fault(name, "delay");
-            }
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(status) = injection.abort {
-            record.fault = Some("abort");
-            if let Some(name) = &record.route {
-                worker.recorder.metrics.lock().record_fault(name, "abort");
-            }
-            let mut response = edge::error_response(
-                status,
-                "fault_injected",
-                "A fault was injected by the gateway (chaos testing).",
-                &record.request_id,
-            );
-            record.status = status.as_u16();
-            record.error = Some("fault_injected");
-            response
-                .headers_mut()
-                .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
-            let (head, body) = response.into_parts();
-            return Response::from_parts(head, body.with_record(record));
-        }
-    }
-
-    // The fault header is for this gateway, never for the upstream.
-    parts.headers.remove(&crate::chaos::X_LEVEE_FAULT);
-
-    // The AI gateway answers on its own (OpenAI-shaped, with fallback over providers).
-    if route.llm {
-        return crate::llm::serve(worker, route, parts, body, record).await;
-    }
-
-    // Stale-if-error: only GETs without credentials are stored or served.
-    let stale = gateway
-        .stale
-        .get(route_index)
-        .and_then(Option::as_ref)
-        .filter(|_| route.auth == AuthSpec::None)
-        .and_then(|cache| Some((cache, StaleCache::key(&parts)?)));
-
-    // 4. Upstream: bulkhead, then the retry loop.
-    let result = forward(worker, conn, route_index, route, parts, body, &mut record).await;
-
-    // 5. Response. A failure is replaced by the last good answer if there is one, else by
-    // the route's fallback.
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(rejection) => rejection.status(),
+    let Some(fault) = fault else {
+        return Ok(());
     };
-    let failed = status.is_server_error();
-    if let Err(rejection) = &result {
-        record.error = Some(rejection.code());
-    }
-    if let (true, Some((cache, key))) = (failed, &stale) {
-        if let Some((entry, age)) = cache.get(key, Instant::now()) {
-            return answer_stale(entry, age, status, record);
+    let allow_header = route.fault.as_ref().is_some_and(|f| f.allow_header);
+    let injection = crate::chaos::decide(fault, allow_header, &parts.headers);
+    if let Some(delay) = injection.delay {
+        record.fault = Some("delay");
+        if let Some(name) = &record.route {
+            worker.recorder.metrics.lock().record_fault(name, "delay");
         }
+        tokio::time::sleep(delay).await;
     }
-    if let (Some(fallback), true) = (&route.fallback, matches!(status.as_u16(), 502..=504)) {
-        return answer_fallback(fallback, status, record);
-    }
-    match result {
-        Ok(response) => {
-            record.status = response.status().as_u16();
-            let mut response = response;
-            // Route rewrites first, so the gateway's own headers always win.
-            route.response_headers.apply(response.headers_mut());
-            let capture = match &stale {
-                Some((cache, key)) if StaleCache::storable(response.status(), response.headers()) => {
-                    Some(Capture::new(
-                        (*cache).clone(),
-                        key.clone(),
-                        response.status(),
-                        response.headers().clone(),
-                    ))
-                }
-                _ => None,
-            };
-            response
-                .headers_mut()
-                .insert(headers::X_REQUEST_ID.clone(), request_id);
-            if let (Some(limiter), Some(decision)) = (limiter, &decision) {
-                limiter.annotate(decision, response.headers_mut());
-            }
-            let (parts, mut body) = response.into_parts();
-            if let Some(capture) = capture {
-                body = body.with_capture(capture);
-            }
-            Response::from_parts(parts, body.with_record(record))
+    if let Some(status) = injection.abort {
+        record.fault = Some("abort");
+        if let Some(name) = &record.route {
+            worker.recorder.metrics.lock().record_fault(name, "abort");
         }
-        Err(rejection) => answer(rejection, record),
+        return Err(Rejection::FaultInjected(status));
     }
+    Ok(())
+}
+
+/// The backend's answer on its way to the client: route header rewrites, the gateway's own
+/// headers, stale-cache capture, and the record that travels with the body.
+fn respond(
+    mut response: Response<ResponseBody>,
+    route: &RouteSpec,
+    stale: Option<(&Arc<StaleCache>, String)>,
+    annotate: impl FnOnce(&mut http::HeaderMap),
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    record.status = response.status().as_u16();
+    // Route rewrites first, so the gateway's own headers always win.
+    route.response_headers.apply(response.headers_mut());
+    let capture = match &stale {
+        Some((cache, key)) if StaleCache::storable(response.status(), response.headers()) => {
+            Some(Capture::new(
+                (*cache).clone(),
+                key.clone(),
+                response.status(),
+                response.headers().clone(),
+            ))
+        }
+        _ => None,
+    };
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    annotate(response.headers_mut());
+    let (parts, mut body) = response.into_parts();
+    if let Some(capture) = capture {
+        body = body.with_capture(capture);
+    }
+    Response::from_parts(parts, body.with_record(record))
 }
 
 /// Answers with the last good answer in place of a failure, marked as stale.
@@ -321,7 +360,7 @@ pub(crate) fn strict_framing(parts: &Parts) -> Result<(), &'static str> {
 /// A 400 for a request too malformed to trust the connection it came on (ambiguous framing,
 /// a confused host): as nginx does, the client gets no second request on it.
 fn refuse_and_close(record: RequestRecord) -> Response<ResponseBody> {
-    let mut response = answer(Rejection::BadRequest, record);
+    let mut response = answer(Rejection::BadRequest, Shape::Levee, record);
     response
         .headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -354,30 +393,14 @@ fn answer_fallback(
     Response::from_parts(parts, body.with_record(record))
 }
 
-/// Answers with the gateway's own JSON error and records the request.
-fn answer(rejection: Rejection, mut record: RequestRecord) -> Response<ResponseBody> {
+/// Answers with the gateway's own error, in the client's shape, and records the request.
+fn answer(rejection: Rejection, shape: Shape, mut record: RequestRecord) -> Response<ResponseBody> {
     if let Rejection::Upstream(error) = &rejection {
         tracing::debug!(request_id = ?record.request_id, %error, "upstream attempt failed");
     }
-    let mut response = edge::reject(&rejection, &record.request_id);
-    match rejection {
-        Rejection::Overloaded => {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        Rejection::Auth(AuthError::Missing | AuthError::Invalid) => {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        _ => {}
-    }
+    let response = edge::reject(&rejection, shape, &record.request_id);
     record.status = response.status().as_u16();
     record.error = Some(rejection.code());
-    response
-        .headers_mut()
-        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_record(record))
 }
@@ -421,9 +444,9 @@ async fn forward(
         .get(route_index)
         .and_then(Option::as_ref)
         .filter(|c| c.takes_request());
-    let upstream_index = match canary {
-        Some(canary) => Some(canary.spec.upstream),
-        None => route.upstream,
+    let upstream_index = match canary.map(|c| &c.spec.target) {
+        Some(CanaryTarget::Upstream(index)) => Some(*index),
+        _ => route.upstream,
     };
     let Some(upstream) = upstream_index.and_then(|i| worker.upstreams.get(i)) else {
         return Err(Rejection::NoRoute);
@@ -478,42 +501,8 @@ async fn forward(
     }
 
     // Rewrite the request for the upstream, once for every attempt.
-    // `host::settle` made Host the request's host (the URI's authority when it has one).
-    let original_host: Option<HeaderValue> = parts.headers.get(HOST).cloned();
     let path = upstream_path(route, &parts);
-    parts.version = Version::HTTP_11;
-    headers::remove_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
-    // Route rewrites first, so the gateway's own headers below always win.
-    route.request_headers.apply(&mut parts.headers);
-    if let Some(host) = &original_host {
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, host.clone());
-        }
-    }
-    headers::add_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        if conn.tls { "https" } else { "http" },
-        original_host.as_ref().and_then(|h| h.to_str().ok()),
-    );
-    parts
-        .headers
-        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
-    // The caller's identity is the gateway's to state: a client-sent x-consumer never passes.
-    match record
-        .consumer
-        .as_ref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        Some(consumer) => parts.headers.insert(auth::X_CONSUMER.clone(), consumer),
-        None => parts.headers.remove(&auth::X_CONSUMER),
-    };
-    // A tracestate travels only with the trace it belongs to (each attempt's traceparent is
-    // set below).
-    match record.trace.tracestate() {
-        Some(state) => parts.headers.insert(TRACESTATE.clone(), state.clone()),
-        None => parts.headers.remove(&TRACESTATE),
-    };
+    rewrite_for_upstream(route, conn, record, &mut parts, client_upgrade.is_some());
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
@@ -585,46 +574,7 @@ async fn forward(
         let result = upstream.send(index, request, per_try_timeout).await;
         let elapsed = started.elapsed();
 
-        let on = policy.map(|p| &p.on);
-        let (outcome, failed, reason) = match &result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry = any_reason && on.is_some_and(|o| o.status(status));
-                (
-                    Outcome::from_status(status),
-                    status >= 500,
-                    retry.then_some(RetryReason::Status),
-                )
-            }
-            Err(error) => {
-                let (outcome, reason, wanted) = match error {
-                    UpstreamError::Connect { .. } => (
-                        Outcome::ConnectError,
-                        RetryReason::ConnectFailure,
-                        on.is_some_and(|o| o.connect_failure),
-                    ),
-                    UpstreamError::ConnectTimeout { .. } => (
-                        Outcome::Timeout,
-                        RetryReason::ConnectFailure,
-                        on.is_some_and(|o| o.connect_failure),
-                    ),
-                    UpstreamError::Timeout { .. } => (
-                        Outcome::Timeout,
-                        RetryReason::Timeout,
-                        any_reason && on.is_some_and(|o| o.timeout),
-                    ),
-                    UpstreamError::Exchange { .. } => (
-                        Outcome::Reset,
-                        RetryReason::Reset,
-                        any_reason && on.is_some_and(|o| o.reset),
-                    ),
-                    UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
-                        (Outcome::Unavailable, RetryReason::ConnectFailure, false)
-                    }
-                };
-                (outcome, true, wanted.then_some(reason))
-            }
-        };
+        let (outcome, failed, reason) = classify(&result, policy.map(|p| &p.on), any_reason);
         record.trace.end_attempt(
             started + elapsed,
             result.as_ref().ok().map(|r| r.status().as_u16()),
@@ -667,6 +617,100 @@ async fn forward(
         }
         tried.push(index);
         attempt += 1;
+    }
+}
+
+/// The request as the upstream gets it: HTTP/1.1 without hop-by-hop headers, the route's
+/// rewrites, then the gateway's own headers (Host, forwarding, request id, consumer, trace).
+fn rewrite_for_upstream(
+    route: &RouteSpec,
+    conn: &ConnInfo,
+    record: &RequestRecord,
+    parts: &mut Parts,
+    upgrade: bool,
+) {
+    // `host::settle` made Host the request's host (the URI's authority when it has one).
+    let original_host: Option<HeaderValue> = parts.headers.get(HOST).cloned();
+    parts.version = Version::HTTP_11;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // Route rewrites first, so the gateway's own headers below always win.
+    route.request_headers.apply(&mut parts.headers);
+    if let Some(host) = &original_host {
+        if !parts.headers.contains_key(HOST) {
+            parts.headers.insert(HOST, host.clone());
+        }
+    }
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        if conn.tls { "https" } else { "http" },
+        original_host.as_ref().and_then(|h| h.to_str().ok()),
+    );
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
+    // The caller's identity is the gateway's to state: a client-sent x-consumer never passes.
+    match record
+        .consumer
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        Some(consumer) => parts.headers.insert(auth::X_CONSUMER.clone(), consumer),
+        None => parts.headers.remove(&auth::X_CONSUMER),
+    };
+    // A tracestate travels only with the trace it belongs to (each attempt's traceparent is
+    // set by the retry loop).
+    match record.trace.tracestate() {
+        Some(state) => parts.headers.insert(TRACESTATE.clone(), state.clone()),
+        None => parts.headers.remove(&TRACESTATE),
+    };
+}
+
+/// What an attempt's result means: its outcome for the metrics, whether it failed (for the
+/// breaker and outlier detection), and why it may be retried (when the policy says so).
+fn classify(
+    result: &Result<Response<Incoming>, UpstreamError>,
+    on: Option<&crate::config::spec::RetryOn>,
+    any_reason: bool,
+) -> (Outcome, bool, Option<RetryReason>) {
+    match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let retry = any_reason && on.is_some_and(|o| o.status(status));
+            (
+                Outcome::from_status(status),
+                status >= 500,
+                retry.then_some(RetryReason::Status),
+            )
+        }
+        Err(error) => {
+            let (outcome, reason, wanted) = match error {
+                UpstreamError::Connect { .. } => (
+                    Outcome::ConnectError,
+                    RetryReason::ConnectFailure,
+                    on.is_some_and(|o| o.connect_failure),
+                ),
+                UpstreamError::ConnectTimeout { .. } => (
+                    Outcome::Timeout,
+                    RetryReason::ConnectFailure,
+                    on.is_some_and(|o| o.connect_failure),
+                ),
+                UpstreamError::Timeout { .. } => (
+                    Outcome::Timeout,
+                    RetryReason::Timeout,
+                    any_reason && on.is_some_and(|o| o.timeout),
+                ),
+                UpstreamError::Exchange { .. } => (
+                    Outcome::Reset,
+                    RetryReason::Reset,
+                    any_reason && on.is_some_and(|o| o.reset),
+                ),
+                UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
+                    (Outcome::Unavailable, RetryReason::ConnectFailure, false)
+                }
+            };
+            (outcome, true, wanted.then_some(reason))
+        }
     }
 }
 

@@ -479,7 +479,7 @@ async fn load_shedding_refuses_requests_past_the_inflight_cap() {
     let started = Instant::now();
     let answer = get(&h.url("/"), &[]).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(answer.json()["error"]["code"], "upstream_unavailable");
+    assert_eq!(answer.json()["error"]["code"], "overloaded");
     assert!(started.elapsed() < Duration::from_millis(200));
     assert_eq!(metric(&h, "levee_shed_total").await, 1.0);
     for task in slow {
@@ -521,7 +521,7 @@ async fn connections_past_the_cap_get_a_503_and_are_closed() {
     // The same JSON error shape as every other refusal, `type` included.
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert_eq!(json["error"]["code"], "upstream_unavailable", "{answer}");
+    assert_eq!(json["error"]["code"], "overloaded", "{answer}");
     assert_eq!(json["error"]["type"], "api_error", "{answer}");
     assert!(json["error"]["message"].is_string());
     assert_eq!(metric(&h, "levee_shed_total").await, 1.0);

@@ -220,6 +220,14 @@ pub struct LlmProviderFile {
     /// `azure_openai` only: the `api-version` query parameter. Default `2024-10-21`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// Bulkhead: calls in flight to this provider at most (across all workers and models);
+    /// beyond it the model's next target is tried, and with none left the client gets 503.
+    /// Default: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// A bounded wait for a place when the bulkhead is full (as an upstream's `queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueFile>,
 }
 
 /// The API a provider speaks.
@@ -950,8 +958,16 @@ pub struct RouteFile {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryFile {
-    /// The upstream serving the new release.
+    /// The upstream serving the new release (on a proxied route).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub upstream: String,
+    /// On an AI gateway route: the model (one of `llm.models`) serving the new release, for
+    /// a share of the requests that ask for `instead_of`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// On an AI gateway route: the model whose requests the canary takes a share of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead_of: Option<String>,
     /// Share of the route's requests sent to it, 0 to 100.
     pub percent: f64,
     /// Roll back (send every request to the route's own upstream again) when the canary's

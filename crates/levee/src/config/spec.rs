@@ -68,6 +68,9 @@ pub struct LlmProviderSpec {
     pub api_key: Option<Secret>,
     /// `azure_openai`: the `api-version` query parameter.
     pub api_version: String,
+    /// The provider's bulkhead: calls in flight at most (across all workers and models),
+    /// and its waiting room (waiters at most, longest wait); `None`: no cap.
+    pub bulkhead: Option<(usize, Option<(usize, Duration)>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,14 +108,24 @@ pub enum LlmStrategy {
 /// A canary release: a share of a route's requests to another upstream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanarySpec {
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    pub target: CanaryTarget,
+    /// The upstream (or, on an AI gateway route, the model) the canary sends to: what its
+    /// requests' `sent_to` is, and what its SLO counts.
     pub upstream_name: Arc<str>,
     /// 0..1.
     pub share: f64,
     pub rollback: Option<CanaryRollback>,
     /// The `canary` block as written (rollbacks are remembered for this exact block).
     pub definition: String,
+}
+
+/// Where a canary's share of requests goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryTarget {
+    /// Index into [`Config::upstreams`].
+    Upstream(usize),
+    /// Requests for the model `instead_of` go to the model named `upstream_name`.
+    Model { instead_of: Arc<str> },
 }
 
 /// When a canary is taken back.

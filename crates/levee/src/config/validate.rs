@@ -582,7 +582,6 @@ fn check_route(
                 ("retry", route.retry.is_some()),
                 ("retry_non_idempotent", route.retry_non_idempotent),
                 ("stale_if_error", route.stale_if_error.is_some()),
-                ("fallback", route.fallback.is_some()),
             ];
             for (key, set) in ignored {
                 if set {
@@ -732,10 +731,15 @@ fn check_route(
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
         auth,
         fault,
-        canary: route
-            .canary
-            .as_ref()
-            .and_then(|c| check_canary(c, route, path, upstream_index, p)),
+        canary: route.canary.as_ref().and_then(|c| {
+            let models: HashSet<&str> = file
+                .llm
+                .iter()
+                .flat_map(|l| l.models.iter())
+                .map(|m| m.name.as_str())
+                .collect();
+            check_canary(c, route, path, upstream_index, &models, p)
+        }),
         rate_limit,
         stale_if_error,
         retry,
@@ -1524,7 +1528,10 @@ fn warn(config: &Config, p: &mut Problems) {
         .flat_map(|r| {
             r.upstream
                 .into_iter()
-                .chain(r.canary.as_ref().map(|c| c.upstream))
+                .chain(r.canary.as_ref().and_then(|c| match c.target {
+                    CanaryTarget::Upstream(index) => Some(index),
+                    CanaryTarget::Model { .. } => None,
+                }))
         })
         .filter_map(|i| config.upstreams.get(i))
         .map(|u| &*u.name)
@@ -1582,6 +1589,29 @@ fn warn(config: &Config, p: &mut Problems) {
     }
 }
 
+/// A provider's `max_concurrent` and `queue`, checked as an upstream's are.
+fn provider_bulkhead(
+    provider: &super::file::LlmProviderFile,
+    path: &str,
+    p: &mut Problems,
+) -> Option<(usize, Option<(usize, std::time::Duration)>)> {
+    let limit = provider.max_concurrent?;
+    if limit == 0 || limit > 1_000_000 {
+        p.at(
+            &format!("{path}.max_concurrent"),
+            "max_concurrent must be from 1 to 1000000",
+        );
+    }
+    let queue = provider.queue.as_ref().map(|q| (q.size, q.timeout.0));
+    if queue.is_some_and(|(size, wait)| size == 0 || size > 1_000_000 || wait.is_zero()) {
+        p.at(
+            &format!("{path}.queue"),
+            "queue.size must be from 1 to 1000000 and queue.timeout above zero",
+        );
+    }
+    Some((limit, queue))
+}
+
 /// The `llm` section: providers that exist and are built, models served by them.
 fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
     use super::file::LlmProviderKind;
@@ -1632,6 +1662,7 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                 .api_version
                 .clone()
                 .unwrap_or_else(|| "2024-10-21".into()),
+            bulkhead: provider_bulkhead(provider, &path, p),
         });
     }
     let mut models = Vec::new();
@@ -1872,17 +1903,25 @@ fn check_canary(
     route: &RouteFile,
     path: &str,
     upstream_index: &HashMap<String, usize>,
+    models: &HashSet<&str>,
     p: &mut Problems,
 ) -> Option<CanarySpec> {
-    if route.llm {
-        p.at(
-            &format!("{path}.canary"),
-            "`canary` has no effect on an AI gateway route (`llm: true`): split traffic with a weighted model instead",
-        );
-        return None;
-    }
     if !(0.0..=100.0).contains(&canary.percent) {
         p.at(&format!("{path}.canary.percent"), "percent must be from 0 to 100");
+    }
+    if route.llm {
+        return check_model_canary(canary, path, models, p);
+    }
+    for (key, set) in [
+        ("model", canary.model.is_some()),
+        ("instead_of", canary.instead_of.is_some()),
+    ] {
+        if set {
+            p.at(
+                &format!("{path}.canary.{key}"),
+                format!("`{key}` is for AI gateway routes (`llm: true`); a proxied route's canary names an `upstream`"),
+            );
+        }
     }
     if canary.upstream == route.upstream {
         p.at(
@@ -1898,8 +1937,58 @@ fn check_canary(
         return None;
     };
     Some(CanarySpec {
-        upstream: *index,
+        target: CanaryTarget::Upstream(*index),
         upstream_name: canary.upstream.as_str().into(),
+        share: canary.percent / 100.0,
+        rollback: None,
+        definition: serde_json::to_string(canary).unwrap_or_default(),
+    })
+}
+
+/// A model canary on an AI gateway route: `model` takes `percent` of the requests for
+/// `instead_of`; both are models of `llm.models`.
+fn check_model_canary(
+    canary: &super::file::CanaryFile,
+    path: &str,
+    models: &HashSet<&str>,
+    p: &mut Problems,
+) -> Option<CanarySpec> {
+    if !canary.upstream.is_empty() {
+        p.at(
+            &format!("{path}.canary.upstream"),
+            "an AI gateway route's canary names a `model` (and the model it stands `instead_of`), not an upstream",
+        );
+    }
+    let mut named = |key: &str, value: Option<&String>| -> Option<Arc<str>> {
+        let Some(value) = value else {
+            p.at(
+                &format!("{path}.canary"),
+                format!("an AI gateway route's canary needs `{key}`"),
+            );
+            return None;
+        };
+        if !models.contains(value.as_str()) {
+            p.at(
+                &format!("{path}.canary.{key}"),
+                format!("no model named `{value}` in llm.models"),
+            );
+            return None;
+        }
+        Some(value.as_str().into())
+    };
+    let model = named("model", canary.model.as_ref());
+    let instead_of = named("instead_of", canary.instead_of.as_ref());
+    let (model, instead_of) = (model?, instead_of?);
+    if model == instead_of {
+        p.at(
+            &format!("{path}.canary.model"),
+            "the canary's model must differ from the one it stands in for",
+        );
+        return None;
+    }
+    Some(CanarySpec {
+        target: CanaryTarget::Model { instead_of },
+        upstream_name: model,
         share: canary.percent / 100.0,
         rollback: None,
         definition: serde_json::to_string(canary).unwrap_or_default(),

@@ -41,9 +41,8 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::config::file::LlmProviderKind;
-use crate::config::spec::{LlmModelSpec, LlmProviderSpec, LlmSpec, LlmStrategy, RouteSpec};
+use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmProviderSpec, LlmSpec, LlmStrategy, RouteSpec};
 use crate::gateway::WorkerContext;
-use crate::headers::X_REQUEST_ID;
 use crate::observability::metrics::Outcome;
 use crate::observability::{RequestRecord, UpstreamFacts};
 use usage::{LlmCall, Usage};
@@ -65,14 +64,17 @@ pub fn client() -> LlmClient {
     crate::outbound::client(Duration::from_secs(10))
 }
 
-/// An error in OpenAI's shape.
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    message: String,
+/// A refusal of the AI gateway's own (unknown model, spent quota, every provider failing):
+/// the pipeline hands it to [`crate::edge`], which answers in the client's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// OpenAI's error class (`invalid_request_error`, `rate_limit_error`, `api_error`, ...).
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
     /// Sent as `Retry-After` (rate limits).
-    retry_after: Option<Duration>,
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -101,75 +103,80 @@ impl ApiError {
     }
 }
 
-/// Serves a request on an `llm: true` route (after auth and rate limits).
+/// The backend of an `llm: true` route (PRODUCT.md section 7, step 6): the models' targets,
+/// with the answer cache, consumer quotas, translation and usage accounting as its steps.
+/// Everything before (auth, rate limits, faults, shedding) and after (fallback, recording)
+/// is the pipeline's, as on every route.
 pub async fn serve(
     worker: &WorkerContext,
+    route_index: usize,
     route: &RouteSpec,
     parts: Parts,
     body: Incoming,
-    mut record: RequestRecord,
-) -> Response<ResponseBody> {
-    let result = match (&worker.gateway.config.llm, &worker.llm_client) {
-        (Some(llm), Some(client)) => dispatch(worker, llm, client, route, parts, body, &mut record).await,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, ApiError> {
+    match (&worker.gateway.config.llm, &worker.llm_client) {
+        (Some(llm), Some(client)) => {
+            let backend = Backend {
+                worker,
+                llm,
+                client,
+                route,
+                route_index,
+            };
+            dispatch(&backend, parts, body, record).await
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "not_found",
             "No models are configured.",
         )),
-    };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            record.error = Some(error.code);
-            let body = json!({
-                "error": {
-                    "message": error.message,
-                    "type": error.kind,
-                    "code": error.code,
-                    "param": null,
-                    "request_id": record.request_id.to_str().unwrap_or(""),
-                }
-            });
-            let mut response =
-                Response::new(ResponseBody::full(serde_json::to_vec(&body).unwrap_or_default()));
-            *response.status_mut() = error.status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let Some(after) = error.retry_after {
-                // Whole seconds, rounded up.
-                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-            }
-            response
-        }
-    };
-    record.status = response.status().as_u16();
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), record.request_id.clone());
-    let (parts, body) = response.into_parts();
-    Response::from_parts(parts, body.with_record(record))
+    }
+}
+
+/// What every step of one AI gateway request needs.
+struct Backend<'a> {
+    worker: &'a WorkerContext,
+    llm: &'a LlmSpec,
+    client: &'a LlmClient,
+    route: &'a RouteSpec,
+    route_index: usize,
+}
+
+impl Backend<'_> {
+    /// The model a request for `model` goes to: the route's model canary takes its share of
+    /// the requests for the model it stands in for, unless it was rolled back.
+    fn choose_model<'m>(&self, model: &'m LlmModelSpec, models: &'m [LlmModelSpec]) -> &'m LlmModelSpec {
+        let canary = self
+            .worker
+            .gateway
+            .canaries
+            .get(self.route_index)
+            .and_then(Option::as_ref)
+            .filter(
+                |c| matches!(&c.spec.target, CanaryTarget::Model { instead_of } if *instead_of == model.name),
+            )
+            .filter(|c| c.takes_request());
+        canary
+            .and_then(|c| models.iter().find(|m| m.name == c.spec.upstream_name))
+            .unwrap_or(model)
+    }
 }
 
 async fn dispatch(
-    worker: &WorkerContext,
-    llm: &LlmSpec,
-    client: &LlmClient,
-    route: &RouteSpec,
+    b: &Backend<'_>,
     parts: Parts,
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    let llm = b.llm;
     let path = parts.uri.path();
     if let Some(prompt) = llm.prompts.iter().find(|p| p.path == path) {
-        return run_prompt(worker, llm, client, route, prompt, parts, body, record).await;
+        return run_prompt(b, prompt, parts, body, record).await;
     }
     if path.ends_with("/messages") && parts.method == Method::POST {
-        return serve_messages(worker, llm, client, route, parts, body, record).await;
+        return serve_messages(b, parts, body, record).await;
     }
     if path.ends_with("/models") && parts.method == Method::GET {
         return Ok(models(llm));
@@ -194,22 +201,21 @@ async fn dispatch(
             format!("{endpoint} takes POST."),
         ));
     }
-    let request = read_object(worker, route, body, record).await?;
-    let (response, _) = complete(worker, llm, client, endpoint, request, &parts.headers, record).await?;
+    let request = read_object(b, body, record).await?;
+    let (response, _) = complete(b, endpoint, request, &parts.headers, record).await?;
     Ok(response)
 }
 
 /// A call to `endpoint` for a parsed request: model lookup, answer cache, consumer quota,
 /// then the targets. Also returns the whole answer when it was not streamed.
 async fn complete(
-    worker: &WorkerContext,
-    llm: &LlmSpec,
-    client: &LlmClient,
+    b: &Backend<'_>,
     endpoint: &'static str,
     request: Map<String, Value>,
     headers: &http::HeaderMap,
     record: &mut RequestRecord,
 ) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
+    let (worker, llm) = (b.worker, b.llm);
     let Some(name) = request.get("model").and_then(Value::as_str) else {
         return Err(ApiError::bad_request("`model` is required."));
     };
@@ -221,6 +227,9 @@ async fn complete(
             format!("The model `{name}` does not exist; GET /v1/models lists the models."),
         ));
     };
+    let model = b.choose_model(model, &llm.models);
+    // What the request was sent to: the model's name is what a model canary's SLO counts.
+    record.sent_to = Some(model.name.clone());
     let stream =
         endpoint == "chat/completions" && request.get("stream").and_then(Value::as_bool) == Some(true);
     // For counting when the provider reports nothing: about four bytes per token.
@@ -272,7 +281,7 @@ async fn complete(
     let called = call_targets(
         worker,
         llm,
-        client,
+        b.client,
         model,
         endpoint,
         request,
@@ -310,41 +319,16 @@ async fn complete(
 /// `POST …/v1/messages`: a client speaking Anthropic's Messages API, served through the same
 /// models and answered in its own shape ([`messages_api`]).
 async fn serve_messages(
-    worker: &WorkerContext,
-    llm: &LlmSpec,
-    client: &LlmClient,
-    route: &RouteSpec,
+    b: &Backend<'_>,
     parts: Parts,
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let input = read_object(worker, route, body, record).await?;
+    let input = read_object(b, body, record).await?;
     let stream = input.get("stream").and_then(Value::as_bool) == Some(true);
     let request = messages_api::to_chat_request(&input).map_err(ApiError::bad_request)?;
-    let answer = complete(
-        worker,
-        llm,
-        client,
-        "chat/completions",
-        request,
-        &parts.headers,
-        record,
-    )
-    .await;
-    let (response, whole) = match answer {
-        Ok(answer) => answer,
-        Err(error) => {
-            // The client speaks Anthropic: its errors too.
-            let body =
-                messages_api::to_error(&json!({ "error": { "type": error.kind, "message": error.message } }));
-            let mut response = Response::new(ResponseBody::full(body.to_string()));
-            *response.status_mut() = error.status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return Ok(response);
-        }
-    };
+    // Refusals are answered by the pipeline's error edge, in Anthropic's shape for this path.
+    let (response, whole) = complete(b, "chat/completions", request, &parts.headers, record).await?;
     let (mut head, inner) = response.into_parts();
     if stream && head.status.is_success() {
         head.headers
@@ -376,12 +360,8 @@ async fn serve_messages(
 /// `POST <prompt path>` with `{"variables": {...}}` (and optionally `temperature` and
 /// `max_tokens`): the rendered template as one user message to the prompt's model, answered
 /// as `{"output", "usage", "model"}`.
-#[allow(clippy::too_many_arguments)]
 async fn run_prompt(
-    worker: &WorkerContext,
-    llm: &LlmSpec,
-    client: &LlmClient,
-    route: &RouteSpec,
+    b: &Backend<'_>,
     prompt: &crate::config::spec::LlmPromptSpec,
     parts: Parts,
     body: Incoming,
@@ -395,7 +375,7 @@ async fn run_prompt(
             format!("The prompt `{}` takes POST.", prompt.name),
         ));
     }
-    let input = read_object(worker, route, body, record).await?;
+    let input = read_object(b, body, record).await?;
     let variables = match input.get("variables") {
         Some(Value::Object(values)) => values.clone(),
         None => Map::new(),
@@ -413,16 +393,7 @@ async fn run_prompt(
             request.insert(key.into(), value.clone());
         }
     }
-    let (response, whole) = complete(
-        worker,
-        llm,
-        client,
-        "chat/completions",
-        request,
-        &parts.headers,
-        record,
-    )
-    .await?;
+    let (response, whole) = complete(b, "chat/completions", request, &parts.headers, record).await?;
     let answer = whole
         .filter(|_| response.status().is_success())
         .and_then(|body| serde_json::from_slice::<Value>(&body).ok());
@@ -536,6 +507,33 @@ async fn call_targets(
             continue;
         };
         let state = states.and_then(|s| s.get(index));
+        // A provider at its bulkhead's cap is passed over, like a target whose breaker is
+        // open; the place is held until the answer's body ends.
+        let place = match worker
+            .gateway
+            .llm_bulkheads
+            .get(*provider_index)
+            .and_then(Option::as_ref)
+        {
+            Some(bulkhead) => match bulkhead.enter().await {
+                Ok(place) => Some(place),
+                Err(_) => {
+                    worker
+                        .recorder
+                        .metrics
+                        .lock()
+                        .record_bulkhead_rejected(&provider.name);
+                    last = ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "api_error",
+                        "upstream_unavailable",
+                        "Every provider for this model is at its concurrency limit.",
+                    );
+                    continue;
+                }
+            },
+            None => None,
+        };
         // A target whose breaker is open is passed over without a call.
         let permit = match state.map(|s| s.admit(Instant::now())) {
             Some(Err(())) => {
@@ -612,6 +610,7 @@ async fn call_targets(
                 }
                 record.upstream = Some(facts);
                 record.llm = Some(call);
+                record.bulkhead = place;
                 return Ok((response, whole));
             }
             Err(error) => {
@@ -1056,12 +1055,12 @@ fn models(llm: &LlmSpec) -> Response<ResponseBody> {
 
 /// The request body as a JSON object (its size goes to the record).
 async fn read_object(
-    worker: &WorkerContext,
-    route: &RouteSpec,
+    b: &Backend<'_>,
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Map<String, Value>, ApiError> {
-    let bytes = read_request(body, route.max_body_bytes, worker.limits.header_read_timeout).await?;
+    let limits = &b.worker.limits;
+    let bytes = read_request(body, b.route.max_body_bytes, limits.header_read_timeout).await?;
     record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),

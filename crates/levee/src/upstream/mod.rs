@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::config::spec::{TargetSpec, UpstreamSpec};
 use balancer::{Balancer, PickContext};
-use levee_resilience::{CircuitBreaker, Permit, State};
+pub use levee_resilience::BulkheadPermit;
+use levee_resilience::{Bulkhead, CircuitBreaker, Permit, State};
 
 /// Why an upstream attempt failed. Each variant knows whether a retry could help.
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +165,9 @@ fn decay(now: Instant, since: Instant) -> f64 {
 pub struct Upstream {
     pub spec: UpstreamSpec,
     balancer: Balancer,
-    /// Requests in flight across all workers: the bulkhead's count, and
+    /// Requests in flight across all workers: the bulkhead, whose count is also
     /// `levee_inflight_requests`.
-    inflight: AtomicUsize,
-    /// Requests waiting in the bulkhead's queue, and the signal that a place freed up.
-    waiting: AtomicUsize,
-    freed: tokio::sync::Notify,
+    bulkhead: Arc<Bulkhead>,
     /// Per target, shared by all workers: health check verdict and outlier ejection.
     pub health: Vec<health::TargetHealth>,
     /// Per target, shared by all workers: the circuit breaker (`None` when breakers are off).
@@ -199,16 +197,14 @@ impl Upstream {
                 })
                 .collect(),
             epoch: Instant::now(),
+            bulkhead: Arc::new(Bulkhead::new(spec.max_concurrent, spec.queue)),
             spec,
             balancer,
-            inflight: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            freed: tokio::sync::Notify::new(),
         }
     }
 
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        self.bulkhead.inflight()
     }
 
     /// Target `index`'s breaker (`None` when breakers are off).
@@ -225,21 +221,6 @@ impl Upstream {
     pub fn circuit(&self, index: usize) -> State {
         self.breaker(index)
             .map_or(State::Closed, |b| b.state(Instant::now()))
-    }
-}
-
-/// A place in an upstream's bulkhead, released when dropped.
-#[derive(Debug)]
-pub struct BulkheadPermit(Arc<WorkerUpstream>);
-
-impl Drop for BulkheadPermit {
-    fn drop(&mut self) {
-        let shared = &self.0.shared;
-        shared.inflight.fetch_sub(1, Ordering::SeqCst);
-        // Only pay for a wake-up when someone waits.
-        if shared.waiting.load(Ordering::SeqCst) > 0 {
-            shared.freed.notify_one();
-        }
     }
 }
 
@@ -340,58 +321,16 @@ impl WorkerUpstream {
         &self.shared
     }
 
-    /// Takes a place in the bulkhead. When it is full: waits in the bounded queue if the
-    /// upstream has one (and it has room), else fails at once.
-    pub async fn enter(self: &Arc<Self>) -> Result<BulkheadPermit, UpstreamError> {
-        if let Some(permit) = self.try_enter() {
-            return Ok(permit);
-        }
-        let limit = self.shared.spec.max_concurrent;
-        let full = || UpstreamError::BulkheadFull {
-            upstream: self.name.clone(),
-            limit,
-        };
-        let Some((size, timeout)) = self.shared.spec.queue else {
-            return Err(full());
-        };
-        let shared = &self.shared;
-        /// Counts a request in the queue until dropped: also when the wait is abandoned
-        /// (client gone, shutdown), or the count would leak and the queue stay "full".
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let position = shared.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&shared.waiting);
-        if position >= size {
-            return Err(full());
-        }
-        let waited = tokio::time::timeout(timeout, async {
-            loop {
-                let freed = shared.freed.notified();
-                tokio::pin!(freed);
-                // Register before re-checking, so a place freed in between is not missed.
-                freed.as_mut().enable();
-                if let Some(permit) = self.try_enter() {
-                    return permit;
-                }
-                freed.await;
-            }
-        })
-        .await;
-        waited.map_err(|_| full())
-    }
-
-    fn try_enter(self: &Arc<Self>) -> Option<BulkheadPermit> {
-        let limit = self.shared.spec.max_concurrent;
-        if self.shared.inflight.fetch_add(1, Ordering::SeqCst) >= limit {
-            // Undo without waking anyone: this place was never really taken.
-            self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(BulkheadPermit(self.clone()))
+    /// Takes a place in the upstream's bulkhead (see [`Bulkhead::enter`]).
+    pub async fn enter(&self) -> Result<BulkheadPermit, UpstreamError> {
+        self.shared
+            .bulkhead
+            .enter()
+            .await
+            .map_err(|full| UpstreamError::BulkheadFull {
+                upstream: self.name.clone(),
+                limit: full.limit,
+            })
     }
 
     /// Chooses a target whose breaker admits a request, preferring one not in `tried`, and
