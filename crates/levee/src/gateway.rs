@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use levee_resilience::RetryBudget;
 
+pub use crate::admission::LoadPermit;
 use crate::auth::Credentials;
 use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::jwt::JwtVerifier;
-use crate::observability::Recorder;
 use crate::ratelimit::RouteLimiter;
+use crate::record::Recorder;
 use crate::router::Router;
 use crate::stale::StaleCache;
 use crate::upstream::{Upstream, WorkerUpstream};
@@ -320,25 +321,6 @@ pub struct WorkerContext {
     /// This worker's client for LLM providers, when the config has any.
     pub llm_client: Option<crate::llm::LlmClient>,
     sequence: AtomicU64,
-}
-
-/// Counts one unit (a request or a connection) against a worker's cap until dropped.
-#[derive(Debug)]
-pub struct LoadPermit(Arc<AtomicUsize>);
-
-impl LoadPermit {
-    /// Takes a unit if fewer than `cap` are taken.
-    pub fn try_take(counter: &Arc<AtomicUsize>, cap: usize) -> Option<LoadPermit> {
-        let before = counter.fetch_add(1, Ordering::Relaxed);
-        let permit = LoadPermit(counter.clone());
-        (before < cap).then_some(permit)
-    }
-}
-
-impl Drop for LoadPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl WorkerContext {

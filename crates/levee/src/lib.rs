@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod chaos;
@@ -46,6 +47,7 @@ pub mod observability;
 pub mod outbound;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod record;
 pub mod reload;
 pub mod restart;
 pub mod router;

@@ -28,19 +28,20 @@ use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::body::{PrefetchError, ReplayableBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::config::spec::{AuthSpec, CanaryTarget, Fallback, RouteSpec};
 use crate::edge::{self, Rejection, Shape};
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
 use crate::observability::metrics::Outcome;
 use crate::observability::traces::{TraceContext, TRACEPARENT, TRACESTATE};
-use crate::observability::{RequestRecord, UpstreamFacts};
+use crate::observability::UpstreamFacts;
+use crate::record::RequestRecord;
 use crate::router::strip_path_prefix;
 use crate::server::ConnInfo;
 use crate::stale::{Capture, StaleCache, StaleEntry};
 use crate::upstream::balancer::PickContext;
-use crate::upstream::{health, Picked, UpstreamError};
+use crate::upstream::{health, Picked, PrefetchError, ReplayableBody, UpstreamError};
 
 /// Serves one request. Never fails: every problem becomes an error response in the shape
 /// the client speaks ([`edge`]).

@@ -44,7 +44,8 @@ use crate::config::file::LlmProviderKind;
 use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmProviderSpec, LlmSpec, LlmStrategy, RouteSpec};
 use crate::gateway::WorkerContext;
 use crate::observability::metrics::Outcome;
-use crate::observability::{RequestRecord, UpstreamFacts};
+use crate::observability::UpstreamFacts;
+use crate::record::RequestRecord;
 use usage::{LlmCall, Usage};
 
 /// The per-worker client for LLM providers (HTTPS or plain HTTP, pooled).
@@ -291,7 +292,12 @@ async fn complete(
     )
     .await;
     match (&quota, reservation, &called, &record.llm) {
-        (Some(quota), Some(reservation), Ok(_), Some(call)) => call.settle_on_end(quota.clone(), reservation),
+        (Some(quota), Some(reservation), Ok(_), Some(call)) => {
+            let quota = quota.clone();
+            call.settle_on_end(Box::new(move |tokens, cost| {
+                quota.settle(reservation, tokens, cost, Instant::now());
+            }));
+        }
         (Some(quota), Some(reservation), _, _) => quota.release(reservation),
         _ => {}
     }

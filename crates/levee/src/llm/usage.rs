@@ -6,22 +6,7 @@
 //! before the final chunk, the gateway counts what it relayed: one token per streamed content
 //! chunk and a quarter token per byte of the prompt, and marks the figures as estimated.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// Tokens of one call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt: u64,
-    pub completion: u64,
-}
-
-/// USD per million input and output tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-}
+pub use crate::observability::llm_call::{LlmCall, Price, Usage};
 
 /// List prices published by the providers (USD per million tokens, 2025); `llm.pricing`
 /// overrides them. A dated model name (`gpt-4o-2024-08-06`) takes the price of the longest
@@ -60,101 +45,6 @@ pub fn price(model: &str, configured: &[(String, f64, f64)]) -> Option<Price> {
             input: *input,
             output: *output,
         })
-}
-
-/// One call's accounting.
-#[derive(Debug)]
-pub struct LlmCall {
-    pub provider: Arc<str>,
-    /// The provider's model name.
-    pub model: Arc<str>,
-    price: Option<Price>,
-    prompt: AtomicU64,
-    completion: AtomicU64,
-    /// True once the provider reported the usage (else the figures are counted by Levee).
-    reported: AtomicBool,
-    /// The consumer's quota reservation, settled with the final usage when the call ends.
-    settlement: std::sync::Mutex<Option<(Arc<super::quota::ConsumerQuota>, super::quota::Reservation)>>,
-}
-
-impl LlmCall {
-    pub fn new(provider: Arc<str>, model: Arc<str>, price: Option<Price>) -> LlmCall {
-        LlmCall {
-            provider,
-            model,
-            price,
-            prompt: AtomicU64::new(0),
-            completion: AtomicU64::new(0),
-            reported: AtomicBool::new(false),
-            settlement: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Settles `reservation` on `quota` with this call's usage and cost when the call ends.
-    pub fn settle_on_end(
-        &self,
-        quota: Arc<super::quota::ConsumerQuota>,
-        reservation: super::quota::Reservation,
-    ) {
-        *self.settlement.lock().unwrap_or_else(|p| p.into_inner()) = Some((quota, reservation));
-    }
-
-    /// The provider's own report.
-    pub fn report(&self, usage: Usage) {
-        self.prompt.store(usage.prompt, Ordering::Relaxed);
-        self.completion.store(usage.completion, Ordering::Relaxed);
-        self.reported.store(true, Ordering::Relaxed);
-    }
-
-    /// Levee's count, used only when the provider reported nothing.
-    pub fn estimate(&self, usage: Usage) {
-        if !self.reported.load(Ordering::Relaxed) {
-            self.prompt.store(usage.prompt, Ordering::Relaxed);
-            self.completion.store(usage.completion, Ordering::Relaxed);
-        }
-    }
-
-    pub fn usage(&self) -> Usage {
-        Usage {
-            prompt: self.prompt.load(Ordering::Relaxed),
-            completion: self.completion.load(Ordering::Relaxed),
-        }
-    }
-
-    pub fn reported(&self) -> bool {
-        self.reported.load(Ordering::Relaxed)
-    }
-
-    /// The call's cost in USD (0 when the model has no known price).
-    pub fn cost_usd(&self) -> f64 {
-        let usage = self.usage();
-        self.price.map_or(0.0, |p| {
-            (usage.prompt as f64 * p.input + usage.completion as f64 * p.output) / 1_000_000.0
-        })
-    }
-}
-
-impl LlmCall {
-    /// Settles the quota reservation with the final usage, once (the request is recorded).
-    pub fn settle(&self) {
-        let settlement = self.settlement.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((quota, reservation)) = settlement {
-            let usage = self.usage();
-            quota.settle(
-                reservation,
-                usage.prompt + usage.completion,
-                self.cost_usd(),
-                tokio::time::Instant::now(),
-            );
-        }
-    }
-}
-
-impl Drop for LlmCall {
-    /// A call that ended without being recorded still settles.
-    fn drop(&mut self) {
-        self.settle();
-    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct AccessRecord {
     pub degraded: Option<&'static str>,
     pub consumer: Option<Arc<str>>,
     /// On AI gateway routes: the call's accounting (provider, model, tokens, cost).
-    pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
+    pub llm: Option<Arc<super::llm_call::LlmCall>>,
     /// An injected fault: `abort` or `delay`.
     pub fault: Option<&'static str>,
 }

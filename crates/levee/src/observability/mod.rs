@@ -1,40 +1,23 @@
 //! What the gateway tells operators: metrics, the access log, the call log and traces.
 //!
-//! A request's facts are gathered in a [`RequestRecord`] as it travels, and recorded once,
-//! when its response has finished streaming (or was abandoned): so duration and bytes cover
-//! the whole exchange, and nothing is written on the hot path but a queue push and one
+//! This layer records plain data and imports no feature module: the features hand it their
+//! facts ([`UpstreamFacts`], [`llm_call::LlmCall`]), and [`crate::record`] gathers a
+//! request's facts as it travels and writes them here once, when its response has finished
+//! streaming (or was abandoned). Nothing is written on the hot path but a queue push and one
 //! uncontended lock.
 
 pub mod access_log;
 pub mod call_log;
+pub mod llm_call;
 pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod traces;
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use http::{HeaderValue, Method, Version};
-use tokio::time::Instant;
-
-use access_log::{AccessLog, AccessRecord};
-use metrics::{method_label, MetricsShard, Outcome};
-use traces::{FinishedAttempt, FinishedTrace, TraceContext, Tracer};
-
-/// What one worker needs to record requests.
-#[derive(Debug, Clone)]
-pub struct Recorder {
-    pub metrics: MetricsShard,
-    pub access_log: AccessLog,
-    pub call_log: Option<call_log::CallLog>,
-    /// Present when spans are exported.
-    pub tracer: Option<Tracer>,
-    /// SLO counters and chaos experiments.
-    pub slo: Arc<crate::slo::SloEngine>,
-}
+use metrics::Outcome;
 
 /// Facts about the upstream attempt that served a request.
 #[derive(Debug, Clone)]
@@ -43,52 +26,6 @@ pub struct UpstreamFacts {
     pub target: Arc<str>,
     pub outcome: Outcome,
     pub elapsed: Duration,
-}
-
-/// A request in flight; recorded exactly once, when finished or dropped.
-#[derive(Debug)]
-pub struct RequestRecord {
-    pub recorder: Arc<Recorder>,
-    pub started: Instant,
-    pub wall_start: SystemTime,
-    pub request_id: HeaderValue,
-    pub trace: TraceContext,
-    pub client_ip: IpAddr,
-    pub listener: Arc<str>,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-    pub version: Version,
-    pub method: Method,
-    pub path: String,
-    pub route: Option<Arc<str>>,
-    pub status: u16,
-    pub error: Option<&'static str>,
-    pub upstream: Option<UpstreamFacts>,
-    pub bytes_in: Option<Arc<AtomicU64>>,
-    /// Keeps the request counted as in flight on its target until the response ends.
-    pub inflight: Option<crate::upstream::InflightGuard>,
-    /// The request's place under the worker's in-flight cap, held until the response ends.
-    pub admission: Option<crate::gateway::LoadPermit>,
-    /// The request's place in its upstream's bulkhead, held until the response ends.
-    pub bulkhead: Option<crate::upstream::BulkheadPermit>,
-    /// Upstream attempts made (0 when none was).
-    pub attempts: u32,
-    /// The status a route fallback replaced, if it did.
-    pub fallback_for: Option<u16>,
-    /// How a failure was replaced: `stale` or `fallback`.
-    pub degraded: Option<&'static str>,
-    /// The authenticated caller.
-    pub consumer: Option<Arc<str>>,
-    /// The fault injected into this request (`abort` or `delay`), if any.
-    pub fault: Option<&'static str>,
-    /// The LLM call's accounting, on AI gateway routes.
-    pub llm: Option<Arc<crate::llm::usage::LlmCall>>,
-    /// The upstream the request was sent to (the route's own, or its canary).
-    pub sent_to: Option<Arc<str>>,
-    /// The chaos experiment running on the route, which counts this request in its report.
-    pub experiment: Option<Arc<crate::chaos::experiments::Experiment>>,
-    /// Set once metrics and the log line are written, so that happens exactly once.
-    pub emitted: bool,
 }
 
 /// Moves up to `max` queued items into `batch` without blocking; true when every sender is
@@ -105,206 +42,4 @@ pub(crate) fn drain<T>(rx: &std::sync::mpsc::Receiver<T>, batch: &mut Vec<T>, ma
         }
     }
     false
-}
-
-static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-
-impl RequestRecord {
-    /// Records metrics and the access log line. `completed` is false when the response body
-    /// was cut short.
-    pub fn finish(mut self, bytes_out: u64, completed: bool) {
-        self.emit(bytes_out, completed);
-    }
-
-    fn emit(&mut self, bytes_out: u64, completed: bool) {
-        if self.emitted {
-            return;
-        }
-        self.emitted = true;
-        self.inflight = None;
-        self.bulkhead = None;
-        self.admission = None;
-        if self.status == 0 {
-            // Dropped before any response existed: the client went away (nginx's 499).
-            self.status = 499;
-            self.error = Some("client_closed");
-        }
-        let elapsed = self.started.elapsed();
-        {
-            let mut shard = self.recorder.metrics.lock();
-            let route = self.route.as_ref().unwrap_or(&NO_ROUTE);
-            shard.record_request(route, method_label(&self.method), self.status, elapsed);
-            if let Some(up) = &self.upstream {
-                shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
-            }
-            if let Some(call) = &self.llm {
-                call.settle();
-                let usage = call.usage();
-                shard.record_llm(
-                    &call.provider,
-                    &call.model,
-                    usage.prompt,
-                    usage.completion,
-                    call.cost_usd(),
-                );
-            }
-        }
-        // SLO counters: injected faults count like real ones, marked as injected.
-        if let Some(route) = &self.route {
-            self.recorder.slo.record(
-                route,
-                self.consumer.as_deref(),
-                self.sent_to.as_deref(),
-                crate::slo::Answered {
-                    status: self.status,
-                    replaced: self.fallback_for,
-                },
-                elapsed,
-                self.fault.is_some(),
-            );
-        }
-        if let Some(experiment) = &self.experiment {
-            experiment.observe(self.status, self.fault);
-        }
-        let upstream_ms = self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0);
-        let bytes_in = self
-            .bytes_in
-            .as_ref()
-            .map(|b| b.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        if let Some(calls) = &self.recorder.call_log {
-            calls.log(call_log::CallRecord {
-                time_ms: self
-                    .wall_start
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
-                request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
-                trace_id: Some(self.trace.trace_id.hex()),
-                route: self.route.as_deref().map(str::to_owned),
-                consumer: self.consumer.as_deref().map(str::to_owned),
-                method: self.method.as_str().to_owned(),
-                path: self.path.clone(),
-                status: self.status,
-                error: self.error.map(str::to_owned),
-                upstream: self.upstream.as_ref().map(|u| u.upstream.to_string()),
-                target: self.upstream.as_ref().map(|u| u.target.to_string()),
-                attempts: self.attempts,
-                latency_ms: duration_ms,
-                upstream_ms,
-                bytes_in,
-                bytes_out,
-                provider: self.llm.as_ref().map(|c| c.provider.to_string()),
-                model: self.llm.as_ref().map(|c| c.model.to_string()),
-                prompt_tokens: self.llm.as_ref().map(|c| c.usage().prompt),
-                completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
-                cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
-                fault: self.fault.map(str::to_owned),
-            });
-        }
-        if self.trace.recording() && self.recorder.tracer.is_some() {
-            let trace = self.finished_trace(elapsed);
-            if let Some(tracer) = &self.recorder.tracer {
-                tracer.exporter.export(trace);
-            }
-        }
-        if !self.recorder.access_log.wants(self.status) {
-            return;
-        }
-        let (upstream, target) = match self.upstream.take() {
-            Some(u) => (Some(u.upstream), Some(u.target)),
-            None => (None, None),
-        };
-        self.recorder.access_log.log(AccessRecord {
-            time: self.wall_start,
-            request_id: self.request_id.clone(),
-            trace_id: self.trace.trace_id,
-            client_ip: self.client_ip,
-            listener: self.listener.clone(),
-            protocol: self.version,
-            method: std::mem::replace(&mut self.method, Method::GET),
-            path: std::mem::take(&mut self.path),
-            route: self.route.take(),
-            upstream,
-            target,
-            status: self.status,
-            error: self.error,
-            duration_ms,
-            upstream_ms,
-            bytes_in,
-            bytes_out,
-            completed,
-            attempts: self.attempts,
-            fallback_for: self.fallback_for,
-            degraded: self.degraded,
-            consumer: self.consumer.take(),
-            llm: self.llm.take(),
-            fault: self.fault,
-        });
-    }
-}
-
-impl RequestRecord {
-    /// The request's spans with wall-clock times (the monotonic offsets from its start added
-    /// to the wall-clock start, so clock steps cannot make a span end before it began).
-    fn finished_trace(&mut self, elapsed: Duration) -> FinishedTrace {
-        let start_unix_ns = self
-            .wall_start
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let at = |offset: Duration| {
-            start_unix_ns.saturating_add(u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX))
-        };
-        let mut spans = self.trace.attempts.take().unwrap_or_default();
-        // The attempt whose answer was served lasts until that answer has streamed out.
-        if let Some(last) = spans.last_mut().filter(|s| s.status.is_some()) {
-            last.ended = None;
-        }
-        let attempts = spans
-            .into_iter()
-            .map(|span| FinishedAttempt {
-                span_id: span.span_id,
-                attempt: span.attempt,
-                upstream: span.upstream,
-                target: span.target,
-                start_unix_ns: at(span.started.saturating_duration_since(self.started)),
-                end_unix_ns: at(span
-                    .ended
-                    .map_or(elapsed, |e| e.saturating_duration_since(self.started))),
-                status: span.status,
-                error: span.error,
-            })
-            .collect();
-        FinishedTrace {
-            trace_id: self.trace.trace_id,
-            parent_span_id: self.trace.parent_span_id,
-            span_id: self.trace.span_id,
-            flags: self.trace.flags,
-            tracestate: self.trace.tracestate.take(),
-            start_unix_ns,
-            end_unix_ns: at(elapsed),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            scheme: self.scheme,
-            protocol: self.version,
-            client_ip: self.client_ip,
-            route: self.route.clone(),
-            request_id: self.request_id.clone(),
-            consumer: self.consumer.clone(),
-            status: self.status,
-            error: self.error,
-            degraded: self.degraded,
-            upstream: self.upstream.as_ref().map(|u| u.upstream.clone()),
-            attempts,
-        }
-    }
-}
-
-impl Drop for RequestRecord {
-    /// A request abandoned before it finished (client disconnect, stream reset, shutdown
-    /// past the grace period) is still counted and logged.
-    fn drop(&mut self) {
-        self.emit(0, false);
-    }
 }

@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod health;
+pub mod request_body;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,11 +17,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
 use crate::config::spec::{TargetSpec, UpstreamSpec};
 use balancer::{Balancer, PickContext};
 pub use levee_resilience::BulkheadPermit;
 use levee_resilience::{Bulkhead, CircuitBreaker, Permit, State};
+pub use request_body::{PrefetchError, ReplayableBody, RequestBody};
 
 /// Why an upstream attempt failed. Each variant knows whether a retry could help.
 #[derive(Debug, thiserror::Error)]
