@@ -14,11 +14,12 @@ use super::file::{
     JwtFile, MatchFile, OutlierFile, RateLimitFile, RetryFile, RetryOnFile, RouteFile, TracingFile,
     UpstreamFile, Workers,
 };
+use super::matcher::{parse_template, CoverIndex, HostMatch, PathMatch, RouteMatch};
 use super::parse::{self, nearest, Cuts};
+use super::secrets::{resolve_secrets, Resolved, Secrets};
 use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
-use crate::router::{parse_template, CoverIndex, HostMatch, PathMatch, RouteMatch};
 
 /// Collects problems, each tied to the path of the value it is about.
 struct Problems<'a> {
@@ -39,6 +40,12 @@ impl Problems<'_> {
             col: pos.col,
             message: message.into(),
         });
+    }
+
+    /// The value of a secret or file as resolved, or `None` once its problem is reported at
+    /// `path`.
+    fn resolved<T>(&mut self, path: &str, item: Resolved<T>) -> Option<T> {
+        item.map_err(|message| self.at(path, message)).ok()
     }
 }
 
@@ -72,6 +79,7 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
+    let mut secrets = resolve_secrets(&file);
     if file.listeners.is_empty() {
         p.at("listeners", "at least one listener is required under `listeners`");
     }
@@ -114,13 +122,8 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                         .map(|d| d.0)
                         .unwrap_or(std::time::Duration::from_secs(5)),
                 };
-                match crate::tls::load_certified_key(&spec.cert, &spec.key) {
-                    Ok(_) => Some(spec),
-                    Err(message) => {
-                        p.at(&format!("{path}.tls.cert"), message);
-                        None
-                    }
-                }
+                let loaded = secrets.tls.get_mut(i).and_then(Option::take)?;
+                p.resolved(&format!("{path}.tls.cert"), loaded).map(|()| spec)
             });
             if l.max_connections.is_some_and(|m| m == 0 || m > 10_000_000) {
                 p.at(
@@ -144,16 +147,10 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
                 format!("address {bind} is already used by a listener"),
             );
         }
-        let token = a.token_env.as_ref().and_then(|name| match std::env::var(name) {
-            Ok(value) if !value.is_empty() => Some(Secret(value)),
-            _ => {
-                p.at(
-                    "admin.token_env",
-                    format!("environment variable `{name}` (admin.token_env) is not set or empty"),
-                );
-                None
-            }
-        });
+        let token = secrets
+            .admin_token
+            .take()
+            .and_then(|token| p.resolved("admin.token_env", token));
         Some(AdminSpec { bind, token })
     });
 
@@ -167,7 +164,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     }
 
     let consumers = check_consumers(&file, p);
-    let jwt = file.jwt.as_ref().and_then(|j| check_jwt(j, p));
+    let jwt = file.jwt.as_ref().and_then(|j| check_jwt(j, &mut secrets, p));
     let call_log = file.data_dir.as_ref().and_then(|dir| {
         let settings = file.call_log.clone().unwrap_or_default();
         if settings.enabled == Some(false) {
@@ -197,7 +194,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         );
     }
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
-    let llm = file.llm.as_ref().and_then(|l| check_llm(l, p));
+    let llm = file.llm.as_ref().and_then(|l| check_llm(l, &mut secrets, p));
     let mut routes: Vec<RouteSpec> = Vec::new();
     let mut route_names: HashMap<&str, usize> = HashMap::new();
     let mut covering = CoverIndex::default();
@@ -720,7 +717,7 @@ fn check_route(
         );
     }
     let fault = route.fault.as_ref().and_then(|f| {
-        crate::chaos::check_fault(f.abort.as_ref(), f.delay.as_ref(), f.allow_header)
+        check_fault(f.abort.as_ref(), f.delay.as_ref(), f.allow_header)
             .map_err(|problems| {
                 for (key, message) in problems {
                     p.at(&format!("{path}.fault.{key}"), message);
@@ -900,7 +897,7 @@ fn check_rewrite(rw: Option<&HeaderRewriteFile>, path: &str, p: &mut Problems) -
     (p.errors.len() == before).then_some(out)
 }
 
-fn check_jwt(file: &JwtFile, p: &mut Problems) -> Option<JwtSpec> {
+fn check_jwt(file: &JwtFile, secrets: &mut Secrets, p: &mut Problems) -> Option<JwtSpec> {
     use jsonwebtoken::Algorithm;
     let before = p.errors.len();
     let mut algorithms = Vec::new();
@@ -919,46 +916,21 @@ fn check_jwt(file: &JwtFile, p: &mut Problems) -> Option<JwtSpec> {
             ),
         }
     }
-    let secret = file
-        .secret_env
-        .as_ref()
-        .and_then(|name| match std::env::var(name) {
-            Ok(value) if !value.is_empty() => Some(Secret(value)),
-            _ => {
-                p.at(
-                    "jwt.secret_env",
-                    format!("environment variable `{name}` (jwt.secret_env) is not set or empty"),
-                );
-                None
-            }
-        });
+    let secret = secrets
+        .jwt_secret
+        .take()
+        .and_then(|secret| p.resolved("jwt.secret_env", secret));
     if algorithms.contains(&Algorithm::HS256) && file.secret_env.is_none() {
         p.at(
             "jwt.algorithms",
             "HS256 needs a shared secret: set jwt.secret_env",
         );
     }
-    let mut public_keys = Vec::new();
-    for (i, path) in file.public_keys.iter().enumerate() {
-        match std::fs::read(path) {
-            Ok(pem) => {
-                let usable = jsonwebtoken::DecodingKey::from_rsa_pem(&pem).is_ok()
-                    || jsonwebtoken::DecodingKey::from_ec_pem(&pem).is_ok();
-                if usable {
-                    public_keys.push(pem);
-                } else {
-                    p.at(
-                        &format!("jwt.public_keys[{i}]"),
-                        format!("{path} holds no RSA or EC public key in PEM"),
-                    );
-                }
-            }
-            Err(e) => p.at(
-                &format!("jwt.public_keys[{i}]"),
-                format!("cannot read {path}: {e}"),
-            ),
-        }
-    }
+    let public_keys: Vec<Vec<u8>> = std::mem::take(&mut secrets.jwt_public_keys)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, pem)| p.resolved(&format!("jwt.public_keys[{i}]"), pem))
+        .collect();
     let jwks_url = file
         .jwks_url
         .as_ref()
@@ -1513,6 +1485,46 @@ fn check_fallback(file: &FallbackFile, path: &str, p: &mut Problems) -> Result<F
     })
 }
 
+/// Checks a fault as written (a route's `fault`, or an experiment's): each problem as the
+/// key under `fault` it concerns and a message.
+pub fn check_fault(
+    abort: Option<&super::file::FaultAbortFile>,
+    delay: Option<&super::file::FaultDelayFile>,
+    allow_header: bool,
+) -> Result<FaultSpec, Vec<(&'static str, &'static str)>> {
+    let mut problems = Vec::new();
+    let percent_ok = |p: f64| (0.0..=100.0).contains(&p);
+    let abort = abort.and_then(|a| {
+        if !percent_ok(a.percent) {
+            problems.push(("abort.percent", "percent must be from 0 to 100"));
+        }
+        match http::StatusCode::from_u16(a.status) {
+            Ok(status) if (400..=599).contains(&a.status) => Some((a.percent / 100.0, status)),
+            _ => {
+                problems.push(("abort.status", "status must be from 400 to 599"));
+                None
+            }
+        }
+    });
+    let delay = delay.map(|d| {
+        if !percent_ok(d.percent) {
+            problems.push(("delay.percent", "percent must be from 0 to 100"));
+        }
+        if d.duration.0 > std::time::Duration::from_secs(3600) {
+            problems.push(("delay.duration", "duration must be at most 1h"));
+        }
+        (d.percent / 100.0, d.duration.0)
+    });
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(FaultSpec {
+        abort,
+        delay,
+        allow_header,
+    })
+}
+
 /// What is valid but probably not what was meant: reported by `levee check` (and logged at
 /// start and reload) without refusing the config.
 fn warn(config: &Config, p: &mut Problems) {
@@ -1583,7 +1595,7 @@ fn warn(config: &Config, p: &mut Problems) {
 }
 
 /// The `llm` section: providers that exist and are built, models served by them.
-fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
+fn check_llm(file: &super::file::LlmFile, secrets: &mut Secrets, p: &mut Problems) -> Option<LlmSpec> {
     use super::file::LlmProviderKind;
     let mut providers = Vec::new();
     for (name, provider) in &file.providers {
@@ -1604,19 +1616,10 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                 format!("`{}` is not an http(s) URL", provider.base_url),
             );
         }
-        let api_key = provider
-            .api_key_env
-            .as_ref()
-            .and_then(|var| match std::env::var(var) {
-                Ok(key) if !key.is_empty() => Some(Secret(key)),
-                _ => {
-                    p.at(
-                        &format!("{path}.api_key_env"),
-                        format!("environment variable `{var}` ({path}.api_key_env) is not set or empty"),
-                    );
-                    None
-                }
-            });
+        let api_key = secrets
+            .provider_keys
+            .remove(name)
+            .and_then(|key| p.resolved(&format!("{path}.api_key_env"), key));
         if provider.kind != LlmProviderKind::OpenaiCompatible && provider.api_key_env.is_none() {
             p.at(
                 &path,
@@ -1751,7 +1754,7 @@ fn check_llm(file: &super::file::LlmFile, p: &mut Problems) -> Option<LlmSpec> {
                 format!("unknown model `{}`", prompt.model),
             );
         }
-        match crate::llm::prompt::Template::parse(&prompt.template) {
+        match super::prompt::Template::parse(&prompt.template) {
             Ok(template) => prompts.push(LlmPromptSpec {
                 name: Arc::from(prompt.name.as_str()),
                 path: prompt.path.clone(),
@@ -1926,11 +1929,7 @@ fn check_canary_rollbacks(
             continue;
         };
         let window = rollback.window.as_deref().unwrap_or("5m");
-        let Some(window) = crate::slo::BURN_WINDOWS
-            .iter()
-            .map(|(w, _)| *w)
-            .find(|w| *w == window)
-        else {
+        let Some(window) = BURN_WINDOWS.iter().map(|(w, _)| *w).find(|w| *w == window) else {
             p.at(
                 &format!("{path}.window"),
                 format!("`{window}` is not one of 5m, 30m, 1h, 2h, 6h, 1d, 3d"),
@@ -1989,7 +1988,7 @@ fn check_canary_rollbacks(
     // Each SLO holds a one-minute ring of the longer of its window and 3 days.
     let ring_bytes: u64 = slos
         .iter()
-        .map(|s| (s.window.as_secs() / 60).max(3 * 1440) * crate::slo::ledger::BUCKET_BYTES)
+        .map(|s| (s.window.as_secs() / 60).max(3 * 1440) * SLO_BUCKET_BYTES)
         .sum();
     if ring_bytes > MAX_SLO_MEMORY {
         p.at(
