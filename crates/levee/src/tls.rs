@@ -8,7 +8,6 @@
 //! and is logged, so renewal mistakes never take the listener down. rustls speaks only TLS
 //! 1.2 and 1.3; ALPN offers `h2` and `http/1.1`.
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -18,33 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
-/// Reads a certificate chain and its private key, and checks that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let cert_file =
-        std::fs::File::open(cert).map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(cert_file))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate {} is not valid PEM: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
-    }
-    let key_file =
-        std::fs::File::open(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    let private = rustls_pemfile::private_key(&mut BufReader::new(key_file))
-        .map_err(|e| format!("private key {} is not valid PEM: {e}", key.display()))?
-        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| format!("private key {} is not usable: {e}", key.display()))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "private key {} does not match certificate {}: {e}",
-            key.display(),
-            cert.display()
-        )
-    })?;
-    Ok(certified)
-}
+pub use crate::config::secrets::load_certified_key;
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()

@@ -17,45 +17,9 @@ use crate::config::spec::FaultSpec;
 
 pub static X_LEVEE_FAULT: HeaderName = HeaderName::from_static("x-levee-fault");
 
-/// Checks a fault as written (a route's `fault`, or an experiment's): each problem as the
-/// key under `fault` it concerns and a message.
-pub fn check_fault(
-    abort: Option<&crate::config::file::FaultAbortFile>,
-    delay: Option<&crate::config::file::FaultDelayFile>,
-    allow_header: bool,
-) -> Result<FaultSpec, Vec<(&'static str, &'static str)>> {
-    let mut problems = Vec::new();
-    let percent_ok = |p: f64| (0.0..=100.0).contains(&p);
-    let abort = abort.and_then(|a| {
-        if !percent_ok(a.percent) {
-            problems.push(("abort.percent", "percent must be from 0 to 100"));
-        }
-        match StatusCode::from_u16(a.status) {
-            Ok(status) if (400..=599).contains(&a.status) => Some((a.percent / 100.0, status)),
-            _ => {
-                problems.push(("abort.status", "status must be from 400 to 599"));
-                None
-            }
-        }
-    });
-    let delay = delay.map(|d| {
-        if !percent_ok(d.percent) {
-            problems.push(("delay.percent", "percent must be from 0 to 100"));
-        }
-        if d.duration.0 > Duration::from_secs(3600) {
-            problems.push(("delay.duration", "duration must be at most 1h"));
-        }
-        (d.percent / 100.0, d.duration.0)
-    });
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(FaultSpec {
-        abort,
-        delay,
-        allow_header,
-    })
-}
+/// Checks a fault as written (a route's `fault`, or an experiment's); part of config
+/// validation, re-exported here for experiments.
+pub use crate::config::check_fault;
 
 /// What to inject into one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -7,7 +7,10 @@
 
 pub mod duration;
 pub mod file;
+pub mod matcher;
 mod parse;
+pub mod prompt;
+pub mod secrets;
 pub mod source_map;
 pub mod spec;
 mod validate;
@@ -16,6 +19,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use spec::Config;
+pub use validate::check_fault;
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

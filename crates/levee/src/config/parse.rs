@@ -531,4 +531,16 @@ mod tests {
             "routes[4].match.methods[1]"
         );
     }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let msg = unknown_key_message(
+            "routes[0]: unknown field `upstreem`, expected one of `name`, `match`, `upstream`, `strip_prefix`",
+        )
+        .unwrap();
+        assert_eq!(
+            msg,
+            "routes[0]: unknown key `upstreem` (did you mean `upstream`?)"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use levee_resilience::BreakerConfig;
 
 use super::file::ConfigFile;
-use crate::router::RouteMatch;
+use super::matcher::RouteMatch;
 
 /// A config that passed validation.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct LlmPromptSpec {
     pub path: String,
     /// A name of `models`.
     pub model: Arc<str>,
-    pub template: crate::llm::prompt::Template,
+    pub template: super::prompt::Template,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +184,21 @@ impl SloSpec {
         format!("{text};{sli}")
     }
 }
+
+/// The burn-rate windows, with their length in minutes (a canary's rollback watches one).
+pub const BURN_WINDOWS: [(&str, u64); 7] = [
+    ("5m", 5),
+    ("30m", 30),
+    ("1h", 60),
+    ("2h", 120),
+    ("6h", 360),
+    ("1d", 1440),
+    ("3d", 4320),
+];
+
+/// Memory one minute bucket of an SLO's ring takes: the minute and four counts, eight bytes
+/// each (the SLO ledger checks it against its bucket type at compile time).
+pub const SLO_BUCKET_BYTES: u64 = 40;
 
 /// What makes an event good.
 #[derive(Debug, Clone, Copy, PartialEq)]

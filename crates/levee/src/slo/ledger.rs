@@ -48,8 +48,10 @@ impl Counts {
     }
 }
 
-/// Memory one bucket takes: the minute and four counts.
-pub const BUCKET_BYTES: u64 = std::mem::size_of::<Bucket>() as u64;
+/// Memory one bucket takes: the minute and four counts (config validation caps the SLOs'
+/// memory with it, so it is defined with the config and checked against [`Bucket`] here).
+pub use crate::config::spec::SLO_BUCKET_BYTES as BUCKET_BYTES;
+const _: () = assert!(std::mem::size_of::<Bucket>() as u64 == BUCKET_BYTES);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {

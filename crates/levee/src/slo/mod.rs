@@ -34,16 +34,9 @@ use arc_swap::ArcSwap;
 use crate::config::spec::{Sli, SloSpec};
 use ledger::{Counts, Ledger};
 
-/// The burn-rate windows, with their length in minutes.
-pub const BURN_WINDOWS: [(&str, u64); 7] = [
-    ("5m", 5),
-    ("30m", 30),
-    ("1h", 60),
-    ("2h", 120),
-    ("6h", 360),
-    ("1d", 1440),
-    ("3d", 4320),
-];
+/// The burn-rate windows, with their length in minutes (config validation checks a canary's
+/// rollback window against them, so they are defined with the config).
+pub use crate::config::spec::BURN_WINDOWS;
 
 /// A window as people write it: `30d`, `12h`, `90m`.
 pub fn window_text(window: Duration) -> String {

@@ -1,0 +1,243 @@
+//! Upstreams as written: targets, balancing, timeouts, the pool, the bulkhead queue, health
+//! checks, outlier ejection and circuit breakers (whose settings LLM models share).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration::DurationStr;
+
+/// A named group of targets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The targets: `IP:PORT` / `HOST:PORT` strings, or `{ addr, weight }` maps.
+    pub targets: Vec<TargetFile>,
+    /// Load-balancing policy. Default `round_robin`.
+    #[serde(default)]
+    pub balance: BalanceFile,
+    /// For `consistent_hash`: where the key comes from: `header:NAME`, `cookie:NAME` or `ip`
+    /// (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    /// Connect and request timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Keep-alive connection pool to the targets.
+    #[serde(default)]
+    pub pool: PoolFile,
+    /// Per-target circuit breaker. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerFile>,
+    /// Active health checks: HTTP GET of `path` on each target (TCP connect when no path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckFile>,
+    /// Passive outlier ejection, shared by all workers. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierFile>,
+    /// Bulkhead: requests in flight to this upstream at most (across all workers); beyond it
+    /// new requests get 503 at once. Default 1024 (Envoy's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// A bounded wait for a place when the bulkhead is full. Without it (the default) a full
+    /// bulkhead refuses at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueFile>,
+}
+
+/// A target: a plain `HOST:PORT` string or a map with a weight.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetFile {
+    /// `IP:PORT` or `HOST:PORT`.
+    pub addr: String,
+    /// Relative share of traffic for `round_robin`, `least_request`, `p2c_ewma` and
+    /// `consistent_hash`. Default 1.
+    pub weight: u32,
+}
+
+impl JsonSchema for TargetFile {
+    fn schema_name() -> Cow<'static, str> {
+        "Target".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A target: `HOST:PORT`, or `{ addr: HOST:PORT, weight: N }` (weight 1 to 1000, default 1).",
+            "oneOf": [
+                { "type": "string", "examples": ["127.0.0.1:9001"] },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["addr"],
+                    "properties": {
+                        "addr": { "type": "string", "description": "`IP:PORT` or `HOST:PORT`." },
+                        "weight": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 1 }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TargetMap {
+            addr: String,
+            #[serde(default = "default_weight")]
+            weight: u32,
+        }
+        struct TargetVisitor;
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = TargetFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a target `HOST:PORT` or a map `{ addr: HOST:PORT, weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetFile, E> {
+                Ok(TargetFile {
+                    addr: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetFile, A::Error> {
+                let target = TargetMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TargetFile {
+                    addr: target.addr,
+                    weight: target.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Load-balancing policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceFile {
+    /// Weighted round robin (smooth: weights interleave rather than burst).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight (relative to its weight).
+    LeastRequest,
+    /// Power of two random choices, scored by peak-EWMA latency times load.
+    P2cEwma,
+    /// A hash ring: the same key goes to the same target; adding a target moves ~1/N keys.
+    ConsistentHash,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Time allowed to establish a TCP connection to a target. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<DurationStr>,
+    /// Time from sending the request until the response headers arrive. Streaming bodies
+    /// are not cut by it. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<DurationStr>,
+}
+
+/// Upstream keep-alive pool settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Idle keep-alive connections kept per target and per worker. Default 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_target: Option<usize>,
+    /// How long an idle pooled connection is kept. Default 90s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<DurationStr>,
+}
+
+/// The bulkhead's waiting room.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Requests that may wait at once; more are refused at once.
+    pub size: usize,
+    /// How long a request may wait for a place before it is refused.
+    pub timeout: DurationStr,
+}
+
+/// Active health checking of each target.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Path to GET, e.g. `/healthz`; without one a TCP connect is the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between checks of a target. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationStr>,
+    /// Time a check may take. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationStr>,
+    /// Failed checks in a row that mark a target unhealthy. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_after: Option<u32>,
+    /// Passed checks in a row that bring an unhealthy target back. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_after: Option<u32>,
+    /// Statuses that pass. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_statuses: Option<Vec<u16>>,
+}
+
+/// Passive outlier ejection: a target that fails many requests in a row is taken out of
+/// rotation for a while, by every worker at once.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Set false to turn ejection off. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Failures in a row (connect failures, timeouts, resets, 5xx) that eject. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection period; each repeat ejection lasts one more period. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<DurationStr>,
+    /// Longest ejection. Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<DurationStr>,
+    /// At most this share of the targets is ejected at once (one always may be). Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// Circuit breaker thresholds (see docs/resilience.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    /// Set false to turn the breaker off. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Share of failed requests in the window that opens the breaker. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// Requests the window must hold before the failure rate counts. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Sliding window for the failure rate. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<DurationStr>,
+    /// How long the breaker stays open before letting probes through. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<DurationStr>,
+    /// Failures in a row that open the breaker whatever the rate (0 = off). Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Probe requests let through at a time while half-open; that many successes close
+    /// the breaker. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+}
