@@ -36,8 +36,8 @@ use crate::observability::metrics::Outcome;
 use crate::observability::traces::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::observability::{RequestRecord, UpstreamFacts};
 use crate::router::strip_path_prefix;
-use crate::server::ConnInfo;
 use crate::stale::{Capture, StaleCache, StaleEntry};
+use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::{health, Picked, UpstreamError};
 

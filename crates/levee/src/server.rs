@@ -35,15 +35,14 @@ use crate::admin;
 use crate::config::Config;
 use crate::gateway::{Gateway, LoadPermit, WorkerContext};
 use crate::observability::access_log::AccessLog;
-use crate::observability::call_log::{CallLog, Retention, SqliteStore};
-use crate::observability::metrics::{Gauge, Metrics};
+use crate::observability::call_log::{CallLog, Retention};
+use crate::observability::metrics::Metrics;
 use crate::observability::otlp::{ExportThread, Exporter};
 use crate::observability::traces::{Sampler, Tracer};
 use crate::observability::Recorder;
 use crate::pipeline;
-use crate::reload::Reloader;
 use crate::restart::Inherited;
-use crate::upstream::WorkerUpstream;
+use crate::state::{ConnInfo, Reloader, SharedState};
 
 /// One worker's socket for one listener.
 struct ListenerSocket {
@@ -53,15 +52,6 @@ struct ListenerSocket {
     tls: Option<TlsAcceptor>,
     /// This worker's share of the listener's connection cap.
     max_connections: Option<usize>,
-}
-
-/// Who is on the other end of a client connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub listener: Arc<str>,
-    /// The connection arrived over TLS.
-    pub tls: bool,
 }
 
 /// Why the gateway could not start.
@@ -86,137 +76,6 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-}
-
-/// State the admin API and the workers share.
-#[derive(Debug)]
-pub struct SharedState {
-    pub metrics: Arc<Metrics>,
-    pub draining: AtomicBool,
-    /// The running config, replaced whole by a reload.
-    pub gateway: ArcSwap<Gateway>,
-    /// Announces each applied config to the workers and the control thread.
-    pub gateway_tx: watch::Sender<Arc<Gateway>>,
-    /// Each worker's view of the upstreams (its load signals: in flight, peak EWMA), indexed
-    /// by worker, for the admin API. Breakers are in the shared `Upstream`.
-    pub worker_upstreams: std::sync::Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
-    /// The config version each worker serves, indexed by worker.
-    pub worker_versions: Vec<AtomicU64>,
-    /// A read connection to the call log, when there is one.
-    pub calls: Option<std::sync::Mutex<SqliteStore>>,
-    pub reloader: Reloader,
-    /// SLOs, alerts and chaos experiments.
-    pub slo: Arc<crate::slo::SloEngine>,
-}
-
-/// Every worker's view of `upstream` (one per worker that serves a config holding it).
-fn worker_views<'a>(
-    workers: &'a [Vec<Arc<WorkerUpstream>>],
-    upstream: &'a Arc<crate::upstream::Upstream>,
-) -> impl Iterator<Item = &'a Arc<WorkerUpstream>> + 'a {
-    workers
-        .iter()
-        .filter_map(move |w| w.iter().find(|view| Arc::ptr_eq(view.shared(), upstream)))
-}
-
-impl SharedState {
-    /// `GET /api/v1/upstreams`: every target's health, breaker state, requests in flight (summed over workers) and peak-EWMA latency (the highest).
-    pub fn upstreams_view(&self) -> crate::admin::api::Upstreams {
-        use crate::admin::api::{TargetView, UpstreamView, Upstreams};
-        let workers = self.worker_upstreams.lock().unwrap_or_else(|p| p.into_inner());
-        let now = tokio::time::Instant::now();
-        let gateway = self.gateway.load();
-        let upstreams = gateway
-            .upstreams
-            .iter()
-            .map(|upstream| {
-                let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
-                let targets = upstream
-                    .spec
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .map(|(t, target)| {
-                        let views: Vec<_> = worker_views(&workers, upstream)
-                            .filter_map(|w| w.targets.get(t))
-                            .collect();
-                        let circuit = upstream.circuit(t);
-                        let health = upstream.health.get(t);
-                        TargetView {
-                            addr: target.addr.to_string(),
-                            weight: target.weight,
-                            healthy: health.is_some_and(|h| h.usable(now_ms)),
-                            health_check_passing: health.is_some_and(|h| h.healthy()),
-                            ejected: health.is_some_and(|h| h.ejected(now_ms)),
-                            circuit: circuit.name(),
-                            inflight: views.iter().map(|v| v.inflight()).sum::<usize>(),
-                            ewma_ms: views.iter().map(|v| v.ewma_ms()).fold(0.0, f64::max),
-                        }
-                    })
-                    .collect();
-                UpstreamView {
-                    name: upstream.spec.name.to_string(),
-                    inflight: upstream.inflight(),
-                    max_concurrent: upstream.spec.max_concurrent,
-                    targets,
-                }
-            })
-            .collect();
-        Upstreams { upstreams }
-    }
-
-    /// Gauges read from live state: in-flight requests per upstream and the breaker state per
-    /// target (0 closed, 1 half-open, 2 open).
-    pub fn gauges(&self) -> Vec<Gauge> {
-        let mut gauges = Vec::new();
-        let gateway = self.gateway.load();
-        for upstream in &gateway.upstreams {
-            gauges.push(Gauge {
-                name: "levee_inflight_requests",
-                help: "Requests in flight to an upstream (what its bulkhead counts).",
-                labels: vec![("upstream", upstream.spec.name.to_string())],
-                value: upstream.inflight() as f64,
-            });
-        }
-        let now = tokio::time::Instant::now();
-        for upstream in &gateway.upstreams {
-            let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
-            for (target, health) in upstream.spec.targets.iter().zip(&upstream.health) {
-                gauges.push(Gauge {
-                    name: "levee_target_healthy",
-                    help: "1 when the target passes its health checks and is not ejected as an outlier.",
-                    labels: vec![
-                        ("upstream", upstream.spec.name.to_string()),
-                        ("target", target.addr.to_string()),
-                    ],
-                    value: if health.usable(now_ms) { 1.0 } else { 0.0 },
-                });
-            }
-        }
-        for canary in gateway.canaries.iter().flatten() {
-            gauges.push(Gauge {
-                name: "levee_canary_rolled_back",
-                help: "1 once a route's canary was rolled back (every request goes to the route's own upstream), else 0.",
-                labels: vec![("route", canary.route.to_string())],
-                value: if canary.rolled_back().is_some() { 1.0 } else { 0.0 },
-            });
-        }
-        for upstream in &gateway.upstreams {
-            for (t, target) in upstream.spec.targets.iter().enumerate() {
-                let state = upstream.circuit(t).gauge();
-                gauges.push(Gauge {
-                    name: "levee_circuit_state",
-                    help: "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
-                    labels: vec![
-                        ("upstream", upstream.spec.name.to_string()),
-                        ("target", target.addr.to_string()),
-                    ],
-                    value: f64::from(state),
-                });
-            }
-        }
-        gauges
-    }
 }
 
 /// Where access log lines go.
