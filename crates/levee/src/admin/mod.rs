@@ -24,23 +24,13 @@ use crate::edge::error_response;
 use crate::observability::call_log::{AnalyticsQuery, CallQuery, CallStore, GroupBy};
 use crate::state::SharedState;
 
-/// Serves the admin API until `shutdown` turns true.
-pub fn serve_blocking(
+/// Serves the admin API on `socket` until `shutdown` turns true (on the admin thread's own
+/// event loop, which the server starts).
+pub async fn serve(
     socket: std::net::TcpListener,
     state: Arc<SharedState>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(%error, "admin listener could not start its event loop");
-            return;
-        }
-    };
-    runtime.block_on(serve(socket, state, shutdown));
-}
-
-async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutdown: watch::Receiver<bool>) {
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(error) => {
