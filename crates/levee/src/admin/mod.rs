@@ -17,29 +17,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod api;
+pub mod views;
 
 use crate::body::ResponseBody;
 use crate::edge::error_response;
 use crate::observability::call_log::{AnalyticsQuery, CallQuery, CallStore, GroupBy};
-use crate::server::SharedState;
+use crate::state::SharedState;
 
-/// Serves the admin API until `shutdown` turns true.
-pub fn serve_blocking(
+/// Serves the admin API on `socket` until `shutdown` turns true (on the admin thread's own
+/// event loop, which the server starts).
+pub async fn serve(
     socket: std::net::TcpListener,
     state: Arc<SharedState>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(%error, "admin listener could not start its event loop");
-            return;
-        }
-    };
-    runtime.block_on(serve(socket, state, shutdown));
-}
-
-async fn serve(socket: std::net::TcpListener, state: Arc<SharedState>, mut shutdown: watch::Receiver<bool>) {
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(error) => {
@@ -194,119 +185,6 @@ async fn change_experiments(
     }
 }
 
-/// `GET /api/v1/canaries`.
-fn canaries_view(state: &SharedState) -> api::Canaries {
-    let gateway = state.gateway.load();
-    let canaries = gateway
-        .canaries
-        .iter()
-        .flatten()
-        .map(|canary| {
-            let rollback = canary.rolled_back();
-            let rule = canary.spec.rollback.as_ref();
-            let status = rule
-                .and_then(|r| state.slo.get(&r.slo))
-                .and_then(|slo| slo.status());
-            let counts = status
-                .as_ref()
-                .zip(rule)
-                .and_then(|(s, r)| s.burn_counts(r.window))
-                .unwrap_or_default();
-            api::CanaryView {
-                route: canary.route.to_string(),
-                upstream: canary.spec.upstream_name.to_string(),
-                percent: (canary.spec.share * 100.0 * 1e6).round() / 1e6,
-                state: if rollback.is_some() {
-                    "rolled_back"
-                } else {
-                    "active"
-                },
-                rolled_back_at: rollback.as_ref().map(|(at, _)| crate::slo::alerts::rfc3339(*at)),
-                reason: rollback.map(|(_, reason)| reason),
-                slo: rule.map(|r| r.slo.to_string()),
-                burn_rate: status.as_ref().zip(rule).and_then(|(s, r)| s.burn_rate(r.window)),
-                requests: counts.total,
-                bad: counts.bad,
-            }
-        })
-        .collect();
-    api::Canaries { canaries }
-}
-
-/// `GET /api/v1/slos`.
-fn slos_view(state: &SharedState) -> api::Slos {
-    use crate::config::spec::Sli;
-    let slos = state
-        .slo
-        .slos()
-        .all
-        .iter()
-        .map(|slo| {
-            let spec = &slo.spec;
-            let status = slo.status();
-            let alerts = slo.alerts();
-            let alerts_firing = [("page", &alerts.page), ("ticket", &alerts.ticket)]
-                .into_iter()
-                .filter_map(|(severity, a)| {
-                    a.firing_since.map(|since| api::AlertView {
-                        severity,
-                        since: crate::slo::alerts::rfc3339(since),
-                    })
-                })
-                .collect();
-            let window = status.as_ref().map(|s| s.window).unwrap_or_default();
-            api::SloView {
-                name: spec.name.to_string(),
-                route: spec.route.to_string(),
-                consumer: spec.consumer.as_deref().map(str::to_owned),
-                upstream: spec.upstream.as_deref().map(str::to_owned),
-                sli: match spec.sli {
-                    Sli::Availability => "availability".into(),
-                    Sli::LatencyBelow(d) => format!("latency_below {}ms", d.as_millis()),
-                },
-                objective: spec.objective,
-                window: crate::slo::window_text(spec.window),
-                sli_now: status.as_ref().and_then(|s| s.sli).map(|r| r * 100.0),
-                events: api::EventsView {
-                    total: window.total,
-                    good: window.good(),
-                    bad: window.bad,
-                    injected: window.injected,
-                    injected_bad: window.injected_bad,
-                },
-                error_budget: api::BudgetView {
-                    remaining: status.as_ref().map_or(1.0, |s| s.budget_remaining),
-                    remaining_events: status.as_ref().map_or(0.0, |s| s.budget_remaining_events),
-                },
-                burn_rates: crate::slo::BURN_WINDOWS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (name, _))| {
-                        let counts = status
-                            .as_ref()
-                            .and_then(|s| s.burn_counts.get(i).copied())
-                            .unwrap_or_default();
-                        api::BurnRateView {
-                            window: name,
-                            burn_rate: status
-                                .as_ref()
-                                .and_then(|s| s.burn_rates.get(i).copied())
-                                .unwrap_or(0.0),
-                            total: counts.total,
-                            bad: counts.bad,
-                        }
-                    })
-                    .collect(),
-                alerts_firing,
-                evaluated_at: status
-                    .as_ref()
-                    .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),
-            }
-        })
-        .collect();
-    api::Slos { slos }
-}
-
 fn unauthorized(request_id: &HeaderValue) -> Response<ResponseBody> {
     let mut response = error_response(
         StatusCode::UNAUTHORIZED,
@@ -402,7 +280,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
         }
         CALLS => calls(state, request.uri().query().unwrap_or(""), &request_id),
         ANALYTICS => analytics(state, request.uri().query().unwrap_or(""), &request_id),
-        "/api/v1/upstreams" => json_value(StatusCode::OK, &state.upstreams_view()),
+        "/api/v1/upstreams" => json_value(StatusCode::OK, &views::upstreams_view(state)),
         "/api/v1/routes" => {
             let gateway = state.gateway.load();
             let routes = api::redacted(&gateway.config.file)
@@ -429,8 +307,8 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
             )
         }
         "/openapi.json" => json_value(StatusCode::OK, &api::openapi()),
-        "/api/v1/slos" => json_value(StatusCode::OK, &slos_view(state)),
-        "/api/v1/canaries" => json_value(StatusCode::OK, &canaries_view(state)),
+        "/api/v1/slos" => json_value(StatusCode::OK, &views::slos_view(state)),
+        "/api/v1/canaries" => json_value(StatusCode::OK, &views::canaries_view(state)),
         EXPERIMENTS => json_value(
             StatusCode::OK,
             &api::Experiments {

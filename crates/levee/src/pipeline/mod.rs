@@ -38,8 +38,8 @@ use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
 use crate::observability::traces::TraceContext;
 use crate::record::RequestRecord;
-use crate::server::ConnInfo;
 use crate::stale::{Capture, StaleCache, StaleEntry};
+use crate::state::ConnInfo;
 
 /// Serves one request. Never fails: every problem becomes an error response in the shape
 /// the client speaks ([`edge`]).

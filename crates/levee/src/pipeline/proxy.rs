@@ -27,7 +27,7 @@ use crate::observability::traces::{TRACEPARENT, TRACESTATE};
 use crate::observability::UpstreamFacts;
 use crate::record::RequestRecord;
 use crate::router::strip_path_prefix;
-use crate::server::ConnInfo;
+use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::{health, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream};
 
