@@ -22,6 +22,30 @@ use super::usage::Usage;
 /// The request body for `model`, or why it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
     refuse_unsupported(request)?;
+    let (system, contents) = turns(request)?;
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(contents));
+    if !system.is_empty() {
+        body.insert(
+            "systemInstruction".into(),
+            json!({ "parts": [{ "text": system.join("\n\n") }] }),
+        );
+    }
+    let generation = generation_config(request);
+    if !generation.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(generation));
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        body.insert("tools".into(), function_declarations(tools));
+    }
+    if let Some(choice) = request.get("tool_choice") {
+        body.insert("toolConfig".into(), tool_config(choice)?);
+    }
+    Ok(Value::Object(body))
+}
+
+/// The system texts and the `contents` turns of a chat request's messages.
+fn turns(request: &Map<String, Value>) -> Result<(Vec<String>, Vec<Value>), String> {
     let empty = Vec::new();
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -42,62 +66,68 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
                 text_parts(message.get("content"))?,
             ),
             "assistant" => {
-                let mut parts = text_parts(message.get("content"))?;
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .unwrap_or(&empty)
-                {
-                    let function = call.get("function").cloned().unwrap_or_default();
-                    let name = function
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.push((id.to_owned(), name.clone()));
-                    }
-                    parts.push(json!({ "functionCall": {
-                        "name": name,
-                        "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
-                    }}));
-                }
+                let parts = model_parts(message, &mut call_names)?;
                 push_turn(&mut contents, "model", "parts", parts);
             }
             "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .iter()
-                    .find(|(call, _)| call == id)
-                    .map(|(_, name)| name.clone())
-                    .unwrap_or_default();
-                let result = text_of(message.get("content"))?;
-                let response = serde_json::from_str::<Value>(&result)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({ "result": result }));
-                push_turn(
-                    &mut contents,
-                    "user",
-                    "parts",
-                    vec![json!({ "functionResponse": { "name": name, "response": response } })],
-                );
+                let part = function_response(message, &call_names)?;
+                push_turn(&mut contents, "user", "parts", vec![part]);
             }
             other => return Err(format!("Message role `{other}` is not supported.")),
         }
     }
-    let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(contents));
-    if !system.is_empty() {
-        body.insert(
-            "systemInstruction".into(),
-            json!({ "parts": [{ "text": system.join("\n\n") }] }),
-        );
+    Ok((system, contents))
+}
+
+/// An assistant message as `model` parts: its text, then a `functionCall` per tool call
+/// (whose id → name goes to `call_names`).
+fn model_parts(message: &Value, call_names: &mut Vec<(String, String)>) -> Result<Vec<Value>, String> {
+    let mut parts = text_parts(message.get("content"))?;
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let function = call.get("function").cloned().unwrap_or_default();
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            call_names.push((id.to_owned(), name.clone()));
+        }
+        parts.push(json!({ "functionCall": {
+            "name": name,
+            "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
+        }}));
     }
+    Ok(parts)
+}
+
+/// A `tool` message as a `functionResponse` part, named after the call it answers.
+fn function_response(message: &Value, call_names: &[(String, String)]) -> Result<Value, String> {
+    let id = message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name = call_names
+        .iter()
+        .find(|(call, _)| call == id)
+        .map(|(_, name)| name.clone())
+        .unwrap_or_default();
+    let result = text_of(message.get("content"))?;
+    let response = serde_json::from_str::<Value>(&result)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({ "result": result }));
+    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+}
+
+/// `temperature`, `top_p`, the token limit and `stop` as a `generationConfig` (maybe empty).
+fn generation_config(request: &Map<String, Value>) -> Map<String, Value> {
     let mut generation = Map::new();
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
         if let Some(value) = request.get(from) {
@@ -119,40 +149,41 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
         }
         _ => {}
     }
-    if !generation.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(generation));
-    }
-    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut declaration = json!({
-                    "name": f.get("name").cloned().unwrap_or_default(),
-                    "description": f.get("description").cloned().unwrap_or(Value::from("")),
-                });
-                if let (Some(parameters), Some(object)) = (f.get("parameters"), declaration.as_object_mut()) {
-                    object.insert("parameters".into(), parameters.clone());
-                }
-                declaration
-            })
-            .collect();
-        body.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
-    }
-    if let Some(choice) = request.get("tool_choice") {
-        let config = match choice {
-            Value::String(s) if s == "auto" => json!({ "mode": "AUTO" }),
-            Value::String(s) if s == "required" => json!({ "mode": "ANY" }),
-            Value::String(s) if s == "none" => json!({ "mode": "NONE" }),
-            Value::Object(o) => json!({
-                "mode": "ANY",
-                "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or_default()],
-            }),
-            _ => return Err("`tool_choice` is not valid.".into()),
-        };
-        body.insert("toolConfig".into(), json!({ "functionCallingConfig": config }));
-    }
-    Ok(Value::Object(body))
+    generation
+}
+
+/// OpenAI `tools` as Gemini's `tools` (one entry of `functionDeclarations`).
+fn function_declarations(tools: &[Value]) -> Value {
+    let declarations: Vec<Value> = tools
+        .iter()
+        .filter_map(|t| t.get("function"))
+        .map(|f| {
+            let mut declaration = json!({
+                "name": f.get("name").cloned().unwrap_or_default(),
+                "description": f.get("description").cloned().unwrap_or(Value::from("")),
+            });
+            if let (Some(parameters), Some(object)) = (f.get("parameters"), declaration.as_object_mut()) {
+                object.insert("parameters".into(), parameters.clone());
+            }
+            declaration
+        })
+        .collect();
+    json!([{ "functionDeclarations": declarations }])
+}
+
+/// OpenAI's `tool_choice` as Gemini's `toolConfig`.
+fn tool_config(choice: &Value) -> Result<Value, String> {
+    let config = match choice {
+        Value::String(s) if s == "auto" => json!({ "mode": "AUTO" }),
+        Value::String(s) if s == "required" => json!({ "mode": "ANY" }),
+        Value::String(s) if s == "none" => json!({ "mode": "NONE" }),
+        Value::Object(o) => json!({
+            "mode": "ANY",
+            "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or_default()],
+        }),
+        _ => return Err("`tool_choice` is not valid.".into()),
+    };
+    Ok(json!({ "functionCallingConfig": config }))
 }
 
 /// OpenAI message content as Gemini text parts.
