@@ -13,16 +13,76 @@
 //! Refused with a 400 naming the field rather than silently dropped: `n` above 1, `logprobs`,
 //! and image or audio content parts.
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::provider::{Answer, Outgoing, Provider};
 use super::sse::Event;
 use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
+use super::ApiError;
+use crate::config::spec::LlmProviderSpec;
 
 /// The API version this adapter speaks.
 pub const VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is used when the client sends none.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Providers of kind `anthropic`: chat completions to `{base_url}/v1/messages`, with
+/// `x-api-key` and `anthropic-version`.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn outgoing(
+        &self,
+        spec: &LlmProviderSpec,
+        endpoint: &str,
+        request: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Outgoing, ApiError> {
+        if endpoint != "chat/completions" {
+            return Err(ApiError::bad_request(format!(
+                "The provider `{}` (Anthropic) does not offer {endpoint}.",
+                spec.name
+            )));
+        }
+        let body = chat_request(request, model, stream).map_err(ApiError::bad_request)?;
+        let mut headers = vec![("anthropic-version", VERSION.to_owned())];
+        if let Some(key) = &spec.api_key {
+            headers.push(("x-api-key", key.0.clone()));
+        }
+        Ok(Outgoing {
+            uri: format!("{}/v1/messages", spec.base_url),
+            headers,
+            body: body.to_string().into_bytes(),
+        })
+    }
+
+    fn answer(&self, body: Bytes, _model: &str, created: u64) -> Option<Answer> {
+        let parsed = serde_json::from_slice::<Value>(&body).ok()?;
+        let (completion, usage) = chat_answer(&parsed, created)?;
+        Some(Answer {
+            body: Bytes::from(completion.to_string()),
+            usage: Some(usage),
+        })
+    }
+
+    fn error_answer(&self, body: Bytes) -> Bytes {
+        let parsed = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        Bytes::from(error_answer(&parsed).to_string())
+    }
+
+    fn stream_translator(
+        &self,
+        include_usage: bool,
+        _model: &str,
+        created: u64,
+    ) -> Option<Box<dyn Translate>> {
+        Some(Box::new(StreamTranslator::new(include_usage, created)))
+    }
+}
 
 /// The Messages API request for an OpenAI chat request, or the reason it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, String> {

@@ -13,11 +13,82 @@
 //!
 //! Refused with a 400 naming the field: `n` above 1, `logprobs`, non-text content parts.
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::provider::{percent_encode_segment, Answer, Outgoing, Provider};
 use super::sse::Event;
 use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
+use super::ApiError;
+use crate::config::spec::LlmProviderSpec;
+
+/// Providers of kind `gemini`: chat completions to
+/// `{base_url}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`),
+/// with `x-goog-api-key`.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Provider for Gemini {
+    fn outgoing(
+        &self,
+        spec: &LlmProviderSpec,
+        endpoint: &str,
+        request: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Outgoing, ApiError> {
+        if endpoint != "chat/completions" {
+            return Err(ApiError::bad_request(format!(
+                "The provider `{}` (Gemini) does not offer {endpoint} here.",
+                spec.name
+            )));
+        }
+        let body = chat_request(request).map_err(ApiError::bad_request)?;
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        Ok(Outgoing {
+            uri: format!(
+                "{}/v1beta/models/{}:{method}",
+                spec.base_url,
+                percent_encode_segment(model)
+            ),
+            headers: spec
+                .api_key
+                .as_ref()
+                .map(|k| ("x-goog-api-key", k.0.clone()))
+                .into_iter()
+                .collect(),
+            body: body.to_string().into_bytes(),
+        })
+    }
+
+    fn answer(&self, body: Bytes, model: &str, created: u64) -> Option<Answer> {
+        let parsed = serde_json::from_slice::<Value>(&body).ok()?;
+        let (completion, usage) = chat_answer(&parsed, model, created)?;
+        Some(Answer {
+            body: Bytes::from(completion.to_string()),
+            usage: Some(usage),
+        })
+    }
+
+    fn error_answer(&self, body: Bytes) -> Bytes {
+        let parsed = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        Bytes::from(error_answer(&parsed).to_string())
+    }
+
+    fn stream_translator(
+        &self,
+        include_usage: bool,
+        model: &str,
+        created: u64,
+    ) -> Option<Box<dyn Translate>> {
+        Some(Box::new(StreamTranslator::new(include_usage, created, model)))
+    }
+}
 
 /// The request body for `model`, or why it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
