@@ -14,9 +14,10 @@
 //! Refused with a 400 naming the field: `n` above 1, `logprobs`, non-text content parts.
 
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::provider::{percent_encode_segment, Answer, Outgoing, Provider};
+use super::provider::{lenient, percent_encode_segment, Answer, Outgoing, Provider};
 use super::sse::Event;
 use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
@@ -67,8 +68,8 @@ impl Provider for Gemini {
     }
 
     fn answer(&self, body: Bytes, model: &str, created: u64) -> Option<Answer> {
-        let parsed = serde_json::from_slice::<Value>(&body).ok()?;
-        let (completion, usage) = chat_answer(&parsed, model, created)?;
+        let answer = serde_json::from_slice::<GenerateContentResponse>(&body).ok()?;
+        let (completion, usage) = chat_answer(&answer, model, created)?;
         Some(Answer {
             body: Bytes::from(completion.to_string()),
             usage: Some(usage),
@@ -270,6 +271,64 @@ fn text_of(content: Option<&Value>) -> Result<String, String> {
     Ok(content_texts(content)?.join("\n"))
 }
 
+/// A `GenerateContentResponse`: a whole answer or one stream event (the fields Levee reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateContentResponse {
+    #[serde(default, deserialize_with = "lenient::option")]
+    candidates: Option<lenient::Items<Candidate>>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    response_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    model_version: Option<String>,
+    #[serde(default, deserialize_with = "lenient::present")]
+    usage_metadata: Option<UsageMetadata>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default, deserialize_with = "lenient::option")]
+    content: Option<Content>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Content {
+    #[serde(default, deserialize_with = "lenient::option")]
+    parts: Option<lenient::Items<Part>>,
+}
+
+/// A part of a candidate's content: text or a function call (others are skipped).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part {
+    #[serde(default, deserialize_with = "lenient::option")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient::present")]
+    function_call: Option<FunctionCall>,
+}
+
+/// A `functionCall` part (`name` and `args` pass through as they are).
+#[derive(Debug, Default, Deserialize)]
+struct FunctionCall {
+    #[serde(default)]
+    name: Value,
+    #[serde(default, deserialize_with = "lenient::present")]
+    args: Option<Value>,
+}
+
+/// `usageMetadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default, deserialize_with = "lenient::option")]
+    prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    candidates_token_count: Option<u64>,
+}
+
 fn finish_reason(reason: Option<&str>, called: bool) -> Value {
     match reason {
         None => Value::Null,
@@ -280,59 +339,50 @@ fn finish_reason(reason: Option<&str>, called: bool) -> Value {
     }
 }
 
-fn usage_of(answer: &Value) -> Option<Usage> {
-    let usage = answer.get("usageMetadata")?;
+fn usage_of(answer: &GenerateContentResponse) -> Option<Usage> {
+    let usage = answer.usage_metadata.as_ref()?;
     Some(Usage {
-        prompt: usage.get("promptTokenCount").and_then(Value::as_u64).unwrap_or(0),
-        completion: usage
-            .get("candidatesTokenCount")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        prompt: usage.prompt_token_count.unwrap_or(0),
+        completion: usage.candidates_token_count.unwrap_or(0),
     })
 }
 
 /// The text and function calls of the first candidate.
-fn candidate_parts(answer: &Value) -> (String, Vec<Value>, Option<&str>) {
-    let candidate = answer.pointer("/candidates/0");
+fn candidate_parts(answer: &GenerateContentResponse) -> (String, Vec<&FunctionCall>, Option<&str>) {
+    let candidate = answer.candidates.as_ref().and_then(|c| c.0.first());
     let parts = candidate
-        .and_then(|c| c.pointer("/content/parts"))
-        .and_then(Value::as_array);
+        .and_then(|c| c.content.as_ref())
+        .and_then(|c| c.parts.as_ref());
     let mut text = String::new();
     let mut calls = Vec::new();
-    for part in parts.into_iter().flatten() {
-        if let Some(t) = part.get("text").and_then(Value::as_str) {
+    for part in parts.into_iter().flat_map(|p| &p.0) {
+        if let Some(t) = &part.text {
             text.push_str(t);
         }
-        if let Some(call) = part.get("functionCall") {
-            calls.push(call.clone());
+        if let Some(call) = &part.function_call {
+            calls.push(call);
         }
     }
-    let reason = candidate
-        .and_then(|c| c.get("finishReason"))
-        .and_then(Value::as_str);
+    let reason = candidate.and_then(|c| c.finish_reason.as_deref());
     (text, calls, reason)
 }
 
-fn tool_call(call: &Value, ordinal: usize, id: &str) -> Value {
+fn tool_call(call: &FunctionCall, ordinal: usize, id: &str) -> Value {
     json!({
         "id": format!("call_{id}_{ordinal}"),
         "type": "function",
         "function": {
-            "name": call.get("name").cloned().unwrap_or_default(),
-            "arguments": call.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+            "name": call.name,
+            "arguments": call.args.as_ref().map(Value::to_string).unwrap_or_else(|| "{}".into()),
         },
     })
 }
 
 /// A whole answer as an OpenAI chat completion, with its usage.
-pub fn chat_answer(answer: &Value, model: &str, created: u64) -> Option<(Value, Usage)> {
-    answer.get("candidates")?.as_array()?;
+pub fn chat_answer(answer: &GenerateContentResponse, model: &str, created: u64) -> Option<(Value, Usage)> {
+    answer.candidates.as_ref()?;
     let (text, calls, reason) = candidate_parts(answer);
-    let id = answer
-        .get("responseId")
-        .and_then(Value::as_str)
-        .unwrap_or("gemini")
-        .to_owned();
+    let id = answer.response_id.as_deref().unwrap_or("gemini").to_owned();
     let usage = usage_of(answer).unwrap_or_default();
     let mut message = Map::new();
     message.insert("role".into(), Value::from("assistant"));
@@ -357,7 +407,7 @@ pub fn chat_answer(answer: &Value, model: &str, created: u64) -> Option<(Value, 
         "id": id,
         "object": "chat.completion",
         "created": created,
-        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "model": answer.model_version.as_deref().unwrap_or(model),
         "choices": [{
             "index": 0,
             "message": Value::Object(message),
@@ -425,11 +475,13 @@ impl Translate for StreamTranslator {
         let Ok(answer) = serde_json::from_str::<Value>(&event.data) else {
             return false;
         };
-        if let Some(id) = answer.get("responseId").and_then(Value::as_str) {
-            self.id = id.to_owned();
+        // Read leniently: an event of another shape still starts the stream.
+        let answer = GenerateContentResponse::deserialize(&answer).unwrap_or_default();
+        if let Some(id) = &answer.response_id {
+            self.id.clone_from(id);
         }
-        if let Some(version) = answer.get("modelVersion").and_then(Value::as_str) {
-            self.model = version.to_owned();
+        if let Some(version) = &answer.model_version {
+            self.model.clone_from(version);
         }
         if !self.started {
             self.started = true;
@@ -527,6 +579,31 @@ mod tests {
         );
         assert_eq!(body["tools"][0]["functionDeclarations"][0]["name"], "weather");
         assert_eq!(body["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
+    }
+
+    #[test]
+    fn answers_are_read_leniently() {
+        let answer = r#"{"candidates": [{"content": {"parts": [
+            {"text": "Hi"}, {"thought": true}, {"functionCall": {"name": "f", "args": {"a": 1}}}
+        ]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3}}"#;
+        let answer: GenerateContentResponse = serde_json::from_str(answer).unwrap();
+        let (completion, usage) = chat_answer(&answer, "gemini-2.5-flash", 7).unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt: 3,
+                completion: 0
+            }
+        );
+        assert_eq!(completion["id"], "gemini");
+        assert_eq!(completion["model"], "gemini-2.5-flash");
+        let message = &completion["choices"][0]["message"];
+        assert_eq!(message["content"], "Hi");
+        assert_eq!(message["tool_calls"][0]["id"], "call_gemini_0");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
+        let none: GenerateContentResponse = serde_json::from_str(r#"{"candidates": 3}"#).unwrap();
+        assert!(chat_answer(&none, "m", 7).is_none(), "no candidates, no answer");
     }
 
     fn translate(pieces: &[&[u8]]) -> (String, Usage) {

@@ -5,9 +5,10 @@
 //! Answers, errors and streams pass through as they are, read along for the usage.
 
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::provider::{Answer, Outgoing, Provider};
+use super::provider::{lenient, Answer, Outgoing, Provider};
 use super::translate::Translate;
 use super::usage::Usage;
 use super::ApiError;
@@ -63,6 +64,14 @@ pub fn answer(body: Bytes) -> Answer {
     Answer { body, usage }
 }
 
+/// OpenAI's `usage` object (the fields Levee reads).
+#[derive(Debug, Deserialize)]
+struct UsageReport {
+    prompt_tokens: u64,
+    #[serde(default, deserialize_with = "lenient::option")]
+    completion_tokens: Option<u64>,
+}
+
 /// Rewrites a client's request for provider model `model`.
 pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
     request.insert("model".into(), Value::from(model));
@@ -78,13 +87,10 @@ pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
 
 /// The `usage` object of a response or of a stream's last chunk.
 pub fn usage(body: &Value) -> Option<Usage> {
-    let usage = body.get("usage")?;
+    let report = UsageReport::deserialize(body.get("usage")?).ok()?;
     Some(Usage {
-        prompt: usage.get("prompt_tokens")?.as_u64()?,
-        completion: usage
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        prompt: report.prompt_tokens,
+        completion: report.completion_tokens.unwrap_or(0),
     })
 }
 

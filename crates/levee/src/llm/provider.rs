@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use http::StatusCode;
+use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use serde_json::{Map, Value};
 
 use super::translate::Translate;
@@ -100,10 +101,69 @@ pub fn percent_encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
+/// Field readers for provider answers that take what has the expected shape and skip the rest,
+/// so an odd field never makes a whole answer unreadable.
+pub mod lenient {
+    use super::*;
+
+    /// For `#[serde(default, deserialize_with = "lenient::option")]`: the field when it has
+    /// `T`'s shape, else `None` (a string that is a number, say).
+    pub fn option<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+        let value = Value::deserialize(d)?;
+        Ok(serde_json::from_value(value).ok())
+    }
+
+    /// For `#[serde(default, deserialize_with = "lenient::present")]`: `Some` whenever the field
+    /// is there (even `null`), holding `T`'s default when it has another shape.
+    pub fn present<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        let value = Value::deserialize(d)?;
+        Ok(Some(serde_json::from_value(value).unwrap_or_default()))
+    }
+
+    /// A JSON array whose items are read as `T`, an item of another shape as `T`'s default.
+    #[derive(Debug, Default)]
+    pub struct Items<T>(pub Vec<T>);
+
+    impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for Items<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Items<T>, D::Error> {
+            let values = Vec::<Value>::deserialize(d)?;
+            Ok(Items(
+                values
+                    .into_iter()
+                    .map(|v| serde_json::from_value(v).unwrap_or_default())
+                    .collect(),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        #[serde(default, deserialize_with = "lenient::option")]
+        text: Option<String>,
+        #[serde(default, deserialize_with = "lenient::present")]
+        count: Option<u64>,
+        #[serde(default)]
+        items: Option<lenient::Items<u64>>,
+    }
+
+    #[test]
+    fn odd_fields_are_skipped_not_fatal() {
+        let sample: Sample = serde_json::from_str(r#"{"text": 3, "count": "x", "items": [1, "a"]}"#).unwrap();
+        assert_eq!(sample.text, None);
+        assert_eq!(sample.count, Some(0));
+        assert_eq!(sample.items.unwrap().0, vec![1, 0]);
+        let sample: Sample = serde_json::from_str("{}").unwrap();
+        assert_eq!((sample.text, sample.count), (None, None));
+    }
 
     fn spec(kind: LlmProviderKind) -> LlmProviderSpec {
         LlmProviderSpec {
