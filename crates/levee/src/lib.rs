@@ -57,6 +57,7 @@ pub mod slo;
 pub mod stale;
 pub mod state;
 pub mod strict;
+pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 

@@ -31,8 +31,11 @@ pub struct Recorder {
     pub call_log: Option<call_log::CallLog>,
     /// Present when spans are exported.
     pub tracer: Option<Tracer>,
-    /// SLO counters (and, for now, chaos experiments).
+    /// SLO counters.
     pub slo: Arc<crate::slo::SloEngine>,
+    /// Chaos experiments: the one running on a route injects its fault and counts its
+    /// requests.
+    pub experiments: Arc<crate::chaos::experiments::Experiments>,
 }
 
 /// A request in flight; recorded exactly once, when finished or dropped.

@@ -68,8 +68,10 @@ pub struct SharedState {
     /// A read connection to the call log, when there is one.
     pub calls: Option<Mutex<SqliteStore>>,
     pub reloader: Reloader,
-    /// SLOs, alerts and chaos experiments.
+    /// SLOs and alerts.
     pub slo: Arc<crate::slo::SloEngine>,
+    /// Chaos experiments (guarded by the SLOs).
+    pub experiments: Arc<crate::chaos::experiments::Experiments>,
 }
 
 impl SharedState {

@@ -122,7 +122,7 @@ pub(super) fn experiments(call: &Call) -> Response<ResponseBody> {
     json_value(
         StatusCode::OK,
         &api::Experiments {
-            experiments: call.state.slo.experiments.views(),
+            experiments: call.state.experiments.views(),
         },
     )
 }
@@ -148,7 +148,7 @@ pub(super) fn start_experiment(call: &Call) -> Response<ResponseBody> {
     };
     let gateway = state.gateway.load();
     let routes: Vec<&str> = gateway.config.routes.iter().map(|r| &*r.name).collect();
-    match state.slo.experiments.start(parsed, &routes, &state.slo) {
+    match state.experiments.start(parsed, &routes, &state.slo) {
         Ok(view) => json_value(StatusCode::CREATED, &view),
         Err(error) => experiment_error(&error, &call.request_id),
     }
@@ -156,7 +156,7 @@ pub(super) fn start_experiment(call: &Call) -> Response<ResponseBody> {
 
 /// `GET /api/v1/experiments/{id}`.
 pub(super) fn experiment(call: &Call) -> Response<ResponseBody> {
-    match call.state.slo.experiments.view(&call.id) {
+    match call.state.experiments.view(&call.id) {
         Some(view) => json_value(StatusCode::OK, &view),
         None => error_response(
             StatusCode::NOT_FOUND,
@@ -170,7 +170,7 @@ pub(super) fn experiment(call: &Call) -> Response<ResponseBody> {
 /// `DELETE /api/v1/experiments/{id}`: stops it if it runs, and returns it.
 pub(super) fn stop_experiment(call: &Call) -> Response<ResponseBody> {
     let state = &call.state;
-    match state.slo.experiments.stop(&call.id, &state.slo) {
+    match state.experiments.stop(&call.id, &state.slo) {
         Ok(view) => json_value(StatusCode::OK, &view),
         Err(error) => experiment_error(&error, &call.request_id),
     }

@@ -36,6 +36,7 @@ pub mod targets;
 pub mod translate;
 pub mod usage;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,11 +50,12 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
-use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmSpec, RouteSpec};
-use crate::gateway::WorkerContext;
+use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmSpec};
+use crate::observability::metrics::MetricsShard;
 use crate::observability::metrics::Outcome;
 use crate::observability::UpstreamFacts;
 use crate::record::RequestRecord;
+use crate::slo::canary::Canary;
 use attempt::{outgoing, try_target};
 pub use targets::TargetState;
 use targets::{enter_provider, try_order, Ticket};
@@ -74,7 +76,7 @@ pub fn client() -> LlmClient {
 }
 
 /// A refusal of the AI gateway's own (unknown model, spent quota, every provider failing):
-/// the pipeline hands it to [`crate::edge`], which answers in the client's shape.
+/// the pipeline hands it to its error edge, which answers in the client's shape.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -117,40 +119,41 @@ impl ApiError {
 /// Everything before (auth, rate limits, faults, shedding) and after (fallback, recording)
 /// is the pipeline's, as on every route.
 pub async fn serve(
-    worker: &WorkerContext,
-    route_index: usize,
-    route: &RouteSpec,
+    backend: &Backend<'_>,
     parts: Parts,
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    match (&worker.gateway.config.llm, &worker.llm_client) {
-        (Some(llm), Some(client)) => {
-            let backend = Backend {
-                worker,
-                llm,
-                client,
-                route,
-                route_index,
-            };
-            dispatch(&backend, parts, body, record).await
-        }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "not_found",
-            "No models are configured.",
-        )),
-    }
+    dispatch(backend, parts, body, record).await
 }
 
-/// What every step of one AI gateway request needs.
-struct Backend<'a> {
-    worker: &'a WorkerContext,
-    llm: &'a LlmSpec,
-    client: &'a LlmClient,
-    route: &'a RouteSpec,
-    route_index: usize,
+/// The answer when the config has no `llm` section.
+pub fn no_models() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "No models are configured.",
+    )
+}
+
+/// What the AI gateway needs for one request: the config, the process-wide state of its
+/// providers and models (kept across reloads by the gateway), the worker's client and
+/// metrics, and the route's limits and model canary. The pipeline hands it over, so the AI
+/// gateway knows nothing of the gateway's own types.
+pub struct Backend<'a> {
+    pub llm: &'a LlmSpec,
+    pub client: &'a LlmClient,
+    pub metrics: &'a MetricsShard,
+    pub cache: Option<&'a cache::AnswerCache>,
+    pub quotas: &'a HashMap<Arc<str>, Arc<quota::ConsumerQuota>>,
+    /// Per model, per target.
+    pub targets: &'a [Vec<Arc<TargetState>>],
+    /// Per provider.
+    pub bulkheads: &'a [Option<Arc<levee_resilience::Bulkhead>>],
+    pub canary: Option<&'a Canary>,
+    pub max_body_bytes: u64,
+    pub read_timeout: Duration,
 }
 
 impl Backend<'_> {
@@ -158,11 +161,7 @@ impl Backend<'_> {
     /// the requests for the model it stands in for, unless it was rolled back.
     fn choose_model<'m>(&self, model: &'m LlmModelSpec, models: &'m [LlmModelSpec]) -> &'m LlmModelSpec {
         let canary = self
-            .worker
-            .gateway
-            .canaries
-            .get(self.route_index)
-            .and_then(Option::as_ref)
+            .canary
             .filter(
                 |c| matches!(&c.spec.target, CanaryTarget::Model { instead_of } if *instead_of == model.name),
             )
@@ -224,7 +223,7 @@ async fn complete(
     headers: &http::HeaderMap,
     record: &mut RequestRecord,
 ) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
-    let (worker, llm) = (b.worker, b.llm);
+    let llm = b.llm;
     let Some(name) = request.get("model").and_then(Value::as_str) else {
         return Err(ApiError::bad_request("`model` is required."));
     };
@@ -247,14 +246,13 @@ async fn complete(
         .or_else(|| request.get("input"))
         .map_or(0, |m| m.to_string().len() as u64 / 4);
     // The answer cache: deterministic, non-streamed chat requests.
-    let cache =
-        worker.gateway.llm_cache.as_deref().filter(|_| {
-            endpoint == "chat/completions" && cache::wanted(&request, headers.get(&X_LEVEE_CACHE))
-        });
+    let cache = b
+        .cache
+        .filter(|_| endpoint == "chat/completions" && cache::wanted(&request, headers.get(&X_LEVEE_CACHE)));
     let key = cache.map(|_| cache::key(record.consumer.as_deref(), &request));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(hit) = cache.get(key, Instant::now()) {
-            worker.recorder.metrics.lock().record_llm_cache(true);
+            b.metrics.lock().record_llm_cache(true);
             // Served from memory: no provider call, no tokens.
             record.llm = Some(Arc::new(LlmCall::new(
                 hit.provider.clone(),
@@ -264,14 +262,10 @@ async fn complete(
             let body = hit.body.clone();
             return Ok((cached_answer(hit), Some(body)));
         }
-        worker.recorder.metrics.lock().record_llm_cache(false);
+        b.metrics.lock().record_llm_cache(false);
     }
     // The consumer's budget and rate limits: admitted before any provider is asked.
-    let quota = record
-        .consumer
-        .as_ref()
-        .and_then(|c| worker.gateway.llm_quotas.get(c))
-        .cloned();
+    let quota = record.consumer.as_ref().and_then(|c| b.quotas.get(c)).cloned();
     let reservation = match &quota {
         Some(quota) => {
             let max_tokens = request
@@ -287,18 +281,7 @@ async fn complete(
         }
         None => None,
     };
-    let called = call_targets(
-        worker,
-        llm,
-        b.client,
-        model,
-        endpoint,
-        request,
-        stream,
-        prompt_estimate,
-        record,
-    )
-    .await;
+    let called = call_targets(b, model, endpoint, request, stream, prompt_estimate, record).await;
     match (&quota, reservation, &called, &record.llm) {
         (Some(quota), Some(reservation), Ok(_), Some(call)) => {
             let quota = quota.clone();
@@ -487,11 +470,8 @@ fn cached_answer(hit: cache::Cached) -> Response<ResponseBody> {
     response
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn call_targets(
-    worker: &WorkerContext,
-    llm: &LlmSpec,
-    client: &LlmClient,
+    b: &Backend<'_>,
     model: &LlmModelSpec,
     endpoint: &'static str,
     request: Map<String, Value>,
@@ -499,6 +479,7 @@ async fn call_targets(
     prompt_estimate: u64,
     record: &mut RequestRecord,
 ) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
+    let (llm, client) = (b.llm, b.client);
     let started = Instant::now();
     let deadline = started + model.total;
     let mut last = ApiError::new(
@@ -511,7 +492,7 @@ async fn call_targets(
         .models
         .iter()
         .position(|m| std::ptr::eq(m, model))
-        .and_then(|i| worker.gateway.llm_targets.get(i));
+        .and_then(|i| b.targets.get(i));
     let order = try_order(model, states.map(Vec::as_slice).unwrap_or_default());
     for (attempt, index) in order.into_iter().enumerate() {
         let Some((provider_index, provider_model)) = model.targets.get(index) else {
@@ -523,7 +504,7 @@ async fn call_targets(
         let state = states.and_then(|s| s.get(index));
         // A provider at its bulkhead's cap is passed over, like a target whose breaker is
         // open; the place is held until the answer's body ends.
-        let place = match enter_provider(worker, *provider_index, &provider.name).await {
+        let place = match enter_provider(b.bulkheads, b.metrics, *provider_index, &provider.name).await {
             Ok(place) => place,
             Err(full) => {
                 last = full;
@@ -582,13 +563,7 @@ async fn call_targets(
         };
         match result {
             Ok((mut response, whole)) => {
-                let headers = response.headers_mut();
-                if let Ok(value) = HeaderValue::from_str(&provider.name) {
-                    headers.insert(X_LEVEE_PROVIDER.clone(), value);
-                }
-                if let Ok(value) = HeaderValue::from_str(provider_model) {
-                    headers.insert(X_LEVEE_MODEL.clone(), value);
-                }
+                name_the_answer(response.headers_mut(), &provider.name, provider_model);
                 record.upstream = Some(facts);
                 record.llm = Some(call);
                 record.bulkhead = place;
@@ -597,7 +572,7 @@ async fn call_targets(
             Err(error) => {
                 tracing::debug!(provider = %provider.name, model = %provider_model, message = %error.message, "LLM target failed; trying the next");
                 // Counted like any upstream attempt, so provider trouble shows in the metrics.
-                worker.recorder.metrics.lock().record_upstream(
+                b.metrics.lock().record_upstream(
                     &facts.upstream,
                     &facts.target,
                     facts.outcome,
@@ -611,6 +586,16 @@ async fn call_targets(
         }
     }
     Err(last)
+}
+
+/// Every answer names the provider and model that produced it.
+fn name_the_answer(headers: &mut http::HeaderMap, provider: &str, model: &str) {
+    if let Ok(value) = HeaderValue::from_str(provider) {
+        headers.insert(X_LEVEE_PROVIDER.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(model) {
+        headers.insert(X_LEVEE_MODEL.clone(), value);
+    }
 }
 
 /// `GET /v1/models`: the configured model names, in OpenAI's list shape.
@@ -634,8 +619,7 @@ async fn read_object(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Map<String, Value>, ApiError> {
-    let limits = &b.worker.limits;
-    let bytes = read_request(body, b.route.max_body_bytes, limits.header_read_timeout).await?;
+    let bytes = read_request(body, b.max_body_bytes, b.read_timeout).await?;
     record.bytes_in = Some(Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64)));
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),

@@ -10,30 +10,23 @@ use tokio::time::Instant;
 
 use super::ApiError;
 use crate::config::spec::{LlmModelSpec, LlmStrategy};
-use crate::gateway::WorkerContext;
+use crate::observability::metrics::MetricsShard;
+use levee_resilience::Bulkhead;
 
 /// A place in the provider's bulkhead, if it has one (`None` when it has no cap).
 pub(super) async fn enter_provider(
-    worker: &WorkerContext,
+    bulkheads: &[Option<Arc<Bulkhead>>],
+    metrics: &MetricsShard,
     provider_index: usize,
     provider_name: &Arc<str>,
 ) -> Result<Option<levee_resilience::BulkheadPermit>, ApiError> {
-    let Some(bulkhead) = worker
-        .gateway
-        .llm_bulkheads
-        .get(provider_index)
-        .and_then(Option::as_ref)
-    else {
+    let Some(bulkhead) = bulkheads.get(provider_index).and_then(Option::as_ref) else {
         return Ok(None);
     };
     match bulkhead.enter().await {
         Ok(place) => Ok(Some(place)),
         Err(_) => {
-            worker
-                .recorder
-                .metrics
-                .lock()
-                .record_bulkhead_rejected(provider_name);
+            metrics.lock().record_bulkhead_rejected(provider_name);
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "api_error",

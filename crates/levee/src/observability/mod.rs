@@ -1,7 +1,7 @@
 //! What the gateway tells operators: metrics, the access log, the call log and traces.
 //!
 //! This layer records plain data and imports no feature module: the features hand it their
-//! facts ([`UpstreamFacts`], [`llm_call::LlmCall`]), and [`crate::record`] gathers a
+//! facts ([`UpstreamFacts`], [`llm_call::LlmCall`]), and the `record` module gathers a
 //! request's facts as it travels and writes them here once, when its response has finished
 //! streaming (or was abandoned). Nothing is written on the hot path but a queue push and one
 //! uncontended lock.

@@ -123,9 +123,7 @@ pub async fn handle(
     // 5-6. The route's backend: the AI gateway's models, or the upstream (bulkhead, then
     // the retry loop).
     let result = if route.llm {
-        crate::llm::serve(worker, route_index, route, parts, body, &mut record)
-            .await
-            .map_err(Rejection::from)
+        llm_backend(worker, route_index, route, parts, body, &mut record).await
     } else {
         proxy::forward(worker, conn, route_index, route, parts, body, &mut record).await
     };
@@ -158,6 +156,34 @@ pub async fn handle(
         }
         Err(rejection) => answer(rejection, shape, record),
     }
+}
+
+/// The backend of an AI gateway route: the pipeline hands the AI gateway what it needs.
+async fn llm_backend(
+    worker: &WorkerContext,
+    route_index: usize,
+    route: &RouteSpec,
+    parts: Parts,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, Rejection> {
+    let gateway = &worker.gateway;
+    let (Some(llm), Some(client)) = (&gateway.config.llm, &worker.llm_client) else {
+        return Err(crate::llm::no_models().into());
+    };
+    let backend = crate::llm::Backend {
+        llm,
+        client,
+        metrics: &worker.recorder.metrics,
+        cache: gateway.llm_cache.as_deref(),
+        quotas: &gateway.llm_quotas,
+        targets: &gateway.llm_targets,
+        bulkheads: &gateway.llm_bulkheads,
+        canary: gateway.canaries.get(route_index).and_then(Option::as_deref),
+        max_body_bytes: route.max_body_bytes,
+        read_timeout: worker.limits.header_read_timeout,
+    };
+    Ok(crate::llm::serve(&backend, parts, body, record).await?)
 }
 
 /// The record of a request that just arrived (request id and trace context included).
@@ -245,11 +271,11 @@ async fn inject_fault(
     parts: &Parts,
     record: &mut RequestRecord,
 ) -> Result<(), Rejection> {
-    let slo = &worker.recorder.slo;
+    let recorder = &worker.recorder;
     record.experiment = record
         .route
         .as_deref()
-        .and_then(|name| slo.experiments.active_for(name, &slo.clock));
+        .and_then(|name| recorder.experiments.active_for(name, &recorder.slo.clock));
     let fault = match &record.experiment {
         Some(experiment) => Some(&experiment.fault),
         None => route.fault.as_ref(),

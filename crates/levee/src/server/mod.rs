@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::chaos::experiments::Experiments;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::observability::metrics::Metrics;
@@ -120,6 +121,9 @@ impl RunningGateway {
         metrics.globals.config_version.store(1, Ordering::Relaxed);
         let (writers, calls) = Writers::start(&config, sink, &metrics)?;
         let slo = start_slo_engine(&config)?;
+        // Experiments an earlier run left running are ended and reported.
+        let experiments = Arc::new(Experiments::default());
+        experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
         let gateway = Arc::new(Gateway::new(config));
@@ -137,6 +141,7 @@ impl RunningGateway {
             calls,
             reloader,
             slo: slo.clone(),
+            experiments: experiments.clone(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -146,7 +151,7 @@ impl RunningGateway {
                 id,
                 sockets,
                 gateway_rx: gateway_rx.clone(),
-                recorder: writers.recorder(&metrics, &slo),
+                recorder: writers.recorder(&metrics, &slo, &experiments),
                 state: state.clone(),
                 shutdown: shutdown_rx.clone(),
                 grace,
@@ -161,7 +166,7 @@ impl RunningGateway {
             let (stop, stop_rx) = watch::channel(false);
             let external_url = admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
             let thread = spawn_event_loop("levee-slo".into(), move || {
-                crate::slo::run(slo, gateway_rx, stop_rx, external_url)
+                crate::supervisor::run(slo, experiments, gateway_rx, stop_rx, external_url)
             })?;
             (thread, stop)
         };
@@ -232,7 +237,7 @@ impl RunningGateway {
 }
 
 /// The SLO engine with the SLOs of `config`, and what `data_dir` kept of an earlier run
-/// (counts, firing alerts, experiments).
+/// (counts, firing alerts).
 fn start_slo_engine(config: &Config) -> Result<Arc<SloEngine>, StartError> {
     let store = match &config.file.data_dir {
         Some(dir) => Some(
@@ -243,6 +248,5 @@ fn start_slo_engine(config: &Config) -> Result<Arc<SloEngine>, StartError> {
     };
     let slo = Arc::new(SloEngine::new(crate::slo::Clock::system(), store));
     slo.apply(&config.slos);
-    slo.experiments.restore(&slo);
     Ok(slo)
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{AccessLogSink, StartError};
+use crate::chaos::experiments::Experiments;
 use crate::config::Config;
 use crate::observability::access_log::AccessLog;
 use crate::observability::call_log::{CallLog, Retention, SqliteStore};
@@ -98,13 +99,19 @@ impl Writers {
     }
 
     /// What one worker records into: its own metrics shard and senders to every writer.
-    pub fn recorder(&self, metrics: &Metrics, slo: &Arc<SloEngine>) -> Arc<Recorder> {
+    pub fn recorder(
+        &self,
+        metrics: &Metrics,
+        slo: &Arc<SloEngine>,
+        experiments: &Arc<Experiments>,
+    ) -> Arc<Recorder> {
         Arc::new(Recorder {
             metrics: metrics.shard(),
             access_log: self.access_log.clone(),
             call_log: self.call_log.clone(),
             tracer: self.tracer.clone(),
             slo: slo.clone(),
+            experiments: experiments.clone(),
         })
     }
 

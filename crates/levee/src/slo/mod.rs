@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod canary;
+mod exposition;
 pub mod ledger;
 pub mod notify;
 pub mod rules;
@@ -374,8 +375,6 @@ pub struct SloEngine {
     store: Option<Mutex<store::Store>>,
     /// Alert notifications by receiver and result.
     pub notifications: notify::Counters,
-    /// Chaos experiments (guarded by these SLOs).
-    pub experiments: crate::chaos::experiments::Experiments,
     /// The minute after which old rows are next deleted from the store.
     next_forget: AtomicU64,
 }
@@ -388,7 +387,6 @@ impl SloEngine {
             set: ArcSwap::from_pointee(SloSet::default()),
             store: store.map(Mutex::new),
             notifications: notify::Counters::default(),
-            experiments: crate::chaos::experiments::Experiments::default(),
             next_forget: AtomicU64::new(0),
         }
     }
@@ -650,218 +648,6 @@ impl SloEngine {
     /// The store, for experiments.
     pub fn store(&self) -> Option<&Mutex<store::Store>> {
         self.store.as_ref()
-    }
-
-    /// Appends the SLO metric families to a Prometheus exposition.
-    pub fn render_metrics(&self, out: &mut String) {
-        use crate::observability::metrics::{escape, family};
-        use std::fmt::Write as _;
-        let set = self.set.load();
-        if !set.all.is_empty() {
-            family(
-                out,
-                "levee_slo_requests_total",
-                "counter",
-                "Events counted by an SLO since the process started, good or bad.",
-            );
-            for slo in &set.all {
-                let name = escape(&slo.spec.name);
-                let total = slo.events_total.load(Ordering::Relaxed);
-                let bad = slo.events_bad.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "levee_slo_requests_total{{slo=\"{name}\",result=\"good\"}} {}",
-                    total.saturating_sub(bad)
-                );
-                let _ = writeln!(
-                    out,
-                    "levee_slo_requests_total{{slo=\"{name}\",result=\"bad\"}} {bad}"
-                );
-            }
-            family(
-                out,
-                "levee_slo_objective_ratio",
-                "gauge",
-                "The SLO's objective as a ratio (0.999 for 99.9%).",
-            );
-            for slo in &set.all {
-                let _ = writeln!(
-                    out,
-                    "levee_slo_objective_ratio{{slo=\"{}\"}} {}",
-                    escape(&slo.spec.name),
-                    slo.spec.objective / 100.0
-                );
-            }
-            let statuses: Vec<(String, Status, alerts::AlertPair)> = set
-                .all
-                .iter()
-                .filter_map(|s| s.status().map(|st| (escape(&s.spec.name), st, s.alerts())))
-                .collect();
-            family(
-                out,
-                "levee_slo_sli_ratio",
-                "gauge",
-                "Good events over all events in the SLO's window (absent without events).",
-            );
-            for (name, status, _) in &statuses {
-                if let Some(sli) = status.sli {
-                    let _ = writeln!(out, "levee_slo_sli_ratio{{slo=\"{name}\"}} {sli}");
-                }
-            }
-            family(
-                out,
-                "levee_slo_error_budget_remaining",
-                "gauge",
-                "Share of the SLO window's error budget left: 1 untouched, 0 spent, below 0 overspent.",
-            );
-            for (name, status, _) in &statuses {
-                let _ = writeln!(
-                    out,
-                    "levee_slo_error_budget_remaining{{slo=\"{name}\"}} {}",
-                    status.budget_remaining
-                );
-            }
-            family(out, "levee_slo_burn_rate", "gauge", "Error budget burn rate over a trailing window (1 spends the budget exactly over the SLO window).");
-            for (name, status, _) in &statuses {
-                for ((window, _), rate) in BURN_WINDOWS.iter().zip(status.burn_rates) {
-                    let _ = writeln!(
-                        out,
-                        "levee_slo_burn_rate{{slo=\"{name}\",window=\"{window}\"}} {rate}"
-                    );
-                }
-            }
-            family(
-                out,
-                "levee_slo_alert_firing",
-                "gauge",
-                "1 while the SLO's burn-rate alert of that severity fires.",
-            );
-            for (name, _, pair) in &statuses {
-                for (severity, firing) in [
-                    ("page", pair.page.firing_since.is_some()),
-                    ("ticket", pair.ticket.firing_since.is_some()),
-                ] {
-                    let _ = writeln!(
-                        out,
-                        "levee_slo_alert_firing{{slo=\"{name}\",severity=\"{severity}\"}} {}",
-                        u8::from(firing)
-                    );
-                }
-            }
-        }
-        self.notifications.render(out);
-    }
-}
-
-/// The `levee-slo` thread's loop: follows config reloads, evaluates every second, sends
-/// alerts every `alerting.evaluation_interval`, saves counts, and steps experiments. Ends
-/// (after a last save) when `stop` turns true.
-pub async fn run(
-    engine: Arc<SloEngine>,
-    mut gateway_rx: tokio::sync::watch::Receiver<Arc<crate::gateway::Gateway>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    external_url: String,
-) {
-    let mut outbox: Option<notify::Outbox> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut next_alerts = tokio::time::Instant::now();
-    let mut next_resend = tokio::time::Instant::now() + notify::RESEND_EVERY;
-    // Canaries rolled back whose alert fires (it resolves when their config goes).
-    let mut rolled_back: Vec<Arc<canary::Canary>> = Vec::new();
-    loop {
-        let gateway = gateway_rx.borrow_and_update().clone();
-        let canaries: Vec<Arc<canary::Canary>> = gateway.canaries.iter().flatten().cloned().collect();
-        let mut resolved = engine.apply(&gateway.config.slos);
-        let now_ms = engine.clock.now_ms();
-        rolled_back.retain(|old| {
-            let kept = canaries.iter().any(|c| Arc::ptr_eq(c, old));
-            if !kept {
-                resolved.extend(old.notification(Some(now_ms)));
-            }
-            kept
-        });
-        track_rollbacks(&canaries, &mut rolled_back);
-        if let Some(outbox) = &outbox {
-            outbox.notify(&resolved, engine.clock.now_ms());
-        }
-        if outbox
-            .as_ref()
-            .is_none_or(|o| *o.spec() != gateway.config.alerting)
-        {
-            // The old receivers finish what they hold in the background.
-            if let Some(old) = outbox.take() {
-                tokio::spawn(old.drain(DRAIN_LIMIT));
-            }
-            outbox = Some(notify::Outbox::start(
-                &gateway.config.alerting,
-                external_url.clone(),
-                engine.clone(),
-            ));
-        }
-        let interval = gateway.config.alerting.evaluation_interval;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = gateway_rx.changed() => match changed {
-                    Ok(()) => break,
-                    Err(_) => return finish(&engine, outbox).await,
-                },
-                _ = stop.wait_for(|s| *s) => return finish(&engine, outbox).await,
-            }
-            engine.evaluate();
-            engine.experiments.step(&engine);
-            let rollbacks = canary::step(&engine, &canaries);
-            if !rollbacks.is_empty() {
-                track_rollbacks(&canaries, &mut rolled_back);
-                if let Some(outbox) = &outbox {
-                    outbox.notify(&rollbacks, engine.clock.now_ms());
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= next_alerts {
-                next_alerts = now + interval;
-                let transitions = engine.step_alerts();
-                for t in &transitions {
-                    tracing::warn!(slo = %t.slo, severity = t.severity.name(), firing = t.firing, "SLO burn-rate alert");
-                }
-                if let Some(outbox) = &outbox {
-                    outbox.notify(&transitions, engine.clock.now_ms());
-                }
-            }
-            if now >= next_resend {
-                next_resend = now + notify::RESEND_EVERY;
-                if let Some(outbox) = &outbox {
-                    let mut firing = engine.firing();
-                    firing.extend(rolled_back.iter().filter_map(|c| c.notification(None)));
-                    outbox.resend(&firing, engine.clock.now_ms());
-                }
-            }
-            engine.save();
-        }
-    }
-}
-
-/// Adds the canaries of `canaries` that are rolled back to `rolled_back`.
-fn track_rollbacks(canaries: &[Arc<canary::Canary>], rolled_back: &mut Vec<Arc<canary::Canary>>) {
-    for canary in canaries {
-        if canary.rolled_back().is_some() && !rolled_back.iter().any(|c| Arc::ptr_eq(c, canary)) {
-            rolled_back.push(canary.clone());
-        }
-    }
-}
-
-/// How long notifications still queued may take when the gateway stops or the receivers
-/// change.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-async fn finish(engine: &SloEngine, outbox: Option<notify::Outbox>) {
-    engine
-        .experiments
-        .stop_all("the gateway stopped during the experiment", engine);
-    engine.save();
-    if let Some(outbox) = outbox {
-        outbox.drain(DRAIN_LIMIT).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! kept so that a failed attempt can be retried with the same body.
 //!
 //! It lives with the upstream because only the upstream's retry loop replays it; the
-//! response side, which carries the request's record, is [`crate::body`].
+//! response side, which carries the request's record, is the `body` module.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
