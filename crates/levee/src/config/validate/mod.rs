@@ -1,7 +1,8 @@
 //! Turns a config file into a [`Config`], collecting every problem with its position.
 //!
-//! [`load`] reads the file, resolves the files and environment variables it names (in one
-//! step, [`resolve_secrets`]) and checks it section by section, each in a module of its own;
+//! [`load`] reads the file, resolves the files and environment variables it names and the
+//! core count `workers: auto` stands for (in one step, [`resolve_secrets`]: nothing else here
+//! reads the system) and checks it section by section, each in a module of its own;
 //! every problem is tied to the path of the value it is about, so one run reports them all.
 //! A config that passes is then looked over for what is valid but probably not meant
 //! ([`warnings`]).
@@ -98,6 +99,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         jwt_secret,
         jwt_public_keys,
         provider_keys,
+        cores,
     } = resolve_secrets(&file);
     let (listeners, binds) = check_listeners(&file, tls, p);
     let admin = file
@@ -116,8 +118,8 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let mut routes = check_routes(&file, &upstream_index, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
     let workers = match file.workers {
-        None | Some(Workers::Auto) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         Some(Workers::Count(n)) => n,
+        None | Some(Workers::Auto) => cores.unwrap_or(1),
     };
     let access_log = check_access_log(&file, p);
     let limits = check_limits(&file, p);
