@@ -125,18 +125,15 @@ fn check_route(
         );
     }
     let fault = check_route_fault(route, path, p);
-    let canary = route
-        .canary
-        .as_ref()
-        .and_then(|c| {
-            let models: HashSet<&str> = file
-                .llm
-                .iter()
-                .flat_map(|l| l.models.iter())
-                .map(|m| m.name.as_str())
-                .collect();
-            check_canary(c, route, path, upstream_index, &models, p)
-        });
+    let canary = route.canary.as_ref().and_then(|c| {
+        let models: HashSet<&str> = file
+            .llm
+            .iter()
+            .flat_map(|l| l.models.iter())
+            .map(|m| m.name.as_str())
+            .collect();
+        check_canary(c, route, path, upstream_index, &models, p)
+    });
     Some(RouteSpec {
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
         auth,
@@ -402,7 +399,10 @@ fn check_canary(
     if route.llm {
         return check_model_canary(canary, path, models, p);
     }
-    for (key, set) in [("model", canary.model.is_some()), ("instead_of", canary.instead_of.is_some())] {
+    for (key, set) in [
+        ("model", canary.model.is_some()),
+        ("instead_of", canary.instead_of.is_some()),
+    ] {
         if set {
             p.at(
                 &format!("{path}.canary.{key}"),
