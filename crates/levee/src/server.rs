@@ -495,7 +495,7 @@ impl RunningGateway {
             }
             None => (None, None),
         };
-        let slo_store = match &config.file.data_dir {
+        let slo_store = match &config.data_dir {
             Some(dir) => Some(
                 crate::slo::store::Store::open(std::path::Path::new(dir))
                     .map_err(|message| StartError::SloStore { message })?,

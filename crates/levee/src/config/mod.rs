@@ -5,6 +5,7 @@
 //! [`spec`] holds the checked values the data plane is built from. A config either passes
 //! whole or is refused whole; nothing half-valid ever runs.
 
+mod changes;
 pub mod duration;
 pub mod file;
 pub mod matcher;

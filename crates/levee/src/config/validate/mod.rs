@@ -117,9 +117,9 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, provider_keys, p));
     let mut routes = check_routes(&file, &upstream_index, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
-    let workers = match file.workers {
-        Some(Workers::Count(n)) => n,
-        None | Some(Workers::Auto) => cores.unwrap_or(1),
+    let (workers, workers_auto) = match file.workers {
+        Some(Workers::Count(n)) => (n, false),
+        None | Some(Workers::Auto) => (cores.unwrap_or(1), true),
     };
     let access_log = check_access_log(&file, p);
     let limits = check_limits(&file, p);
@@ -137,11 +137,13 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         upstreams,
         routes,
         workers,
+        workers_auto,
         shutdown_grace,
         access_log,
         limits,
         consumers,
         jwt,
+        data_dir: file.data_dir.as_ref().map(Into::into),
         call_log,
         tracing,
         llm,
