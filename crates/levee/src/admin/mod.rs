@@ -405,10 +405,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
         "/api/v1/upstreams" => json_value(StatusCode::OK, &state.upstreams_view()),
         "/api/v1/routes" => {
             let gateway = state.gateway.load();
-            let routes = api::redacted(&gateway.config.file)
-                .get("routes")
-                .cloned()
-                .unwrap_or_default();
+            let routes = gateway.config.shown.get("routes").cloned().unwrap_or_default();
             json_value(
                 StatusCode::OK,
                 &api::Routes {
@@ -424,7 +421,7 @@ fn route(state: &SharedState, request: Request<Incoming>) -> Response<ResponseBo
                 &api::ActiveConfig {
                     version: gateway.version,
                     source: gateway.config.source.as_ref().map(|p| p.display().to_string()),
-                    config: api::redacted(&gateway.config.file),
+                    config: (*gateway.config.shown).clone(),
                 },
             )
         }

@@ -12,6 +12,7 @@ pub mod matcher;
 mod parse;
 pub mod prompt;
 pub mod secrets;
+mod shown;
 pub mod source_map;
 pub mod spec;
 mod validate;

@@ -9,7 +9,6 @@ use http::{HeaderName, HeaderValue};
 
 use levee_resilience::BreakerConfig;
 
-use super::file::ConfigFile;
 use super::matcher::RouteMatch;
 
 /// A config that passed validation.
@@ -36,8 +35,9 @@ pub struct Config {
     pub llm: Option<LlmSpec>,
     pub slos: Vec<SloSpec>,
     pub alerting: AlertingSpec,
-    /// The file as read, for display by the admin API.
-    pub file: ConfigFile,
+    /// The file as read, as JSON with its secrets redacted (`config::shown`): what the admin
+    /// API shows. Built at load; the file types themselves never reach the running config.
+    pub shown: Arc<serde_json::Value>,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
     pub source: Option<std::path::PathBuf>,
     /// Valid but probably not meant (see `levee check`).

@@ -71,7 +71,7 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
         cuts,
         errors: Vec::new(),
     };
-    let config = file.and_then(|file| check(file, &mut problems));
+    let config = file.and_then(|file| check(&file, &mut problems));
     errors.append(&mut problems.errors);
     if errors.is_empty() {
         if let Some(mut config) = config {
@@ -92,7 +92,7 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// Checks every section, in the order their problems have always been collected in.
-fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
+fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
     let Secrets {
         tls,
         admin_token,
@@ -100,32 +100,32 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         jwt_public_keys,
         provider_keys,
         cores,
-    } = resolve_secrets(&file);
-    let (listeners, binds) = check_listeners(&file, tls, p);
+    } = resolve_secrets(file);
+    let (listeners, binds) = check_listeners(file, tls, p);
     let admin = file
         .admin
         .as_ref()
         .and_then(|a| check_admin(a, &binds, admin_token, p));
-    let (upstreams, upstream_index) = check_upstreams(&file, p);
-    let consumers = check_consumers(&file, p);
+    let (upstreams, upstream_index) = check_upstreams(file, p);
+    let consumers = check_consumers(file, p);
     let jwt = file
         .jwt
         .as_ref()
         .and_then(|j| check_jwt(j, jwt_secret, jwt_public_keys, p));
-    let call_log = check_call_log(&file, p);
+    let call_log = check_call_log(file, p);
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, provider_keys, p));
-    let mut routes = check_routes(&file, &upstream_index, p);
+    let mut routes = check_routes(file, &upstream_index, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
     let (workers, workers_auto) = match file.workers {
         Some(Workers::Count(n)) => (n, false),
         None | Some(Workers::Auto) => (cores.unwrap_or(1), true),
     };
-    let access_log = check_access_log(&file, p);
-    let limits = check_limits(&file, p);
+    let access_log = check_access_log(file, p);
+    let limits = check_limits(file, p);
     let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let mut slos = check_slos(&file, &routes, &consumers, p);
-    check_canary_rollbacks(&file, &mut routes, &mut slos, p);
+    let mut slos = check_slos(file, &routes, &consumers, p);
+    check_canary_rollbacks(file, &mut routes, &mut slos, p);
     let alerting = file
         .alerting
         .as_ref()
@@ -149,7 +149,7 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         llm,
         slos,
         alerting,
-        file,
+        shown: std::sync::Arc::new(super::shown::redacted(file)),
         source: None,
         warnings: Vec::new(),
     })
