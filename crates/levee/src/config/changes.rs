@@ -1,8 +1,9 @@
 //! What differs between two configs, told from their spec values, never from the file text:
-//! two files that write the same settings differently (a default spelt out, `1000ms` for
-//! `1s`) are the same config. Specs compare with `PartialEq`; a spec built from something
-//! without a useful equality keeps what it was built from and compares that (a canary's
-//! `definition`, a listener's certificate paths rather than the key read from them).
+//! two files that write the same settings differently (`1000ms` for `1s`, a default spelt
+//! out inside a block) are the same config. Specs compare with `PartialEq`; a spec built from
+//! something without a useful equality keeps what it was built from and compares that (a
+//! canary's `definition`, a listener's certificate paths rather than the key read from them,
+//! whether `workers` is `auto` rather than the cores found).
 
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use super::spec::{Config, DEFAULT_CALL_LOG_MAX_AGE, DEFAULT_CALL_LOG_MAX_ROWS, D
 
 impl Config {
     /// The top-level keys, in file order, whose settings differ in `next` and take effect
-    /// only on a restart: the sockets and threads the process runs on, and its writers.
+    /// only on a restart: the sockets and threads the process runs on, and its writers. A
+    /// key added or removed counts even when it writes the default value.
     pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let sets = |config: &Config, key| config.restart_keys.contains(&key);
         let same = [
             ("listeners", self.listeners == next.listeners),
             ("admin", self.admin == next.admin),
@@ -24,7 +27,7 @@ impl Config {
             ("tracing", self.tracing == next.tracing),
         ];
         same.into_iter()
-            .filter(|(_, same)| !same)
+            .filter(|&(key, same)| !same || sets(self, key) != sets(next, key))
             .map(|(key, _)| key)
             .collect()
     }
@@ -65,8 +68,20 @@ mod tests {
 
     #[test]
     fn the_same_settings_written_differently_are_no_change() {
-        let spelt_out = "workers: auto\nshutdown_grace: 30000ms\nlimits: { max_inflight: 16384 }\n";
-        assert!(changes("", spelt_out).is_empty());
+        let (old, new) = ("shutdown_grace: 30s\n", "shutdown_grace: 30000ms\n");
+        assert!(changes(old, new).is_empty());
+        let (old, new) = ("limits: {}\n", "limits: { max_inflight: 16384 }\n");
+        assert!(changes(old, new).is_empty());
+    }
+
+    #[test]
+    fn a_key_added_or_removed_counts_even_with_its_default_value() {
+        assert_eq!(changes("", "workers: auto\n"), ["workers"]);
+        assert_eq!(changes("shutdown_grace: 30s\n", ""), ["shutdown_grace"]);
+        assert_eq!(
+            changes("data_dir: /tmp/a\n", "data_dir: /tmp/a\ncall_log: {}\n"),
+            ["call_log"]
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Config {
     /// The file as read, as JSON with its secrets redacted (`config::shown`): what the admin
     /// API shows. Built at load; the file types themselves never reach the running config.
     pub shown: Arc<serde_json::Value>,
+    /// The restart-only top-level keys the file sets (see `Config::restart_only_changes`):
+    /// adding or removing one needs a restart even when it writes the default value.
+    pub restart_keys: Vec<&'static str>,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
     pub source: Option<std::path::PathBuf>,
     /// Valid but probably not meant (see `levee check`).

@@ -150,9 +150,28 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         slos,
         alerting,
         shown: std::sync::Arc::new(super::shown::redacted(file)),
+        restart_keys: restart_keys(file),
         source: None,
         warnings: Vec::new(),
     })
+}
+
+/// The restart-only top-level keys `file` sets.
+fn restart_keys(file: &ConfigFile) -> Vec<&'static str> {
+    [
+        ("listeners", !file.listeners.is_empty()),
+        ("admin", file.admin.is_some()),
+        ("workers", file.workers.is_some()),
+        ("limits", file.limits.is_some()),
+        ("shutdown_grace", file.shutdown_grace.is_some()),
+        ("access_log", file.access_log.is_some()),
+        ("data_dir", file.data_dir.is_some()),
+        ("call_log", file.call_log.is_some()),
+        ("tracing", file.tracing.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
 }
 
 /// A name that is also a metric label value and a file-safe word: letters, digits, `_`,
