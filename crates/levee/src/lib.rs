@@ -6,6 +6,7 @@
 //!
 //! * [`config`]: the YAML file, its validation and the checked runtime spec
 //! * [`server`]: listeners, worker threads, graceful shutdown
+//! * [`state`]: the state the workers, the admin API and reloads share (running config, metrics)
 //! * [`tls`]: TLS termination and certificate reload
 //! * [`router`]: route matching
 //! * [`auth`], [`jwt`]: API keys, consumers and JSON Web Tokens
@@ -54,6 +55,7 @@ pub mod router;
 pub mod server;
 pub mod slo;
 pub mod stale;
+pub mod state;
 pub mod strict;
 pub mod tls;
 pub mod upstream;

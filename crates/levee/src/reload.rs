@@ -15,35 +15,15 @@
 //! rate limits, retries, breakers) reloads, and an upstream whose block did not change keeps
 //! its pools, health verdicts and breaker state (see [`crate::gateway`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::source_map::SourceMap;
 use crate::config::{load_file, Config, ConfigErrors};
 use crate::gateway::Gateway;
-use crate::server::SharedState;
-
-/// Where the config comes from, and the lock that makes reloads one at a time.
-#[derive(Debug, Default)]
-pub struct Reloader {
-    path: Option<PathBuf>,
-    lock: Mutex<()>,
-}
-
-impl Reloader {
-    pub fn new(path: Option<PathBuf>) -> Reloader {
-        Reloader {
-            path,
-            lock: Mutex::new(()),
-        }
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-}
+use crate::state::SharedState;
 
 /// Why a reload was refused (the running config stays).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +52,7 @@ const ADOPTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Reloads the config file; returns the new config version.
 pub fn reload(state: &SharedState) -> Result<u64, ReloadError> {
-    let _one_at_a_time = state.reloader.lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = state.reloader.one_at_a_time();
     let result = apply(state);
     let globals = &state.metrics.globals;
     match &result {

@@ -121,125 +121,132 @@ impl<T> HeadGuard<T> {
     pub(crate) fn follow(&mut self, bytes: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < bytes.len() {
+            let rest = bytes.get(i..)?;
             match &mut self.state {
                 State::Opaque => return None,
                 State::Head => {
-                    let head = &mut self.head;
-                    // Leading CRLFs between requests are allowed (RFC 9112 2.2).
-                    if head.is_empty() && matches!(bytes.get(i), Some(b'\r' | b'\n')) {
-                        i += 1;
-                        continue;
-                    }
-                    let &byte = bytes.get(i)?;
-                    head.push(byte);
-                    i += 1;
-                    if head.len() == 3 && head.as_slice() == b"PRI" {
-                        self.state = State::Opaque; // HTTP/2 prior knowledge
-                        continue;
-                    }
-                    if head.len() > MAX_HEAD {
-                        self.state = State::Opaque;
-                        continue;
-                    }
-                    if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
-                        let next = classify(head);
-                        head.clear();
-                        match next {
-                            Next::Poison => {
-                                self.state = State::Opaque;
-                                // The head's last byte is in this read: turn its final LF into
-                                // a byte no parser accepts there.
-                                return Some(i - 1);
-                            }
-                            Next::Body(0) => self.state = State::Head,
-                            Next::Body(n) => self.state = State::Body(n),
-                            Next::Chunked => {
-                                self.state = State::Chunked(Chunk::Size {
-                                    size: 0,
-                                    digits: 0,
-                                    in_ext: false,
-                                })
-                            }
-                            Next::Opaque => self.state = State::Opaque,
-                        }
+                    let (used, poison) = self.head(rest);
+                    i += used;
+                    if poison {
+                        // The head's last byte is in this read: turn its final LF into a
+                        // byte no parser accepts there.
+                        return Some(i - 1);
                     }
                 }
                 State::Body(remaining) => {
-                    let take = (*remaining).min((bytes.len() - i) as u64);
-                    *remaining -= take;
-                    i += take as usize;
+                    i += skip(remaining, rest);
                     if *remaining == 0 {
                         self.state = State::Head;
                     }
                 }
                 State::Chunked(chunk) => {
-                    let &byte = bytes.get(i)?;
-                    match chunk {
-                        Chunk::Size { size, digits, in_ext } => {
-                            i += 1;
-                            match byte {
-                                b'\n' => {
-                                    if *digits == 0 {
-                                        self.state = State::Opaque;
-                                    } else if *size == 0 {
-                                        *chunk = Chunk::Trailers { line: 0 };
-                                    } else {
-                                        *chunk = Chunk::Data(*size);
-                                    }
-                                }
-                                b'\r' => {}
-                                b';' => *in_ext = true,
-                                _ if *in_ext => {}
-                                _ => match (byte as char).to_digit(16) {
-                                    Some(d) if *digits < 16 => {
-                                        *size = *size * 16 + u64::from(d);
-                                        *digits += 1;
-                                    }
-                                    _ => self.state = State::Opaque,
-                                },
-                            }
-                        }
-                        Chunk::Data(remaining) => {
-                            let take = (*remaining).min((bytes.len() - i) as u64);
-                            *remaining -= take;
-                            i += take as usize;
-                            if *remaining == 0 {
-                                *chunk = Chunk::DataEnd(0);
-                            }
-                        }
-                        Chunk::DataEnd(seen) => {
-                            i += 1;
-                            match (byte, *seen) {
-                                (b'\r', 0) => *seen = 1,
-                                (b'\n', _) => {
-                                    *chunk = Chunk::Size {
-                                        size: 0,
-                                        digits: 0,
-                                        in_ext: false,
-                                    }
-                                }
-                                _ => self.state = State::Opaque,
-                            }
-                        }
-                        Chunk::Trailers { line } => {
-                            i += 1;
-                            match byte {
-                                b'\n' if *line == 0 => self.state = State::Head,
-                                b'\n' => *line = 0,
-                                b'\r' => {}
-                                _ => {
-                                    *line += 1;
-                                    if *line > MAX_HEAD {
-                                        self.state = State::Opaque;
-                                    }
-                                }
-                            }
-                        }
+                    let (used, next) = chunk.follow(rest);
+                    i += used;
+                    if let Some(next) = next {
+                        self.state = next;
                     }
                 }
             }
         }
         None
+    }
+
+    /// Collects one byte of a request head; at the head's end, classifies it and moves on
+    /// to its body. Returns the bytes used and whether the head must be poisoned.
+    fn head(&mut self, rest: &[u8]) -> (usize, bool) {
+        let Some(&byte) = rest.first() else {
+            return (0, false);
+        };
+        let head = &mut self.head;
+        // Leading CRLFs between requests are allowed (RFC 9112 2.2).
+        if head.is_empty() && matches!(byte, b'\r' | b'\n') {
+            return (1, false);
+        }
+        head.push(byte);
+        if (head.len() == 3 && head.as_slice() == b"PRI") || head.len() > MAX_HEAD {
+            // HTTP/2 prior knowledge, or a head left to hyper.
+            self.state = State::Opaque;
+            return (1, false);
+        }
+        if !(head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n")) {
+            return (1, false);
+        }
+        let next = classify(head);
+        head.clear();
+        let poison = matches!(next, Next::Poison);
+        self.state = match next {
+            // After a poisoned head hyper closes the connection: nothing more to follow.
+            Next::Poison | Next::Opaque => State::Opaque,
+            Next::Body(0) => State::Head,
+            Next::Body(n) => State::Body(n),
+            Next::Chunked => State::Chunked(Chunk::SIZE),
+        };
+        (1, poison)
+    }
+}
+
+/// Counts off up to `remaining` bytes of `rest`; returns how many.
+fn skip(remaining: &mut u64, rest: &[u8]) -> usize {
+    let take = (*remaining).min(rest.len() as u64);
+    *remaining -= take;
+    take as usize
+}
+
+impl Chunk {
+    /// The start of a chunk: its size line.
+    const SIZE: Chunk = Chunk::Size {
+        size: 0,
+        digits: 0,
+        in_ext: false,
+    };
+
+    /// Follows a chunked body over the start of `rest` (which is not empty). Returns the
+    /// bytes used and, when the body ended or stopped making sense, the guard's next state.
+    fn follow(&mut self, rest: &[u8]) -> (usize, Option<State>) {
+        let Some(&byte) = rest.first() else {
+            return (0, None);
+        };
+        match self {
+            Chunk::Size { size, digits, in_ext } => match byte {
+                b'\n' if *digits == 0 => return (1, Some(State::Opaque)),
+                b'\n' if *size == 0 => *self = Chunk::Trailers { line: 0 },
+                b'\n' => *self = Chunk::Data(*size),
+                b'\r' => {}
+                b';' => *in_ext = true,
+                _ if *in_ext => {}
+                _ => match (byte as char).to_digit(16) {
+                    Some(d) if *digits < 16 => {
+                        *size = *size * 16 + u64::from(d);
+                        *digits += 1;
+                    }
+                    _ => return (1, Some(State::Opaque)),
+                },
+            },
+            Chunk::Data(remaining) => {
+                let used = skip(remaining, rest);
+                if *remaining == 0 {
+                    *self = Chunk::DataEnd(0);
+                }
+                return (used, None);
+            }
+            Chunk::DataEnd(seen) => match (byte, *seen) {
+                (b'\r', 0) => *seen = 1,
+                (b'\n', _) => *self = Chunk::SIZE,
+                _ => return (1, Some(State::Opaque)),
+            },
+            Chunk::Trailers { line } => match byte {
+                b'\n' if *line == 0 => return (1, Some(State::Head)),
+                b'\n' => *line = 0,
+                b'\r' => {}
+                _ => {
+                    *line += 1;
+                    if *line > MAX_HEAD {
+                        return (1, Some(State::Opaque));
+                    }
+                }
+            },
+        }
+        (1, None)
     }
 }
 

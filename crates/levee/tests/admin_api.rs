@@ -116,6 +116,20 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
         distinct.len(),
         "no undocumented extras or missing routes"
     );
+    // And the other way round: every operation the document lists is served (the document
+    // and the dispatch are read from one table; this checks they stay that way).
+    for (path, methods) in documented_methods(&document) {
+        for method in methods {
+            let request = http::Request::builder()
+                .method(method.as_str())
+                .uri(format!("{}{}", h.admin, path.replace("{id}", &experiment)))
+                .body(empty())
+                .unwrap();
+            let answer = send(&client(false), request).await;
+            assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
+    }
 
     // The reference validator agrees (scripts/test.sh installs it in a virtualenv).
     openapi_spec_validator_accepts(&document);
@@ -195,6 +209,86 @@ async fn admin_errors_use_the_data_plane_error_shape() {
         .as_str()
         .unwrap()
         .contains("not started from a config file"));
+}
+
+#[tokio::test]
+async fn a_method_an_admin_path_does_not_take_answers_405_with_the_methods_it_takes() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = Harness::start(&config(upstream.addr));
+    let document = get(&format!("{}/openapi.json", h.admin), &[]).await.json();
+    let paths = documented_methods(&document);
+    let distinct: std::collections::BTreeSet<&str> = ADMIN_PATHS.iter().map(|(_, p)| *p).collect();
+    assert_eq!(paths.len(), distinct.len(), "every admin path is documented");
+    for (path, methods) in paths {
+        // What `Allow` must say: the documented methods, and HEAD wherever GET is.
+        let mut allowed = methods.clone();
+        if allowed.contains("GET") {
+            allowed.insert("HEAD".into());
+        }
+        let url = format!("{}{}", h.admin, path.replace("{id}", "no-such-experiment"));
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if allowed.contains(method) {
+                continue;
+            }
+            let request = http::Request::builder()
+                .method(method)
+                .uri(&url)
+                .body(empty())
+                .unwrap();
+            let answer = send(&client(false), request).await;
+            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let allow: std::collections::BTreeSet<String> = answer
+                .header("allow")
+                .unwrap_or_else(|| panic!("{method} {path}: no Allow header"))
+                .split(", ")
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(allow, allowed, "{method} {path}");
+            let body = answer.json();
+            assert_eq!(body["error"]["code"], "method_not_allowed", "{method} {path}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{method} {path}");
+            assert!(body["error"]["request_id"].as_str().is_some(), "{method} {path}");
+        }
+    }
+    // The order reads GET, HEAD first, then the path's other methods.
+    let put = |path: &str| {
+        let request = http::Request::put(format!("{}{path}", h.admin))
+            .body(empty())
+            .unwrap();
+        async move { send(&client(false), request).await }
+    };
+    assert_eq!(
+        put("/api/v1/experiments").await.header("allow"),
+        Some("GET, HEAD, POST")
+    );
+    assert_eq!(
+        put("/api/v1/experiments/e1").await.header("allow"),
+        Some("GET, HEAD, DELETE")
+    );
+    assert_eq!(put("/api/v1/config/reload").await.header("allow"), Some("POST"));
+    assert_eq!(put("/metrics").await.header("allow"), Some("GET, HEAD"));
+    // A path no route serves is 404 whatever the method.
+    assert_eq!(put("/api/v1/nope").await.status, StatusCode::NOT_FOUND);
+}
+
+/// Every path of the OpenAPI `document` with its methods, upper case.
+fn documented_methods(
+    document: &serde_json::Value,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(path, item)| {
+            let methods = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| m.to_uppercase())
+                .collect();
+            (path.clone(), methods)
+        })
+        .collect()
 }
 
 /// Runs openapi-spec-validator (Python) on `document` when the test command provided it

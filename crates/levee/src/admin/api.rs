@@ -1,15 +1,16 @@
 //! The admin API's answers as types, and its OpenAPI 3 document generated from them.
 //!
-//! Every endpoint is one row of [`ENDPOINTS`]: path, method, what it answers, with the
-//! schema taken from the very type the handler serialises. The OpenAPI document is built from
-//! that table at request time, so it cannot drift from the handlers, and a test checks that
-//! every route the admin server answers is in it.
+//! Every endpoint is one row of the route table ([`super::routes::ROUTES`]): method, path,
+//! handler and a [`Doc`] with what it answers, the schema taken from the very type the handler
+//! serialises. The OpenAPI document is built from that table at request time, so it cannot
+//! drift from the handlers, and a test checks that every path in it is served.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::routes::{Auth, Route, ROUTES};
 use crate::config::file::{ConfigFile, RouteFile};
 use crate::observability::call_log::{Aggregate, CallRecord};
 
@@ -142,24 +143,24 @@ pub struct Param {
     pub description: &'static str,
 }
 
-/// One admin endpoint.
-pub struct Endpoint {
-    pub method: &'static str,
-    pub path: &'static str,
+/// How an admin endpoint is described in the OpenAPI document (a column of the route table,
+/// [`super::routes::ROUTES`]).
+pub struct Doc {
     pub summary: &'static str,
     /// Status and schema of the successful answer.
     pub ok: (u16, fn(&mut SchemaGenerator) -> schemars::Schema),
     pub content_type: &'static str,
-    /// Other answers, besides 401 (every `/api/` path) and 405.
+    /// Other answers, besides 401 (every route that needs the admin token) and 405.
     pub errors: &'static [(u16, &'static str)],
     pub query: &'static [Param],
 }
 
-fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
+/// The schema of `T`, as a reference into the document's components.
+pub(super) fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
     generator.subschema_for::<T>()
 }
 
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 
 /// `GET /api/v1/slos`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -270,228 +271,26 @@ pub struct Experiments {
     pub experiments: Vec<crate::chaos::experiments::ExperimentView>,
 }
 
-/// Every endpoint of the admin listener.
-pub const ENDPOINTS: &[Endpoint] = &[
-    Endpoint {
-        method: "get",
-        path: "/healthz",
-        summary: "Liveness: 200 while the process serves.",
-        ok: (200, schema::<Status>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/readyz",
-        summary: "Readiness: 200 when a config is active and the gateway is not draining, else 503.",
-        ok: (200, schema::<Status>),
-        content_type: JSON,
-        errors: &[(503, "Draining (shutting down or handing over to a successor).")],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/metrics",
-        summary: "Prometheus metrics.",
-        ok: (200, schema::<MetricsText>),
-        content_type: "text/plain; version=0.0.4",
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/openapi.json",
-        summary: "This document.",
-        ok: (200, schema::<OpenApiDocument>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/upstreams",
-        summary: "Every target's health, ejection, circuit state, load and latency.",
-        ok: (200, schema::<Upstreams>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/routes",
-        summary: "The routes of the running config, in match order.",
-        ok: (200, schema::<Routes>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/config",
-        summary: "The running config with its version, secrets redacted.",
-        ok: (200, schema::<ActiveConfig>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "post",
-        path: "/api/v1/config/reload",
-        summary: "Reloads the config file; any problem keeps the running config.",
-        ok: (200, schema::<Reloaded>),
-        content_type: JSON,
-        errors: &[(
-            400,
-            "Refused: the `errors` list says why; the running config is kept.",
-        )],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/calls",
-        summary: "The call log, newest first.",
-        ok: (200, schema::<Calls>),
-        content_type: JSON,
-        errors: &[
-            (400, "A query parameter is invalid (the message names it)."),
-            (404, "There is no call log (no `data_dir`)."),
-            (503, "The call log cannot be read."),
-        ],
-        query: &[
-            Param {
-                name: "route",
-                description: "Only this route.",
-            },
-            Param {
-                name: "consumer",
-                description: "Only this consumer.",
-            },
-            Param {
-                name: "status",
-                description: "Only this status code.",
-            },
-            Param {
-                name: "since",
-                description: "From this time (RFC 3339 or milliseconds since the epoch).",
-            },
-            Param {
-                name: "until",
-                description: "Before this time (RFC 3339 or milliseconds since the epoch).",
-            },
-            Param {
-                name: "limit",
-                description: "At most this many calls, from 1 to 1000 (default 100).",
-            },
-        ],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/analytics",
-        summary: "Aggregates over the call log per time bucket and group.",
-        ok: (200, schema::<Analytics>),
-        content_type: JSON,
-        errors: &[
-            (400, "A query parameter is invalid (the message names it)."),
-            (404, "There is no call log (no `data_dir`)."),
-            (503, "The call log cannot be read."),
-        ],
-        query: &[
-            Param {
-                name: "since",
-                description: "From this time (default: one hour ago).",
-            },
-            Param {
-                name: "until",
-                description: "Before this time (default: now).",
-            },
-            Param {
-                name: "bucket",
-                description: "`1m` (default), `1h` or `1d`.",
-            },
-            Param {
-                name: "group_by",
-                description: "`route` (default), `consumer`, `upstream` or `status`.",
-            },
-        ],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/slos",
-        summary: "Every SLO: objective, SLI now, error budget remaining, burn rates, alerts firing.",
-        ok: (200, schema::<Slos>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/canaries",
-        summary: "Every route's canary: its share, whether it was rolled back and why, its burn rate.",
-        ok: (200, schema::<Canaries>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/experiments",
-        summary: "Chaos experiments of this process, newest first, with their reports.",
-        ok: (200, schema::<Experiments>),
-        content_type: JSON,
-        errors: &[],
-        query: &[],
-    },
-    Endpoint {
-        method: "post",
-        path: "/api/v1/experiments",
-        summary: "Starts a chaos experiment (body: name, route, fault, duration, abort_if).",
-        ok: (201, schema::<crate::chaos::experiments::ExperimentView>),
-        content_type: JSON,
-        errors: &[
-            (400, "The experiment is invalid (the message says why)."),
-            (409, "An experiment already runs on the route, or too many run."),
-        ],
-        query: &[],
-    },
-    Endpoint {
-        method: "get",
-        path: "/api/v1/experiments/{id}",
-        summary: "One experiment: state (running, completed, aborted) and report.",
-        ok: (200, schema::<crate::chaos::experiments::ExperimentView>),
-        content_type: JSON,
-        errors: &[(404, "No experiment has this id.")],
-        query: &[],
-    },
-    Endpoint {
-        method: "delete",
-        path: "/api/v1/experiments/{id}",
-        summary: "Stops a running experiment (its state becomes aborted) and returns it.",
-        ok: (200, schema::<crate::chaos::experiments::ExperimentView>),
-        content_type: JSON,
-        errors: &[(404, "No experiment has this id.")],
-        query: &[],
-    },
-];
-
 /// The OpenAPI 3.0 document of the admin API.
 pub fn openapi() -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let error = schema::<ErrorBody>(&mut generator).to_value();
     let refused = schema::<ReloadRefused>(&mut generator).to_value();
     let mut paths = serde_json::Map::new();
-    for endpoint in ENDPOINTS {
-        let (status, ok_schema) = endpoint.ok;
+    for route in ROUTES {
+        let doc = &route.doc;
+        let guarded = route.auth == Auth::AdminToken;
+        let (status, ok_schema) = doc.ok;
         let mut responses = serde_json::Map::new();
         responses.insert(
             status.to_string(),
             json!({
                 "description": "OK",
-                "content": { endpoint.content_type: { "schema": ok_schema(&mut generator).to_value() } },
+                "content": { doc.content_type: { "schema": ok_schema(&mut generator).to_value() } },
             }),
         );
-        for (code, description) in endpoint.errors {
-            let body = if endpoint.path.ends_with("/reload") && *code == 400 {
+        for (code, description) in doc.errors {
+            let body = if route.path.ends_with("/reload") && *code == 400 {
                 refused.clone()
             } else {
                 error.clone()
@@ -501,7 +300,7 @@ pub fn openapi() -> Value {
                 json!({ "description": description, "content": { JSON: { "schema": body } } }),
             );
         }
-        if endpoint.path.starts_with("/api/") {
+        if guarded {
             responses.insert(
                 "401".into(),
                 json!({
@@ -510,30 +309,30 @@ pub fn openapi() -> Value {
                 }),
             );
         }
-        let mut parameters: Vec<Value> = endpoint
+        let mut parameters: Vec<Value> = doc
             .query
             .iter()
             .map(|p| json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": { "type": "string" } }))
             .collect();
-        if endpoint.path.contains("{id}") {
+        if route.path.contains("{id}") {
             parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The experiment's id.", "schema": { "type": "string" } }));
         }
         let mut operation = serde_json::Map::new();
-        operation.insert("summary".into(), endpoint.summary.into());
-        operation.insert("operationId".into(), operation_id(endpoint).into());
+        operation.insert("summary".into(), doc.summary.into());
+        operation.insert("operationId".into(), operation_id(route).into());
         operation.insert("responses".into(), responses.into());
         if !parameters.is_empty() {
             operation.insert("parameters".into(), parameters.into());
         }
-        if endpoint.path.starts_with("/api/") {
+        if guarded {
             operation.insert("security".into(), json!([{ "adminToken": [] }]));
         }
         if let Some(item) = paths
-            .entry(endpoint.path.to_owned())
+            .entry(route.path.to_owned())
             .or_insert_with(|| json!({}))
             .as_object_mut()
         {
-            item.insert(endpoint.method.into(), operation.into());
+            item.insert(route.method.as_str().to_ascii_lowercase(), operation.into());
         }
     }
     json!({
@@ -553,12 +352,16 @@ pub fn openapi() -> Value {
     })
 }
 
-fn operation_id(endpoint: &Endpoint) -> String {
-    let words: Vec<&str> = endpoint
+fn operation_id(route: &Route) -> String {
+    let words: Vec<&str> = route
         .path
         .split(['/', '.'])
         .filter(|w| !w.is_empty() && *w != "api" && *w != "v1")
         .map(|w| w.trim_matches(['{', '}']))
         .collect();
-    format!("{}_{}", endpoint.method, words.join("_"))
+    format!(
+        "{}_{}",
+        route.method.as_str().to_ascii_lowercase(),
+        words.join("_")
+    )
 }

@@ -13,16 +13,125 @@
 //! Refused with a 400 naming the field rather than silently dropped: `n` above 1, `logprobs`,
 //! and image or audio content parts.
 
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::provider::{lenient, Answer, Outgoing, Provider};
 use super::sse::Event;
 use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
+use super::ApiError;
+use crate::config::spec::LlmProviderSpec;
 
 /// The API version this adapter speaks.
 pub const VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is used when the client sends none.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Providers of kind `anthropic`: chat completions to `{base_url}/v1/messages`, with
+/// `x-api-key` and `anthropic-version`.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn outgoing(
+        &self,
+        spec: &LlmProviderSpec,
+        endpoint: &str,
+        request: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Outgoing, ApiError> {
+        if endpoint != "chat/completions" {
+            return Err(ApiError::bad_request(format!(
+                "The provider `{}` (Anthropic) does not offer {endpoint}.",
+                spec.name
+            )));
+        }
+        let body = chat_request(request, model, stream).map_err(ApiError::bad_request)?;
+        let mut headers = vec![("anthropic-version", VERSION.to_owned())];
+        if let Some(key) = &spec.api_key {
+            headers.push(("x-api-key", key.0.clone()));
+        }
+        Ok(Outgoing {
+            uri: format!("{}/v1/messages", spec.base_url),
+            headers,
+            body: body.to_string().into_bytes(),
+        })
+    }
+
+    fn answer(&self, body: Bytes, _model: &str, created: u64) -> Option<Answer> {
+        let message = serde_json::from_slice::<Message>(&body).ok()?;
+        let (completion, usage) = chat_answer(&message, created);
+        Some(Answer {
+            body: Bytes::from(completion.to_string()),
+            usage: Some(usage),
+        })
+    }
+
+    fn error_answer(&self, body: Bytes) -> Bytes {
+        let parsed = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        Bytes::from(error_answer(&parsed).to_string())
+    }
+
+    fn stream_translator(
+        &self,
+        include_usage: bool,
+        _model: &str,
+        created: u64,
+    ) -> Option<Box<dyn Translate>> {
+        Some(Box::new(StreamTranslator::new(include_usage, created)))
+    }
+}
+
+/// A Messages API answer (the fields Levee reads; `id` and `model` pass through as they are).
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    model: Value,
+    content: lenient::Items<Block>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    stop_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    usage: Option<MessageUsage>,
+}
+
+/// A content block of an answer: `text` or `tool_use` (others are skipped).
+#[derive(Debug, Default, Deserialize)]
+struct Block {
+    #[serde(rename = "type", default, deserialize_with = "lenient::option")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    text: Option<String>,
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    name: Value,
+    /// The tool call's arguments (an object, passed on as JSON text).
+    #[serde(default, deserialize_with = "lenient::present")]
+    input: Option<Value>,
+}
+
+/// An answer's `usage`, or the one in a stream's `message_start`.
+#[derive(Debug, Default, Deserialize)]
+struct MessageUsage {
+    #[serde(default, deserialize_with = "lenient::option")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    output_tokens: Option<u64>,
+}
+
+impl MessageUsage {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt: self.input_tokens.unwrap_or(0),
+            completion: self.output_tokens.unwrap_or(0),
+        }
+    }
+}
 
 /// The Messages API request for an OpenAI chat request, or the reason it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, String> {
@@ -155,37 +264,34 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
     }
 }
 
+/// The usage in a stream event's `usage` field, when it has one.
 fn usage_of(usage: Option<&Value>) -> Option<Usage> {
-    let usage = usage?;
-    Some(Usage {
-        prompt: usage.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
-        completion: usage.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
-    })
+    Some(MessageUsage::deserialize(usage?).unwrap_or_default().usage())
 }
 
 /// A whole Messages API answer as an OpenAI chat completion, with its usage.
-pub fn chat_answer(answer: &Value, created: u64) -> Option<(Value, Usage)> {
-    let blocks = answer.get("content")?.as_array()?;
+pub fn chat_answer(answer: &Message, created: u64) -> (Value, Usage) {
+    let blocks = &answer.content.0;
     let text: String = blocks
         .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .filter(|b| b.kind.as_deref() == Some("text"))
+        .filter_map(|b| b.text.as_deref())
         .collect();
     let tool_calls: Vec<Value> = blocks
         .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        .filter(|b| b.kind.as_deref() == Some("tool_use"))
         .map(|b| {
             json!({
-                "id": b.get("id").cloned().unwrap_or_default(),
+                "id": b.id,
                 "type": "function",
                 "function": {
-                    "name": b.get("name").cloned().unwrap_or_default(),
-                    "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                    "name": b.name,
+                    "arguments": b.input.as_ref().map(Value::to_string).unwrap_or_else(|| "{}".into()),
                 },
             })
         })
         .collect();
-    let usage = usage_of(answer.get("usage")).unwrap_or_default();
+    let usage = answer.usage.as_ref().map(MessageUsage::usage).unwrap_or_default();
     let mut message = json!({
         "role": "assistant",
         "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) },
@@ -195,15 +301,15 @@ pub fn chat_answer(answer: &Value, created: u64) -> Option<(Value, Usage)> {
         message.insert("tool_calls".into(), Value::Array(tool_calls));
     }
     let completion = json!({
-        "id": answer.get("id").cloned().unwrap_or_default(),
+        "id": answer.id,
         "object": "chat.completion",
         "created": created,
-        "model": answer.get("model").cloned().unwrap_or_default(),
+        "model": answer.model,
         "choices": [{
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish_reason(answer.get("stop_reason").and_then(Value::as_str)),
+            "finish_reason": finish_reason(answer.stop_reason.as_deref()),
         }],
         "usage": {
             "prompt_tokens": usage.prompt,
@@ -211,7 +317,7 @@ pub fn chat_answer(answer: &Value, created: u64) -> Option<(Value, Usage)> {
             "total_tokens": usage.prompt + usage.completion,
         },
     });
-    Some((completion, usage))
+    (completion, usage)
 }
 
 /// An Anthropic error answer in OpenAI's shape.
@@ -500,6 +606,30 @@ mod tests {
         for cut in 0..=bytes.len() {
             let (a, b) = bytes.split_at(cut);
             assert_eq!(translate(&[a, b]).0, whole, "split at byte {cut}");
+        }
+    }
+
+    #[test]
+    fn answers_are_read_leniently_and_odd_ones_refused() {
+        let answer = r#"{"id": "msg_1", "model": "claude", "stop_reason": "tool_use", "content": [
+            {"type": "text", "text": "Hi"}, {"type": "thinking", "thinking": "..."}, 3,
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}
+        ], "usage": {"input_tokens": 5, "output_tokens": "many"}}"#;
+        let (completion, usage) = chat_answer(&serde_json::from_str(answer).unwrap(), 7);
+        assert_eq!(
+            usage,
+            Usage {
+                prompt: 5,
+                completion: 0
+            }
+        );
+        let message = &completion["choices"][0]["message"];
+        assert_eq!(message["content"], "Hi");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(completion["usage"]["total_tokens"], 5);
+        for odd in [r#"{"id": "msg_1"}"#, r#"{"content": "Hi"}"#, "[]"] {
+            assert!(serde_json::from_str::<Message>(odd).is_err(), "{odd}");
         }
     }
 

@@ -13,15 +13,111 @@
 //!
 //! Refused with a 400 naming the field: `n` above 1, `logprobs`, non-text content parts.
 
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::provider::{lenient, percent_encode_segment, Answer, Outgoing, Provider};
 use super::sse::Event;
 use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
 use super::usage::Usage;
+use super::ApiError;
+use crate::config::spec::LlmProviderSpec;
+
+/// Providers of kind `gemini`: chat completions to
+/// `{base_url}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`),
+/// with `x-goog-api-key`.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Provider for Gemini {
+    fn outgoing(
+        &self,
+        spec: &LlmProviderSpec,
+        endpoint: &str,
+        request: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Outgoing, ApiError> {
+        if endpoint != "chat/completions" {
+            return Err(ApiError::bad_request(format!(
+                "The provider `{}` (Gemini) does not offer {endpoint} here.",
+                spec.name
+            )));
+        }
+        let body = chat_request(request).map_err(ApiError::bad_request)?;
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        Ok(Outgoing {
+            uri: format!(
+                "{}/v1beta/models/{}:{method}",
+                spec.base_url,
+                percent_encode_segment(model)
+            ),
+            headers: spec
+                .api_key
+                .as_ref()
+                .map(|k| ("x-goog-api-key", k.0.clone()))
+                .into_iter()
+                .collect(),
+            body: body.to_string().into_bytes(),
+        })
+    }
+
+    fn answer(&self, body: Bytes, model: &str, created: u64) -> Option<Answer> {
+        let answer = serde_json::from_slice::<GenerateContentResponse>(&body).ok()?;
+        let (completion, usage) = chat_answer(&answer, model, created)?;
+        Some(Answer {
+            body: Bytes::from(completion.to_string()),
+            usage: Some(usage),
+        })
+    }
+
+    fn error_answer(&self, body: Bytes) -> Bytes {
+        let parsed = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        Bytes::from(error_answer(&parsed).to_string())
+    }
+
+    fn stream_translator(
+        &self,
+        include_usage: bool,
+        model: &str,
+        created: u64,
+    ) -> Option<Box<dyn Translate>> {
+        Some(Box::new(StreamTranslator::new(include_usage, created, model)))
+    }
+}
 
 /// The request body for `model`, or why it cannot be expressed.
 pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
     refuse_unsupported(request)?;
+    let (system, contents) = turns(request)?;
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(contents));
+    if !system.is_empty() {
+        body.insert(
+            "systemInstruction".into(),
+            json!({ "parts": [{ "text": system.join("\n\n") }] }),
+        );
+    }
+    let generation = generation_config(request);
+    if !generation.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(generation));
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        body.insert("tools".into(), function_declarations(tools));
+    }
+    if let Some(choice) = request.get("tool_choice") {
+        body.insert("toolConfig".into(), tool_config(choice)?);
+    }
+    Ok(Value::Object(body))
+}
+
+/// The system texts and the `contents` turns of a chat request's messages.
+fn turns(request: &Map<String, Value>) -> Result<(Vec<String>, Vec<Value>), String> {
     let empty = Vec::new();
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -42,62 +138,68 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
                 text_parts(message.get("content"))?,
             ),
             "assistant" => {
-                let mut parts = text_parts(message.get("content"))?;
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .unwrap_or(&empty)
-                {
-                    let function = call.get("function").cloned().unwrap_or_default();
-                    let name = function
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.push((id.to_owned(), name.clone()));
-                    }
-                    parts.push(json!({ "functionCall": {
-                        "name": name,
-                        "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
-                    }}));
-                }
+                let parts = model_parts(message, &mut call_names)?;
                 push_turn(&mut contents, "model", "parts", parts);
             }
             "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .iter()
-                    .find(|(call, _)| call == id)
-                    .map(|(_, name)| name.clone())
-                    .unwrap_or_default();
-                let result = text_of(message.get("content"))?;
-                let response = serde_json::from_str::<Value>(&result)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({ "result": result }));
-                push_turn(
-                    &mut contents,
-                    "user",
-                    "parts",
-                    vec![json!({ "functionResponse": { "name": name, "response": response } })],
-                );
+                let part = function_response(message, &call_names)?;
+                push_turn(&mut contents, "user", "parts", vec![part]);
             }
             other => return Err(format!("Message role `{other}` is not supported.")),
         }
     }
-    let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(contents));
-    if !system.is_empty() {
-        body.insert(
-            "systemInstruction".into(),
-            json!({ "parts": [{ "text": system.join("\n\n") }] }),
-        );
+    Ok((system, contents))
+}
+
+/// An assistant message as `model` parts: its text, then a `functionCall` per tool call
+/// (whose id → name goes to `call_names`).
+fn model_parts(message: &Value, call_names: &mut Vec<(String, String)>) -> Result<Vec<Value>, String> {
+    let mut parts = text_parts(message.get("content"))?;
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let function = call.get("function").cloned().unwrap_or_default();
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            call_names.push((id.to_owned(), name.clone()));
+        }
+        parts.push(json!({ "functionCall": {
+            "name": name,
+            "args": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
+        }}));
     }
+    Ok(parts)
+}
+
+/// A `tool` message as a `functionResponse` part, named after the call it answers.
+fn function_response(message: &Value, call_names: &[(String, String)]) -> Result<Value, String> {
+    let id = message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name = call_names
+        .iter()
+        .find(|(call, _)| call == id)
+        .map(|(_, name)| name.clone())
+        .unwrap_or_default();
+    let result = text_of(message.get("content"))?;
+    let response = serde_json::from_str::<Value>(&result)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({ "result": result }));
+    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+}
+
+/// `temperature`, `top_p`, the token limit and `stop` as a `generationConfig` (maybe empty).
+fn generation_config(request: &Map<String, Value>) -> Map<String, Value> {
     let mut generation = Map::new();
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
         if let Some(value) = request.get(from) {
@@ -119,40 +221,41 @@ pub fn chat_request(request: &Map<String, Value>) -> Result<Value, String> {
         }
         _ => {}
     }
-    if !generation.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(generation));
-    }
-    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut declaration = json!({
-                    "name": f.get("name").cloned().unwrap_or_default(),
-                    "description": f.get("description").cloned().unwrap_or(Value::from("")),
-                });
-                if let (Some(parameters), Some(object)) = (f.get("parameters"), declaration.as_object_mut()) {
-                    object.insert("parameters".into(), parameters.clone());
-                }
-                declaration
-            })
-            .collect();
-        body.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
-    }
-    if let Some(choice) = request.get("tool_choice") {
-        let config = match choice {
-            Value::String(s) if s == "auto" => json!({ "mode": "AUTO" }),
-            Value::String(s) if s == "required" => json!({ "mode": "ANY" }),
-            Value::String(s) if s == "none" => json!({ "mode": "NONE" }),
-            Value::Object(o) => json!({
-                "mode": "ANY",
-                "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or_default()],
-            }),
-            _ => return Err("`tool_choice` is not valid.".into()),
-        };
-        body.insert("toolConfig".into(), json!({ "functionCallingConfig": config }));
-    }
-    Ok(Value::Object(body))
+    generation
+}
+
+/// OpenAI `tools` as Gemini's `tools` (one entry of `functionDeclarations`).
+fn function_declarations(tools: &[Value]) -> Value {
+    let declarations: Vec<Value> = tools
+        .iter()
+        .filter_map(|t| t.get("function"))
+        .map(|f| {
+            let mut declaration = json!({
+                "name": f.get("name").cloned().unwrap_or_default(),
+                "description": f.get("description").cloned().unwrap_or(Value::from("")),
+            });
+            if let (Some(parameters), Some(object)) = (f.get("parameters"), declaration.as_object_mut()) {
+                object.insert("parameters".into(), parameters.clone());
+            }
+            declaration
+        })
+        .collect();
+    json!([{ "functionDeclarations": declarations }])
+}
+
+/// OpenAI's `tool_choice` as Gemini's `toolConfig`.
+fn tool_config(choice: &Value) -> Result<Value, String> {
+    let config = match choice {
+        Value::String(s) if s == "auto" => json!({ "mode": "AUTO" }),
+        Value::String(s) if s == "required" => json!({ "mode": "ANY" }),
+        Value::String(s) if s == "none" => json!({ "mode": "NONE" }),
+        Value::Object(o) => json!({
+            "mode": "ANY",
+            "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or_default()],
+        }),
+        _ => return Err("`tool_choice` is not valid.".into()),
+    };
+    Ok(json!({ "functionCallingConfig": config }))
 }
 
 /// OpenAI message content as Gemini text parts.
@@ -168,6 +271,64 @@ fn text_of(content: Option<&Value>) -> Result<String, String> {
     Ok(content_texts(content)?.join("\n"))
 }
 
+/// A `GenerateContentResponse`: a whole answer or one stream event (the fields Levee reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateContentResponse {
+    #[serde(default, deserialize_with = "lenient::option")]
+    candidates: Option<lenient::Items<Candidate>>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    response_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    model_version: Option<String>,
+    #[serde(default, deserialize_with = "lenient::present")]
+    usage_metadata: Option<UsageMetadata>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default, deserialize_with = "lenient::option")]
+    content: Option<Content>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Content {
+    #[serde(default, deserialize_with = "lenient::option")]
+    parts: Option<lenient::Items<Part>>,
+}
+
+/// A part of a candidate's content: text or a function call (others are skipped).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part {
+    #[serde(default, deserialize_with = "lenient::option")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient::present")]
+    function_call: Option<FunctionCall>,
+}
+
+/// A `functionCall` part (`name` and `args` pass through as they are).
+#[derive(Debug, Default, Deserialize)]
+struct FunctionCall {
+    #[serde(default)]
+    name: Value,
+    #[serde(default, deserialize_with = "lenient::present")]
+    args: Option<Value>,
+}
+
+/// `usageMetadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default, deserialize_with = "lenient::option")]
+    prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    candidates_token_count: Option<u64>,
+}
+
 fn finish_reason(reason: Option<&str>, called: bool) -> Value {
     match reason {
         None => Value::Null,
@@ -178,59 +339,50 @@ fn finish_reason(reason: Option<&str>, called: bool) -> Value {
     }
 }
 
-fn usage_of(answer: &Value) -> Option<Usage> {
-    let usage = answer.get("usageMetadata")?;
+fn usage_of(answer: &GenerateContentResponse) -> Option<Usage> {
+    let usage = answer.usage_metadata.as_ref()?;
     Some(Usage {
-        prompt: usage.get("promptTokenCount").and_then(Value::as_u64).unwrap_or(0),
-        completion: usage
-            .get("candidatesTokenCount")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        prompt: usage.prompt_token_count.unwrap_or(0),
+        completion: usage.candidates_token_count.unwrap_or(0),
     })
 }
 
 /// The text and function calls of the first candidate.
-fn candidate_parts(answer: &Value) -> (String, Vec<Value>, Option<&str>) {
-    let candidate = answer.pointer("/candidates/0");
+fn candidate_parts(answer: &GenerateContentResponse) -> (String, Vec<&FunctionCall>, Option<&str>) {
+    let candidate = answer.candidates.as_ref().and_then(|c| c.0.first());
     let parts = candidate
-        .and_then(|c| c.pointer("/content/parts"))
-        .and_then(Value::as_array);
+        .and_then(|c| c.content.as_ref())
+        .and_then(|c| c.parts.as_ref());
     let mut text = String::new();
     let mut calls = Vec::new();
-    for part in parts.into_iter().flatten() {
-        if let Some(t) = part.get("text").and_then(Value::as_str) {
+    for part in parts.into_iter().flat_map(|p| &p.0) {
+        if let Some(t) = &part.text {
             text.push_str(t);
         }
-        if let Some(call) = part.get("functionCall") {
-            calls.push(call.clone());
+        if let Some(call) = &part.function_call {
+            calls.push(call);
         }
     }
-    let reason = candidate
-        .and_then(|c| c.get("finishReason"))
-        .and_then(Value::as_str);
+    let reason = candidate.and_then(|c| c.finish_reason.as_deref());
     (text, calls, reason)
 }
 
-fn tool_call(call: &Value, ordinal: usize, id: &str) -> Value {
+fn tool_call(call: &FunctionCall, ordinal: usize, id: &str) -> Value {
     json!({
         "id": format!("call_{id}_{ordinal}"),
         "type": "function",
         "function": {
-            "name": call.get("name").cloned().unwrap_or_default(),
-            "arguments": call.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+            "name": call.name,
+            "arguments": call.args.as_ref().map(Value::to_string).unwrap_or_else(|| "{}".into()),
         },
     })
 }
 
 /// A whole answer as an OpenAI chat completion, with its usage.
-pub fn chat_answer(answer: &Value, model: &str, created: u64) -> Option<(Value, Usage)> {
-    answer.get("candidates")?.as_array()?;
+pub fn chat_answer(answer: &GenerateContentResponse, model: &str, created: u64) -> Option<(Value, Usage)> {
+    answer.candidates.as_ref()?;
     let (text, calls, reason) = candidate_parts(answer);
-    let id = answer
-        .get("responseId")
-        .and_then(Value::as_str)
-        .unwrap_or("gemini")
-        .to_owned();
+    let id = answer.response_id.as_deref().unwrap_or("gemini").to_owned();
     let usage = usage_of(answer).unwrap_or_default();
     let mut message = Map::new();
     message.insert("role".into(), Value::from("assistant"));
@@ -255,7 +407,7 @@ pub fn chat_answer(answer: &Value, model: &str, created: u64) -> Option<(Value, 
         "id": id,
         "object": "chat.completion",
         "created": created,
-        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "model": answer.model_version.as_deref().unwrap_or(model),
         "choices": [{
             "index": 0,
             "message": Value::Object(message),
@@ -323,11 +475,13 @@ impl Translate for StreamTranslator {
         let Ok(answer) = serde_json::from_str::<Value>(&event.data) else {
             return false;
         };
-        if let Some(id) = answer.get("responseId").and_then(Value::as_str) {
-            self.id = id.to_owned();
+        // Read leniently: an event of another shape still starts the stream.
+        let answer = GenerateContentResponse::deserialize(&answer).unwrap_or_default();
+        if let Some(id) = &answer.response_id {
+            self.id.clone_from(id);
         }
-        if let Some(version) = answer.get("modelVersion").and_then(Value::as_str) {
-            self.model = version.to_owned();
+        if let Some(version) = &answer.model_version {
+            self.model.clone_from(version);
         }
         if !self.started {
             self.started = true;
@@ -425,6 +579,31 @@ mod tests {
         );
         assert_eq!(body["tools"][0]["functionDeclarations"][0]["name"], "weather");
         assert_eq!(body["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
+    }
+
+    #[test]
+    fn answers_are_read_leniently() {
+        let answer = r#"{"candidates": [{"content": {"parts": [
+            {"text": "Hi"}, {"thought": true}, {"functionCall": {"name": "f", "args": {"a": 1}}}
+        ]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3}}"#;
+        let answer: GenerateContentResponse = serde_json::from_str(answer).unwrap();
+        let (completion, usage) = chat_answer(&answer, "gemini-2.5-flash", 7).unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt: 3,
+                completion: 0
+            }
+        );
+        assert_eq!(completion["id"], "gemini");
+        assert_eq!(completion["model"], "gemini-2.5-flash");
+        let message = &completion["choices"][0]["message"];
+        assert_eq!(message["content"], "Hi");
+        assert_eq!(message["tool_calls"][0]["id"], "call_gemini_0");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
+        let none: GenerateContentResponse = serde_json::from_str(r#"{"candidates": 3}"#).unwrap();
+        assert!(chat_answer(&none, "m", 7).is_none(), "no candidates, no answer");
     }
 
     fn translate(pieces: &[&[u8]]) -> (String, Usage) {

@@ -12,18 +12,27 @@
 //! Errors Levee produces on these routes are OpenAI-shaped (`{"error": {"message", "type",
 //! "code"}}`), so OpenAI SDKs raise their usual exceptions.
 //!
-//! Built so far: providers of kind `openai`, `openai_compatible` ([`openai`]) and `anthropic`
-//! ([`anthropic`]), the `fallback` strategy.
+//! Provider kinds, one file each: `openai` and `openai_compatible` ([`openai`]), `azure_openai`
+//! ([`azure`]), `anthropic` ([`anthropic`]) and `gemini` ([`gemini`]). Each implements the
+//! `Provider` trait (`provider.rs`: the outgoing request, reading answers and errors, the stream
+//! translator, which statuses move to the next target), and `attempt.rs` makes every call
+//! through it, so nothing else here knows the kinds. A new provider is a new file here with its
+//! `Provider`, one line in `provider::provider_for`, and its variant of
+//! `config::file::LlmProviderKind` (in the config, with its validation).
 
 pub mod anthropic;
+mod attempt;
+pub mod azure;
 pub mod cache;
 pub mod gemini;
 pub mod messages_api;
 pub mod openai;
 pub mod prompt;
+mod provider;
 pub mod quota;
 pub mod relay;
 pub mod sse;
+pub mod targets;
 pub mod translate;
 pub mod usage;
 
@@ -31,28 +40,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
-use crate::config::file::LlmProviderKind;
-use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmProviderSpec, LlmSpec, LlmStrategy, RouteSpec};
+use crate::config::spec::{CanaryTarget, LlmModelSpec, LlmSpec, RouteSpec};
 use crate::gateway::WorkerContext;
 use crate::observability::metrics::Outcome;
 use crate::observability::UpstreamFacts;
 use crate::record::RequestRecord;
-use usage::{LlmCall, Usage};
+use attempt::{outgoing, try_target};
+pub use targets::TargetState;
+use targets::{enter_provider, try_order, Ticket};
+use usage::LlmCall;
 
 /// The per-worker client for LLM providers (HTTPS or plain HTTP, pooled).
 pub type LlmClient = crate::outbound::OutboundClient<Full<Bytes>>;
-
-/// Non-streamed provider answers are read up to this size.
-const MAX_ANSWER_BYTES: usize = 32 << 20;
 
 pub static X_LEVEE_PROVIDER: http::HeaderName = http::HeaderName::from_static("x-levee-provider");
 pub static X_LEVEE_MODEL: http::HeaderName = http::HeaderName::from_static("x-levee-model");
@@ -515,30 +523,12 @@ async fn call_targets(
         let state = states.and_then(|s| s.get(index));
         // A provider at its bulkhead's cap is passed over, like a target whose breaker is
         // open; the place is held until the answer's body ends.
-        let place = match worker
-            .gateway
-            .llm_bulkheads
-            .get(*provider_index)
-            .and_then(Option::as_ref)
-        {
-            Some(bulkhead) => match bulkhead.enter().await {
-                Ok(place) => Some(place),
-                Err(_) => {
-                    worker
-                        .recorder
-                        .metrics
-                        .lock()
-                        .record_bulkhead_rejected(&provider.name);
-                    last = ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "api_error",
-                        "upstream_unavailable",
-                        "Every provider for this model is at its concurrency limit.",
-                    );
-                    continue;
-                }
-            },
-            None => None,
+        let place = match enter_provider(worker, *provider_index, &provider.name).await {
+            Ok(place) => place,
+            Err(full) => {
+                last = full;
+                continue;
+            }
         };
         // A target whose breaker is open is passed over without a call.
         let permit = match state.map(|s| s.admit(Instant::now())) {
@@ -558,11 +548,6 @@ async fn call_targets(
         // cannot be expressed for this provider, or the client left while it waited).
         let mut ticket = Ticket { state, permit };
         record.attempts = u32::try_from(attempt + 1).unwrap_or(u32::MAX);
-        let include_usage = request
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
         let outgoing = match outgoing(provider, endpoint, &request, provider_model, stream) {
             Ok(outgoing) => outgoing,
             Err(error) => {
@@ -580,17 +565,7 @@ async fn call_targets(
         let first_token = model
             .first_token
             .min(deadline.saturating_duration_since(try_started));
-        let outcome = try_target(
-            client,
-            provider,
-            outgoing,
-            stream.then_some(include_usage),
-            first_token,
-            deadline,
-            &call,
-            prompt_estimate,
-        )
-        .await;
+        let outcome = try_target(client, outgoing, first_token, deadline, &call, prompt_estimate).await;
         let elapsed = try_started.elapsed();
         if let Some(state) = state {
             state.settle(ticket.permit.take(), outcome.is_ok(), elapsed, Instant::now());
@@ -636,412 +611,6 @@ async fn call_targets(
         }
     }
     Err(last)
-}
-
-/// The shared state of one model target: its circuit breaker and its latency estimate.
-#[derive(Debug)]
-pub struct TargetState {
-    breaker: Option<levee_resilience::CircuitBreaker>,
-    /// Peak-free EWMA of the time to an answer (its first bytes for a stream), in ms.
-    latency_ms: std::sync::Mutex<Option<f64>>,
-}
-
-/// A breaker permit that is released if nobody records an outcome for it.
-struct Ticket<'a> {
-    state: Option<&'a Arc<TargetState>>,
-    permit: Option<levee_resilience::Permit>,
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if let (Some(state), Some(permit)) = (self.state, self.permit.take()) {
-            if let Some(breaker) = &state.breaker {
-                breaker.release(permit);
-            }
-        }
-    }
-}
-
-/// How much a new latency sample moves the estimate.
-const LATENCY_WEIGHT: f64 = 0.3;
-
-impl TargetState {
-    pub fn new(breaker: Option<levee_resilience::BreakerConfig>) -> TargetState {
-        TargetState {
-            breaker: breaker.map(|c| levee_resilience::CircuitBreaker::new(c, Instant::now())),
-            latency_ms: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// A breaker permit, `Ok(None)` without a breaker, `Err` when the breaker is open.
-    fn admit(&self, now: Instant) -> Result<Option<levee_resilience::Permit>, ()> {
-        match &self.breaker {
-            None => Ok(None),
-            Some(breaker) => breaker.try_acquire(now).map(Some).ok_or(()),
-        }
-    }
-
-    fn settle(
-        &self,
-        permit: Option<levee_resilience::Permit>,
-        served: bool,
-        elapsed: Duration,
-        now: Instant,
-    ) {
-        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
-            breaker.record(permit, served, now);
-        }
-        if served {
-            let sample = elapsed.as_secs_f64() * 1000.0;
-            let mut estimate = self.latency_ms.lock().unwrap_or_else(|p| p.into_inner());
-            *estimate = Some(match *estimate {
-                Some(old) => old + LATENCY_WEIGHT * (sample - old),
-                None => sample,
-            });
-        }
-    }
-
-    /// The latency estimate; targets never measured count as 0, so they get measured.
-    pub fn latency_ms(&self) -> f64 {
-        self.latency_ms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(0.0)
-    }
-}
-
-/// The order in which a model's targets are tried.
-fn try_order(model: &LlmModelSpec, states: &[Arc<TargetState>]) -> Vec<usize> {
-    let all: Vec<usize> = (0..model.targets.len()).collect();
-    match model.strategy {
-        LlmStrategy::Fallback => all,
-        LlmStrategy::Weighted => {
-            let total: u64 = model.weights.iter().map(|w| u64::from(*w)).sum();
-            if total == 0 {
-                return all;
-            }
-            let mut pick = fastrand::u64(..total);
-            let first = model
-                .weights
-                .iter()
-                .position(|w| {
-                    let w = u64::from(*w);
-                    if pick < w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
-            std::iter::once(first)
-                .chain(all.into_iter().filter(|i| *i != first))
-                .collect()
-        }
-        LlmStrategy::LowestLatency => {
-            let mut sorted = all;
-            sorted.sort_by(|a, b| {
-                let latency = |i: &usize| states.get(*i).map_or(0.0, |s| s.latency_ms());
-                latency(a).total_cmp(&latency(b))
-            });
-            sorted
-        }
-    }
-}
-
-/// One provider call. `Ok` is the answer for the client (even a provider's 4xx); `Err` means
-/// the next target may be tried, with what the client gets if none is left.
-#[allow(clippy::too_many_arguments)]
-async fn try_target(
-    client: &LlmClient,
-    provider: &LlmProviderSpec,
-    outgoing: Outgoing,
-    // `Some(include_usage)` for a streamed request.
-    stream: Option<bool>,
-    first_token: Duration,
-    deadline: Instant,
-    call: &Arc<LlmCall>,
-    prompt_estimate: u64,
-) -> Result<(u16, Response<ResponseBody>, Option<Bytes>), (Outcome, ApiError)> {
-    let unavailable = |outcome, message: String| {
-        (
-            outcome,
-            ApiError::new(StatusCode::BAD_GATEWAY, "api_error", "upstream_error", message),
-        )
-    };
-    let timed_out = || {
-        (
-            Outcome::Timeout,
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "api_error",
-                "upstream_timeout",
-                "The model did not start answering in time.",
-            ),
-        )
-    };
-    let mut builder = Request::post(outgoing.uri).header(CONTENT_TYPE, "application/json");
-    for (name, value) in outgoing.headers {
-        builder = builder.header(name, value);
-    }
-    let request = builder
-        .body(Full::new(Bytes::from(outgoing.body)))
-        .map_err(|e| unavailable(Outcome::ConnectError, e.to_string()))?;
-    let first_token_deadline = Instant::now() + first_token;
-    let response = match tokio::time::timeout_at(first_token_deadline, client.request(request)).await {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(error)) => {
-            let outcome = if error.is_connect() {
-                Outcome::ConnectError
-            } else {
-                Outcome::Reset
-            };
-            return Err(unavailable(
-                outcome,
-                format!("The provider could not be reached: {error}."),
-            ));
-        }
-        Ok(Ok(response)) => response,
-    };
-    let status = response.status();
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        let outcome = Outcome::from_status(status.as_u16());
-        let error = if status == StatusCode::TOO_MANY_REQUESTS {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                "Every provider for this model is rate limiting; retry later.",
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                "upstream_error",
-                format!("The provider answered {status}."),
-            )
-        };
-        return Err((outcome, error));
-    }
-    let (parts, incoming) = response.into_parts();
-    let translated = matches!(
-        provider.kind,
-        LlmProviderKind::Anthropic | LlmProviderKind::Gemini
-    );
-    if let (Some(include_usage), true) = (stream, status.is_success()) {
-        // Commit to this provider only once its stream has started.
-        let mut incoming = incoming;
-        let first = match tokio::time::timeout_at(first_token_deadline, incoming.frame()).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Some(Ok(frame))) => frame,
-            Ok(_) => {
-                return Err(unavailable(
-                    Outcome::Reset,
-                    "The provider's stream ended before it began.".into(),
-                ))
-            }
-        };
-        let translator: Option<Box<dyn translate::Translate>> = match provider.kind {
-            LlmProviderKind::Anthropic => Some(Box::new(anthropic::StreamTranslator::new(
-                include_usage,
-                unix_seconds(),
-            ))),
-            LlmProviderKind::Gemini => Some(Box::new(gemini::StreamTranslator::new(
-                include_usage,
-                unix_seconds(),
-                &call.model,
-            ))),
-            _ => None,
-        };
-        let relay = relay::Relay::new(
-            first,
-            incoming,
-            deadline,
-            call.clone(),
-            prompt_estimate,
-            translator,
-        );
-        let mut response = Response::new(ResponseBody::boxed(relay));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            parts
-                .headers
-                .get(CONTENT_TYPE)
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static("text/event-stream")),
-        );
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok((status.as_u16(), response, None));
-    }
-    // A whole answer (or a provider's 4xx, returned as it is).
-    let collected =
-        tokio::time::timeout_at(deadline, Limited::new(incoming, MAX_ANSWER_BYTES).collect()).await;
-    let bytes = match collected {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(_)) => {
-            return Err(unavailable(
-                Outcome::Reset,
-                "The provider's answer broke off.".into(),
-            ))
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    let parsed = serde_json::from_slice::<Value>(&bytes).ok();
-    let translate_answer = |answer: &Value| match provider.kind {
-        LlmProviderKind::Gemini => gemini::chat_answer(answer, &call.model, unix_seconds()),
-        _ => anthropic::chat_answer(answer, unix_seconds()),
-    };
-    let bytes = match (translated, status.is_success(), parsed) {
-        (true, true, parsed) => {
-            let Some((answer, usage)) = parsed.as_ref().and_then(translate_answer) else {
-                return Err(unavailable(
-                    Outcome::Reset,
-                    "The provider's answer could not be read.".into(),
-                ));
-            };
-            call.report(usage);
-            Bytes::from(answer.to_string())
-        }
-        (true, false, parsed) => {
-            let parsed = parsed.unwrap_or_default();
-            let error = match provider.kind {
-                LlmProviderKind::Gemini => gemini::error_answer(&parsed),
-                _ => anthropic::error_answer(&parsed),
-            };
-            Bytes::from(error.to_string())
-        }
-        (false, true, parsed) => {
-            match parsed.as_ref().and_then(openai::usage) {
-                Some(usage) => call.report(usage),
-                None => call.estimate(Usage {
-                    prompt: prompt_estimate,
-                    completion: 0,
-                }),
-            }
-            bytes
-        }
-        (false, false, _) => bytes,
-    };
-    let mut response = Response::new(ResponseBody::full(bytes.clone()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        parts
-            .headers
-            .get(CONTENT_TYPE)
-            .cloned()
-            .unwrap_or_else(|| HeaderValue::from_static("application/json")),
-    );
-    Ok((status.as_u16(), response, Some(bytes)))
-}
-
-/// What one try sends to a provider.
-struct Outgoing {
-    uri: String,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-/// The request for `provider` in its own API, or why it cannot express it (a 400 for the
-/// client if no other target can).
-fn outgoing(
-    provider: &LlmProviderSpec,
-    endpoint: &str,
-    request: &Map<String, Value>,
-    model: &str,
-    stream: bool,
-) -> Result<Outgoing, ApiError> {
-    let key = provider.api_key.as_ref().map(|k| k.0.clone());
-    match provider.kind {
-        LlmProviderKind::Anthropic => {
-            if endpoint != "chat/completions" {
-                return Err(ApiError::bad_request(format!(
-                    "The provider `{}` (Anthropic) does not offer {endpoint}.",
-                    provider.name
-                )));
-            }
-            let body = anthropic::chat_request(request, model, stream).map_err(ApiError::bad_request)?;
-            let mut headers = vec![("anthropic-version", anthropic::VERSION.to_owned())];
-            if let Some(key) = key {
-                headers.push(("x-api-key", key));
-            }
-            Ok(Outgoing {
-                uri: format!("{}/v1/messages", provider.base_url),
-                headers,
-                body: body.to_string().into_bytes(),
-            })
-        }
-        LlmProviderKind::Gemini => {
-            if endpoint != "chat/completions" {
-                return Err(ApiError::bad_request(format!(
-                    "The provider `{}` (Gemini) does not offer {endpoint} here.",
-                    provider.name
-                )));
-            }
-            let body = gemini::chat_request(request).map_err(ApiError::bad_request)?;
-            let method = if stream {
-                "streamGenerateContent?alt=sse"
-            } else {
-                "generateContent"
-            };
-            Ok(Outgoing {
-                uri: format!(
-                    "{}/v1beta/models/{}:{method}",
-                    provider.base_url,
-                    percent_encode_segment(model)
-                ),
-                headers: key.map(|k| ("x-goog-api-key", k)).into_iter().collect(),
-                body: body.to_string().into_bytes(),
-            })
-        }
-        LlmProviderKind::AzureOpenai => {
-            // Azure OpenAI: the OpenAI body, addressed to a deployment (the target's model).
-            let mut body = request.clone();
-            openai::prepare(&mut body, model, stream);
-            Ok(Outgoing {
-                uri: format!(
-                    "{}/openai/deployments/{}/{endpoint}?api-version={}",
-                    provider.base_url,
-                    percent_encode_segment(model),
-                    percent_encode_segment(&provider.api_version)
-                ),
-                headers: key.map(|k| ("api-key", k)).into_iter().collect(),
-                body: serde_json::to_vec(&body).unwrap_or_default(),
-            })
-        }
-        _ => {
-            let mut body = request.clone();
-            openai::prepare(&mut body, model, stream);
-            Ok(Outgoing {
-                uri: format!("{}/{endpoint}", provider.base_url),
-                headers: key
-                    .map(|k| ("authorization", format!("Bearer {k}")))
-                    .into_iter()
-                    .collect(),
-                body: serde_json::to_vec(&body).unwrap_or_default(),
-            })
-        }
-    }
-}
-
-/// Everything but RFC 3986's unreserved characters.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// A URL path segment or query value with everything but unreserved characters escaped.
-fn percent_encode_segment(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `GET /v1/models`: the configured model names, in OpenAI's list shape.

@@ -2,10 +2,75 @@
 //! `openai_compatible` providers (vLLM, Ollama, LM Studio, ...): requests pass through with the
 //! model name rewritten, and streamed requests ask for the usage report
 //! (`stream_options.include_usage`, OpenAI API reference, "Create chat completion").
+//! Answers, errors and streams pass through as they are, read along for the usage.
 
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::provider::{lenient, Answer, Outgoing, Provider};
+use super::translate::Translate;
 use super::usage::Usage;
+use super::ApiError;
+use crate::config::spec::LlmProviderSpec;
+
+/// Providers of kind `openai` and `openai_compatible`: the client's request to
+/// `{base_url}/{endpoint}` with `Authorization: Bearer`.
+#[derive(Debug)]
+pub struct OpenAi;
+
+impl Provider for OpenAi {
+    fn outgoing(
+        &self,
+        spec: &LlmProviderSpec,
+        endpoint: &str,
+        request: &Map<String, Value>,
+        model: &str,
+        stream: bool,
+    ) -> Result<Outgoing, ApiError> {
+        let mut body = request.clone();
+        prepare(&mut body, model, stream);
+        Ok(Outgoing {
+            uri: format!("{}/{endpoint}", spec.base_url),
+            headers: spec
+                .api_key
+                .as_ref()
+                .map(|k| ("authorization", format!("Bearer {}", k.0)))
+                .into_iter()
+                .collect(),
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        })
+    }
+
+    fn answer(&self, body: Bytes, _model: &str, _created: u64) -> Option<Answer> {
+        Some(answer(body))
+    }
+
+    fn error_answer(&self, body: Bytes) -> Bytes {
+        body
+    }
+
+    fn stream_translator(&self, _: bool, _: &str, _: u64) -> Option<Box<dyn Translate>> {
+        None
+    }
+}
+
+/// A whole answer passed through as it is, with the usage it reports.
+pub fn answer(body: Bytes) -> Answer {
+    let usage = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .as_ref()
+        .and_then(usage);
+    Answer { body, usage }
+}
+
+/// OpenAI's `usage` object (the fields Levee reads).
+#[derive(Debug, Deserialize)]
+struct UsageReport {
+    prompt_tokens: u64,
+    #[serde(default, deserialize_with = "lenient::option")]
+    completion_tokens: Option<u64>,
+}
 
 /// Rewrites a client's request for provider model `model`.
 pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
@@ -22,13 +87,10 @@ pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
 
 /// The `usage` object of a response or of a stream's last chunk.
 pub fn usage(body: &Value) -> Option<Usage> {
-    let usage = body.get("usage")?;
+    let report = UsageReport::deserialize(body.get("usage")?).ok()?;
     Some(Usage {
-        prompt: usage.get("prompt_tokens")?.as_u64()?,
-        completion: usage
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        prompt: report.prompt_tokens,
+        completion: report.completion_tokens.unwrap_or(0),
     })
 }
 

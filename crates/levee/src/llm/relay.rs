@@ -1,5 +1,5 @@
 //! A provider's SSE stream relayed to the client: unchanged (OpenAI-style providers) or
-//! translated into OpenAI chunks (Anthropic), read along for usage either way.
+//! translated into OpenAI chunks (Anthropic, Gemini), read along for usage either way.
 //!
 //! The provider's report (the last chunk's `usage`) is taken when it comes; if the stream ends
 //! without one, or the client goes away first (the body is dropped, which also drops the

@@ -328,65 +328,92 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut routes: BTreeMap<Arc<str>, RouteTotals> = BTreeMap::new();
-        let mut targets: BTreeMap<(Arc<str>, Arc<str>), TargetTotals> = BTreeMap::new();
-        let mut retries: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
-        let mut bulkhead: BTreeMap<Arc<str>, u64> = BTreeMap::new();
-        let mut rate_limited: BTreeMap<Arc<str>, u64> = BTreeMap::new();
-        let mut llm: BTreeMap<ProviderModel, LlmTotals> = BTreeMap::new();
-        let mut llm_cache = (0u64, 0u64);
-        let mut faults: BTreeMap<(Arc<str>, &'static str), u64> = BTreeMap::new();
         let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut totals = Totals::default();
         for shard in &shards {
-            let shard = shard.lock();
-            for (route, stats) in &shard.routes {
-                let entry = routes.entry(route.clone()).or_default();
-                for (key, count) in &stats.requests {
-                    *entry.0.entry(*key).or_default() += count;
+            totals.add(&shard.lock());
+        }
+        let mut out = String::with_capacity(4096);
+        totals.render_requests(&mut out);
+        totals.render_upstreams(&mut out);
+        totals.render_refusals(&mut out);
+        self.globals.render_counters(&mut out);
+        totals.render_llm(&mut out);
+        self.globals.render_reloads_and_spans(&mut out);
+        super::process::render(&mut out);
+        out
+    }
+}
+
+/// Every shard's counters summed, in the order they are written.
+#[derive(Default)]
+struct Totals {
+    routes: BTreeMap<Arc<str>, RouteTotals>,
+    targets: BTreeMap<(Arc<str>, Arc<str>), TargetTotals>,
+    retries: BTreeMap<(Arc<str>, &'static str), u64>,
+    bulkhead: BTreeMap<Arc<str>, u64>,
+    rate_limited: BTreeMap<Arc<str>, u64>,
+    llm: BTreeMap<ProviderModel, LlmTotals>,
+    /// Answer-cache hits and misses.
+    llm_cache: (u64, u64),
+    faults: BTreeMap<(Arc<str>, &'static str), u64>,
+}
+
+impl Totals {
+    /// Adds one shard's counters.
+    fn add(&mut self, shard: &Shard) {
+        for (route, stats) in &shard.routes {
+            let entry = self.routes.entry(route.clone()).or_default();
+            for (key, count) in &stats.requests {
+                *entry.0.entry(*key).or_default() += count;
+            }
+            entry.1.merge(&stats.duration);
+        }
+        for (route, reasons) in &shard.retries {
+            for (reason, count) in reasons {
+                *self.retries.entry((route.clone(), *reason)).or_default() += count;
+            }
+        }
+        for (route, count) in &shard.rate_limited {
+            *self.rate_limited.entry(route.clone()).or_default() += count;
+        }
+        for (key, count) in &shard.faults {
+            *self.faults.entry(key.clone()).or_default() += count;
+        }
+        self.llm_cache.0 += shard.llm_cache.0;
+        self.llm_cache.1 += shard.llm_cache.1;
+        for (key, (prompt, completion, cost)) in &shard.llm {
+            let entry = self.llm.entry(key.clone()).or_default();
+            entry.0 += prompt;
+            entry.1 += completion;
+            entry.2 += cost;
+        }
+        for (upstream, count) in &shard.bulkhead_rejected {
+            *self.bulkhead.entry(upstream.clone()).or_default() += count;
+        }
+        for (upstream, per_target) in &shard.targets {
+            for (target, stats) in per_target {
+                let entry = self
+                    .targets
+                    .entry((upstream.clone(), target.clone()))
+                    .or_default();
+                for (outcome, count) in &stats.outcomes {
+                    *entry.0.entry(*outcome).or_default() += count;
                 }
                 entry.1.merge(&stats.duration);
             }
-            for (route, reasons) in &shard.retries {
-                for (reason, count) in reasons {
-                    *retries.entry((route.clone(), *reason)).or_default() += count;
-                }
-            }
-            for (route, count) in &shard.rate_limited {
-                *rate_limited.entry(route.clone()).or_default() += count;
-            }
-            for (key, count) in &shard.faults {
-                *faults.entry(key.clone()).or_default() += count;
-            }
-            llm_cache.0 += shard.llm_cache.0;
-            llm_cache.1 += shard.llm_cache.1;
-            for (key, (prompt, completion, cost)) in &shard.llm {
-                let entry = llm.entry(key.clone()).or_default();
-                entry.0 += prompt;
-                entry.1 += completion;
-                entry.2 += cost;
-            }
-            for (upstream, count) in &shard.bulkhead_rejected {
-                *bulkhead.entry(upstream.clone()).or_default() += count;
-            }
-            for (upstream, per_target) in &shard.targets {
-                for (target, stats) in per_target {
-                    let entry = targets.entry((upstream.clone(), target.clone())).or_default();
-                    for (outcome, count) in &stats.outcomes {
-                        *entry.0.entry(*outcome).or_default() += count;
-                    }
-                    entry.1.merge(&stats.duration);
-                }
-            }
         }
+    }
 
-        let mut out = String::with_capacity(4096);
+    /// Requests answered and their durations, by route.
+    fn render_requests(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "levee_requests_total",
             "counter",
             "Requests answered, by route, method and status.",
         );
-        for (route, (counts, _)) in &routes {
+        for (route, (counts, _)) in &self.routes {
             for ((method, status), count) in counts {
                 let _ = writeln!(
                     out,
@@ -396,26 +423,30 @@ impl Metrics {
             }
         }
         family(
-            &mut out,
+            out,
             "levee_request_duration_seconds",
             "histogram",
             "Time from request received to response finished, by route.",
         );
-        for (route, (_, hist)) in &routes {
+        for (route, (_, hist)) in &self.routes {
             histogram(
-                &mut out,
+                out,
                 "levee_request_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),
                 hist,
             );
         }
+    }
+
+    /// Upstream attempts and their durations, by upstream and target.
+    fn render_upstreams(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "levee_upstream_requests_total",
             "counter",
             "Upstream attempts, by upstream, target and outcome.",
         );
-        for ((upstream, target), (outcomes, _)) in &targets {
+        for ((upstream, target), (outcomes, _)) in &self.targets {
             for (outcome, count) in outcomes {
                 let _ = writeln!(
                     out,
@@ -427,22 +458,26 @@ impl Metrics {
             }
         }
         family(
-            &mut out,
+            out,
             "levee_upstream_duration_seconds",
             "histogram",
             "Time from sending an upstream attempt to its response headers (or failure).",
         );
-        for ((upstream, target), (_, hist)) in &targets {
+        for ((upstream, target), (_, hist)) in &self.targets {
             let labels = format!("upstream=\"{}\",target=\"{}\"", escape(upstream), escape(target));
-            histogram(&mut out, "levee_upstream_duration_seconds", &labels, hist);
+            histogram(out, "levee_upstream_duration_seconds", &labels, hist);
         }
+    }
+
+    /// Retries, and requests refused by a bulkhead or a rate limit.
+    fn render_refusals(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "levee_retries_total",
             "counter",
             "Retries, by route and reason (connect_failure, reset, timeout, status).",
         );
-        for ((route, reason), count) in &retries {
+        for ((route, reason), count) in &self.retries {
             let _ = writeln!(
                 out,
                 "levee_retries_total{{route=\"{}\",reason=\"{reason}\"}} {count}",
@@ -450,69 +485,30 @@ impl Metrics {
             );
         }
         labelled_counter(
-            &mut out,
+            out,
             "levee_bulkhead_rejected_total",
             "Requests refused because the upstream's max_concurrent was reached.",
             "upstream",
-            &bulkhead,
+            &self.bulkhead,
         );
         labelled_counter(
-            &mut out,
+            out,
             "levee_rate_limited_total",
             "Requests refused with 429 by a route's rate limit.",
             "route",
-            &rate_limited,
+            &self.rate_limited,
         );
-        let g = &self.globals;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        for (name, kind, help, value) in [
-            (
-                "levee_access_log_dropped_total",
-                "counter",
-                "Access log lines dropped because the writer fell behind.",
-                load(&g.access_log_dropped),
-            ),
-            (
-                "levee_shed_total",
-                "counter",
-                "Requests and connections refused because the gateway was at its limits.",
-                load(&g.shed),
-            ),
-            (
-                "levee_connections_accepted_total",
-                "counter",
-                "Client connections accepted.",
-                load(&g.connections_accepted),
-            ),
-            (
-                "levee_config_version",
-                "gauge",
-                "Version of the active config (1 for the config loaded at start).",
-                load(&g.config_version),
-            ),
-            (
-                "levee_calllog_dropped_total",
-                "counter",
-                "Call-log records dropped because the writer fell behind.",
-                load(&g.calllog_dropped),
-            ),
-            (
-                "levee_trace_spans_exported_total",
-                "counter",
-                "Spans the OTLP collector accepted.",
-                load(&g.spans_exported),
-            ),
-        ] {
-            family(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+    }
+
+    /// LLM tokens and cost per provider model, injected faults, and answer-cache lookups.
+    fn render_llm(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "levee_llm_tokens_total",
             "counter",
             "Tokens of LLM calls per provider and provider model; kind is prompt or completion.",
         );
-        for ((provider, model), (prompt, completion, _)) in &llm {
+        for ((provider, model), (prompt, completion, _)) in &self.llm {
             for (kind, count) in [("prompt", prompt), ("completion", completion)] {
                 let _ = writeln!(
                     out,
@@ -523,12 +519,12 @@ impl Metrics {
             }
         }
         family(
-            &mut out,
+            out,
             "levee_llm_cost_usd_total",
             "counter",
             "Cost of LLM calls in US dollars, from the configured or built-in prices.",
         );
-        for ((provider, model), (_, _, cost)) in &llm {
+        for ((provider, model), (_, _, cost)) in &self.llm {
             let _ = writeln!(
                 out,
                 "levee_llm_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {cost}",
@@ -537,12 +533,12 @@ impl Metrics {
             );
         }
         family(
-            &mut out,
+            out,
             "levee_faults_injected_total",
             "counter",
             "Faults injected into a route's requests (chaos testing), by kind: abort or delay.",
         );
-        for ((route, kind), count) in &faults {
+        for ((route, kind), count) in &self.faults {
             let _ = writeln!(
                 out,
                 "levee_faults_injected_total{{route=\"{}\",kind=\"{kind}\"}} {count}",
@@ -550,21 +546,77 @@ impl Metrics {
             );
         }
         family(
-            &mut out,
+            out,
             "levee_llm_cache_total",
             "counter",
             "AI gateway answer-cache lookups by result (hit or miss).",
         );
-        for (result, count) in [("hit", llm_cache.0), ("miss", llm_cache.1)] {
+        for (result, count) in [("hit", self.llm_cache.0), ("miss", self.llm_cache.1)] {
             let _ = writeln!(out, "levee_llm_cache_total{{result=\"{result}\"}} {count}");
         }
+    }
+}
+
+impl Globals {
+    /// The process-wide counters without labels (and the config version).
+    fn render_counters(&self, out: &mut String) {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "levee_access_log_dropped_total",
+                "counter",
+                "Access log lines dropped because the writer fell behind.",
+                load(&self.access_log_dropped),
+            ),
+            (
+                "levee_shed_total",
+                "counter",
+                "Requests and connections refused because the gateway was at its limits.",
+                load(&self.shed),
+            ),
+            (
+                "levee_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                load(&self.connections_accepted),
+            ),
+            (
+                "levee_config_version",
+                "gauge",
+                "Version of the active config (1 for the config loaded at start).",
+                load(&self.config_version),
+            ),
+            (
+                "levee_calllog_dropped_total",
+                "counter",
+                "Call-log records dropped because the writer fell behind.",
+                load(&self.calllog_dropped),
+            ),
+            (
+                "levee_trace_spans_exported_total",
+                "counter",
+                "Spans the OTLP collector accepted.",
+                load(&self.spans_exported),
+            ),
+        ] {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+
+    /// Config reloads by result, and spans dropped by reason.
+    fn render_reloads_and_spans(&self, out: &mut String) {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         family(
-            &mut out,
+            out,
             "levee_config_reloads_total",
             "counter",
             "Config reloads: applied (ok) or refused with the running config kept (error).",
         );
-        for (result, counter) in [("ok", &g.config_reloads_ok), ("error", &g.config_reloads_error)] {
+        for (result, counter) in [
+            ("ok", &self.config_reloads_ok),
+            ("error", &self.config_reloads_error),
+        ] {
             let _ = writeln!(
                 out,
                 "levee_config_reloads_total{{result=\"{result}\"}} {}",
@@ -572,14 +624,14 @@ impl Metrics {
             );
         }
         family(
-            &mut out,
+            out,
             "levee_trace_spans_dropped_total",
             "counter",
             "Spans not exported: the export queue was full, or the collector failed or timed out.",
         );
         for (reason, counter) in [
-            ("queue_full", &g.spans_dropped_queue_full),
-            ("export_failed", &g.spans_dropped_export_failed),
+            ("queue_full", &self.spans_dropped_queue_full),
+            ("export_failed", &self.spans_dropped_export_failed),
         ] {
             let _ = writeln!(
                 out,
@@ -587,8 +639,6 @@ impl Metrics {
                 load(counter)
             );
         }
-        super::process::render(&mut out);
-        out
     }
 }
 

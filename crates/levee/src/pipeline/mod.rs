@@ -5,43 +5,41 @@
 //! 3. route match, auth (API key or JWT → consumer), then the route's rate limit
 //! 4. fault injection (`chaos`): the route's `fault`, or a running chaos experiment's; an
 //!    abort answers here, a delay holds the request
-//! 5. on an AI gateway route, the `llm` module takes over (answer cache, consumer quota,
-//!    the model's targets with fallback and breakers, usage and cost)
-//! 6. upstream: bulkhead, then the retry loop { pick a target (the balancer skips targets
-//!    whose breaker is open) → circuit admission → per-try timeout → forward }
+//! 5. stale-if-error lookup key (GETs without credentials)
+//! 6. the route's backend: on an AI gateway route its models' targets ([`crate::llm`]); on
+//!    any other the upstream ([`proxy`]): bulkhead, then the retry loop { pick a target
+//!    (the balancer skips targets whose breaker is open) → circuit admission → per-try
+//!    timeout → forward }
 //! 7. response: on failure the last good answer (stale-if-error) or the route's fallback;
-//!    else header rewrite, stale-cache capture, protocol switch
+//!    else header rewrite, stale-cache capture; every refusal is answered by [`edge`] in the
+//!    shape the client speaks (Levee's, OpenAI's or Anthropic's)
 //! 8. access log, metrics, call log, spans and SLO counters, recorded when the response body
-//!    ends (`observability`, `slo`)
+//!    ends ([`crate::record`])
+//!
+//! Both route kinds take every stage; only step 6 differs. A new stage goes here, in order,
+//! as one function called from [`handle`].
+
+mod proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use levee_resilience::full_jitter;
 use tokio::time::Instant;
 
 use crate::auth;
 use crate::body::ResponseBody;
-use crate::config::spec::{AuthSpec, CanaryTarget, Fallback, RouteSpec};
+use crate::config::spec::{AuthSpec, Fallback, RouteSpec};
 use crate::edge::{self, Rejection, Shape};
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::headers;
-use crate::observability::metrics::Outcome;
-use crate::observability::traces::{TraceContext, TRACEPARENT, TRACESTATE};
-use crate::observability::UpstreamFacts;
+use crate::observability::traces::TraceContext;
 use crate::record::RequestRecord;
-use crate::router::strip_path_prefix;
-use crate::server::ConnInfo;
 use crate::stale::{Capture, StaleCache, StaleEntry};
-use crate::upstream::balancer::PickContext;
-use crate::upstream::{health, Picked, PrefetchError, ReplayableBody, UpstreamError};
+use crate::state::ConnInfo;
 
 /// Serves one request. Never fails: every problem becomes an error response in the shape
 /// the client speaks ([`edge`]).
@@ -129,7 +127,7 @@ pub async fn handle(
             .await
             .map_err(Rejection::from)
     } else {
-        forward(worker, conn, route_index, route, parts, body, &mut record).await
+        proxy::forward(worker, conn, route_index, route, parts, body, &mut record).await
     };
 
     // 7. Response. A failure is replaced by the last good answer if there is one, else by
@@ -404,359 +402,4 @@ fn answer(rejection: Rejection, shape: Shape, mut record: RequestRecord) -> Resp
     record.error = Some(rejection.code());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_record(record))
-}
-
-/// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    ConnectFailure,
-    Reset,
-    Timeout,
-    Status,
-}
-
-impl RetryReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            RetryReason::ConnectFailure => "connect_failure",
-            RetryReason::Reset => "reset",
-            RetryReason::Timeout => "timeout",
-            RetryReason::Status => "status",
-        }
-    }
-}
-
-/// Bulkhead, then the retry loop: pick a target (the balancer skips targets whose breaker is
-/// open, and prefers one not tried yet), send within the per-try timeout, feed the outcome to
-/// the breaker, and retry while the policy, the budget and the body allow.
-async fn forward(
-    worker: &WorkerContext,
-    conn: &ConnInfo,
-    route_index: usize,
-    route: &RouteSpec,
-    mut parts: Parts,
-    body: Incoming,
-    record: &mut RequestRecord,
-) -> Result<Response<ResponseBody>, Rejection> {
-    // A canary takes its share of the route's requests, unless it was rolled back.
-    let canary = worker
-        .gateway
-        .canaries
-        .get(route_index)
-        .and_then(Option::as_ref)
-        .filter(|c| c.takes_request());
-    let upstream_index = match canary.map(|c| &c.spec.target) {
-        Some(CanaryTarget::Upstream(index)) => Some(*index),
-        _ => route.upstream,
-    };
-    let Some(upstream) = upstream_index.and_then(|i| worker.upstreams.get(i)) else {
-        return Err(Rejection::NoRoute);
-    };
-    record.sent_to = Some(upstream.name.clone());
-
-    // The first piece of the body arrives before any upstream work: a malformed or too
-    // large start is refused without touching the upstream, and a client slow to start its
-    // body does not hold a place in the bulkhead.
-    let replay_cap = route.retry.as_ref().map_or(0, |p| p.max_replay_body);
-    let body = ReplayableBody::new(body, replay_cap, route.max_body_bytes);
-    match tokio::time::timeout(worker.limits.header_read_timeout, body.prefetch()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(PrefetchError::TooLarge)) => return Err(Rejection::BodyTooLarge),
-        Ok(Err(PrefetchError::Malformed)) => return Err(Rejection::BadRequest),
-        Err(_) => return Err(Rejection::RequestTimeout),
-    }
-    record.bytes_in = body.received();
-
-    // Bulkhead: a full upstream refuses at once, or after a bounded wait in its queue.
-    match upstream.enter().await {
-        Ok(permit) => record.bulkhead = Some(permit),
-        Err(error) => {
-            worker
-                .recorder
-                .metrics
-                .lock()
-                .record_bulkhead_rejected(&upstream.name);
-            return Err(error.into());
-        }
-    }
-
-    // A protocol switch (WebSocket) is only possible from HTTP/1.1.
-    let client_upgrade = if parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers) {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    let policy = route.retry.as_ref().filter(|_| client_upgrade.is_none());
-    // A non-idempotent request may only be retried when it certainly never left (a failed
-    // connect), unless the route opts in (nginx's rule too).
-    let any_reason = parts.method.is_idempotent() || route.retry_non_idempotent;
-    let max_attempts = policy.map_or(1, |p| p.attempts.max(1));
-    let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
-    let budget = worker
-        .gateway
-        .retry_budgets
-        .get(route_index)
-        .and_then(Option::as_ref);
-    if let (Some(_), Some(budget)) = (policy, budget) {
-        budget.deposit(Instant::now());
-    }
-
-    // Rewrite the request for the upstream, once for every attempt.
-    let path = upstream_path(route, &parts);
-    rewrite_for_upstream(route, conn, record, &mut parts, client_upgrade.is_some());
-
-    let mut tried: Vec<usize> = Vec::new();
-    let mut attempt: u32 = 1;
-    // The attempt before this one, when it is being retried: returned as is if no target is
-    // left for the retry, and counted in the metrics once the retry really starts.
-    let mut previous: Option<(
-        Result<Response<Incoming>, UpstreamError>,
-        UpstreamFacts,
-        RetryReason,
-    )> = None;
-    loop {
-        let picked = match upstream.pick(
-            &PickContext {
-                parts: &parts,
-                client_ip: conn.peer.ip(),
-                sequence: worker.next_sequence(),
-            },
-            &tried,
-        ) {
-            Ok(picked) => picked,
-            Err(error) => {
-                return match previous {
-                    Some((result, facts, _)) => {
-                        record.upstream = Some(facts);
-                        result
-                            .map(|response| finish_response(response, client_upgrade))
-                            .map_err(Rejection::from)
-                    }
-                    None => Err(error.into()),
-                };
-            }
-        };
-        if let Some((result, facts, reason)) = previous.take() {
-            drop(result);
-            let mut shard = worker.recorder.metrics.lock();
-            shard.record_upstream(&facts.upstream, &facts.target, facts.outcome, facts.elapsed);
-            if let Some(name) = worker.route_names.get(route_index) {
-                shard.record_retry(name, reason.label());
-            }
-        }
-        let uri = upstream
-            .target_uri(picked.index, path.clone())
-            .ok_or_else(|| UpstreamError::NoTarget {
-                upstream: upstream.name.clone(),
-            })?;
-        let mut request = Request::new(body.attempt());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = if attempt == max_attempts {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
-
-        let Picked {
-            index,
-            addr,
-            guard,
-            ticket,
-        } = picked;
-        record.inflight = Some(guard);
-        record.attempts = attempt;
-        let started = Instant::now();
-        let traceparent = record
-            .trace
-            .start_attempt(attempt, &upstream.name, &addr, started);
-        request.headers_mut().insert(TRACEPARENT.clone(), traceparent);
-        let result = upstream.send(index, request, per_try_timeout).await;
-        let elapsed = started.elapsed();
-
-        let (outcome, failed, reason) = classify(&result, policy.map(|p| &p.on), any_reason);
-        record.trace.end_attempt(
-            started + elapsed,
-            result.as_ref().ok().map(|r| r.status().as_u16()),
-            result.as_ref().err().map(|_| outcome.label()),
-        );
-        if failed && body.client_failed() {
-            // The client's body broke the attempt (too large, malformed): the target did
-            // nothing wrong, so neither its breaker nor outlier detection hears about it.
-            drop(ticket);
-        } else {
-            ticket.settle(!failed);
-            health::record_outcome(upstream.shared(), index, failed, Instant::now());
-        }
-        let facts = UpstreamFacts {
-            upstream: upstream.name.clone(),
-            target: addr,
-            outcome,
-            elapsed,
-        };
-
-        let retry = reason.filter(|_| {
-            attempt < max_attempts
-                && body.replayable()
-                && budget.is_some_and(|b| b.try_withdraw(Instant::now()))
-        });
-        let Some(reason) = retry else {
-            record.upstream = Some(facts);
-            return match result {
-                Ok(response) => Ok(finish_response(response, client_upgrade)),
-                // The upstream attempt failed because the client's body went over the limit.
-                Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
-                Err(_) if body.client_failed() => Err(Rejection::BadRequest),
-                Err(error) => Err(error.into()),
-            };
-        };
-        previous = Some((result, facts, reason));
-        if let Some(policy) = policy {
-            let delay = full_jitter(attempt, policy.backoff, policy.max_backoff, fastrand::f64());
-            tokio::time::sleep(delay).await;
-        }
-        tried.push(index);
-        attempt += 1;
-    }
-}
-
-/// The request as the upstream gets it: HTTP/1.1 without hop-by-hop headers, the route's
-/// rewrites, then the gateway's own headers (Host, forwarding, request id, consumer, trace).
-fn rewrite_for_upstream(
-    route: &RouteSpec,
-    conn: &ConnInfo,
-    record: &RequestRecord,
-    parts: &mut Parts,
-    upgrade: bool,
-) {
-    // `host::settle` made Host the request's host (the URI's authority when it has one).
-    let original_host: Option<HeaderValue> = parts.headers.get(HOST).cloned();
-    parts.version = Version::HTTP_11;
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    // Route rewrites first, so the gateway's own headers below always win.
-    route.request_headers.apply(&mut parts.headers);
-    if let Some(host) = &original_host {
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, host.clone());
-        }
-    }
-    headers::add_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        if conn.tls { "https" } else { "http" },
-        original_host.as_ref().and_then(|h| h.to_str().ok()),
-    );
-    parts
-        .headers
-        .insert(headers::X_REQUEST_ID.clone(), record.request_id.clone());
-    // The caller's identity is the gateway's to state: a client-sent x-consumer never passes.
-    match record
-        .consumer
-        .as_ref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        Some(consumer) => parts.headers.insert(auth::X_CONSUMER.clone(), consumer),
-        None => parts.headers.remove(&auth::X_CONSUMER),
-    };
-    // A tracestate travels only with the trace it belongs to (each attempt's traceparent is
-    // set by the retry loop).
-    match record.trace.tracestate() {
-        Some(state) => parts.headers.insert(TRACESTATE.clone(), state.clone()),
-        None => parts.headers.remove(&TRACESTATE),
-    };
-}
-
-/// What an attempt's result means: its outcome for the metrics, whether it failed (for the
-/// breaker and outlier detection), and why it may be retried (when the policy says so).
-fn classify(
-    result: &Result<Response<Incoming>, UpstreamError>,
-    on: Option<&crate::config::spec::RetryOn>,
-    any_reason: bool,
-) -> (Outcome, bool, Option<RetryReason>) {
-    match result {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let retry = any_reason && on.is_some_and(|o| o.status(status));
-            (
-                Outcome::from_status(status),
-                status >= 500,
-                retry.then_some(RetryReason::Status),
-            )
-        }
-        Err(error) => {
-            let (outcome, reason, wanted) = match error {
-                UpstreamError::Connect { .. } => (
-                    Outcome::ConnectError,
-                    RetryReason::ConnectFailure,
-                    on.is_some_and(|o| o.connect_failure),
-                ),
-                UpstreamError::ConnectTimeout { .. } => (
-                    Outcome::Timeout,
-                    RetryReason::ConnectFailure,
-                    on.is_some_and(|o| o.connect_failure),
-                ),
-                UpstreamError::Timeout { .. } => (
-                    Outcome::Timeout,
-                    RetryReason::Timeout,
-                    any_reason && on.is_some_and(|o| o.timeout),
-                ),
-                UpstreamError::Exchange { .. } => (
-                    Outcome::Reset,
-                    RetryReason::Reset,
-                    any_reason && on.is_some_and(|o| o.reset),
-                ),
-                UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
-                    (Outcome::Unavailable, RetryReason::ConnectFailure, false)
-                }
-            };
-            (outcome, true, wanted.then_some(reason))
-        }
-    }
-}
-
-/// Cleans the upstream's response for the client and starts a protocol switch if agreed.
-fn finish_response(
-    response: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
-    let (mut rparts, rbody) = response.into_parts();
-    let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
-    if let (true, Some(client_side), Some(upstream_side)) =
-        (switching, client_upgrade, rparts.extensions.remove::<OnUpgrade>())
-    {
-        tokio::spawn(tunnel(client_side, upstream_side));
-    }
-    headers::remove_hop_by_hop(&mut rparts.headers, switching);
-    Response::from_parts(rparts, ResponseBody::upstream(rbody))
-}
-
-/// The path (and query) to send upstream, with the route's prefix stripped if asked.
-fn upstream_path(route: &RouteSpec, parts: &Parts) -> PathAndQuery {
-    let original = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let prefix = match (&route.matcher.path, route.strip_prefix) {
-        (crate::router::PathMatch::Prefix(prefix), true) => prefix,
-        _ => return original,
-    };
-    let stripped = strip_path_prefix(prefix, original.path());
-    let rebuilt = match original.query() {
-        Some(query) => format!("{stripped}?{query}"),
-        None => stripped.into_owned(),
-    };
-    PathAndQuery::try_from(rebuilt).unwrap_or(original)
-}
-
-/// Copies bytes both ways between a switched client connection and its upstream.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    let (Ok(client), Ok(upstream)) = (client, upstream) else {
-        return;
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -1,0 +1,128 @@
+//! The state the parts of a running gateway share: the running config, the workers' views of
+//! it, metrics, the call log's read connection, the reload lock and the SLO engine.
+//!
+//! It sits below the modules that use it (the server fills it in at start; the admin API,
+//! reloads and the request pipeline read it), so none of them needs to import another.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+use crate::observability::call_log::SqliteStore;
+use crate::observability::metrics::{Gauge, Metrics};
+use crate::upstream::WorkerUpstream;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    /// The connection arrived over TLS.
+    pub tls: bool,
+}
+
+/// Where the config comes from, and the lock that makes reloads one at a time.
+#[derive(Debug, Default)]
+pub struct Reloader {
+    path: Option<PathBuf>,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: Option<PathBuf>) -> Reloader {
+        Reloader {
+            path,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Held for the whole of a reload: reloads run one at a time.
+    pub(crate) fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// State the admin API and the workers share.
+#[derive(Debug)]
+pub struct SharedState {
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    /// The running config, replaced whole by a reload.
+    pub gateway: ArcSwap<Gateway>,
+    /// Announces each applied config to the workers and the control thread.
+    pub gateway_tx: watch::Sender<Arc<Gateway>>,
+    /// Each worker's view of the upstreams (its load signals: in flight, peak EWMA), indexed
+    /// by worker, for the admin API. Breakers are in the shared `Upstream`.
+    pub worker_upstreams: Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
+    /// The config version each worker serves, indexed by worker.
+    pub worker_versions: Vec<AtomicU64>,
+    /// A read connection to the call log, when there is one.
+    pub calls: Option<Mutex<SqliteStore>>,
+    pub reloader: Reloader,
+    /// SLOs, alerts and chaos experiments.
+    pub slo: Arc<crate::slo::SloEngine>,
+}
+
+impl SharedState {
+    /// Gauges read from live state: in-flight requests per upstream and the breaker state per
+    /// target (0 closed, 1 half-open, 2 open).
+    pub fn gauges(&self) -> Vec<Gauge> {
+        let mut gauges = Vec::new();
+        let gateway = self.gateway.load();
+        for upstream in &gateway.upstreams {
+            gauges.push(Gauge {
+                name: "levee_inflight_requests",
+                help: "Requests in flight to an upstream (what its bulkhead counts).",
+                labels: vec![("upstream", upstream.spec.name.to_string())],
+                value: upstream.inflight() as f64,
+            });
+        }
+        let now = tokio::time::Instant::now();
+        for upstream in &gateway.upstreams {
+            let now_ms = crate::upstream::health::millis_since(upstream.epoch, now);
+            for (target, health) in upstream.spec.targets.iter().zip(&upstream.health) {
+                gauges.push(Gauge {
+                    name: "levee_target_healthy",
+                    help: "1 when the target passes its health checks and is not ejected as an outlier.",
+                    labels: vec![
+                        ("upstream", upstream.spec.name.to_string()),
+                        ("target", target.addr.to_string()),
+                    ],
+                    value: if health.usable(now_ms) { 1.0 } else { 0.0 },
+                });
+            }
+        }
+        for canary in gateway.canaries.iter().flatten() {
+            gauges.push(Gauge {
+                name: "levee_canary_rolled_back",
+                help: "1 once a route's canary was rolled back (every request goes to the route's own upstream), else 0.",
+                labels: vec![("route", canary.route.to_string())],
+                value: if canary.rolled_back().is_some() { 1.0 } else { 0.0 },
+            });
+        }
+        for upstream in &gateway.upstreams {
+            for (t, target) in upstream.spec.targets.iter().enumerate() {
+                let state = upstream.circuit(t).gauge();
+                gauges.push(Gauge {
+                    name: "levee_circuit_state",
+                    help: "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+                    labels: vec![
+                        ("upstream", upstream.spec.name.to_string()),
+                        ("target", target.addr.to_string()),
+                    ],
+                    value: f64::from(state),
+                });
+            }
+        }
+        gauges
+    }
+}
