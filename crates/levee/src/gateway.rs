@@ -2,11 +2,12 @@
 //! worker thread keeps for itself (connection pools, metrics shard).
 //!
 //! A reload builds a new [`Gateway`] next to the running one and hands over the state that
-//! must survive it: an upstream whose config block did not change keeps its `Upstream` (health
+//! must survive it: an upstream whose spec did not change keeps its `Upstream` (health
 //! verdicts, outlier ejections, circuit breakers, bulkhead count) and, on each worker, its
-//! `WorkerUpstream` (connection pool, balancer state); a route whose rate limit or
-//! stale-if-error settings did not change keeps its limiter and its stored answers, and one
-//! whose retry budget settings did not change keeps its budget.
+//! `WorkerUpstream` (connection pool, balancer state); a route whose rate limit and
+//! stale-if-error specs did not change keeps its limiter and its stored answers, and one
+//! whose retry budget settings did not change keeps its budget. What changed is always told
+//! by comparing spec values (`PartialEq`), never the text of the file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use levee_resilience::RetryBudget;
 
 pub use crate::admission::LoadPermit;
 use crate::auth::Credentials;
-use crate::config::spec::{LimitsSpec, RETRY_BUDGET_WINDOW};
+use crate::config::spec::{LimitsSpec, RouteSpec, RETRY_BUDGET_WINDOW};
 use crate::config::Config;
 use crate::jwt::JwtVerifier;
 use crate::ratelimit::RouteLimiter;
@@ -62,17 +63,20 @@ impl Gateway {
     }
 
     /// Compiles `config`, taking over from `previous` (the running gateway, on a reload) the
-    /// state of every upstream and route limit whose config did not change.
+    /// state of every upstream and route limit whose spec did not change.
     pub fn build(config: Config, previous: Option<&Gateway>) -> Gateway {
         let old_upstreams: HashMap<&str, &Arc<Upstream>> = previous
             .map(|old| old.upstreams.iter().map(|u| (&*u.spec.name, u)).collect())
             .unwrap_or_default();
+        // An upstream of the same name and an equal spec is taken over as it runs.
         let upstreams = config
             .upstreams
             .iter()
             .map(|spec| {
-                previous
-                    .and_then(|old| old.unchanged_upstream(&spec.name, &config, &old_upstreams))
+                old_upstreams
+                    .get(&*spec.name)
+                    .filter(|old| old.spec == *spec)
+                    .map(|old| Arc::clone(old))
                     .unwrap_or_else(|| Arc::new(Upstream::new(spec.clone())))
             })
             .collect();
@@ -189,19 +193,8 @@ struct RouteState {
 
 impl RouteState {
     fn build(config: &Config, previous: Option<&Gateway>) -> RouteState {
-        // Each config's routes by name, so that finding a route's predecessor stays linear
-        // in the number of routes (a reload of 100,000 routes must not compare every pair).
-        let names = |config: &Config| -> HashMap<String, usize> {
-            config
-                .file
-                .routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.name.clone(), i))
-                .collect()
-        };
-        let new_files = names(config);
-        let old_files = previous.map(|old| names(&old.config)).unwrap_or_default();
+        // The running routes by name, so that finding a route's predecessor stays linear in
+        // the number of routes (a reload of 100,000 routes must not compare every pair).
         let old_routes: HashMap<&str, usize> = previous
             .map(|old| {
                 old.router
@@ -212,23 +205,19 @@ impl RouteState {
                     .collect()
             })
             .unwrap_or_default();
-        let route_file = |config: &Config, files: &HashMap<String, usize>, name: &str| {
-            let route = config.file.routes.get(*files.get(name)?)?;
-            Some((json(&route.rate_limit), json(&route.stale_if_error)))
-        };
-        // The old route of the same name, when its limiter and cache settings are the same.
-        let kept_route = |name: &str| -> Option<usize> {
-            let old = previous?;
-            let index = *old_routes.get(name)?;
-            (route_file(&old.config, &old_files, name) == route_file(config, &new_files, name))
+        // The old route of the same name, when its limiter and cache specs are equal.
+        let kept_route = |route: &RouteSpec| -> Option<usize> {
+            let index = *old_routes.get(&*route.name)?;
+            let before = previous?.router.routes().get(index)?;
+            (before.rate_limit == route.rate_limit && before.stale_if_error == route.stale_if_error)
                 .then_some(index)
         };
         let stale = config
             .routes
             .iter()
             .map(|r| {
-                let kept = kept_route(&r.name)
-                    .and_then(|i| previous.and_then(|old| old.stale.get(i).cloned().flatten()));
+                let kept =
+                    kept_route(r).and_then(|i| previous.and_then(|old| old.stale.get(i).cloned().flatten()));
                 kept.or_else(|| r.stale_if_error.clone().map(|s| Arc::new(StaleCache::new(s))))
             })
             .collect();
@@ -236,7 +225,7 @@ impl RouteState {
             .routes
             .iter()
             .map(|r| {
-                let kept = kept_route(&r.name)
+                let kept = kept_route(r)
                     .and_then(|i| previous.and_then(|old| old.limiters.get(i).cloned().flatten()));
                 kept.or_else(|| {
                     r.rate_limit
@@ -276,30 +265,10 @@ impl RouteState {
     }
 }
 
-/// A config block as JSON, to tell whether it changed.
-fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
 impl Gateway {
     pub fn with_version(mut self, version: u64) -> Gateway {
         self.version = version;
         self
-    }
-
-    /// This gateway's upstream `name`, if `next` configures it exactly the same way.
-    fn unchanged_upstream(
-        &self,
-        name: &str,
-        next: &Config,
-        running: &HashMap<&str, &Arc<Upstream>>,
-    ) -> Option<Arc<Upstream>> {
-        let old = self.config.file.upstreams.get(name)?;
-        let new = next.file.upstreams.get(name)?;
-        if json(old) != json(new) {
-            return None;
-        }
-        running.get(name).map(|u| Arc::clone(u))
     }
 }
 
@@ -384,5 +353,50 @@ impl WorkerContext {
     /// A per-worker request counter for round robin (never shared across cores).
     pub fn next_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstream: &str, rate_limit: &str) -> Config {
+        let text = format!(
+            "listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}]
+upstreams:
+  a: {{ targets: [\"127.0.0.1:9\"]{upstream} }}
+  b: {{ targets: [\"127.0.0.1:10\"] }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: a{rate_limit} }}
+"
+        );
+        crate::config::load_str(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_equal_specs_however_written() {
+        let limit = ", rate_limit: { rate: 10/s }";
+        let old = Gateway::new(config("", limit));
+        // The same upstream and limit, spelt differently: both kept.
+        let same = Gateway::build(
+            config(
+                ", timeouts: { connect: 1000ms }",
+                ", rate_limit: { rate: 10/s, burst: 10, key: ip }",
+            ),
+            Some(&old),
+        );
+        assert!(Arc::ptr_eq(&old.upstreams[0], &same.upstreams[0]));
+        assert!(Arc::ptr_eq(&old.upstreams[1], &same.upstreams[1]));
+        let (kept, before) = (same.limiters[0].as_ref(), old.limiters[0].as_ref());
+        assert!(Arc::ptr_eq(kept.unwrap(), before.unwrap()));
+        // A changed upstream and a changed limit start afresh; the other upstream is kept.
+        let changed = Gateway::build(
+            config(", timeouts: { connect: 2s }", ", rate_limit: { rate: 11/s }"),
+            Some(&same),
+        );
+        assert!(!Arc::ptr_eq(&same.upstreams[0], &changed.upstreams[0]));
+        assert!(Arc::ptr_eq(&same.upstreams[1], &changed.upstreams[1]));
+        let (fresh, before) = (changed.limiters[0].as_ref(), same.limiters[0].as_ref());
+        assert!(!Arc::ptr_eq(fresh.unwrap(), before.unwrap()));
     }
 }

@@ -50,19 +50,6 @@ impl ReloadError {
 /// Longest wait for every worker to take the new config before answering anyway.
 const ADOPTION_WAIT: Duration = Duration::from_secs(2);
 
-/// Top-level keys whose change needs a restart, with what they hold.
-const RESTART_ONLY: &[&str] = &[
-    "listeners",
-    "admin",
-    "workers",
-    "limits",
-    "shutdown_grace",
-    "access_log",
-    "data_dir",
-    "call_log",
-    "tracing",
-];
-
 /// Reloads the config file; returns the new config version.
 pub fn reload(state: &SharedState) -> Result<u64, ReloadError> {
     let _one_at_a_time = state.reloader.one_at_a_time();
@@ -112,17 +99,7 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
 
 /// Messages for each restart-only key whose value changed, positioned in the new file.
 fn restart_only_changes(running: &Config, next: &Config, path: &Path) -> Vec<String> {
-    let (Ok(old), Ok(new)) = (
-        serde_json::to_value(&running.file),
-        serde_json::to_value(&next.file),
-    ) else {
-        return vec!["cannot compare the new config with the running one".into()];
-    };
-    let changed: Vec<&str> = RESTART_ONLY
-        .iter()
-        .copied()
-        .filter(|key| old.get(key) != new.get(key))
-        .collect();
+    let changed = running.restart_only_changes(next);
     if changed.is_empty() {
         return Vec::new();
     }

@@ -55,10 +55,7 @@ pub(super) fn upstreams(call: &Call) -> Response<ResponseBody> {
 /// `GET /api/v1/routes`.
 pub(super) fn routes(call: &Call) -> Response<ResponseBody> {
     let gateway = call.state.gateway.load();
-    let routes = api::redacted(&gateway.config.file)
-        .get("routes")
-        .cloned()
-        .unwrap_or_default();
+    let routes = gateway.config.shown.get("routes").cloned().unwrap_or_default();
     json_value(
         StatusCode::OK,
         &api::Routes {
@@ -76,7 +73,7 @@ pub(super) fn config(call: &Call) -> Response<ResponseBody> {
         &api::ActiveConfig {
             version: gateway.version,
             source: gateway.config.source.as_ref().map(|p| p.display().to_string()),
-            config: api::redacted(&gateway.config.file),
+            config: (*gateway.config.shown).clone(),
         },
     )
 }

@@ -5,12 +5,14 @@
 //! [`spec`] holds the checked values the data plane is built from. A config either passes
 //! whole or is refused whole; nothing half-valid ever runs.
 
+mod changes;
 pub mod duration;
 pub mod file;
 pub mod matcher;
 mod parse;
 pub mod prompt;
 pub mod secrets;
+mod shown;
 pub mod source_map;
 pub mod spec;
 mod validate;

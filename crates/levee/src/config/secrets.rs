@@ -1,11 +1,12 @@
 //! What a config names outside its own text, read in one step: the TLS certificate and key
-//! files of listeners, the JWT public key files, and the environment variables that hold
-//! the admin token, the JWT secret and the LLM providers' API keys.
+//! files of listeners, the JWT public key files, the environment variables that hold the
+//! admin token, the JWT secret and the LLM providers' API keys, and (for `workers: auto`)
+//! the number of cores the process may use.
 //!
 //! [`resolve_secrets`] reads them all before the sections are checked; each result carries
 //! the message to report when it did not resolve, and validation reports it at the key it
 //! concerns (and only where that key is checked at all). Nothing else in `config` touches
-//! the file system or the environment.
+//! the file system or the environment (reading the config file itself aside).
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use rustls::sign::CertifiedKey;
 
-use super::file::ConfigFile;
+use super::file::{ConfigFile, Workers};
 use super::spec::Secret;
 
 /// Reads a certificate chain and its private key, and checks that they belong together.
@@ -60,6 +61,9 @@ pub(super) struct Secrets {
     pub jwt_public_keys: Vec<Resolved<Vec<u8>>>,
     /// `llm.providers.NAME.api_key_env` by provider name, for the providers that give one.
     pub provider_keys: BTreeMap<String, Resolved<Secret>>,
+    /// The cores this process may use (affinity and cgroup quota count, so the system is
+    /// read), when `workers` is `auto` or not given.
+    pub cores: Option<usize>,
 }
 
 /// Reads every file and environment variable the config names (the one place validation
@@ -96,12 +100,15 @@ pub(super) fn resolve_secrets(file: &ConfigFile) -> Secrets {
             Some((name.clone(), key))
         })
         .collect();
+    let cores = matches!(file.workers, None | Some(Workers::Auto))
+        .then(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Secrets {
         tls,
         admin_token,
         jwt_secret,
         jwt_public_keys,
         provider_keys,
+        cores,
     }
 }
 

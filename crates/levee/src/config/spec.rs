@@ -9,7 +9,6 @@ use http::{HeaderName, HeaderValue};
 
 use levee_resilience::BreakerConfig;
 
-use super::file::ConfigFile;
 use super::matcher::RouteMatch;
 
 /// A config that passed validation.
@@ -19,19 +18,29 @@ pub struct Config {
     pub admin: Option<AdminSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Worker threads: the number written, or for `workers: auto` the cores found at load.
     pub workers: usize,
+    /// `workers` is `auto` (or not given). A reload compares this and a number written, not
+    /// the cores found, so that a change in the cores the process may use is no config change.
+    pub workers_auto: bool,
     pub shutdown_grace: Duration,
     pub access_log: AccessLogSpec,
     pub limits: LimitsSpec,
     pub consumers: Vec<ConsumerSpec>,
     pub jwt: Option<JwtSpec>,
+    /// Levee's own data (the call log and SLO databases).
+    pub data_dir: Option<std::path::PathBuf>,
     pub call_log: Option<CallLogSpec>,
     pub tracing: Option<TracingSpec>,
     pub llm: Option<LlmSpec>,
     pub slos: Vec<SloSpec>,
     pub alerting: AlertingSpec,
-    /// The file as read, for display by the admin API.
-    pub file: ConfigFile,
+    /// The file as read, as JSON with its secrets redacted (`config::shown`): what the admin
+    /// API shows. Built at load; the file types themselves never reach the running config.
+    pub shown: Arc<serde_json::Value>,
+    /// The restart-only top-level keys the file sets (see `Config::restart_only_changes`):
+    /// adding or removing one needs a restart even when it writes the default value.
+    pub restart_keys: Vec<&'static str>,
     /// The file it was read from (`None` for a config given as text); reloads read it again.
     pub source: Option<std::path::PathBuf>,
     /// Valid but probably not meant (see `levee check`).
@@ -242,7 +251,7 @@ pub struct TracingSpec {
     pub export_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerSpec {
     pub name: Arc<str>,
     pub bind: SocketAddr,
@@ -257,7 +266,7 @@ pub struct TlsSpec {
     pub reload_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminSpec {
     pub bind: SocketAddr,
     /// The admin token (from the environment), never written back out.
@@ -348,7 +357,7 @@ impl LimitsSpec {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLogSpec {
     pub enabled: bool,
     pub queue: usize,
@@ -356,7 +365,7 @@ pub struct AccessLogSpec {
     pub success_sample: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
     pub targets: Vec<TargetSpec>,
@@ -395,7 +404,7 @@ pub struct OutlierSpec {
     pub max_ejected_percent: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     /// As written in the config (`127.0.0.1:9001`); the label in metrics and logs.
     pub addr: Arc<str>,
@@ -537,6 +546,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 128;
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 16_384;
+pub const DEFAULT_CALL_LOG_QUEUE: usize = 16_384;
+pub const DEFAULT_CALL_LOG_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+pub const DEFAULT_CALL_LOG_MAX_ROWS: u64 = 1_000_000;
 pub const DEFAULT_MAX_CONCURRENT: usize = 1024;
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);

@@ -239,7 +239,7 @@ impl RunningGateway {
 /// The SLO engine with the SLOs of `config`, and what `data_dir` kept of an earlier run
 /// (counts, firing alerts).
 fn start_slo_engine(config: &Config) -> Result<Arc<SloEngine>, StartError> {
-    let store = match &config.file.data_dir {
+    let store = match &config.data_dir {
         Some(dir) => Some(
             crate::slo::store::Store::open(std::path::Path::new(dir))
                 .map_err(|message| StartError::SloStore { message })?,

@@ -1,7 +1,8 @@
 //! Turns a config file into a [`Config`], collecting every problem with its position.
 //!
-//! [`load`] reads the file, resolves the files and environment variables it names (in one
-//! step, [`resolve_secrets`]) and checks it section by section, each in a module of its own;
+//! [`load`] reads the file, resolves the files and environment variables it names and the
+//! core count `workers: auto` stands for (in one step, [`resolve_secrets`]: nothing else here
+//! reads the system) and checks it section by section, each in a module of its own;
 //! every problem is tied to the path of the value it is about, so one run reports them all.
 //! A config that passes is then looked over for what is valid but probably not meant
 //! ([`warnings`]).
@@ -70,7 +71,7 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
         cuts,
         errors: Vec::new(),
     };
-    let config = file.and_then(|file| check(file, &mut problems));
+    let config = file.and_then(|file| check(&file, &mut problems));
     errors.append(&mut problems.errors);
     if errors.is_empty() {
         if let Some(mut config) = config {
@@ -91,39 +92,40 @@ pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// Checks every section, in the order their problems have always been collected in.
-fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
+fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
     let Secrets {
         tls,
         admin_token,
         jwt_secret,
         jwt_public_keys,
         provider_keys,
-    } = resolve_secrets(&file);
-    let (listeners, binds) = check_listeners(&file, tls, p);
+        cores,
+    } = resolve_secrets(file);
+    let (listeners, binds) = check_listeners(file, tls, p);
     let admin = file
         .admin
         .as_ref()
         .and_then(|a| check_admin(a, &binds, admin_token, p));
-    let (upstreams, upstream_index) = check_upstreams(&file, p);
-    let consumers = check_consumers(&file, p);
+    let (upstreams, upstream_index) = check_upstreams(file, p);
+    let consumers = check_consumers(file, p);
     let jwt = file
         .jwt
         .as_ref()
         .and_then(|j| check_jwt(j, jwt_secret, jwt_public_keys, p));
-    let call_log = check_call_log(&file, p);
+    let call_log = check_call_log(file, p);
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, provider_keys, p));
-    let mut routes = check_routes(&file, &upstream_index, p);
+    let mut routes = check_routes(file, &upstream_index, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
-    let workers = match file.workers {
-        None | Some(Workers::Auto) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        Some(Workers::Count(n)) => n,
+    let (workers, workers_auto) = match file.workers {
+        Some(Workers::Count(n)) => (n, false),
+        None | Some(Workers::Auto) => (cores.unwrap_or(1), true),
     };
-    let access_log = check_access_log(&file, p);
-    let limits = check_limits(&file, p);
+    let access_log = check_access_log(file, p);
+    let limits = check_limits(file, p);
     let shutdown_grace = file.shutdown_grace.map(|d| d.0).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let mut slos = check_slos(&file, &routes, &consumers, p);
-    check_canary_rollbacks(&file, &mut routes, &mut slos, p);
+    let mut slos = check_slos(file, &routes, &consumers, p);
+    check_canary_rollbacks(file, &mut routes, &mut slos, p);
     let alerting = file
         .alerting
         .as_ref()
@@ -135,20 +137,41 @@ fn check(file: ConfigFile, p: &mut Problems) -> Option<Config> {
         upstreams,
         routes,
         workers,
+        workers_auto,
         shutdown_grace,
         access_log,
         limits,
         consumers,
         jwt,
+        data_dir: file.data_dir.as_ref().map(Into::into),
         call_log,
         tracing,
         llm,
         slos,
         alerting,
-        file,
+        shown: std::sync::Arc::new(super::shown::redacted(file)),
+        restart_keys: restart_keys(file),
         source: None,
         warnings: Vec::new(),
     })
+}
+
+/// The restart-only top-level keys `file` sets.
+fn restart_keys(file: &ConfigFile) -> Vec<&'static str> {
+    [
+        ("listeners", !file.listeners.is_empty()),
+        ("admin", file.admin.is_some()),
+        ("workers", file.workers.is_some()),
+        ("limits", file.limits.is_some()),
+        ("shutdown_grace", file.shutdown_grace.is_some()),
+        ("access_log", file.access_log.is_some()),
+        ("data_dir", file.data_dir.is_some()),
+        ("call_log", file.call_log.is_some()),
+        ("tracing", file.tracing.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
 }
 
 /// A name that is also a metric label value and a file-safe word: letters, digits, `_`,

@@ -44,12 +44,9 @@ pub(super) fn check_call_log(file: &ConfigFile, p: &mut Problems) -> Option<Call
         }
         let spec = CallLogSpec {
             dir: dir.into(),
-            queue: settings.queue.unwrap_or(16_384),
-            max_age: settings
-                .max_age
-                .map(|d| d.0)
-                .unwrap_or(std::time::Duration::from_secs(7 * 86_400)),
-            max_rows: settings.max_rows.unwrap_or(1_000_000),
+            queue: settings.queue.unwrap_or(DEFAULT_CALL_LOG_QUEUE),
+            max_age: settings.max_age.map(|d| d.0).unwrap_or(DEFAULT_CALL_LOG_MAX_AGE),
+            max_rows: settings.max_rows.unwrap_or(DEFAULT_CALL_LOG_MAX_ROWS),
         };
         if spec.queue == 0 || spec.queue > 1_048_576 {
             p.at("call_log.queue", "call_log.queue must be from 1 to 1048576");

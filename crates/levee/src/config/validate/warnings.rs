@@ -25,7 +25,8 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
         .filter_map(|i| config.upstreams.get(i))
         .map(|u| &*u.name)
         .collect();
-    for (name, upstream) in &config.file.upstreams {
+    for upstream in &config.upstreams {
+        let name = &upstream.name;
         let path = format!("upstreams.{name}");
         if upstream.targets.len() == 1 && upstream.health_check.is_none() {
             p.at(
@@ -33,7 +34,7 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
                 format!("upstream `{name}` has one target and no health_check: when that target fails, every request to it fails; add targets or a health check"),
             );
         }
-        if !used.contains(name.as_str()) {
+        if !used.contains(&**name) {
             p.at(&path, format!("upstream `{name}` is not used by any route"));
         }
     }
