@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, then runs every check CI runs.
 #   scripts/test.sh
-# Checks: cargo fmt --check, cargo clippy (all targets, warnings are errors), a short fuzz run
+# Checks: cargo fmt --check, the module layers (scripts/check_layers.py), cargo clippy (all
+# targets, warnings are errors; too_many_lines at 120 in clippy.toml), a short fuzz run
 # of each cargo-fuzz target, and the whole test suite with cargo-nextest (falls back to cargo
 # test if nextest cannot be installed).
 set -euo pipefail
@@ -55,6 +56,9 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+
+log "layers: no import cycle between modules, no file over 800 lines (docs/architecture.md)"
+python3 scripts/check_layers.py
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
