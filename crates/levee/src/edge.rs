@@ -233,6 +233,29 @@ pub fn error_response(
     json_response(status, body)
 }
 
+/// Levee's error with one more top-level field beside `error` (the admin API's refused
+/// reload lists every problem in `errors`).
+pub fn error_response_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+    (key, value): (&str, serde_json::Value),
+) -> Response<ResponseBody> {
+    let mut body = json!({
+        "error": {
+            "type": error_type(status),
+            "code": code,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or(""),
+        }
+    });
+    if let Some(object) = body.as_object_mut() {
+        object.insert(key.to_owned(), value);
+    }
+    json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;

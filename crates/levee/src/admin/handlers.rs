@@ -12,7 +12,7 @@ use super::routes::Call;
 use super::{api, json, json_value, views};
 use crate::body::ResponseBody;
 use crate::chaos::experiments::{ExperimentError, ExperimentRequest};
-use crate::edge::{error_response, error_type};
+use crate::edge::error_response;
 
 /// `GET /healthz`.
 pub(super) fn healthz(_: &Call) -> Response<ResponseBody> {
@@ -85,20 +85,16 @@ pub(super) fn reload(call: &Call) -> Response<ResponseBody> {
         Ok(version) => json_value(StatusCode::OK, &api::Reloaded { version }),
         Err(error) => {
             let errors = error.messages();
-            json_value(
+            let message = format!(
+                "The config was not reloaded ({} problem(s)); the running config is kept.",
+                errors.len()
+            );
+            crate::edge::error_response_with(
                 StatusCode::BAD_REQUEST,
-                &api::ReloadRefused {
-                    error: api::ErrorDetail {
-                        code: "invalid_config".into(),
-                        message: format!(
-                            "The config was not reloaded ({} problem(s)); the running config is kept.",
-                            errors.len()
-                        ),
-                        request_id: call.request_id.to_str().unwrap_or("").into(),
-                        kind: error_type(StatusCode::BAD_REQUEST).into(),
-                    },
-                    errors,
-                },
+                "invalid_config",
+                &message,
+                &call.request_id,
+                ("errors", serde_json::json!(errors)),
             )
         }
     }
