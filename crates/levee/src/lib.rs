@@ -1,31 +1,62 @@
 //! Levee: a reliability-first API and AI gateway.
 //!
 //! The library holds the whole gateway; the `levee` binary only parses the command line.
-//! Start at [`pipeline`], which reads like a request's way through the gateway; each other
-//! module owns one concern:
+//! Start at [`pipeline`], which reads like a request's way through the gateway for every
+//! route. Each module owns one concern, and the modules form layers: a module imports only
+//! modules below it (`scripts/check_layers.py` fails on any import cycle; the diagram is in
+//! `docs/architecture.md`). From the bottom:
 //!
-//! * [`config`]: the YAML file, its validation and the checked runtime spec
-//! * [`server`]: listeners, worker threads, graceful shutdown
-//! * [`state`]: the state the workers, the admin API and reloads share (running config, metrics)
-//! * [`tls`]: TLS termination and certificate reload
-//! * [`router`]: route matching
-//! * [`auth`], [`jwt`]: API keys, consumers and JSON Web Tokens
-//! * [`ratelimit`]: route rate limits (GCRA) and their headers
-//! * [`chaos`]: fault injection
-//! * [`upstream`]: targets, load balancing, pooled connections, timeouts
-//! * [`host`]: which host a request is for (`Host`, absolute form, `:authority`)
-//! * [`headers`]: hop-by-hop, forwarding, request id, trace context
+//! Helpers, importing nothing of the crate but [`hex`]:
 //! * [`hex`]: the one hex encoder and decoder
-//! * [`edge`]: failures to JSON error responses, in one place
-//! * [`observability`]: metrics and the access log
-//! * [`stale`]: the last good answers, served when an upstream fails
-//! * [`admin`]: health, readiness, metrics and the admin REST API
-//! * [`reload`]: hot reload of the config file
-//! * [`restart`]: zero-downtime restart on inherited sockets
-//! * [`demo`]: the self-contained `levee demo`
-//! * [`llm`]: the AI gateway (OpenAI-compatible API over LLM providers)
-//! * [`slo`]: SLOs computed from the gateway's own traffic, burn-rate alerts, chaos experiments
+//! * [`headers`]: hop-by-hop, forwarding, request id
+//! * [`host`]: which host a request is for (`Host`, absolute form, `:authority`)
 //! * [`outbound`]: the HTTP client for calls Levee makes itself (providers, JWKS, OTLP, alerts)
+//! * [`strict`]: the guard that makes hyper refuse `Content-Length` with `Transfer-Encoding`
+//! * [`admission`]: load shedding's permits (a place under a worker's request or connection cap)
+//! * [`restart`]: zero-downtime restart on inherited sockets
+//! * [`admin_client`]: the CLI's client of the admin API (`levee calls`, `levee top`)
+//!
+//! Configuration:
+//! * [`config`]: the YAML file, its validation and the checked runtime spec
+//!
+//! Observability, plain data:
+//! * [`observability`]: metrics, the access log, the call log, traces
+//!
+//! Features:
+//! * [`router`]: route matching
+//! * [`ratelimit`]: route rate limits (GCRA) and their headers
+//! * [`upstream`]: targets, balancing, pooled connections, timeouts, the replayable request body
+//! * [`stale`]: the last good answers, served when an upstream fails
+//! * [`tls`]: TLS termination and certificate reload
+//! * [`jwt`]: JSON Web Tokens
+//! * [`auth`]: API keys and consumers
+//! * [`slo`]: SLOs computed from the gateway's own traffic, burn-rate alerts, canary releases
+//! * [`chaos`]: fault injection and chaos experiments
+//!
+//! What a request leaves behind:
+//! * [`record`]: the request's record, written once when its response ends
+//! * [`body`]: the response body, which carries the record to the end
+//!
+//! The AI gateway:
+//! * [`llm`]: an OpenAI-compatible API over LLM providers, the backend of `llm: true` routes
+//!
+//! The compiled config and the error edge:
+//! * [`gateway`]: the running config shared by the workers, and each worker's own state
+//! * [`edge`]: failures to error responses (Levee's, OpenAI's or Anthropic's shape), in one place
+//!
+//! Shared state:
+//! * [`state`]: what the workers, the admin API and reloads share (running config, metrics)
+//!
+//! What drives the running gateway:
+//! * [`pipeline`]: the request's way through, for every route
+//! * [`reload`]: hot reload of the config file
+//! * [`supervisor`]: the `levee-slo` thread's loop (SLOs, alerts, canary rollbacks, experiments)
+//!
+//! The admin API, the process, and the entry points:
+//! * [`admin`]: health, readiness, metrics and the admin REST API
+//! * [`server`]: listeners, worker threads, graceful shutdown
+//! * [`demo`]: the self-contained `levee demo`
+//! * `fuzzing`: entry points for the fuzz targets (hidden)
 
 pub mod admin;
 pub mod admin_client;
