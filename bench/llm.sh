@@ -12,13 +12,14 @@
 # is its percentile minus the direct one. Rows go to the "LLM gateway overhead" table of
 # bench/RESULTS.md.
 #
-# Environment: RATES (default "100 1000"), SECONDS per run (default 10), LEVEE_BIN, LOAD_BIN
+# Environment: RATES (default "100 1000"), RUN_SECONDS per run (default 10; not SECONDS,
+# which bash keeps as its own clock and which read 0 here when unset), LEVEE_BIN, LOAD_BIN
 # (default: built in release), LITELLM (path to the `litellm` command; default: installed in a
 # virtualenv under target/), SKIP_LITELLM=1 to measure Levee alone, KEEP_TMP=1.
 set -euo pipefail
 
 RATES="${RATES:-100 1000}"
-SECONDS_PER_RUN="${SECONDS:-10}"
+SECONDS_PER_RUN="${RUN_SECONDS:-10}"
 KEEP_TMP="${KEEP_TMP:-0}"
 MOCK_PORT=18281 LEVEE_PORT=18283 LEVEE_ADMIN=19983 LITELLM_PORT=18284
 

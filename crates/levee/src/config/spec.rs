@@ -8,8 +8,22 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 use levee_resilience::BreakerConfig;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::matcher::RouteMatch;
+
+// The file's `kind`, kept as it is: a plain enum, so the spec holds it and the file re-exports it.
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProviderKind {
+    Openai,
+    OpenaiCompatible,
+    Anthropic,
+    Gemini,
+    AzureOpenai,
+}
 
 /// A config that passed validation.
 #[derive(Debug, Clone)]
@@ -71,7 +85,7 @@ pub struct LlmPromptSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmProviderSpec {
     pub name: Arc<str>,
-    pub kind: super::file::LlmProviderKind,
+    pub kind: LlmProviderKind,
     /// The base URL without a trailing slash (`https://api.openai.com/v1`).
     pub base_url: String,
     pub api_key: Option<Secret>,

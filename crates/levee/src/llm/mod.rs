@@ -9,8 +9,11 @@
 //! (`x-levee-provider`, `x-levee-model`), and token usage and cost are recorded for every call,
 //! streams included (see [`usage`]).
 //!
-//! Errors Levee produces on these routes are OpenAI-shaped (`{"error": {"message", "type",
-//! "code"}}`), so OpenAI SDKs raise their usual exceptions.
+//! This is the backend of the one pipeline (`pipeline/mod.rs`): auth, rate limits, shedding,
+//! faults, fallback and recording are the pipeline's, as on every route. The refusals made
+//! here are [`ApiError`]s; the pipeline's error edge answers them OpenAI-shaped
+//! (`{"error": {"message", "type", "code", "param"}}`), so OpenAI SDKs raise their usual
+//! exceptions, and Anthropic-shaped on `…/v1/messages`.
 //!
 //! Provider kinds, one file each: `openai` and `openai_compatible` ([`openai`]), `azure_openai`
 //! ([`azure`]), `anthropic` ([`anthropic`]) and `gemini` ([`gemini`]). Each implements the
@@ -18,7 +21,7 @@
 //! translator, which statuses move to the next target), and `attempt.rs` makes every call
 //! through it, so nothing else here knows the kinds. A new provider is a new file here with its
 //! `Provider`, one line in `provider::provider_for`, and its variant of
-//! `config::file::LlmProviderKind` (in the config, with its validation).
+//! `config::spec::LlmProviderKind` (in the config, with its validation).
 
 pub mod anthropic;
 mod attempt;

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::translate::Translate;
 use super::usage::Usage;
 use super::{anthropic, azure, gemini, openai, ApiError};
-use crate::config::file::LlmProviderKind;
+use crate::config::spec::LlmProviderKind;
 use crate::config::spec::LlmProviderSpec;
 
 /// What one provider API does differently from the others.

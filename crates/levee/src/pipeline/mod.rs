@@ -1,15 +1,17 @@
 //! The request's way through the gateway, in order (PRODUCT.md section 7):
 //!
 //! 1. accept (connection cap, header-read timeout): `server`
-//! 2. request id and trace context; load shedding past the in-flight cap
-//! 3. route match, auth (API key or JWT → consumer), then the route's rate limit
+//! 2. request id and trace context ([`start_record`]); the request's host settled
+//!    (`host::settle`); load shedding past the in-flight cap ([`shed`])
+//! 3. route match; strict framing and the head's size limits ([`strict_framing`],
+//!    [`check_head_size`]); auth (API key or JWT → consumer), then the route's rate limit
 //! 4. fault injection (`chaos`): the route's `fault`, or a running chaos experiment's; an
 //!    abort answers here, a delay holds the request
 //! 5. stale-if-error lookup key (GETs without credentials)
 //! 6. the route's backend: on an AI gateway route its models' targets ([`crate::llm`]); on
-//!    any other the upstream ([`proxy`]): bulkhead, then the retry loop { pick a target
-//!    (the balancer skips targets whose breaker is open) → circuit admission → per-try
-//!    timeout → forward }
+//!    any other the upstream ([`proxy`]): the body's first piece, the bulkhead, then the
+//!    retry loop { pick a target (the balancer skips targets whose breaker is open) →
+//!    circuit admission → per-try timeout → forward }
 //! 7. response: on failure the last good answer (stale-if-error) or the route's fallback;
 //!    else header rewrite, stale-cache capture; every refusal is answered by [`edge`] in the
 //!    shape the client speaks (Levee's, OpenAI's or Anthropic's)

@@ -1,7 +1,7 @@
 //! Target health shared by every worker: active health checks and passive outlier ejection.
 //!
-//! Breakers are per worker (each worker judges what it sees, with no shared writes); health
-//! is process-wide because it is expensive or slow to learn: one health checker probes each
+//! Health is process-wide, like the breakers (ADR 0010), because it is expensive or slow to
+//! learn: one health checker probes each
 //! target for the whole process, and an ejection decided on one worker's evidence applies to
 //! all of them at once. Writes are rare (a verdict changes, a failure streak grows), reads are
 //! a relaxed atomic load per pick.

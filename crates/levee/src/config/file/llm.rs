@@ -55,16 +55,8 @@ pub struct LlmProviderFile {
     pub queue: Option<super::QueueFile>,
 }
 
-/// The API a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LlmProviderKind {
-    Openai,
-    OpenaiCompatible,
-    Anthropic,
-    Gemini,
-    AzureOpenai,
-}
+/// The API a provider speaks (a plain enum, so the spec holds it as it is).
+pub use crate::config::spec::LlmProviderKind;
 
 /// A model name clients use.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

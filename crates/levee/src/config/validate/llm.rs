@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::upstreams::check_breaker;
 use super::Problems;
-use crate::config::file::{LlmFile, LlmModelFile, LlmProviderKind};
+use crate::config::file::{LlmFile, LlmModelFile};
 use crate::config::prompt::Template;
 use crate::config::secrets::Resolved;
+use crate::config::spec::LlmProviderKind;
 use crate::config::spec::*;
 
 /// The `llm` section (`provider_keys`: each provider's resolved `api_key_env`, by name).
