@@ -7,7 +7,7 @@
 //! as two sibling attempts under the gateway's server span.
 //!
 //! Why spans are not built through an OpenTelemetry SDK tracer: the pipeline already keeps a
-//! request's record (`crate::record`) with everything a span needs, recorded once when the
+//! request's record (the `record` module) with everything a span needs, recorded once when the
 //! response ends. A recorded trace costs a few ids and timestamps on the request and one queue
 //! push at the end; an unrecorded one costs nothing beyond the `traceparent` it must forward
 //! anyway. The spans are turned into OTLP (the official protobuf types) on the exporter's own
