@@ -3,6 +3,9 @@
 
 * no import cycle among a crate's top-level modules (a module's `crate::x` paths, outside
   its `#[cfg(test)]` code, are its imports);
+* in `levee`, every import points down the layers of docs/architecture.md (LAYERS below):
+  to a lower layer, or inside a layer along one of the arrows drawn there (SIDEWAYS), and
+  every module has a layer;
 * no source file over 800 lines.
 
 Function length is clippy's `too_many_lines` (clippy.toml). Usage:
@@ -16,6 +19,51 @@ import sys
 
 MAX_FILE_LINES = 800
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The layers of the `levee` crate, bottom (0) to top, as drawn in docs/architecture.md.
+LAYERS = {
+    "levee": [
+        ["headers", "hex", "host", "outbound", "strict", "admission", "restart", "admin_client"],
+        ["config"],
+        ["observability"],
+        ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls"],
+        ["body", "record"],
+        ["llm"],
+        ["gateway", "edge"],
+        ["state"],
+        ["pipeline", "reload", "supervisor"],
+        ["admin"],
+        ["server"],
+        ["demo", "fuzzing"],
+    ],
+}
+# Imports allowed inside a layer (the arrows drawn within it).
+SIDEWAYS = {"levee": {("headers", "hex"), ("auth", "jwt"), ("chaos", "slo"), ("body", "record")}}
+
+
+def layer_problems(crate, graph):
+    """Imports that point up or sideways without an arrow, and modules with no layer."""
+    layers = LAYERS.get(crate)
+    if layers is None:
+        return []
+    level = {module: i for i, names in enumerate(layers) for module in names}
+    problems = [
+        f"module {crate}::{m} has no layer: add it to LAYERS in scripts/check_layers.py and to docs/architecture.md"
+        for m in sorted(graph)
+        if m not in level
+    ]
+    for source in sorted(graph):
+        for target, line in sorted(graph[source].items()):
+            if source not in level or target not in level:
+                continue
+            up = level[target] > level[source]
+            sideways = level[target] == level[source] and (source, target) not in SIDEWAYS.get(crate, set())
+            if up or sideways:
+                problems.append(
+                    f"{crate}: {source} (layer {level[source]}) imports {target} (layer {level[target]}), "
+                    f"which is not below it\n    {line}"
+                )
+    return problems
 
 
 def production_code(text):
@@ -121,6 +169,7 @@ def main():
         if show:
             for module in sorted(graph):
                 print(f"{crate}::{module} -> {', '.join(sorted(graph[module])) or '(nothing)'}")
+        problems.extend(layer_problems(crate, graph))
         for component in strongly_connected(graph):
             members = set(component)
             detail = [

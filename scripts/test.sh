@@ -57,7 +57,7 @@ fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
-log "layers: no import cycle between modules, no file over 800 lines (docs/architecture.md)"
+log "layers: imports point down the layers of docs/architecture.md, no cycle, no file over 800 lines"
 python3 scripts/check_layers.py
 
 log "cargo clippy --all-targets -- -D warnings"
