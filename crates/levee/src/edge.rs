@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::AuthError;
@@ -197,21 +198,61 @@ fn error_body(
     message: &str,
     request_id: &str,
 ) -> Vec<u8> {
-    let body = match shape {
-        Shape::Levee => json!({
-            "error": { "type": kind, "code": code, "message": message, "request_id": request_id }
-        }),
-        Shape::OpenAi => json!({
-            "error": {
-                "message": message, "type": kind, "code": code, "param": null, "request_id": request_id
-            }
-        }),
-        Shape::Anthropic => json!({
-            "type": "error",
-            "error": { "type": anthropic_type(status), "message": message }
+    // Written straight from borrowed fields: shedding answers this under overload, so it
+    // builds no intermediate JSON tree.
+    let detail = Detail {
+        kind,
+        code,
+        message,
+        request_id,
+        param: (shape == Shape::OpenAi).then_some(()),
+    };
+    let written = match shape {
+        Shape::Levee | Shape::OpenAi => serde_json::to_vec(&LeveeBody { error: detail }),
+        Shape::Anthropic => serde_json::to_vec(&AnthropicBody {
+            kind: "error",
+            error: AnthropicDetail {
+                kind: anthropic_type(status),
+                message,
+            },
         }),
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    written.unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct LeveeBody<'a> {
+    error: Detail<'a>,
+}
+
+/// Levee's error object; OpenAI's is the same with `param` (always null here).
+#[derive(Serialize)]
+struct Detail<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "null")]
+    param: Option<()>,
+}
+
+fn null<S: serde::Serializer>(_: &Option<()>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_none()
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
 }
 
 /// A JSON error response in Levee's shape, for errors that are not a [`Rejection`] (the
