@@ -48,7 +48,7 @@ pub struct Gateway {
     /// The AI gateway's answer cache, when configured.
     pub llm_cache: Option<Arc<crate::llm::cache::AnswerCache>>,
     /// Each LLM provider's bulkhead (`None` where the provider has no cap), process-wide
-    /// like an upstream's; a new one at every config load.
+    /// like an upstream's, and kept across a reload while the provider's spec is equal.
     pub llm_bulkheads: Vec<Option<Arc<levee_resilience::Bulkhead>>>,
     /// Each route's canary (`None` where the route has none); kept, rolled back or not,
     /// while the route's `canary` block is unchanged.
@@ -138,15 +138,7 @@ impl Gateway {
                 })
                 .collect(),
         };
-        let llm_bulkheads = config
-            .llm
-            .iter()
-            .flat_map(|l| l.providers.iter())
-            .map(|p| {
-                p.bulkhead
-                    .map(|(limit, queue)| Arc::new(levee_resilience::Bulkhead::new(limit, queue)))
-            })
-            .collect();
+        let llm_bulkheads = llm_bulkheads(&config, previous);
         let canaries = config
             .routes
             .iter()
@@ -356,6 +348,42 @@ impl WorkerContext {
     }
 }
 
+/// Each LLM provider's bulkhead. A provider keeps its bulkhead (and the places taken in it)
+/// while its spec is equal, as an upstream does: a fresh count would let up to twice its cap
+/// through after a reload.
+fn llm_bulkheads(
+    config: &Config,
+    previous: Option<&Gateway>,
+) -> Vec<Option<Arc<levee_resilience::Bulkhead>>> {
+    let old: HashMap<
+        &str,
+        (
+            &crate::config::spec::LlmProviderSpec,
+            &Option<Arc<levee_resilience::Bulkhead>>,
+        ),
+    > = previous
+        .and_then(|old| Some((old.config.llm.as_ref()?, &old.llm_bulkheads)))
+        .map(|(llm, bulkheads)| {
+            llm.providers
+                .iter()
+                .zip(bulkheads)
+                .map(|(spec, bulkhead)| (&*spec.name, (spec, bulkhead)))
+                .collect()
+        })
+        .unwrap_or_default();
+    config
+        .llm
+        .iter()
+        .flat_map(|l| l.providers.iter())
+        .map(|p| match old.get(&*p.name) {
+            Some((spec, bulkhead)) if *spec == p => (*bulkhead).clone(),
+            _ => p
+                .bulkhead
+                .map(|(limit, queue)| Arc::new(levee_resilience::Bulkhead::new(limit, queue))),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +399,38 @@ routes:
 "
         );
         crate::config::load_str(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_a_providers_bulkhead_and_its_places_while_its_spec_is_equal() {
+        std::env::set_var("LEVEE_GATEWAY_TEST_KEY", "k");
+        let config = |cap: u32| {
+            let text = format!(
+                "listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}]
+llm:
+  providers:
+    p: {{ kind: openai, base_url: \"http://127.0.0.1:9/v1\", api_key_env: LEVEE_GATEWAY_TEST_KEY, max_concurrent: {cap} }}
+  models:
+    - {{ name: m, targets: [{{ provider: p, model: gpt-4o }}] }}
+routes:
+  - {{ name: ai, match: {{ path_prefix: / }}, llm: true }}
+"
+            );
+            crate::config::load_str(&text, "t.yaml").unwrap()
+        };
+        let old = Gateway::new(config(2));
+        let held = old.llm_bulkheads[0].as_ref().unwrap().try_enter().unwrap();
+        let same = Gateway::build(config(2), Some(&old));
+        let kept = same.llm_bulkheads[0].as_ref().unwrap();
+        assert_eq!(
+            kept.inflight(),
+            1,
+            "the place taken before the reload still counts"
+        );
+        let changed = Gateway::build(config(3), Some(&same));
+        assert_eq!(changed.llm_bulkheads[0].as_ref().unwrap().inflight(), 0);
+        drop(held);
+        assert_eq!(kept.inflight(), 0);
     }
 
     #[test]
