@@ -26,6 +26,7 @@ LAYERS = {
         ["headers", "hex", "host", "outbound", "strict", "admission", "restart", "admin_client"],
         ["config"],
         ["observability"],
+        ["cluster"],
         ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls"],
         ["body", "record"],
         ["llm"],

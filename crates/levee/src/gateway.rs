@@ -55,6 +55,8 @@ pub struct Gateway {
     pub canaries: Vec<Option<Arc<crate::slo::canary::Canary>>>,
     /// 1 for the config the process started with, one more per applied reload.
     pub version: u64,
+    /// Cluster mode's stores (restart-only, so every reload keeps the first one).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Gateway {
@@ -65,6 +67,16 @@ impl Gateway {
     /// Compiles `config`, taking over from `previous` (the running gateway, on a reload) the
     /// state of every upstream and route limit whose spec did not change.
     pub fn build(config: Config, previous: Option<&Gateway>) -> Gateway {
+        let cluster = previous.and_then(|p| p.cluster.clone());
+        Gateway::build_with(config, previous, cluster)
+    }
+
+    /// [`Gateway::build`] in cluster mode: limits and budgets count across the fleet.
+    pub fn build_with(
+        config: Config,
+        previous: Option<&Gateway>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Gateway {
         let old_upstreams: HashMap<&str, &Arc<Upstream>> = previous
             .map(|old| old.upstreams.iter().map(|u| (&*u.spec.name, u)).collect())
             .unwrap_or_default();
@@ -171,6 +183,7 @@ impl Gateway {
             credentials,
             jwt,
             version: 1,
+            cluster,
         }
     }
 }

@@ -22,6 +22,9 @@
 //! Observability, plain data:
 //! * [`observability`]: metrics, the access log, the call log, traces
 //!
+//! The fleet's shared stores:
+//! * [`cluster`]: Redis and PostgreSQL connections, the roll call, leases (cluster mode)
+//!
 //! Features:
 //! * [`router`]: route matching
 //! * [`ratelimit`]: route rate limits (GCRA) and their headers
@@ -64,6 +67,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod chaos;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;

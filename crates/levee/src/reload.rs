@@ -80,7 +80,11 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
         return Err(ReloadError::NeedsRestart(needs_restart));
     }
     let version = current.version + 1;
+    let hash = config_hash(&config);
     let next = Arc::new(Gateway::build(config, Some(&current)).with_version(version));
+    if let Some(cluster) = &state.cluster {
+        cluster.set_config_hash(hash);
+    }
     // A canary block that was rolled back before (going back to an earlier release) is
     // rolled back again before it takes a request.
     let canaries: Vec<_> = next.canaries.iter().flatten().cloned().collect();
@@ -95,6 +99,12 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
     let _ = state.gateway_tx.send(next);
     wait_for_workers(state, version);
     Ok(version)
+}
+
+/// A hash of the config as written (secrets redacted): replicas of a fleet compare it to
+/// find one that serves another config (`GET /api/v1/cluster`).
+pub fn config_hash(config: &crate::config::spec::Config) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(config.shown.to_string().as_bytes())
 }
 
 /// Messages for each restart-only key whose value changed, positioned in the new file.

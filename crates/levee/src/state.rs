@@ -72,6 +72,8 @@ pub struct SharedState {
     pub slo: Arc<crate::slo::SloEngine>,
     /// Chaos experiments (guarded by the SLOs).
     pub experiments: Arc<crate::chaos::experiments::Experiments>,
+    /// Cluster mode's stores and roll call (`None` on a replica on its own).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl SharedState {

@@ -34,6 +34,9 @@ pub(super) fn metrics(call: &Call) -> Response<ResponseBody> {
     let state = &call.state;
     let mut text = state.metrics.render_with(&state.gauges());
     state.slo.render_metrics(&mut text);
+    if let Some(cluster) = &state.cluster {
+        cluster.render_metrics(&mut text);
+    }
     let mut response = Response::new(ResponseBody::full(text));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -103,6 +106,18 @@ pub(super) fn reload(call: &Call) -> Response<ResponseBody> {
 /// `GET /api/v1/slos`.
 pub(super) fn slos(call: &Call) -> Response<ResponseBody> {
     json_value(StatusCode::OK, &views::slos_view(&call.state))
+}
+
+/// `GET /api/v1/cluster`.
+pub(super) fn cluster(call: &Call) -> Response<ResponseBody> {
+    let view = match &call.state.cluster {
+        Some(cluster) => cluster.view(),
+        None => crate::cluster::FleetView {
+            replicas_alive: 1,
+            ..Default::default()
+        },
+    };
+    json_value(StatusCode::OK, &view)
 }
 
 /// `GET /api/v1/canaries`.

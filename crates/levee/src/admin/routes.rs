@@ -319,6 +319,18 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/api/v1/cluster",
+        auth: Auth::AdminToken,
+        handler: handlers::cluster,
+        run: Run::Inline,
+        doc: json_doc(
+            "The fleet as this replica sees it: every node's heartbeat, version, config hash and stores, the alert leader, and warnings.",
+            (200, schema::<crate::cluster::FleetView>),
+            &[],
+        ),
+    },
+    Route {
+        method: Method::GET,
         path: "/api/v1/canaries",
         auth: Auth::AdminToken,
         handler: handlers::canaries,

@@ -25,6 +25,7 @@ impl Config {
             ("data_dir", self.data_dir == next.data_dir),
             ("call_log", call_log(self) == call_log(next)),
             ("tracing", self.tracing == next.tracing),
+            ("cluster", self.cluster == next.cluster),
         ];
         same.into_iter()
             .filter(|&(key, same)| !same || sets(self, key) != sets(next, key))

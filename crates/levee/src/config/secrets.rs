@@ -64,6 +64,11 @@ pub(super) struct Secrets {
     /// The cores this process may use (affinity and cgroup quota count, so the system is
     /// read), when `workers` is `auto` or not given.
     pub cores: Option<usize>,
+    /// `cluster.redis.url_env` and `cluster.postgres.url_env`, when given.
+    pub redis_url: Option<Resolved<Secret>>,
+    pub postgres_url: Option<Resolved<Secret>>,
+    /// This machine's host name, when `cluster` is given without a `node_id`.
+    pub host_name: Option<String>,
 }
 
 /// Reads every file and environment variable the config names (the one place validation
@@ -102,6 +107,14 @@ pub(super) fn resolve_secrets(file: &ConfigFile) -> Secrets {
         .collect();
     let cores = matches!(file.workers, None | Some(Workers::Auto))
         .then(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cluster = file.cluster.as_ref();
+    let redis_url = cluster
+        .and_then(|c| c.redis.as_ref()?.url_env.as_deref())
+        .map(|name| env_secret(name, "cluster.redis.url_env"));
+    let postgres_url = cluster
+        .and_then(|c| c.postgres.as_ref()?.url_env.as_deref())
+        .map(|name| env_secret(name, "cluster.postgres.url_env"));
+    let host_name = cluster.filter(|c| c.node_id.is_none()).map(|_| host_name());
     Secrets {
         tls,
         admin_token,
@@ -109,7 +122,20 @@ pub(super) fn resolve_secrets(file: &ConfigFile) -> Secrets {
         jwt_public_keys,
         provider_keys,
         cores,
+        redis_url,
+        postgres_url,
+        host_name,
     }
+}
+
+/// The kernel's host name (`localhost` when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The value of environment variable `name`, which the config names at `key`.

@@ -60,6 +60,13 @@ pub(super) fn redacted(file: &ConfigFile) -> Value {
             }
         }
     }
+    // Store URLs carry no password (validation refuses one), but their path and options
+    // are nobody's business either.
+    for store in ["/cluster/redis/url", "/cluster/postgres/url"] {
+        if let Some(url) = value.pointer_mut(store) {
+            redact_url(url);
+        }
+    }
     if let Some(routes) = value.get_mut("routes").and_then(Value::as_array_mut) {
         for route in routes {
             for side in ["request_headers", "response_headers"] {

@@ -49,6 +49,8 @@ pub struct Config {
     pub llm: Option<LlmSpec>,
     pub slos: Vec<SloSpec>,
     pub alerting: AlertingSpec,
+    /// Cluster mode (`None`: this replica is on its own, with in-process state).
+    pub cluster: Option<ClusterSpec>,
     /// The file as read, as JSON with its secrets redacted (`config::shown`): what the admin
     /// API shows. Built at load; the file types themselves never reach the running config.
     pub shown: Arc<serde_json::Value>,
@@ -286,6 +288,38 @@ pub struct AdminSpec {
     /// The admin token (from the environment), never written back out.
     pub token: Option<Secret>,
 }
+
+/// Cluster mode: the shared stores and this replica's name in the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    pub node_id: String,
+    pub redis: Option<RedisSpec>,
+    pub postgres: Option<PostgresSpec>,
+    pub heartbeat: Duration,
+}
+
+/// Redis for counters and leases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSpec {
+    pub url: Secret,
+    pub timeout: Duration,
+    pub backoff: Duration,
+    pub key_prefix: String,
+}
+
+/// PostgreSQL for records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresSpec {
+    pub url: Secret,
+    pub timeout: Duration,
+    pub batch: usize,
+}
+
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_REDIS_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_POSTGRES_BATCH: usize = 500;
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// A secret read from the environment: its Debug output never shows the value.
 #[derive(Clone, PartialEq, Eq)]

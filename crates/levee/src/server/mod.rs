@@ -60,6 +60,8 @@ pub enum StartError {
     CallLog { message: String },
     #[error("SLO store: {message}")]
     SloStore { message: String },
+    #[error("cluster: {message}")]
+    Cluster { message: String },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: String,
@@ -89,6 +91,9 @@ pub struct RunningGateway {
     writers: WriterThreads,
     /// The `levee-slo` thread and what stops it (after the workers, so it counts them all).
     slo: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// The `levee-cluster` thread (store connections, heartbeats) and what stops it (last:
+    /// the others use its connections until they end).
+    cluster: Option<(JoinHandle<()>, watch::Sender<bool>)>,
     /// Copies of the listening sockets for a successor (zero-downtime restart); dropped when
     /// draining starts, so a stopping gateway refuses new connections instead of letting them
     /// wait in a queue nobody serves.
@@ -126,7 +131,12 @@ impl RunningGateway {
         experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
-        let gateway = Arc::new(Gateway::new(config));
+        let cluster = start_cluster(&config)?;
+        let gateway = Arc::new(Gateway::build_with(
+            config,
+            None,
+            cluster.as_ref().map(|(c, _)| c.clone()),
+        ));
         // Canaries rolled back by an earlier run stay rolled back, from the first request.
         let canaries: Vec<_> = gateway.canaries.iter().flatten().cloned().collect();
         crate::slo::canary::restore(&slo, &canaries);
@@ -142,6 +152,7 @@ impl RunningGateway {
             reloader,
             slo: slo.clone(),
             experiments: experiments.clone(),
+            cluster: cluster.as_ref().map(|(c, _)| c.clone()),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -191,6 +202,7 @@ impl RunningGateway {
             control: Some(control),
             writers,
             slo: Some(slo_thread),
+            cluster: cluster.map(|(_, thread)| thread),
             handoff: Mutex::new(Some(bound.handoff)),
             handed_off: AtomicBool::new(false),
         })
@@ -234,6 +246,34 @@ impl RunningGateway {
         self.handed_off.store(true, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Cluster mode's handle and its `levee-cluster` thread, when the config has a `cluster`
+/// block. The stores are reached in the background: a store that is down at start only
+/// means local decisions until it answers.
+#[allow(clippy::type_complexity)]
+fn start_cluster(
+    config: &Config,
+) -> Result<
+    Option<(
+        Arc<crate::cluster::Cluster>,
+        (JoinHandle<()>, watch::Sender<bool>),
+    )>,
+    StartError,
+> {
+    let Some(spec) = &config.cluster else {
+        return Ok(None);
+    };
+    let cluster = Arc::new(
+        crate::cluster::Cluster::new(spec).map_err(|e| StartError::Cluster {
+            message: e.to_string(),
+        })?,
+    );
+    cluster.set_config_hash(crate::reload::config_hash(config));
+    let (stop, stop_rx) = watch::channel(false);
+    let running = cluster.clone();
+    let thread = spawn_event_loop("levee-cluster".into(), move || running.run(stop_rx))?;
+    Ok(Some((cluster, (thread, stop))))
 }
 
 /// The SLO engine with the SLOs of `config`, and what `data_dir` kept of an earlier run

@@ -69,6 +69,10 @@ impl RunningGateway {
             let _ = admin.join();
         }
         self.writers.join();
+        if let Some((thread, stop)) = self.cluster.take() {
+            let _ = stop.send(true);
+            let _ = thread.join();
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `config::file::X`.
 
 mod auth;
+mod cluster;
 mod listeners;
 mod llm;
 mod routes;
@@ -16,6 +17,7 @@ mod telemetry;
 mod upstreams;
 
 pub use auth::*;
+pub use cluster::*;
 pub use listeners::*;
 pub use llm::*;
 pub use routes::*;
@@ -89,6 +91,10 @@ pub struct ConfigFile {
     /// Where burn-rate alerts on the SLOs are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerting: Option<AlertingFile>,
+    /// Cluster mode: many replicas acting as one gateway through Redis and PostgreSQL
+    /// (docs/cluster.md). Restart to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFile>,
 }
 
 /// `auto` or a positive number of worker threads.

@@ -9,6 +9,7 @@
 
 mod auth;
 mod chaos;
+mod cluster;
 mod listeners;
 mod llm;
 mod policies;
@@ -27,6 +28,7 @@ use super::source_map::SourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
 use auth::{check_consumers, check_jwt};
+use cluster::{check_cluster, ClusterInputs};
 use listeners::{check_admin, check_limits, check_listeners};
 use llm::{check_llm, check_prompt_routes};
 use routes::check_routes;
@@ -100,6 +102,9 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         jwt_public_keys,
         provider_keys,
         cores,
+        redis_url,
+        postgres_url,
+        host_name,
     } = resolve_secrets(file);
     let (listeners, binds) = check_listeners(file, tls, p);
     let admin = file
@@ -131,6 +136,15 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         .as_ref()
         .map(|a| check_alerting(a, p))
         .unwrap_or_default();
+    let cluster_inputs = ClusterInputs {
+        redis_url,
+        postgres_url,
+        host_name,
+    };
+    let cluster = file
+        .cluster
+        .as_ref()
+        .and_then(|c| check_cluster(c, &listeners, cluster_inputs, p));
     Some(Config {
         listeners,
         admin,
@@ -149,6 +163,7 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         llm,
         slos,
         alerting,
+        cluster,
         shown: std::sync::Arc::new(super::shown::redacted(file)),
         restart_keys: restart_keys(file),
         source: None,
@@ -168,6 +183,7 @@ fn restart_keys(file: &ConfigFile) -> Vec<&'static str> {
         ("data_dir", file.data_dir.is_some()),
         ("call_log", file.call_log.is_some()),
         ("tracing", file.tracing.is_some()),
+        ("cluster", file.cluster.is_some()),
     ]
     .into_iter()
     .filter_map(|(key, set)| set.then_some(key))

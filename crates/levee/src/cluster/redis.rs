@@ -1,0 +1,206 @@
+//! Redis as the fleet's shared counters and leases, behind one rule: **no request waits on
+//! Redis for longer than `timeout`, and none fails because of it.**
+//!
+//! Every call goes through [`RedisStore::call`], which answers `None` instead of an error when
+//! Redis is slow, down or in back-off; the caller then decides locally (its share of the
+//! limit). After a failure the store stops asking for `backoff`, so a flapping Redis costs
+//! one timeout per back-off period, not one per request; a background probe (driven by the
+//! `levee-cluster` thread) reconnects and lifts the back-off as soon as Redis answers again.
+//! The change between "fleet-wide" and "local" is logged once per change, never per request.
+//!
+//! One multiplexed connection serves the whole process: requests from every worker are
+//! pipelined on it (redis-rs writes them in order and matches answers by order), which is
+//! what Redis is fastest at.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+
+use super::stats::StoreStats;
+use crate::config::spec::RedisSpec;
+
+/// The fleet's Redis, or the knowledge that it is not answering.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    timeout: Duration,
+    backoff: Duration,
+    prefix: String,
+    /// Milliseconds since `epoch` before which no call is tried (0: none).
+    down_until_ms: AtomicU64,
+    /// Whether the last call or probe reached Redis (what `levee_cluster_store_up` shows).
+    up: AtomicBool,
+    epoch: std::time::Instant,
+    pub stats: Arc<StoreStats>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only the prefix and the state are shown.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a Redis store could not be set up (the URL was checked by validation, so this is rare).
+#[derive(Debug, thiserror::Error)]
+#[error("Redis URL not usable: {0}")]
+pub struct RedisSetupError(String);
+
+impl RedisStore {
+    pub fn new(spec: &RedisSpec) -> Result<RedisStore, RedisSetupError> {
+        // The client's own error text can quote the URL: keep only its kind.
+        let client = redis::Client::open(spec.url.0.as_str())
+            .map_err(|e| RedisSetupError(format!("{:?}", e.kind())))?;
+        Ok(RedisStore {
+            client,
+            conn: ArcSwapOption::empty(),
+            timeout: spec.timeout,
+            backoff: spec.backoff,
+            prefix: spec.key_prefix.clone(),
+            // Nothing is asked before the first probe connects.
+            down_until_ms: AtomicU64::new(u64::MAX),
+            up: AtomicBool::new(false),
+            epoch: std::time::Instant::now(),
+            stats: Arc::new(StoreStats::new("redis")),
+        })
+    }
+
+    /// A key under this fleet's prefix: `prefix:a:b:c`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether Redis answered the last call or probe.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `op` on the shared connection within `timeout`. `None` when Redis is in back-off,
+    /// not connected, slow or failing: the caller decides locally.
+    pub async fn call<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let conn = self.conn.load_full()?;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, op((*conn).clone())).await;
+        self.stats.observe(started.elapsed());
+        match result {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) if !is_connection_error(&error) => {
+                // A script or type error is our bug, not Redis being down: say so, once per
+                // back-off, and decide locally meanwhile.
+                tracing::error!(kind = ?error.kind(), "Redis refused a command; deciding locally");
+                self.fail(false);
+                None
+            }
+            Ok(Err(_)) => {
+                self.fail(true);
+                None
+            }
+            Err(_) => {
+                self.fail(false);
+                None
+            }
+        }
+    }
+
+    /// Marks Redis as not answering: no call is tried for `backoff`. A broken connection is
+    /// dropped, for the probe to open a new one.
+    fn fail(&self, broken: bool) {
+        self.stats.error();
+        self.down_until_ms.store(
+            self.now_ms().saturating_add(millis(self.backoff)),
+            Ordering::Relaxed,
+        );
+        if broken {
+            self.conn.store(None);
+        }
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                backoff_ms = millis(self.backoff),
+                "Redis is not answering: rate limits and budgets are decided per replica (each its share) until it is back"
+            );
+        }
+    }
+
+    /// Connects when there is no connection, pings, and lifts the back-off when Redis
+    /// answers. Run by the `levee-cluster` thread a few times a second.
+    pub async fn probe(&self) {
+        let conn = match self.conn.load_full() {
+            Some(conn) => conn,
+            None => {
+                let connect = self.client.get_multiplexed_async_connection();
+                match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), connect).await {
+                    Ok(Ok(conn)) => {
+                        let conn = Arc::new(conn);
+                        self.conn.store(Some(conn.clone()));
+                        conn
+                    }
+                    _ => return self.probe_failed(),
+                }
+            }
+        };
+        let ping = async move {
+            let mut conn = (*conn).clone();
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
+            Ok(Ok(_)) => {
+                self.down_until_ms.store(0, Ordering::Relaxed);
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("Redis answers: rate limits and budgets are decided for the whole fleet");
+                }
+            }
+            Ok(Err(error)) if is_connection_error(&error) => {
+                self.conn.store(None);
+                self.probe_failed();
+            }
+            _ => self.probe_failed(),
+        }
+    }
+
+    fn probe_failed(&self) {
+        if self.up.load(Ordering::Relaxed) {
+            self.fail(false);
+        } else {
+            self.down_until_ms.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_connection_error(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
