@@ -42,7 +42,7 @@ pub struct Gateway {
     pub credentials: Credentials,
     pub jwt: Option<Arc<JwtVerifier>>,
     /// Each consumer's LLM budget and rate limits (only consumers that have any).
-    pub llm_quotas: std::collections::HashMap<Arc<str>, Arc<crate::llm::quota::ConsumerQuota>>,
+    pub llm_quotas: std::collections::HashMap<Arc<str>, Arc<crate::llm::fleet_quota::ConsumerLimits>>,
     /// Each model's targets' breakers and latency estimates, indexed like `llm.models`.
     pub llm_targets: Vec<Vec<Arc<crate::llm::TargetState>>>,
     /// The AI gateway's answer cache, when configured.
@@ -97,7 +97,7 @@ impl Gateway {
             stale,
             limiters,
             retry_budgets,
-        } = RouteState::build(&config, previous);
+        } = RouteState::build(&config, previous, cluster.as_ref());
         let credentials = Credentials::new(&config.consumers);
         // The verifier keeps its fetched JWKS when nothing about it changed.
         let jwt = match (previous.and_then(|old| old.jwt.as_ref()), &config.jwt) {
@@ -127,10 +127,11 @@ impl Gateway {
                     old.llm_quotas.get(&c.name).filter(|_| same).cloned()
                 });
                 let quota = kept.unwrap_or_else(|| {
-                    Arc::new(crate::llm::quota::ConsumerQuota::new(
+                    Arc::new(crate::llm::fleet_quota::ConsumerLimits::new(
+                        &c.name,
                         c.llm_budget,
                         c.llm_rate_limit,
-                        tokio::time::Instant::now(),
+                        cluster.as_ref(),
                     ))
                 });
                 (c.name.clone(), quota)
@@ -197,7 +198,11 @@ struct RouteState {
 }
 
 impl RouteState {
-    fn build(config: &Config, previous: Option<&Gateway>) -> RouteState {
+    fn build(
+        config: &Config,
+        previous: Option<&Gateway>,
+        cluster: Option<&Arc<crate::cluster::Cluster>>,
+    ) -> RouteState {
         // The running routes by name, so that finding a route's predecessor stays linear in
         // the number of routes (a reload of 100,000 routes must not compare every pair).
         let old_routes: HashMap<&str, usize> = previous
@@ -235,7 +240,7 @@ impl RouteState {
                 kept.or_else(|| {
                     r.rate_limit
                         .as_ref()
-                        .map(|spec| Arc::new(RouteLimiter::new(spec)))
+                        .map(|spec| Arc::new(RouteLimiter::for_fleet(spec, &r.name, cluster)))
                 })
             })
             .collect();

@@ -27,6 +27,7 @@ pub mod anthropic;
 mod attempt;
 pub mod azure;
 pub mod cache;
+pub mod fleet_quota;
 pub mod gemini;
 pub mod messages_api;
 pub mod openai;
@@ -149,7 +150,7 @@ pub struct Backend<'a> {
     pub client: &'a LlmClient,
     pub metrics: &'a MetricsShard,
     pub cache: Option<&'a cache::AnswerCache>,
-    pub quotas: &'a HashMap<Arc<str>, Arc<quota::ConsumerQuota>>,
+    pub quotas: &'a HashMap<Arc<str>, Arc<fleet_quota::ConsumerLimits>>,
     /// Per model, per target.
     pub targets: &'a [Vec<Arc<TargetState>>],
     /// Per provider.
@@ -276,11 +277,7 @@ async fn complete(
                 .or_else(|| request.get("max_tokens"))
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_RESERVED_COMPLETION);
-            Some(
-                quota
-                    .admit(prompt_estimate + max_tokens, Instant::now())
-                    .map_err(refused)?,
-            )
+            Some(quota.admit(prompt_estimate + max_tokens).await.map_err(refused)?)
         }
         None => None,
     };
@@ -289,7 +286,7 @@ async fn complete(
         (Some(quota), Some(reservation), Ok(_), Some(call)) => {
             let quota = quota.clone();
             call.settle_on_end(Box::new(move |tokens, cost| {
-                quota.settle(reservation, tokens, cost, Instant::now());
+                quota.settle(reservation, tokens, cost);
             }));
         }
         (Some(quota), Some(reservation), _, _) => quota.release(reservation),

@@ -97,7 +97,10 @@ pub async fn handle(
 
     // Rate limit, after auth so that limits can be per consumer.
     let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
-    let decision = limiter.map(|l| l.check(&parts, conn.peer.ip(), record.consumer.as_deref()));
+    let decision = match limiter {
+        Some(l) => Some(l.check(&parts, conn.peer.ip(), record.consumer.as_deref()).await),
+        None => None,
+    };
     if let (Some(limiter), Some(decision)) = (limiter, decision.filter(|d| !d.allowed)) {
         if let Some(route_name) = &record.route {
             worker.recorder.metrics.lock().record_rate_limited(route_name);

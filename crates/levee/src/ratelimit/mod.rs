@@ -3,76 +3,88 @@
 //!
 //! The limiter is process-wide (one GCRA store shared by the workers, in 16 locked shards),
 //! because a per-worker split would let a client that reaches several workers exceed its
-//! rate. The [`Limiter`] trait is the seam for a Redis-backed limiter in cluster mode.
+//! rate. In cluster mode with Redis the same reasoning goes one step further: the decision
+//! is made for the whole fleet ([`fleet`]), so that three replicas do not let three times
+//! the rate through.
 
-use std::fmt::Debug;
+pub mod fleet;
+
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use levee_resilience::{Decision, KeyedLimiter, Quota};
+use levee_resilience::{Decision, KeyedLimiter};
 use tokio::time::Instant;
 
+use crate::cluster::Cluster;
 use crate::config::spec::{LimitKey, RateLimitSpec};
-
-/// Anything that can decide a request for a key.
-pub trait Limiter: Send + Sync + Debug {
-    fn check(&self, key: &str, now: Instant) -> Decision;
-    fn quota(&self) -> Quota;
-}
-
-impl Limiter for KeyedLimiter {
-    fn check(&self, key: &str, now: Instant) -> Decision {
-        KeyedLimiter::check(self, key, now)
-    }
-
-    fn quota(&self) -> Quota {
-        KeyedLimiter::quota(self)
-    }
-}
+use fleet::FleetLimiter;
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// One route's limit.
+/// One route's limit: counted in this process, or across the fleet in cluster mode.
 #[derive(Debug)]
 pub struct RouteLimiter {
-    limiter: Box<dyn Limiter>,
+    local: KeyedLimiter,
+    fleet: Option<FleetLimiter>,
     key: LimitKey,
 }
 
 impl RouteLimiter {
     pub fn new(spec: &RateLimitSpec) -> RouteLimiter {
         RouteLimiter {
-            limiter: Box::new(KeyedLimiter::new(spec.quota, spec.max_keys)),
+            local: KeyedLimiter::new(spec.quota, spec.max_keys),
+            fleet: None,
             key: spec.key.clone(),
         }
     }
 
+    /// The route's limit for the whole fleet when the cluster has Redis, else [`RouteLimiter::new`].
+    pub fn for_fleet(spec: &RateLimitSpec, route: &str, cluster: Option<&Arc<Cluster>>) -> RouteLimiter {
+        let mut limiter = RouteLimiter::new(spec);
+        if let Some((cluster, redis)) = cluster.and_then(|c| Some((c, c.redis.clone()?))) {
+            limiter.fleet = Some(FleetLimiter::new(
+                cluster.clone(),
+                redis,
+                route,
+                spec.quota,
+                spec.max_keys,
+            ));
+        }
+        limiter
+    }
+
     /// Decides a request. A request without the keyed header shares one bucket with every
     /// other such request, so leaving the header out is no way around the limit.
-    pub fn check(&self, parts: &Parts, client_ip: IpAddr, consumer: Option<&str>) -> Decision {
+    pub async fn check(&self, parts: &Parts, client_ip: IpAddr, consumer: Option<&str>) -> Decision {
         let now = Instant::now();
-        match &self.key {
-            LimitKey::Route => self.limiter.check("", now),
-            LimitKey::Consumer => self.limiter.check(consumer.unwrap_or("-"), now),
-            LimitKey::ClientIp => self.limiter.check(&client_ip.to_string(), now),
-            LimitKey::Header(name) => {
-                let value = parts
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                self.limiter.check(value, now)
+        let ip;
+        let key = match &self.key {
+            LimitKey::Route => "",
+            LimitKey::Consumer => consumer.unwrap_or("-"),
+            LimitKey::ClientIp => {
+                ip = client_ip.to_string();
+                &ip
             }
+            LimitKey::Header(name) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+        };
+        match &self.fleet {
+            Some(fleet) => fleet.check(key, now).await,
+            None => self.local.check(key, now),
         }
     }
 
     /// Adds the `RateLimit-*` headers (and `Retry-After` when refused).
     pub fn annotate(&self, decision: &Decision, headers: &mut HeaderMap) {
-        let quota = self.limiter.quota();
+        let quota = self.local.quota();
         headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(quota.burst));
         headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(decision.remaining));
         headers.insert(
