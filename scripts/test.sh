@@ -33,6 +33,11 @@ command -v promtool >/dev/null && promtool --version 2>&1 | head -1
 # `prometheus-alertmanager`).
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
   || apt_install prometheus-alertmanager || true
+# Cluster mode's tests start their own redis-server and PostgreSQL (initdb, pg_ctl).
+command -v redis-server >/dev/null || apt_install redis-server
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+# The machine's own Redis and PostgreSQL services are never used: each test starts its own
+# on a free port.
 # Python tools the tests use (openapi-spec-validator checks the admin API's OpenAPI
 # document), in a virtualenv of their own under target/.
 VENV="$PWD/target/test-venv"

@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         action: SloAction,
     },
+    /// Cluster mode: `levee cluster status` shows the fleet as a running replica sees it.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// API keys: `levee key new` prints a fresh random key and the digest for the config.
     Key {
         #[command(subcommand)]
@@ -123,6 +128,19 @@ enum SloAction {
     Rules {
         #[arg(long, short, default_value = "levee.yaml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Every replica of the fleet: id, version, config hash, last heartbeat, the stores it
+    /// reaches, which one leads alerting; and warnings (replicas on different configs).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -190,6 +208,12 @@ fn main() -> ExitCode {
         Command::Slo {
             action: SloAction::Rules { config },
         } => slo_rules(&config),
+        Command::Cluster {
+            action: ClusterAction::Status { admin, json },
+        } => {
+            let url = format!("{}/api/v1/cluster", admin.admin.trim_end_matches('/'));
+            admin_command(&admin, &url, json, cluster_table)
+        }
         Command::Schema => {
             let schema = levee::config::file::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
@@ -298,6 +322,70 @@ fn top_table(value: &serde_json::Value) -> String {
         })
         .collect();
     levee::admin_client::table(&["group", "requests", "5xx", "p99 ms"], &rows)
+}
+
+/// `levee cluster status`: one row per replica, then the warnings.
+fn cluster_table(value: &serde_json::Value) -> String {
+    if field(value, "cluster") != &serde_json::Value::Bool(true) {
+        return "not in cluster mode (the config has no `cluster` block)\n".into();
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let yes_no = |v: &serde_json::Value| match v.as_bool() {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "-",
+    };
+    let rows: Vec<Vec<String>> = field(value, "nodes")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|node| {
+            let beat = field(node, "last_heartbeat_ms").as_u64().unwrap_or(0);
+            let mut id = field(node, "id").as_str().unwrap_or("-").to_owned();
+            if field(node, "self").as_bool() == Some(true) {
+                id.push_str(" (this)");
+            }
+            vec![
+                id,
+                if field(node, "alive").as_bool() == Some(true) {
+                    "alive"
+                } else {
+                    "gone"
+                }
+                .into(),
+                field(node, "version").as_str().unwrap_or("-").to_owned(),
+                field(node, "config_hash").as_str().unwrap_or("-").to_owned(),
+                format!("{:.1}s ago", now_ms.saturating_sub(beat) as f64 / 1000.0),
+                yes_no(field(node, "redis")).into(),
+                yes_no(field(node, "postgres")).into(),
+                if field(node, "alert_leader").as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "-"
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    let mut out = levee::admin_client::table(
+        &[
+            "node",
+            "state",
+            "version",
+            "config",
+            "heartbeat",
+            "redis",
+            "postgres",
+            "leader",
+        ],
+        &rows,
+    );
+    for warning in field(value, "warnings").as_array().into_iter().flatten() {
+        out.push_str(&format!("warning: {}\n", warning.as_str().unwrap_or_default()));
+    }
+    out
 }
 
 fn slo_table(value: &serde_json::Value) -> String {

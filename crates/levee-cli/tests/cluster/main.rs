@@ -8,6 +8,7 @@
     clippy::panic
 )]
 
+mod fleet_view;
 mod limits;
 
 use std::path::PathBuf;

@@ -138,6 +138,7 @@ impl Cluster {
             postgres: self.postgres.as_ref().is_some_and(|p| p.is_up()),
             alert_leader: self.is_alert_leader(),
             alive: true,
+            this: false,
         }
     }
 
@@ -215,6 +216,7 @@ impl Cluster {
         }
         for node in &mut nodes {
             node.alive = now.saturating_sub(node.last_heartbeat_ms) < dead_after;
+            node.this = node.id == self.node_id;
         }
         let mut hashes: Vec<&str> = nodes
             .iter()

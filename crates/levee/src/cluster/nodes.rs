@@ -28,6 +28,9 @@ pub struct NodeInfo {
     /// Heard from within three heartbeats (filled in by the reader, not sent).
     #[serde(default)]
     pub alive: bool,
+    /// The replica that answered (filled in by the reader, not sent).
+    #[serde(default, rename = "self")]
+    pub this: bool,
 }
 
 /// Heartbeats older than this are removed from the roll (the replica is long gone).
