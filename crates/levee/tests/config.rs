@@ -375,6 +375,17 @@ fn every_deployment_file_parses_and_the_configmap_config_passes_check() {
         }
     }
     assert!(configs_checked >= 1, "a ConfigMap with the gateway's config");
+    // The Compose fleet's config (cluster mode) passes too, with its store URLs set.
+    std::env::set_var("LEVEE_REDIS_URL", "redis://redis:6379/0");
+    std::env::set_var(
+        "LEVEE_POSTGRES_URL",
+        "postgres://levee:levee-demo@postgres:5432/levee",
+    );
+    let compose = repo_root().join("deploy/compose/levee.yaml");
+    let config = levee::load_str(&std::fs::read_to_string(&compose).unwrap(), "levee.yaml")
+        .unwrap_or_else(|e| panic!("{}:\n{e}", compose.display()));
+    let cluster = config.cluster.expect("a cluster block");
+    assert!(cluster.redis.is_some() && cluster.postgres.is_some());
 }
 
 #[test]

@@ -103,6 +103,10 @@ fn check_redis(r: &RedisFile, from_env: Option<Resolved<Secret>>, p: &mut Proble
     } else {
         "cluster.redis.url_env"
     };
+    if url.0.starts_with("rediss://") {
+        p.at(at, "TLS to Redis (rediss://) is not supported yet: use redis:// on a trusted network (docs/cluster.md)");
+        return None;
+    }
     match redis::Client::open(url.0.as_str()) {
         Ok(client) => {
             let info = client.get_connection_info();
@@ -165,6 +169,10 @@ fn check_postgres(
         "cluster.postgres.url_env"
     };
     match url.0.parse::<tokio_postgres::Config>() {
+        Ok(config) if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require => p.at(
+            at,
+            "TLS to PostgreSQL (sslmode=require) is not supported yet: use sslmode=disable or prefer on a trusted network (docs/cluster.md)",
+        ),
         Ok(config) => {
             if pg.url.is_some() && config.get_password().is_some() {
                 p.at(at, "the PostgreSQL connection string carries a password: put it in an environment variable and name it in `url_env`");
