@@ -332,3 +332,114 @@ where
     }
     out
 }
+
+/// A TCP relay to Redis that can stop passing bytes (a Redis that hangs, or a network that
+/// drops packets), to see what a slow Redis costs requests.
+struct FreezingRelay {
+    addr: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingRelay {
+    async fn start(to: std::net::SocketAddr) -> FreezingRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addr = listener.local_addr().unwrap();
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = flag.clone();
+                let pass = |flag: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+                    // Waits (bounded) while frozen: bytes are held, not lost.
+                    for _ in 0..3000 {
+                        if !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pass(up.clone()).await;
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let down = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pass(down.clone()).await;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        FreezingRelay { addr, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_costs_one_timeout_per_backoff_not_one_per_request() {
+    let redis = RedisServer::start();
+    let relay = FreezingRelay::start(([127, 0, 0, 1], redis.port).into()).await;
+    let upstream = MockUpstream::fixed("ok").await;
+    let fleet = Fleet::start(
+        1,
+        &fleet_config(upstream.addr, "1s"),
+        &[("LEVEE_REDIS_URL", format!("redis://{}/0", relay.addr))],
+    );
+    wait_for_roll_call(&fleet).await;
+    let urls = vec![fleet.replicas[0].url("/shared/x")];
+    // Warm: the worker's own connection to Redis is open.
+    paced(&urls, &[], 50, Duration::from_secs(1)).await;
+    relay.freeze(true);
+    let frozen = paced(&urls, &[], 100, Duration::from_secs(3)).await;
+    relay.freeze(false);
+    let waited = frozen
+        .iter()
+        .filter(|s| s.took >= Duration::from_millis(45))
+        .count();
+    let slowest = frozen.iter().map(|s| s.took).max().unwrap();
+    eprintln!(
+        "{waited} of {} requests waited for the timeout; slowest {slowest:?}",
+        frozen.len()
+    );
+    assert_eq!(
+        count(&frozen, 200) + count(&frozen, 429),
+        frozen.len(),
+        "no request failed"
+    );
+    // 3 s with a back-off of 1 s: a few requests pay the 50 ms timeout, not 300.
+    assert!(
+        (1..=8).contains(&waited),
+        "{waited} requests waited for the hanging Redis"
+    );
+    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+    let url = fleet.replicas[0].admin_url("/api/v1/cluster");
+    eventually("Redis counted as up again", || {
+        let url = url.clone();
+        async move { admin_json(&url).await["redis"] == true }
+    })
+    .await;
+}

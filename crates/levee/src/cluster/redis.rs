@@ -3,17 +3,22 @@
 //!
 //! Every call goes through [`RedisStore::call`], which answers `None` instead of an error when
 //! Redis is slow, down or in back-off; the caller then decides locally (its share of the
-//! limit). After a failure the store stops asking for `backoff`, so a flapping Redis costs
-//! one timeout per back-off period, not one per request; a background probe (driven by the
-//! `levee-cluster` thread) reconnects and lifts the back-off as soon as Redis answers again.
+//! limit). After a failure no call asks Redis for `backoff`, and after that not before a
+//! background probe (driven by the `levee-cluster` thread, every 250 ms) finds Redis
+//! answering again; so a hanging or flapping Redis costs the requests in flight at the first
+//! failure one timeout, and at most one more per back-off period, never one per request.
 //! The change between "fleet-wide" and "local" is logged once per change, never per request.
 //!
-//! One multiplexed connection serves the whole process: requests from every worker are
-//! pipelined on it (redis-rs writes them in order and matches answers by order), which is
-//! what Redis is fastest at.
+//! Each worker thread has its own multiplexed connection, driven by its own event loop, so
+//! a call costs no hop to another thread; the calls of one worker are pipelined on it
+//! (redis-rs writes them in order and matches answers by order), which is what Redis is
+//! fastest at. A worker without its connection yet (just started, or after a reconnect)
+//! uses the `levee-cluster` thread's while its own is opened in the background.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +41,20 @@ pub struct RedisStore {
     up: AtomicBool,
     epoch: std::time::Instant,
     pub stats: Arc<StoreStats>,
+    /// Tells the threads' own connections apart from another store's.
+    id: usize,
+    /// One more each time a broken connection is dropped: threads then open new ones.
+    generation: AtomicU64,
+}
+
+static NEXT_STORE_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's own connection to a store: (store id) -> (generation, connection or `None`
+/// while it is being opened).
+type ThreadConnections = HashMap<usize, (u64, Option<MultiplexedConnection>)>;
+
+thread_local! {
+    static THREAD_CONNECTIONS: RefCell<ThreadConnections> = RefCell::new(HashMap::new());
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -69,6 +88,8 @@ impl RedisStore {
             up: AtomicBool::new(false),
             epoch: std::time::Instant::now(),
             stats: Arc::new(StoreStats::new("redis")),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -105,9 +126,12 @@ impl RedisStore {
         if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
             return None;
         }
-        let conn = self.conn.load_full()?;
+        let conn = match self.thread_connection() {
+            Some(conn) => conn,
+            None => (*self.conn.load_full()?).clone(),
+        };
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, op((*conn).clone())).await;
+        let result = tokio::time::timeout(self.timeout, op(conn)).await;
         self.stats.observe(started.elapsed());
         match result {
             Ok(Ok(value)) => Some(value),
@@ -129,6 +153,60 @@ impl RedisStore {
         }
     }
 
+    /// This thread's own connection, when it has one of the current generation; else starts
+    /// opening one on this thread's event loop (if it runs in one) and answers `None`.
+    fn thread_connection(&self) -> Option<MultiplexedConnection> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let opening = THREAD_CONNECTIONS.with(|cell| {
+            let mut connections = cell.borrow_mut();
+            match connections.get(&self.id) {
+                Some((g, Some(conn))) if *g == generation => return Ok(conn.clone()),
+                Some((g, None)) if *g == generation => return Err(false),
+                _ => {}
+            }
+            connections.insert(self.id, (generation, None));
+            Err(true)
+        });
+        match opening {
+            Ok(conn) => Some(conn),
+            Err(true) => {
+                self.open_thread_connection(generation);
+                None
+            }
+            Err(false) => None,
+        }
+    }
+
+    fn open_thread_connection(&self, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, id, timeout) = (
+            self.client.clone(),
+            self.id,
+            self.timeout.max(Duration::from_millis(500)),
+        );
+        // The task runs on this thread's own event loop (the workers' are single-threaded),
+        // so the connection lands in this thread's map.
+        runtime.spawn(async move {
+            let conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await;
+            THREAD_CONNECTIONS.with(|cell| {
+                let mut connections = cell.borrow_mut();
+                match conn {
+                    Ok(Ok(conn)) => {
+                        if let Some(entry) = connections.get_mut(&id).filter(|(g, _)| *g == generation) {
+                            entry.1 = Some(conn);
+                        }
+                    }
+                    // Tried again by a later call.
+                    _ => {
+                        connections.remove(&id);
+                    }
+                }
+            });
+        });
+    }
+
     /// Marks Redis as not answering: no call is tried for `backoff`. A broken connection is
     /// dropped, for the probe to open a new one.
     fn fail(&self, broken: bool) {
@@ -139,6 +217,7 @@ impl RedisStore {
         );
         if broken {
             self.conn.store(None);
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
@@ -171,7 +250,12 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
             Ok(Ok(_)) => {
-                self.down_until_ms.store(0, Ordering::Relaxed);
+                // A back-off still running is served out (a Redis that answers pings but
+                // fails calls must not cost a timeout every probe); a Redis that did not
+                // even answer probes is asked again at once.
+                let _ =
+                    self.down_until_ms
+                        .compare_exchange(u64::MAX, 0, Ordering::Relaxed, Ordering::Relaxed);
                 if !self.up.swap(true, Ordering::Relaxed) {
                     tracing::info!("Redis answers: rate limits and budgets are decided for the whole fleet");
                 }
