@@ -24,29 +24,35 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use levee_resilience::{Decision, KeyedLimiter, Quota};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::coalesce::{Coalescer, LeadGuard, Turn};
 use crate::cluster::redis::RedisStore;
 use crate::cluster::Cluster;
 
-/// The GCRA step in Redis. KEYS[1]: the key's TAT (microseconds, Redis clock). ARGV: the
-/// interval and the tolerance in microseconds. Returns {allowed, reset_us, retry_after_us}.
+/// The GCRA step in Redis for `n` requests of one key at once. KEYS[1]: the key's TAT
+/// (microseconds, Redis clock). ARGV: the interval and the tolerance in microseconds, and n.
+/// Returns {allowed, base_us}: the first `allowed` requests pass; `base_us` is how far the
+/// TAT was ahead of now before them, from which each one's headers follow.
 static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-        local interval = tonumber(ARGV[1])
-        local tolerance = tonumber(ARGV[2])
+        local interval, tolerance, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
         local tat = tonumber(redis.call('GET', KEYS[1])) or now
         if tat < now then tat = now end
-        local allow_at = tat - tolerance
-        if now < allow_at then
-            return {0, tat - now, allow_at - now}
+        local base = tat - now
+        local allowed = 0
+        while allowed < n and now >= tat - tolerance do
+            tat = tat + interval
+            allowed = allowed + 1
         end
-        local new_tat = tat + interval
-        redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-        return {1, new_tat - now, 0}
+        if allowed > 0 then
+            redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+        end
+        return {allowed, base}
         ",
     )
 });
@@ -66,6 +72,8 @@ pub struct FleetLimiter {
     refused: Vec<Mutex<HashMap<u64, (Instant, Instant)>>>,
     /// The local limiter used while Redis does not answer, sized for the replicas seen then.
     share: ArcSwap<(usize, KeyedLimiter)>,
+    /// Requests waiting for a key's call in flight.
+    batches: Coalescer,
 }
 
 impl FleetLimiter {
@@ -85,16 +93,45 @@ impl FleetLimiter {
             max_keys,
             refused: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             share: ArcSwap::from_pointee((replicas, KeyedLimiter::new(share_of(quota, replicas), max_keys))),
+            batches: Coalescer::default(),
         }
     }
 
     /// Decides one request for `key` for the whole fleet (or, without Redis, for this
-    /// replica's share).
+    /// replica's share). Requests for a key with a call in flight join the next call.
     pub async fn check(&self, key: &str, now: Instant) -> Decision {
         let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        if let Some(decision) = self.known_refusal(hash, now) {
-            return decision;
+        // A request whose batch leader went away starts over; a few times at most.
+        for _ in 0..4 {
+            if let Some(decision) = self.known_refusal(hash, now) {
+                return decision;
+            }
+            match self.batches.join(hash) {
+                Ok(guard) => return self.lead(hash, key, Vec::new(), guard).await,
+                Err(turn) => match turn.await {
+                    Ok(Turn::Decided(decision)) => return decision,
+                    Ok(Turn::Lead(followers)) => {
+                        let guard = LeadGuard::taken_over(&self.batches, hash);
+                        return self.lead(hash, key, followers, guard).await;
+                    }
+                    Err(_) => continue,
+                },
+            }
         }
+        self.cluster.fallback("rate_limit");
+        self.local_share().1.check(key, now)
+    }
+
+    /// Asks Redis for this request and its followers in one call, answers the followers and
+    /// returns this request's decision; the guard hands the key on when it is dropped.
+    async fn lead(
+        &self,
+        hash: u64,
+        key: &str,
+        followers: Vec<oneshot::Sender<Turn>>,
+        guard: LeadGuard<'_>,
+    ) -> Decision {
+        let n = 1 + followers.len();
         let redis_key = format!("{}:{hash:016x}", self.key_base);
         let interval = micros(self.quota.interval);
         let tolerance = micros(
@@ -108,26 +145,40 @@ impl FleetLimiter {
                 GCRA.key(redis_key)
                     .arg(interval)
                     .arg(tolerance)
-                    .invoke_async::<(i64, i64, i64)>(&mut conn)
+                    .arg(n)
+                    .invoke_async::<(i64, i64)>(&mut conn)
                     .await
             })
             .await;
-        match answer {
-            Some((allowed, reset_us, retry_us)) => {
-                let reset = Duration::from_micros(reset_us.max(0).unsigned_abs());
-                if allowed == 1 {
-                    allowed_decision(self.quota, reset)
-                } else {
-                    let retry_after = Duration::from_micros(retry_us.max(0).unsigned_abs());
-                    self.remember_refusal(hash, now + retry_after, now + reset);
-                    refused_decision(reset, retry_after)
+        let now = Instant::now();
+        let decide = |i: usize| -> Decision {
+            match answer {
+                Some((allowed, base_us)) => {
+                    let allowed = usize::try_from(allowed.max(0)).unwrap_or(0);
+                    let base = Duration::from_micros(base_us.max(0).unsigned_abs());
+                    batch_decision(self.quota, base, allowed, i)
+                }
+                None => {
+                    self.cluster.fallback("rate_limit");
+                    self.local_share().1.check(key, now)
                 }
             }
-            None => {
-                self.cluster.fallback("rate_limit");
-                self.local_share().1.check(key, now)
+        };
+        let mine = decide(0);
+        for (i, follower) in followers.into_iter().enumerate() {
+            let _ = follower.send(Turn::Decided(decide(i + 1)));
+        }
+        if let Some((allowed, base_us)) = answer {
+            let allowed = usize::try_from(allowed.max(0)).unwrap_or(0);
+            if allowed < n {
+                // Refused requests say until when: every request before then is refused here.
+                let base = Duration::from_micros(base_us.max(0).unsigned_abs());
+                let refused = batch_decision(self.quota, base, allowed, n);
+                self.remember_refusal(hash, now + refused.retry_after, now + refused.reset);
             }
         }
+        drop(guard);
+        mine
     }
 
     fn shard(&self, hash: u64) -> Option<std::sync::MutexGuard<'_, HashMap<u64, (Instant, Instant)>>> {
@@ -203,6 +254,22 @@ fn allowed_decision(quota: Quota, reset: Duration) -> Decision {
     }
 }
 
+/// The decision for request `i` of a batch whose first `allowed` requests passed, the key's
+/// TAT having been `base` ahead of now before them.
+fn batch_decision(quota: Quota, base: Duration, allowed: usize, i: usize) -> Decision {
+    let steps = |k: usize| {
+        quota
+            .interval
+            .saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+    };
+    if i < allowed {
+        return allowed_decision(quota, base + steps(i + 1));
+    }
+    let whole_at = base + steps(allowed);
+    let tolerance = quota.interval.saturating_mul(quota.burst.saturating_sub(1));
+    refused_decision(whole_at, whole_at.saturating_sub(tolerance))
+}
+
 fn refused_decision(reset: Duration, retry_after: Duration) -> Decision {
     Decision {
         allowed: false,
@@ -225,6 +292,22 @@ mod tests {
         assert_eq!(share.burst, 4);
         assert_eq!(share_of(quota, 1), quota);
         assert_eq!(share_of(Quota::new(1, Duration::from_secs(1), 1), 5).burst, 1);
+    }
+
+    #[test]
+    fn a_batch_decides_like_the_same_requests_one_after_another() {
+        let quota = Quota::new(10, Duration::from_secs(1), 5);
+        let now = Instant::now();
+        let mut tat = None;
+        let mut one_by_one = Vec::new();
+        for _ in 0..8 {
+            let (decision, next) = quota.decide(tat, now);
+            one_by_one.push(decision);
+            tat = Some(next);
+        }
+        // What the script answers for 8 requests on a new key: 5 pass, the TAT was now.
+        let batch: Vec<Decision> = (0..8).map(|i| batch_decision(quota, Duration::ZERO, 5, i)).collect();
+        assert_eq!(batch, one_by_one);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! is made for the whole fleet ([`fleet`]), so that three replicas do not let three times
 //! the rate through.
 
+mod coalesce;
 pub mod fleet;
 
 use std::net::IpAddr;
