@@ -29,7 +29,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   "$NGINX" -c "$dir/origin.conf" -s stop 2>/dev/null || true
-  rm -rf "$dir"
+  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 
@@ -73,7 +73,7 @@ for i in $(seq 1 "$PAIRS"); do
   for side in local fleet; do
     port=$([ "$side" = local ] && echo 18091 || echo 18092)
     wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
-      | awk -v i="$i" -v side="$side" '/Requests\/sec/{rps=$2} / 99%/{p99=$2} /Non-2xx/{err=$NF} END{print i, side, rps, p99, err+0}'
+      | awk -v i="$i" -v side="$side" '/Requests\/sec/{rps=$2} / 99%/{p99=$2} /Non-2xx/{err+=$NF} /Socket errors/{gsub(",","");err+=$4+$6+$8+$10} END{print i, side, rps+0, p99, err+0}'
   done
 done | tee "$dir/pairs.txt"
 calls=$(curl -sf http://127.0.0.1:19922/metrics | awk '/^levee_cluster_store_seconds_count\{store="redis"\}/{print $2}')
@@ -94,5 +94,5 @@ print("fleet/local per pair: " + " ".join(f"{r:.3f}" for r in ratios))
 print(f"fleet/local median {statistics.median(ratios):.3f} (target >= 0.9)")
 print(f"p99 ms median: local {statistics.median(p99['local']):.2f}, fleet {statistics.median(p99['fleet']):.2f}, "
       f"added {statistics.median(p99['fleet']) - statistics.median(p99['local']):.2f}")
-print(f"non-2xx: {errors}")
+print(f"non-2xx responses and socket errors: {errors}")
 EOF
