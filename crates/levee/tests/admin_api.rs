@@ -27,6 +27,7 @@ const ADMIN_PATHS: &[(&str, &str)] = &[
     ("get", "/api/v1/calls"),
     ("get", "/api/v1/analytics"),
     ("get", "/api/v1/slos"),
+    ("get", "/api/v1/cluster"),
     ("get", "/api/v1/canaries"),
     ("get", "/api/v1/experiments"),
     ("post", "/api/v1/experiments"),
