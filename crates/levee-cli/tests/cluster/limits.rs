@@ -152,7 +152,14 @@ async fn redis_dying_mid_load_fails_no_request_and_fleet_limiting_resumes_after_
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_at = Instant::now();
     tokio::task::block_in_place(|| redis.kill());
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Without Redis every replica stays ready: it decides alone, it does not stop serving.
+    for replica in &fleet.replicas {
+        let ready = levee_test_support::get(&replica.admin_url("/readyz"), &[]).await;
+        assert_eq!(ready.status, 200, "{}", ready.text());
+        assert_eq!(admin_json(&replica.admin_url("/api/v1/cluster")).await["redis"], false);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| redis.restart());
     let restarted = Instant::now();
     // Every replica is back on the fleet-wide decision within 5 s.
