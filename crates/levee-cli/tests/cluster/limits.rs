@@ -157,7 +157,10 @@ async fn redis_dying_mid_load_fails_no_request_and_fleet_limiting_resumes_after_
     for replica in &fleet.replicas {
         let ready = levee_test_support::get(&replica.admin_url("/readyz"), &[]).await;
         assert_eq!(ready.status, 200, "{}", ready.text());
-        assert_eq!(admin_json(&replica.admin_url("/api/v1/cluster")).await["redis"], false);
+        assert_eq!(
+            admin_json(&replica.admin_url("/api/v1/cluster")).await["redis"],
+            false
+        );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| redis.restart());
@@ -347,9 +350,32 @@ struct FreezingRelay {
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Copies bytes from `from` to `to`, holding them (for at most 30 s) while `frozen`.
+async fn relay_bytes(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16384];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for _ in 0..3000 {
+            if !frozen.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
 impl FreezingRelay {
     async fn start(to: std::net::SocketAddr) -> FreezingRelay {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let addr = listener.local_addr().unwrap();
@@ -359,43 +385,10 @@ impl FreezingRelay {
                 let Ok(server) = tokio::net::TcpStream::connect(to).await else {
                     continue;
                 };
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let up = flag.clone();
-                let pass = |flag: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
-                    // Waits (bounded) while frozen: bytes are held, not lost.
-                    for _ in 0..3000 {
-                        if !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                };
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16384];
-                    while let Ok(n) = client_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        pass(up.clone()).await;
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                let down = flag.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16384];
-                    while let Ok(n) = server_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        pass(down.clone()).await;
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(relay_bytes(client_read, server_write, flag.clone()));
+                tokio::spawn(relay_bytes(server_read, client_write, flag.clone()));
             }
         });
         FreezingRelay { addr, frozen }

@@ -306,7 +306,9 @@ mod tests {
             tat = Some(next);
         }
         // What the script answers for 8 requests on a new key: 5 pass, the TAT was now.
-        let batch: Vec<Decision> = (0..8).map(|i| batch_decision(quota, Duration::ZERO, 5, i)).collect();
+        let batch: Vec<Decision> = (0..8)
+            .map(|i| batch_decision(quota, Duration::ZERO, 5, i))
+            .collect();
         assert_eq!(batch, one_by_one);
     }
 
