@@ -78,6 +78,11 @@ pub async fn beat(redis: &RedisStore, me: &NodeInfo) -> Option<Vec<NodeInfo>> {
     Some(nodes)
 }
 
+/// The key of the lease `name` (`prefix:lease:NAME`), for scripts that check who holds it.
+pub fn lease_key(redis: &RedisStore, name: &str) -> String {
+    redis.key(&["lease", name])
+}
+
 /// Takes or renews the lease `name` for `holder`, for `ttl_ms`. `Some(true)`: `holder` holds
 /// it now; `Some(false)`: another does; `None`: Redis did not answer (the caller must act as
 /// if it did not hold it: two leaders are worse than none for a moment).
@@ -97,7 +102,7 @@ pub async fn lease(redis: &RedisStore, name: &str, holder: &str, ttl_ms: u64) ->
             ",
         )
     });
-    let key = redis.key(&["lease", name]);
+    let key = lease_key(redis, name);
     let holder = holder.to_owned();
     redis
         .call(|mut conn| async move {
@@ -124,7 +129,7 @@ pub async fn release(redis: &RedisStore, name: &str, holder: &str) {
             ",
         )
     });
-    let key = redis.key(&["lease", name]);
+    let key = lease_key(redis, name);
     let holder = holder.to_owned();
     let _: Option<i64> = redis
         .call(|mut conn| async move { SCRIPT.key(key).arg(holder).invoke_async(&mut conn).await })

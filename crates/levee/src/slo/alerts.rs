@@ -158,14 +158,8 @@ impl AlertPair {
     }
 }
 
-fn transition(
-    spec: &SloSpec,
-    status: &Status,
-    severity: Severity,
-    rule: Option<Rule>,
-    starts_at_ms: u64,
-    ends_at_ms: Option<u64>,
-) -> Transition {
+/// The labels of an SLO's alert of `severity` (what identifies it, see [`fingerprint`]).
+pub fn labels(spec: &SloSpec, severity: Severity) -> Vec<(&'static str, String)> {
     let mut labels = vec![
         ("alertname", ALERT_NAME.to_owned()),
         ("slo", spec.name.to_string()),
@@ -175,6 +169,18 @@ fn transition(
     if let Some(consumer) = &spec.consumer {
         labels.push(("consumer", consumer.to_string()));
     }
+    labels
+}
+
+fn transition(
+    spec: &SloSpec,
+    status: &Status,
+    severity: Severity,
+    rule: Option<Rule>,
+    starts_at_ms: u64,
+    ends_at_ms: Option<u64>,
+) -> Transition {
+    let labels = labels(spec, severity);
     let rates: Vec<String> = super::BURN_WINDOWS
         .iter()
         .zip(status.burn_rates)
@@ -231,7 +237,7 @@ fn object(pairs: &[(&'static str, String)]) -> Value {
 }
 
 /// A stable id of an alert's labels (Alertmanager's `fingerprint` plays this part).
-fn fingerprint(labels: &[(&'static str, String)]) -> String {
+pub fn fingerprint(labels: &[(&'static str, String)]) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for (k, v) in labels {
         hasher.update(k.as_bytes());

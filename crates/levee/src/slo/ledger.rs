@@ -97,6 +97,21 @@ impl Ledger {
         }
     }
 
+    /// Sets the bucket of `minute` to `counts` (the fleet's total as read from Redis), unless
+    /// the slot holds a newer minute.
+    pub fn set(&mut self, minute: u64, counts: Counts) {
+        let len = self.slots.len() as u64;
+        let Some(bucket) = usize::try_from(minute % len)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+        else {
+            return;
+        };
+        if bucket.minute <= minute {
+            *bucket = Bucket { minute, counts };
+        }
+    }
+
     /// The sum over the last `minutes` minutes up to and including `now`: the current,
     /// partial minute and the `minutes - 1` before it.
     pub fn sum(&self, now: u64, minutes: u64) -> Counts {
@@ -178,6 +193,18 @@ mod tests {
         assert_eq!(ledger.sum(15, 10), events(1, 0));
         // Nothing counts once the window has passed, without any clean-up.
         assert_eq!(ledger.sum(40, 10), Counts::default());
+    }
+
+    #[test]
+    fn set_replaces_a_minute_but_never_a_newer_one() {
+        let mut ledger = Ledger::new(10);
+        ledger.add(3, events(5, 1));
+        ledger.set(3, events(9, 2));
+        assert_eq!(ledger.sum(3, 1), events(9, 2));
+        ledger.set(13, events(1, 1));
+        // Minute 3 is a lap behind the slot now: setting it changes nothing.
+        ledger.set(3, events(100, 100));
+        assert_eq!(ledger.sum(13, 10), events(1, 1));
     }
 
     #[test]
