@@ -8,13 +8,32 @@
 //! holds until the config's `canary` block changes (a reload with a new release or share),
 //! and it is remembered in the data directory so a restart does not send traffic back to a
 //! release that already failed.
+//!
+//! In cluster mode with Redis the decision is the fleet's: the alert leader decides on the
+//! fleet's counts, the decision is written once to Redis (`P:canary:ID`, set only if absent,
+//! kept 90 days), and every replica reads the decisions of its canaries once a second and
+//! obeys them ([`sync_fleet`]). A canary that a replica has not checked against Redis yet
+//! (after a start or a reload) takes no requests until it has, for at most
+//! [`HOLD_LIMIT`]; a replica cut off from Redis decides on its own counts (rolling back is
+//! always safe) and publishes its decision when Redis answers again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::redis::RedisStore;
 use crate::config::spec::CanarySpec;
 use crate::slo::alerts::{Severity, Transition};
 use crate::slo::SloEngine;
+
+/// How long a canary not yet checked against the fleet's decisions waits for Redis before
+/// it takes requests on this replica's own record.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long the fleet keeps a rollback decision.
+const DECISION_TTL_MS: u64 = 90 * 86_400_000;
 
 /// The alert sent when a canary is rolled back (resolved when its config changes).
 pub const ROLLBACK_ALERT: &str = "LeveeCanaryRolledBack";
@@ -27,6 +46,12 @@ pub struct Canary {
     rolled_back: AtomicBool,
     /// When and why it was rolled back.
     rollback: Mutex<Option<(u64, String)>>,
+    /// Cluster mode: not checked against the fleet's decisions yet (takes no requests).
+    held: AtomicBool,
+    /// Until when (unix ms) it waits to be checked.
+    hold_until_ms: AtomicU64,
+    /// Checked against the fleet's decisions once (a reload that keeps it does not hold it).
+    checked: AtomicBool,
 }
 
 impl Canary {
@@ -36,12 +61,37 @@ impl Canary {
             spec,
             rolled_back: AtomicBool::new(false),
             rollback: Mutex::new(None),
+            held: AtomicBool::new(false),
+            hold_until_ms: AtomicU64::new(0),
+            checked: AtomicBool::new(false),
         }
     }
 
-    /// Whether this request goes to the canary (drawn by its share, never after a rollback).
+    /// Whether this request goes to the canary (drawn by its share, never after a rollback
+    /// nor while it waits for the fleet's decision).
     pub fn takes_request(&self) -> bool {
-        !self.rolled_back.load(Ordering::Relaxed) && fastrand::f64() < self.spec.share
+        !self.rolled_back.load(Ordering::Relaxed)
+            && !self.held.load(Ordering::Relaxed)
+            && fastrand::f64() < self.spec.share
+    }
+
+    /// Whether it waits to be checked against the fleet's decisions.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Keeps requests from it until it was checked against the fleet's decisions (or until
+    /// `until_ms`); a canary checked once is not held again.
+    fn hold(&self, until_ms: u64) {
+        if !self.checked.load(Ordering::Relaxed) {
+            self.hold_until_ms.store(until_ms, Ordering::Relaxed);
+            self.held.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn release_hold(&self) {
+        self.checked.store(true, Ordering::Relaxed);
+        self.held.store(false, Ordering::Relaxed);
     }
 
     pub fn rolled_back(&self) -> Option<(u64, String)> {
@@ -119,25 +169,37 @@ pub fn step(engine: &SloEngine, canaries: &[Arc<Canary>]) -> Vec<Transition> {
         );
         tracing::warn!(route = %canary.route, upstream = %canary.spec.upstream_name, %reason, "canary rolled back");
         canary.roll_back(now_ms, reason.clone());
-        if let Some(store) = engine.store() {
-            let saved = store.lock().unwrap_or_else(|p| p.into_inner()).save_rollback(
-                &canary.route,
-                &canary.spec.definition,
-                now_ms,
-                &reason,
-            );
-            if let Err(error) = saved {
-                tracing::warn!(route = %canary.route, %error, "cannot save the canary rollback");
-            }
-        }
+        remember(engine, canary, now_ms, &reason);
         out.extend(canary.notification(None));
     }
     out
 }
 
+/// Saves a rollback to the data directory (when there is one).
+fn remember(engine: &SloEngine, canary: &Canary, at_ms: u64, reason: &str) {
+    if let Some(store) = engine.store() {
+        let saved = store.lock().unwrap_or_else(|p| p.into_inner()).save_rollback(
+            &canary.route,
+            &canary.spec.definition,
+            at_ms,
+            reason,
+        );
+        if let Err(error) = saved {
+            tracing::warn!(route = %canary.route, %error, "cannot save the canary rollback");
+        }
+    }
+}
+
 /// Marks canaries rolled back in an earlier run (same route, same `canary` block) as rolled
 /// back again, before any request is served.
+/// In cluster mode, also holds the canaries not checked against the fleet's decisions yet.
 pub fn restore(engine: &SloEngine, canaries: &[Arc<Canary>]) {
+    if engine.is_shared() {
+        let until = engine.clock.now_ms().saturating_add(millis(HOLD_LIMIT));
+        for canary in canaries.iter().filter(|c| c.spec.rollback.is_some()) {
+            canary.hold(until);
+        }
+    }
     let Some(store) = engine.store() else {
         return;
     };
@@ -149,4 +211,115 @@ pub fn restore(engine: &SloEngine, canaries: &[Arc<Canary>]) {
             Err(error) => tracing::warn!(route = %canary.route, %error, "cannot read saved canary rollbacks"),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A rollback decision as the fleet keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Decision {
+    at_ms: u64,
+    reason: String,
+    /// The replica that decided.
+    #[serde(default)]
+    node: String,
+}
+
+/// The Redis key of a canary's decision: its route and block.
+fn decision_key(redis: &RedisStore, canary: &Canary) -> String {
+    let id = xxhash_rust::xxh3::xxh3_64(format!("{}\n{}", canary.route, canary.spec.definition).as_bytes());
+    redis.key(&["canary", &format!("{id:016x}")])
+}
+
+/// Sets `KEYS[1]` to `ARGV[1]` (for `ARGV[2]` ms) unless it is set; returns the value that
+/// holds: the first decision wins.
+static DECIDE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local current = redis.call('GET', KEYS[1])
+        if current then
+            return current
+        end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return ARGV[1]
+        ",
+    )
+});
+
+/// Cluster mode, once a second: applies the fleet's rollback decisions to `canaries`,
+/// publishes this replica's own (made while it decided alone, or by the leader), and lets
+/// the canaries checked take requests. Returns false when Redis did not answer; canaries
+/// held past [`HOLD_LIMIT`] then take requests on this replica's own record.
+pub async fn sync_fleet(
+    engine: &SloEngine,
+    redis: &RedisStore,
+    node: &str,
+    canaries: &[Arc<Canary>],
+) -> bool {
+    let judged: Vec<&Arc<Canary>> = canaries.iter().filter(|c| c.spec.rollback.is_some()).collect();
+    if judged.is_empty() {
+        return true;
+    }
+    let keys: Vec<String> = judged.iter().map(|c| decision_key(redis, c)).collect();
+    let read_keys = keys.clone();
+    let decisions: Option<Vec<Option<String>>> = redis
+        .call(|mut conn| async move { redis::cmd("MGET").arg(read_keys).query_async(&mut conn).await })
+        .await;
+    let Some(decisions) = decisions else {
+        let now_ms = engine.clock.now_ms();
+        for canary in judged {
+            if canary.is_held() && now_ms >= canary.hold_until_ms.load(Ordering::Relaxed) {
+                tracing::warn!(route = %canary.route, "Redis did not answer: the canary takes requests by this replica's own record");
+                canary.release_hold();
+            }
+        }
+        return false;
+    };
+    for ((canary, key), decision) in judged.into_iter().zip(keys).zip(decisions) {
+        let mut decision = decision.and_then(|json| serde_json::from_str::<Decision>(&json).ok());
+        if decision.is_none() {
+            if let Some((at_ms, reason)) = canary.rolled_back() {
+                decision = publish(
+                    redis,
+                    key,
+                    Decision {
+                        at_ms,
+                        reason,
+                        node: node.to_owned(),
+                    },
+                )
+                .await;
+            }
+        }
+        if let Some(d) = decision {
+            let local = canary.rolled_back();
+            if local.as_ref() != Some(&(d.at_ms, d.reason.clone())) {
+                if local.is_none() {
+                    tracing::warn!(route = %canary.route, upstream = %canary.spec.upstream_name, reason = %d.reason, decided_by = %d.node, "canary rolled back by the fleet's decision");
+                }
+                canary.roll_back(d.at_ms, d.reason.clone());
+                remember(engine, canary, d.at_ms, &d.reason);
+            }
+        }
+        canary.release_hold();
+    }
+    true
+}
+
+/// Writes `decision` unless another was written first; returns the one that holds.
+async fn publish(redis: &RedisStore, key: String, decision: Decision) -> Option<Decision> {
+    let json = serde_json::to_string(&decision).ok()?;
+    let holds: String = redis
+        .call(|mut conn| async move {
+            DECIDE_SCRIPT
+                .key(key)
+                .arg(json)
+                .arg(DECISION_TTL_MS)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    serde_json::from_str(&holds).ok()
 }

@@ -20,6 +20,8 @@
 pub mod alerts;
 pub mod canary;
 mod exposition;
+pub mod fleet;
+pub mod leader;
 pub mod ledger;
 pub mod notify;
 pub mod rules;
@@ -109,12 +111,15 @@ impl From<u16> for Answered {
     }
 }
 
-/// The ledger, and the counts not yet written to the store (when there is one).
+/// The ledger, and the counts not yet written to the store (when there is one) and not yet
+/// added to the fleet's counts in Redis (in cluster mode, [`fleet`]).
 #[derive(Debug)]
 struct Tally {
     ledger: Ledger,
     unsaved: Vec<(u64, Counts)>,
     saved: bool,
+    unpushed: Vec<(u64, Counts)>,
+    shared: bool,
 }
 
 impl Tally {
@@ -125,6 +130,9 @@ impl Tally {
         self.ledger.add(minute, counts);
         if self.saved {
             merge_unsaved(&mut self.unsaved, minute, counts);
+        }
+        if self.shared {
+            merge_unsaved(&mut self.unpushed, minute, counts);
         }
     }
 }
@@ -225,10 +233,14 @@ pub struct SloState {
     pub events_bad: AtomicU64,
     status: Mutex<Option<Status>>,
     alerts: Mutex<alerts::AlertPair>,
+    /// The fleet's counts as last read from Redis (cluster mode): evaluated instead of the
+    /// ledger while present; `None` while Redis does not answer (this replica's own counts
+    /// are evaluated then).
+    fleet: Mutex<Option<Ledger>>,
 }
 
 impl SloState {
-    fn new(spec: SloSpec, saved: bool) -> SloState {
+    fn new(spec: SloSpec, saved: bool, shared: bool) -> SloState {
         // The ring covers the window and the longest burn window, whichever is longer.
         let minutes = (spec.window.as_secs() / 60).max(4320);
         SloState {
@@ -240,11 +252,14 @@ impl SloState {
                 ledger: Ledger::new(minutes),
                 unsaved: Vec::new(),
                 saved,
+                unpushed: Vec::new(),
+                shared,
             }),
             events_total: AtomicU64::new(0),
             events_bad: AtomicU64::new(0),
             status: Mutex::new(None),
             alerts: Mutex::new(alerts::AlertPair::default()),
+            fleet: Mutex::new(None),
         }
     }
 
@@ -320,10 +335,9 @@ impl SloState {
         let (burn, window) = {
             let mut tally = self.lock_tally();
             self.fold(&mut tally);
-            (
-                tally.ledger.sums(minute, &lengths),
-                tally.ledger.sum(minute, window_minutes),
-            )
+            let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            let ledger = fleet.as_ref().unwrap_or(&tally.ledger);
+            (ledger.sums(minute, &lengths), ledger.sum(minute, window_minutes))
         };
         let budget = self.spec.error_budget();
         let mut burn_rates = [0.0; 7];
@@ -377,6 +391,8 @@ pub struct SloEngine {
     pub notifications: notify::Counters,
     /// The minute after which old rows are next deleted from the store.
     next_forget: AtomicU64,
+    /// Counts are also added to the fleet's in Redis (cluster mode, [`fleet`]).
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl SloEngine {
@@ -388,7 +404,19 @@ impl SloEngine {
             store: store.map(Mutex::new),
             notifications: notify::Counters::default(),
             next_forget: AtomicU64::new(0),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Cluster mode with Redis: from now on every SLO also queues its new counts for the
+    /// fleet's (call before the first [`SloEngine::apply`]).
+    pub fn share_counts(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether counts are shared with the fleet.
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
     }
 
     /// Takes the SLOs of a (new) config. An SLO whose name, definition and window are
@@ -410,7 +438,7 @@ impl SloEngine {
                 Some(state) => {
                     // A new objective or window over the same events: the counts and alerts
                     // move over (into a ring of the new window's size).
-                    let fresh = SloState::new(spec.clone(), self.store.is_some());
+                    let fresh = SloState::new(spec.clone(), self.store.is_some(), self.is_shared());
                     {
                         let mut old = state.lock_tally();
                         state.fold(&mut old);
@@ -419,6 +447,7 @@ impl SloEngine {
                             new.ledger.add(minute, counts);
                         }
                         new.unsaved = std::mem::take(&mut old.unsaved);
+                        new.unpushed = std::mem::take(&mut old.unpushed);
                     }
                     *fresh.alerts.lock().unwrap_or_else(|p| p.into_inner()) = state.alerts();
                     Arc::new(fresh)
@@ -463,7 +492,7 @@ impl SloEngine {
 
     /// A new SLO state with the counts and alert state the store holds for it.
     fn restored(&self, spec: &SloSpec) -> SloState {
-        let fresh = SloState::new(spec.clone(), self.store.is_some());
+        let fresh = SloState::new(spec.clone(), self.store.is_some(), self.is_shared());
         let Some(store) = &self.store else {
             return fresh;
         };
@@ -671,6 +700,7 @@ mod tests {
                 sli: Sli::Availability,
             },
             true,
+            false,
         )
     }
 
