@@ -125,13 +125,14 @@ impl RunningGateway {
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);
         let (writers, calls) = Writers::start(&config, sink, &metrics)?;
-        let slo = start_slo_engine(&config)?;
+        let cluster = start_cluster(&config)?;
+        let shared = cluster.as_ref().is_some_and(|(c, _)| c.redis.is_some());
+        let slo = start_slo_engine(&config, shared)?;
         // Experiments an earlier run left running are ended and reported.
         let experiments = Arc::new(Experiments::default());
         experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
-        let cluster = start_cluster(&config)?;
         let gateway = Arc::new(Gateway::build_with(
             config,
             None,
@@ -176,8 +177,9 @@ impl RunningGateway {
         let slo_thread = {
             let (stop, stop_rx) = watch::channel(false);
             let external_url = admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
+            let cluster = cluster.as_ref().map(|(c, _)| c.clone());
             let thread = spawn_event_loop("levee-slo".into(), move || {
-                crate::supervisor::run(slo, experiments, gateway_rx, stop_rx, external_url)
+                crate::supervisor::run(slo, experiments, gateway_rx, stop_rx, external_url, cluster)
             })?;
             (thread, stop)
         };
@@ -277,8 +279,9 @@ fn start_cluster(
 }
 
 /// The SLO engine with the SLOs of `config`, and what `data_dir` kept of an earlier run
-/// (counts, firing alerts).
-fn start_slo_engine(config: &Config) -> Result<Arc<SloEngine>, StartError> {
+/// (counts, firing alerts); `shared`: its counts are also the fleet's (cluster mode with
+/// Redis).
+fn start_slo_engine(config: &Config, shared: bool) -> Result<Arc<SloEngine>, StartError> {
     let store = match &config.data_dir {
         Some(dir) => Some(
             crate::slo::store::Store::open(std::path::Path::new(dir))
@@ -287,6 +290,9 @@ fn start_slo_engine(config: &Config) -> Result<Arc<SloEngine>, StartError> {
         None => None,
     };
     let slo = Arc::new(SloEngine::new(crate::slo::Clock::system(), store));
+    if shared {
+        slo.share_counts();
+    }
     slo.apply(&config.slos);
     Ok(slo)
 }
