@@ -8,6 +8,7 @@
     clippy::panic
 )]
 
+mod fleet_slo;
 mod fleet_view;
 mod limits;
 
