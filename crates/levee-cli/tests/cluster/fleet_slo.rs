@@ -290,3 +290,75 @@ alerting:
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_replica_evaluates_its_own_counts_and_none_leads() {
+    let mut redis = RedisServer::start();
+    let upstream = MockUpstream::fixed("ok").await;
+    let body = format!(
+        "upstreams:
+  u: {{ targets: [\"{}\"] }}
+routes:
+  - {{ name: users, upstream: u }}
+slos:
+  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}
+alerting:
+  evaluation_interval: 1s
+",
+        upstream.addr
+    );
+    let fleet = start_fleet(3, &body, &redis);
+    let all: Vec<&Replica> = fleet.replicas.iter().collect();
+    assert_eq!(traffic(&all, 30).await, 0);
+    for replica in &all {
+        within(
+            Duration::from_secs(10),
+            "the fleet's 30 on every replica",
+            async || slo(replica).await["events"]["total"] == 30,
+        )
+        .await;
+    }
+    within(Duration::from_secs(5), "one alert leader", async || {
+        leaders(&fleet, &[0, 1, 2]).await.len() == 1
+    })
+    .await;
+
+    // Redis gone: each replica evaluates what it counted itself (10 before, 10 during),
+    // counts the fallback, says so once, and none leads alerting.
+    redis.kill();
+    assert_eq!(traffic(&all, 30).await, 0);
+    for replica in &all {
+        within(Duration::from_secs(10), "each replica's own 20", async || {
+            slo(replica).await["events"]["total"] == 20
+        })
+        .await;
+        let metrics = levee_test_support::get(&replica.admin_url("/metrics"), &[])
+            .await
+            .text();
+        let fallbacks = metric(&metrics, "levee_cluster_fallback_total{component=\"slo\"}");
+        assert!(fallbacks.is_some_and(|n| n > 0.0), "{fallbacks:?}");
+    }
+    within(Duration::from_secs(5), "no alert leader", async || {
+        leaders(&fleet, &[0, 1, 2]).await.is_empty()
+    })
+    .await;
+    // Another second of evaluations: still one line each.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for replica in &all {
+        assert_eq!(replica.log_lines("this replica's own counts").len(), 1);
+    }
+
+    // Redis back (empty): the counts kept during the outage reach it, and every replica
+    // evaluates the fleet's again (the 30 before the outage went with Redis's memory).
+    redis.restart();
+    for replica in &all {
+        within(Duration::from_secs(10), "the fleet's 30 again", async || {
+            slo(replica).await["events"]["total"] == 30
+        })
+        .await;
+    }
+    within(Duration::from_secs(5), "an alert leader again", async || {
+        leaders(&fleet, &[0, 1, 2]).await.len() == 1
+    })
+    .await;
+}

@@ -51,7 +51,7 @@ const LATE_AFTER: u64 = 2;
 /// How long a push's mark is kept (a retry after that could count twice).
 const PUSH_MARK_TTL_MS: u64 = 86_400_000;
 /// Day hashes read per call during a whole-ring read.
-const DAYS_PER_CALL: usize = 8;
+const DAYS_PER_CALL: usize = 2;
 /// Whole-ring reads stop for this second once they took this long (the rest come next).
 const RELOAD_BUDGET: Duration = Duration::from_millis(250);
 /// At start, Redis not answering yet is only reported after this long.
