@@ -219,6 +219,7 @@ impl Watch {
         let shared = f.counts.sync(engine).await;
         engine.evaluate();
         self.experiments.step(engine);
+        self.experiments.sync_fleet(&f.redis, engine).await;
         let leads = *f.leader.borrow();
         if leads || !shared {
             // The leader decides for the fleet on the fleet's counts; a replica cut off from

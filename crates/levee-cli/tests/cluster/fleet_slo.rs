@@ -362,3 +362,86 @@ alerting:
     })
     .await;
 }
+
+async fn experiment(replica: &Replica, id: &str) -> serde_json::Value {
+    let answer = levee_test_support::get(&replica.admin_url(&format!("/api/v1/experiments/{id}")), &[]).await;
+    if answer.status != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&answer.text()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_started_on_one_replica_runs_on_all_and_stops_from_any() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::fixed("ok").await;
+    let body = format!(
+        "upstreams:
+  u: {{ targets: [\"{}\"] }}
+routes:
+  - {{ name: users, upstream: u }}
+slos:
+  - {{ name: users-availability, route: users, objective: 99.9, sli: availability }}
+",
+        upstream.addr
+    );
+    let fleet = start_fleet(3, &body, &redis);
+    let all: Vec<&Replica> = fleet.replicas.iter().collect();
+    let started = send(
+        &client(false),
+        http::Request::post(all[0].admin_url("/api/v1/experiments"))
+            .body(levee_test_support::full(
+                r#"{"name": "fleet", "route": "users", "fault": {"abort": {"percent": 100, "status": 503}}, "duration": "1h"}"#,
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    let id = started.json()["id"].as_str().unwrap().to_owned();
+
+    // Every replica runs it within two seconds: its requests get the injected 503.
+    for replica in &all {
+        within(
+            Duration::from_secs(2),
+            "the experiment on every replica",
+            async || experiment(replica, &id).await["state"] == "running",
+        )
+        .await;
+    }
+    assert_eq!(traffic(&all, 30).await, 30);
+    assert_eq!(upstream.hits(), 0, "aborted requests never reach the upstream");
+    // Any replica shows the fleet's report.
+    for replica in &all {
+        within(
+            Duration::from_secs(5),
+            "the fleet's report everywhere",
+            async || {
+                let report = &experiment(replica, &id).await["report"];
+                report["requests"] == 30 && report["aborted"] == 30
+            },
+        )
+        .await;
+    }
+
+    // Stopped from another replica: it ends everywhere within two seconds.
+    let stopped = send(
+        &client(false),
+        http::Request::delete(all[2].admin_url(&format!("/api/v1/experiments/{id}")))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stopped.status, 200);
+    for replica in &all {
+        within(
+            Duration::from_secs(2),
+            "the experiment ended everywhere",
+            async || {
+                let view = experiment(replica, &id).await;
+                view["state"] == "aborted" && view["reason"] == "stopped through the admin API"
+            },
+        )
+        .await;
+    }
+    assert_eq!(traffic(&all, 30).await, 0);
+}

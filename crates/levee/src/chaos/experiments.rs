@@ -11,8 +11,16 @@
 //! While it runs, the experiment's fault replaces the route's configured `fault`, every
 //! request on the route is counted in its report, and injected faults count against the
 //! SLOs like real failures (marked as injected).
+//!
+//! In cluster mode with Redis an experiment is the fleet's ([`fleet`]): started on one
+//! replica it runs on all within a second, any replica shows it (with the fleet's report)
+//! and can stop it, and the first end (a `DELETE`, a guard, its duration) ends it
+//! everywhere. A replica that stops or restarts leaves the fleet's experiment running and
+//! takes it up again when it is back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod fleet;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,6 +152,12 @@ pub struct Experiment {
     aborted: AtomicU64,
     delayed: AtomicU64,
     errors: AtomicU64,
+    /// Cluster mode: started here and not yet written to Redis.
+    unpublished: AtomicBool,
+    /// Ended here in a way the fleet must follow (DELETE, guard, duration), not yet told.
+    end_to_share: AtomicBool,
+    /// Cluster mode: counts already added to the fleet's report, and the fleet's totals.
+    shared: Mutex<fleet::SharedReport>,
 }
 
 impl Experiment {
@@ -160,6 +174,9 @@ impl Experiment {
             delayed: AtomicU64::new(report.delayed),
             errors: AtomicU64::new(report.errors),
             view: Mutex::new(view),
+            unpublished: AtomicBool::new(false),
+            end_to_share: AtomicBool::new(false),
+            shared: Mutex::new(fleet::SharedReport::default()),
         }
     }
 
@@ -183,15 +200,29 @@ impl Experiment {
         }
     }
 
-    /// The view with the report's counts as of now.
+    /// This replica's counts: requests, affected, aborted, delayed, errors.
+    fn counts(&self) -> [u64; 5] {
+        [
+            self.requests.load(Ordering::Relaxed),
+            self.affected.load(Ordering::Relaxed),
+            self.aborted.load(Ordering::Relaxed),
+            self.delayed.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// The view with the report's counts as of now (the fleet's, in cluster mode, once
+    /// read).
     pub fn view(&self) -> ExperimentView {
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let fleet = self.shared.lock().unwrap_or_else(|p| p.into_inner()).totals;
+        let [requests, affected, aborted, delayed, errors] = fleet.unwrap_or_else(|| self.counts());
         let report = &mut view.report;
-        report.requests = self.requests.load(Ordering::Relaxed);
-        report.affected = self.affected.load(Ordering::Relaxed);
-        report.aborted = self.aborted.load(Ordering::Relaxed);
-        report.delayed = self.delayed.load(Ordering::Relaxed);
-        report.errors = self.errors.load(Ordering::Relaxed);
+        report.requests = requests;
+        report.affected = affected;
+        report.aborted = aborted;
+        report.delayed = delayed;
+        report.errors = errors;
         report.error_rate = if report.requests == 0 {
             0.0
         } else {
@@ -337,6 +368,7 @@ impl Experiments {
             },
         };
         let experiment = Arc::new(Experiment::new(view, fault));
+        experiment.unpublished.store(true, Ordering::Relaxed);
         all.push(experiment.clone());
         // Beyond the limit the oldest ended experiments go; running ones always stay.
         while all.len() > crate::slo::store::MAX_EXPERIMENTS {
@@ -369,12 +401,24 @@ impl Experiments {
                 Some("stopped through the admin API".into()),
                 engine,
             );
+            experiment.end_to_share.store(true, Ordering::Relaxed);
         }
         Ok(experiment.view())
     }
 
     fn end(&self, experiment: &Experiment, state: &str, reason: Option<String>, engine: &SloEngine) {
-        let now_ms = engine.clock.now_ms();
+        self.end_at(experiment, state, reason, engine.clock.now_ms(), engine);
+    }
+
+    /// Ends a running experiment as of `now_ms` (another replica's end, in a fleet).
+    fn end_at(
+        &self,
+        experiment: &Experiment,
+        state: &str,
+        reason: Option<String>,
+        now_ms: u64,
+        engine: &SloEngine,
+    ) {
         {
             let mut view = experiment.view.lock().unwrap_or_else(|p| p.into_inner());
             // A DELETE and the thread's step may both find it running: the first one ends it.
@@ -409,6 +453,7 @@ impl Experiments {
                 // A reload removed the guarded SLO: without its guard the experiment stops.
                 let reason = format!("the guarded SLO {} is no longer in the config", guard.slo);
                 self.end(&experiment, "aborted", Some(reason), engine);
+                experiment.end_to_share.store(true, Ordering::Relaxed);
                 continue;
             }
             let burn = update_budget(&experiment, engine);
@@ -420,11 +465,13 @@ impl Experiments {
                         guard.slo, guard.burn_rate_above
                     );
                     self.end(&experiment, "aborted", Some(reason), engine);
+                    experiment.end_to_share.store(true, Ordering::Relaxed);
                     continue;
                 }
             }
             if now_ms >= ends_ms {
                 self.end(&experiment, "completed", None, engine);
+                experiment.end_to_share.store(true, Ordering::Relaxed);
             } else {
                 save(engine, &experiment.view());
             }
