@@ -248,7 +248,8 @@ pub struct CanaryView {
     pub upstream: String,
     /// Share of the route's requests it gets while active.
     pub percent: f64,
-    /// `active` or `rolled_back`.
+    /// `active`, `rolled_back`, or (cluster mode) `waiting`: not checked against the fleet's
+    /// rollback decisions yet, so it takes no requests.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolled_back_at: Option<String>,

@@ -86,6 +86,8 @@ pub fn canaries_view(state: &SharedState) -> api::Canaries {
                 percent: (canary.spec.share * 100.0 * 1e6).round() / 1e6,
                 state: if rollback.is_some() {
                     "rolled_back"
+                } else if canary.is_held() {
+                    "waiting"
                 } else {
                     "active"
                 },
