@@ -323,3 +323,68 @@ async fn publish(redis: &RedisStore, key: String, decision: Decision) -> Option<
         .await?;
     serde_json::from_str(&holds).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::spec::{CanaryRollback, CanaryTarget, RedisSpec, Secret};
+    use crate::slo::Clock;
+
+    /// A Redis nobody answers for (the store never connects: every call is `None`).
+    fn silent_redis() -> RedisStore {
+        RedisStore::new(&RedisSpec {
+            url: Secret("redis://127.0.0.1:1/0".into()),
+            timeout: Duration::from_millis(50),
+            backoff: Duration::from_secs(1),
+            key_prefix: "t".into(),
+        })
+        .unwrap()
+    }
+
+    fn judged_canary() -> Arc<Canary> {
+        Arc::new(Canary::new(
+            "users".into(),
+            CanarySpec {
+                target: CanaryTarget::Upstream(0),
+                upstream_name: "v2".into(),
+                share: 1.0,
+                rollback: Some(CanaryRollback {
+                    slo: "users-availability-canary".into(),
+                    burn_rate_above: 14.4,
+                    window: "5m",
+                    min_requests: 10,
+                }),
+                definition: "{}".into(),
+            },
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_canary_waits_for_the_fleets_decision_at_most_the_hold_limit() {
+        let engine = SloEngine::new(Clock::starting_at(1_700_000_000_000), None);
+        engine.share_counts();
+        let canary = judged_canary();
+        let canaries = [canary.clone()];
+        restore(&engine, &canaries);
+        assert!(canary.is_held() && !canary.takes_request());
+        let redis = silent_redis();
+        tokio::time::advance(HOLD_LIMIT - Duration::from_millis(1)).await;
+        assert!(!sync_fleet(&engine, &redis, "gw-0", &canaries).await);
+        assert!(canary.is_held(), "still waiting for Redis");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!sync_fleet(&engine, &redis, "gw-0", &canaries).await);
+        assert!(!canary.is_held() && canary.takes_request());
+        // Checked once: a reload that keeps the canary does not hold it again.
+        restore(&engine, &canaries);
+        assert!(!canary.is_held());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_node_never_holds_a_canary() {
+        let engine = SloEngine::new(Clock::starting_at(1_700_000_000_000), None);
+        let canary = judged_canary();
+        restore(&engine, std::slice::from_ref(&canary));
+        assert!(!canary.is_held() && canary.takes_request());
+    }
+}

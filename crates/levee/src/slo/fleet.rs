@@ -467,6 +467,61 @@ mod tests {
         }
     }
 
+    fn cluster() -> Arc<Cluster> {
+        let spec = crate::config::spec::ClusterSpec {
+            node_id: "gw-0".into(),
+            redis: Some(crate::config::spec::RedisSpec {
+                url: crate::config::spec::Secret("redis://127.0.0.1:1/0".into()),
+                timeout: Duration::from_millis(50),
+                backoff: Duration::from_secs(1),
+                key_prefix: "t".into(),
+            }),
+            postgres: None,
+            heartbeat: Duration::from_secs(1),
+        };
+        Arc::new(Cluster::new(&spec).unwrap())
+    }
+
+    fn slo_spec() -> crate::config::spec::SloSpec {
+        crate::config::spec::SloSpec {
+            name: "s".into(),
+            route: "r".into(),
+            consumer: None,
+            upstream: None,
+            release: None,
+            alerts: true,
+            objective: 99.0,
+            window: Duration::from_secs(86_400),
+            sli: crate::config::spec::Sli::Availability,
+        }
+    }
+
+    /// Redis not answering: the SLO evaluates the replica's own counts, the minutes wait for
+    /// Redis, and the fallback is counted once per sync, after the start-up grace.
+    #[tokio::test(start_paused = true)]
+    async fn without_redis_a_replica_evaluates_its_own_counts_and_counts_the_fallback() {
+        let cluster = cluster();
+        let redis = cluster.redis.clone().unwrap();
+        let engine = SloEngine::new(super::super::Clock::starting_at(1_700_000_000_000), None);
+        engine.share_counts();
+        engine.apply(&[slo_spec()]);
+        engine.record("r", None, None, 500.into(), Duration::ZERO, false);
+        let mut fleet = FleetCounts::new(cluster.clone(), redis);
+        assert!(!fleet.sync(&engine).await);
+        assert_eq!(cluster.fallbacks("slo"), 0, "not during the start-up grace");
+        engine.evaluate();
+        let slo = engine.get("s").unwrap();
+        assert_eq!(slo.status().unwrap().window.total, 1, "its own count");
+        tokio::time::advance(STARTUP_GRACE).await;
+        assert!(!fleet.sync(&engine).await);
+        assert!(!fleet.sync(&engine).await);
+        assert_eq!(cluster.fallbacks("slo"), 2);
+        // The minute waits for Redis, in the push sent again first.
+        let waiting = fleet.inflight.as_ref().unwrap();
+        assert_eq!(waiting.ops.len(), 2, "total and bad of one minute");
+        assert!(slo.fleet.lock().unwrap().is_none());
+    }
+
     #[test]
     fn a_minute_round_trips_through_its_fields() {
         let minute = 29_000_000;
