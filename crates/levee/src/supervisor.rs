@@ -229,7 +229,8 @@ impl Watch {
         canary::sync_fleet(engine, &f.redis, &f.cluster.node_id, canaries).await;
         if f.alerts.read().await {
             f.alerts.mirror(engine);
-            if leads {
+            // A leader whose counts did not sync this second judges nothing on its own.
+            if leads && shared {
                 self.lead(f, canaries, interval).await;
             }
         }

@@ -600,10 +600,16 @@ impl SloEngine {
     }
 
     /// Steps every SLO's alerts with its latest status; returns what changed (to notify).
+    /// With shared counts, only SLOs whose fleet counts are read are stepped (one still
+    /// being read would be judged on this replica's share alone).
     pub fn step_alerts(&self) -> Vec<alerts::Transition> {
         let now_ms = self.clock.now_ms();
         let mut transitions = Vec::new();
-        for slo in self.set.load().all.iter().filter(|s| s.spec.alerts) {
+        let judged = |s: &&Arc<SloState>| {
+            s.spec.alerts
+                && (!self.is_shared() || s.fleet.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+        };
+        for slo in self.set.load().all.iter().filter(judged) {
             let Some(status) = slo.status() else {
                 continue;
             };
