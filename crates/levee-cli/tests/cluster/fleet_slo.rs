@@ -314,7 +314,10 @@ alerting:
         within(
             Duration::from_secs(10),
             "the fleet's 30 on every replica",
-            async || slo(replica).await["events"]["total"] == 30,
+            async || {
+                let slo = slo(replica).await;
+                slo["events"]["total"] == 30 && slo["counts"] == "fleet"
+            },
         )
         .await;
     }
@@ -329,7 +332,8 @@ alerting:
     assert_eq!(traffic(&all, 30).await, 0);
     for replica in &all {
         within(Duration::from_secs(10), "each replica's own 20", async || {
-            slo(replica).await["events"]["total"] == 20
+            let slo = slo(replica).await;
+            slo["events"]["total"] == 20 && slo["counts"] == "replica"
         })
         .await;
         let metrics = levee_test_support::get(&replica.admin_url("/metrics"), &[])
@@ -353,7 +357,8 @@ alerting:
     redis.restart();
     for replica in &all {
         within(Duration::from_secs(10), "the fleet's 30 again", async || {
-            slo(replica).await["events"]["total"] == 30
+            let slo = slo(replica).await;
+            slo["events"]["total"] == 30 && slo["counts"] == "fleet"
         })
         .await;
     }

@@ -196,6 +196,11 @@ pub struct SloView {
     pub alerts_firing: Vec<AlertView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluated_at: Option<String>,
+    /// Cluster mode with Redis only: `fleet` when these numbers are the fleet's, `replica`
+    /// when they are this replica's own (Redis did not answer, or the fleet's are still
+    /// being read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counts: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Serialize, JsonSchema)]

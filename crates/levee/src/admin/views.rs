@@ -125,6 +125,11 @@ pub fn slos_view(state: &SharedState) -> api::Slos {
                 })
                 .collect();
             let window = status.as_ref().map(|s| s.window).unwrap_or_default();
+            let fleet = slo.evaluates_fleet();
+            let counts = state
+                .slo
+                .is_shared()
+                .then_some(if fleet { "fleet" } else { "replica" });
             api::SloView {
                 name: spec.name.to_string(),
                 route: spec.route.to_string(),
@@ -171,6 +176,7 @@ pub fn slos_view(state: &SharedState) -> api::Slos {
                 evaluated_at: status
                     .as_ref()
                     .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),
+                counts,
             }
         })
         .collect();

@@ -136,6 +136,13 @@ fn expires_at(day: u64, ring: u64) -> u64 {
     ((day + 1) * MINUTES_PER_DAY + ring) * 60 + 3600
 }
 
+impl SloState {
+    /// Whether this SLO evaluates the fleet's counts (cluster mode, Redis answering).
+    pub fn evaluates_fleet(&self) -> bool {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
 /// One push of counts: the same push is sent again, unchanged, until Redis acknowledges it.
 #[derive(Debug, Default)]
 struct Push {
