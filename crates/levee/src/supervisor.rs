@@ -227,7 +227,7 @@ impl Watch {
             let _ = canary::step(engine, canaries);
         }
         canary::sync_fleet(engine, &f.redis, &f.cluster.node_id, canaries).await;
-        if f.alerts.read().await {
+        if f.alerts.needed(engine, canaries) && f.alerts.read().await {
             f.alerts.mirror(engine);
             // A leader whose counts did not sync this second judges nothing on its own.
             if leads && shared {

@@ -180,6 +180,8 @@ pub struct SharedAlerts {
     holder: String,
     /// By fingerprint.
     firing: HashMap<String, SharedAlert>,
+    /// Read at least once since the start.
+    read_once: bool,
 }
 
 impl SharedAlerts {
@@ -188,7 +190,14 @@ impl SharedAlerts {
             redis,
             holder: cluster.node_id.clone(),
             firing: HashMap::new(),
+            read_once: false,
         }
+    }
+
+    /// Whether there is anything to read: a config with no SLO and no canary has nothing to
+    /// alert on, and once read empty the fleet's hash needs no reading each second.
+    pub fn needed(&self, engine: &SloEngine, canaries: &[Arc<Canary>]) -> bool {
+        !self.read_once || !self.firing.is_empty() || !canaries.is_empty() || !engine.slos().all.is_empty()
     }
 
     /// Reads the fleet's firing alerts; false when Redis did not answer.
@@ -210,6 +219,7 @@ impl SharedAlerts {
             .into_iter()
             .filter_map(|(fp, json)| Some((fp, serde_json::from_str(&json).ok()?)))
             .collect();
+        self.read_once = true;
         true
     }
 
