@@ -124,14 +124,15 @@ impl RunningGateway {
         crate::observability::process::mark_start();
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);
-        let (writers, calls) = Writers::start(&config, sink, &metrics)?;
+        // Cluster mode first: in it the call log writes to the fleet's PostgreSQL.
+        let cluster = start_cluster(&config)?;
+        let (writers, calls) = Writers::start(&config, sink, &metrics, cluster.as_ref().map(|(c, _)| c))?;
         let slo = start_slo_engine(&config)?;
         // Experiments an earlier run left running are ended and reported.
         let experiments = Arc::new(Experiments::default());
         experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
-        let cluster = start_cluster(&config)?;
         let gateway = Arc::new(Gateway::build_with(
             config,
             None,

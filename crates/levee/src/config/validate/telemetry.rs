@@ -35,15 +35,22 @@ pub(super) fn check_access_log(file: &ConfigFile, p: &mut Problems) -> AccessLog
     access_log
 }
 
-/// The call log: on when `data_dir` is set, unless turned off.
+/// The call log: on when `data_dir` or `cluster.postgres` is set, unless turned off; with
+/// `cluster.postgres` it is the fleet's, in PostgreSQL.
 pub(super) fn check_call_log(file: &ConfigFile, p: &mut Problems) -> Option<CallLogSpec> {
-    let call_log = file.data_dir.as_ref().and_then(|dir| {
+    let postgres = file.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
+    let store = match (&file.data_dir, postgres) {
+        (_, true) => Some(CallLogStore::Postgres),
+        (Some(dir), false) => Some(CallLogStore::Sqlite(dir.into())),
+        (None, false) => None,
+    };
+    let call_log = store.and_then(|store| {
         let settings = file.call_log.clone().unwrap_or_default();
         if settings.enabled == Some(false) {
             return None;
         }
         let spec = CallLogSpec {
-            dir: dir.into(),
+            store,
             queue: settings.queue.unwrap_or(DEFAULT_CALL_LOG_QUEUE),
             max_age: settings.max_age.map(|d| d.0).unwrap_or(DEFAULT_CALL_LOG_MAX_AGE),
             max_rows: settings.max_rows.unwrap_or(DEFAULT_CALL_LOG_MAX_ROWS),
@@ -56,10 +63,10 @@ pub(super) fn check_call_log(file: &ConfigFile, p: &mut Problems) -> Option<Call
         }
         Some(spec)
     });
-    if file.call_log.is_some() && file.data_dir.is_none() {
+    if file.call_log.is_some() && file.data_dir.is_none() && !postgres {
         p.at(
             "call_log",
-            "the call log needs `data_dir` (where its database lives)",
+            "the call log needs `data_dir` (where its SQLite database lives) or `cluster.postgres`",
         );
     }
     call_log
