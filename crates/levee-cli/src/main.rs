@@ -258,8 +258,8 @@ fn admin_command(
     }
 }
 
-/// The calls as a table; in cluster mode (calls carry the `node` that served them) with a
-/// `node` column.
+/// The calls as a table, with a last column `node` in cluster mode (where calls carry the
+/// replica that served them).
 fn calls_table(value: &serde_json::Value) -> String {
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
     let calls = field(value, "calls").as_array().cloned().unwrap_or_default();
@@ -271,11 +271,8 @@ fn calls_table(value: &serde_json::Value) -> String {
                 .as_u64()
                 .map(humantime_millis)
                 .unwrap_or_default();
-            let mut row = vec![time];
-            if fleet {
-                row.push(text(field(c, "node")));
-            }
-            row.extend([
+            let mut row = vec![
+                time,
                 field(c, "status").to_string(),
                 text(field(c, "method")),
                 text(field(c, "path")),
@@ -283,15 +280,15 @@ fn calls_table(value: &serde_json::Value) -> String {
                 text(field(c, "consumer")),
                 text(field(c, "target")),
                 format!("{:.1}", field(c, "latency_ms").as_f64().unwrap_or(0.0)),
-            ]);
+            ];
+            row.extend(fleet.then(|| text(field(c, "node"))));
             row
         })
         .collect();
-    let mut header = vec!["time"];
-    if fleet {
-        header.push("node");
-    }
-    header.extend(["status", "method", "path", "route", "consumer", "target", "ms"]);
+    let mut header = vec![
+        "time", "status", "method", "path", "route", "consumer", "target", "ms",
+    ];
+    header.extend(fleet.then_some("node"));
     levee::admin_client::table(&header, &rows)
 }
 
