@@ -52,8 +52,33 @@ pub enum CallReader {
     Postgres {
         pg: Arc<PgStore>,
         /// Waits for PostgreSQL's answers on the calling (blocking) thread.
-        runtime: tokio::runtime::Runtime,
+        runtime: QueryRuntime,
     },
+}
+
+/// A runtime to wait on from blocking threads. It may be dropped anywhere, even inside an
+/// async context (the last holder of the shared state can be an event loop), where dropping
+/// a plain runtime would panic: it shuts down in the background instead.
+#[derive(Debug)]
+pub struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    pub fn new() -> Result<QueryRuntime, CallsError> {
+        runtime().map(|r| QueryRuntime(Some(r)))
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output, CallsError> {
+        let runtime = self.0.as_ref().ok_or(CallsError::Poisoned)?;
+        Ok(runtime.block_on(future))
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl CallReader {
@@ -64,7 +89,7 @@ impl CallReader {
                 let store = store.lock().map_err(|_| CallsError::Poisoned)?;
                 store.query(q).map_err(CallsError::Sqlite)
             }
-            CallReader::Postgres { pg, runtime } => Ok(runtime.block_on(call_sql::query(pg, q))?),
+            CallReader::Postgres { pg, runtime } => Ok(runtime.block_on(call_sql::query(pg, q))??),
         }
     }
 
@@ -75,7 +100,7 @@ impl CallReader {
                 let store = store.lock().map_err(|_| CallsError::Poisoned)?;
                 store.analytics(q).map_err(CallsError::Sqlite)
             }
-            CallReader::Postgres { pg, runtime } => Ok(runtime.block_on(call_sql::analytics(pg, q))?),
+            CallReader::Postgres { pg, runtime } => Ok(runtime.block_on(call_sql::analytics(pg, q))??),
         }
     }
 }
@@ -117,7 +142,7 @@ pub fn start(
         .map_err(CallsError::Thread)?;
     let reader = CallReader::Postgres {
         pg,
-        runtime: runtime()?,
+        runtime: QueryRuntime::new()?,
     };
     Ok((log, thread, reader))
 }
@@ -209,5 +234,27 @@ async fn retain(pg: Arc<PgStore>, retention: Retention) {
         Ok(0) => {}
         Ok(deleted) => tracing::debug!(deleted, "call log retention"),
         Err(error) => tracing::warn!(%error, "call log retention failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_query_runtime_waits_on_the_blocking_pool_and_drops_on_an_event_loop() {
+        let runtime = QueryRuntime::new().unwrap();
+        let (runtime, answer) = tokio::task::spawn_blocking(move || {
+            let answer = runtime.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                7
+            });
+            (runtime, answer)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.unwrap(), 7);
+        // A plain runtime dropped here would panic.
+        drop(runtime);
     }
 }
