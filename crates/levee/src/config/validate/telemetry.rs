@@ -141,3 +141,45 @@ fn otlp_traces_url(uri: http::Uri) -> Option<http::Uri> {
     parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
     http::Uri::from_parts(parts).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::config::spec::CallLogStore;
+
+    const BASE: &str = "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]\n";
+    const POSTGRES: &str = "cluster: { postgres: { url: \"postgres://levee@127.0.0.1:5432/levee\" } }\n";
+
+    fn store(extra: &str) -> Option<CallLogStore> {
+        let config = load_str(&format!("{BASE}{extra}"), "t.yaml").unwrap();
+        config.call_log.map(|c| c.store)
+    }
+
+    #[test]
+    fn the_call_log_is_in_postgres_whenever_the_cluster_has_one() {
+        assert_eq!(store(""), None);
+        assert_eq!(
+            store("data_dir: /tmp/a\n"),
+            Some(CallLogStore::Sqlite("/tmp/a".into()))
+        );
+        assert_eq!(store(POSTGRES), Some(CallLogStore::Postgres));
+        assert_eq!(
+            store(&format!("data_dir: /tmp/a\n{POSTGRES}")),
+            Some(CallLogStore::Postgres)
+        );
+        assert_eq!(
+            store(&format!("{POSTGRES}call_log: {{ queue: 8 }}\n")),
+            Some(CallLogStore::Postgres)
+        );
+        assert_eq!(
+            store(&format!("{POSTGRES}call_log: {{ enabled: false }}\n")),
+            None
+        );
+        let refused = load_str(&format!("{BASE}call_log: {{ queue: 8 }}\n"), "t.yaml").unwrap_err();
+        assert!(
+            format!("{refused:?}")
+                .contains("`data_dir` (where its SQLite database lives) or `cluster.postgres`"),
+            "{refused:?}"
+        );
+    }
+}
