@@ -258,38 +258,38 @@ fn admin_command(
     }
 }
 
+/// The calls as a table, with a last column `node` in cluster mode (where calls carry the
+/// replica that served them).
 fn calls_table(value: &serde_json::Value) -> String {
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = field(value, "calls")
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .map(|c| {
-                    let time = field(c, "time_ms")
-                        .as_u64()
-                        .map(humantime_millis)
-                        .unwrap_or_default();
-                    vec![
-                        time,
-                        field(c, "status").to_string(),
-                        text(field(c, "method")),
-                        text(field(c, "path")),
-                        text(field(c, "route")),
-                        text(field(c, "consumer")),
-                        text(field(c, "target")),
-                        format!("{:.1}", field(c, "latency_ms").as_f64().unwrap_or(0.0)),
-                    ]
-                })
-                .collect()
+    let calls = field(value, "calls").as_array().cloned().unwrap_or_default();
+    let fleet = calls.iter().any(|c| c.get("node").is_some());
+    let rows: Vec<Vec<String>> = calls
+        .iter()
+        .map(|c| {
+            let time = field(c, "time_ms")
+                .as_u64()
+                .map(humantime_millis)
+                .unwrap_or_default();
+            let mut row = vec![
+                time,
+                field(c, "status").to_string(),
+                text(field(c, "method")),
+                text(field(c, "path")),
+                text(field(c, "route")),
+                text(field(c, "consumer")),
+                text(field(c, "target")),
+                format!("{:.1}", field(c, "latency_ms").as_f64().unwrap_or(0.0)),
+            ];
+            row.extend(fleet.then(|| text(field(c, "node"))));
+            row
         })
-        .unwrap_or_default();
-    levee::admin_client::table(
-        &[
-            "time", "status", "method", "path", "route", "consumer", "target", "ms",
-        ],
-        &rows,
-    )
+        .collect();
+    let mut header = vec![
+        "time", "status", "method", "path", "route", "consumer", "target", "ms",
+    ];
+    header.extend(fleet.then_some("node"));
+    levee::admin_client::table(&header, &rows)
 }
 
 fn humantime_millis(ms: u64) -> String {

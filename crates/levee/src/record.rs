@@ -198,6 +198,8 @@ impl RequestRecord {
             completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
             cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
             fault: self.fault.map(str::to_owned),
+            // The PostgreSQL writer stores the replica's node id with every row.
+            node: None,
         });
     }
 

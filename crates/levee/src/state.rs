@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
-use crate::observability::call_log::SqliteStore;
 use crate::observability::metrics::{Gauge, Metrics};
 use crate::upstream::WorkerUpstream;
 
@@ -65,8 +64,9 @@ pub struct SharedState {
     pub worker_upstreams: Mutex<Vec<Vec<Arc<WorkerUpstream>>>>,
     /// The config version each worker serves, indexed by worker.
     pub worker_versions: Vec<AtomicU64>,
-    /// A read connection to the call log, when there is one.
-    pub calls: Option<Mutex<SqliteStore>>,
+    /// Where the admin API reads the call log (SQLite, or the fleet's PostgreSQL), when
+    /// there is one.
+    pub calls: Option<crate::cluster::calls::CallReader>,
     pub reloader: Reloader,
     /// SLOs and alerts.
     pub slo: Arc<crate::slo::SloEngine>,

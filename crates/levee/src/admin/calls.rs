@@ -1,8 +1,8 @@
 //! The call log over the admin API: `GET /api/v1/calls` (the calls, filtered) and
 //! `GET /api/v1/analytics` (aggregates per time bucket and group), with the parsing of their
-//! query parameters. Both read SQLite, so the route table runs them on the blocking pool.
-
-use std::sync::Mutex;
+//! query parameters. Both read SQLite, or in cluster mode the fleet's PostgreSQL
+//! ([`CallReader`]), and block while they do, so the route table runs them on the blocking
+//! pool.
 
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
@@ -10,20 +10,21 @@ use http::{Response, StatusCode};
 use super::routes::Call;
 use super::{api, json_value};
 use crate::body::ResponseBody;
+use crate::cluster::calls::CallReader;
 use crate::edge::error_response;
-use crate::observability::call_log::{AnalyticsQuery, CallQuery, CallStore, GroupBy, SqliteStore};
+use crate::observability::call_log::{AnalyticsQuery, CallQuery, GroupBy};
 use crate::state::SharedState;
 
-/// The call log's read connection, or the 404 that says there is none.
+/// The call log's reader, or the 404 that says there is none.
 fn call_store<'a>(
     state: &'a SharedState,
     request_id: &HeaderValue,
-) -> Result<&'a Mutex<SqliteStore>, Box<Response<ResponseBody>>> {
+) -> Result<&'a CallReader, Box<Response<ResponseBody>>> {
     state.calls.as_ref().ok_or_else(|| {
         Box::new(error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "There is no call log: set data_dir in the config.",
+            "There is no call log: set data_dir (or cluster.postgres) in the config.",
             request_id,
         ))
     })
@@ -41,16 +42,13 @@ pub(super) fn calls(call: &Call) -> Response<ResponseBody> {
         Ok(filter) => filter,
         Err(message) => return bad(message),
     };
-    let result = store
-        .lock()
-        .map_err(|_| "call log unavailable".to_string())
-        .and_then(|s| s.query(&filter));
+    let result = store.query(&filter);
     match result {
         Ok(rows) => json_value(StatusCode::OK, &api::Calls { calls: rows }),
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "call_log_unavailable",
-            &error,
+            &error.to_string(),
             request_id,
         ),
     }
@@ -68,10 +66,7 @@ pub(super) fn analytics(call: &Call) -> Response<ResponseBody> {
         Ok(request) => request,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &message, request_id),
     };
-    let result = store
-        .lock()
-        .map_err(|_| "call log unavailable".to_string())
-        .and_then(|s| s.analytics(&request));
+    let result = store.analytics(&request);
     match result {
         Ok((series, truncated)) => json_value(
             StatusCode::OK,
@@ -86,7 +81,7 @@ pub(super) fn analytics(call: &Call) -> Response<ResponseBody> {
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "call_log_unavailable",
-            &error,
+            &error.to_string(),
             request_id,
         ),
     }

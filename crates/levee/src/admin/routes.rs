@@ -149,8 +149,14 @@ const ANALYTICS_QUERY: &[Param] = &[
 /// Answers of the call-log endpoints besides 200.
 const CALL_LOG_ERRORS: &[(u16, &str)] = &[
     (400, "A query parameter is invalid (the message names it)."),
-    (404, "There is no call log (no `data_dir`)."),
-    (503, "The call log cannot be read."),
+    (
+        404,
+        "There is no call log (no `data_dir` and no `cluster.postgres`).",
+    ),
+    (
+        503,
+        "The call log cannot be read (in cluster mode: PostgreSQL is not answering).",
+    ),
 ];
 
 /// Largest experiment request body read.

@@ -12,6 +12,8 @@
 //! budgets describe this replica's own connections to its upstreams; sharing them would let
 //! one replica's broken network path eject a target for replicas that reach it fine.
 
+pub mod call_sql;
+pub mod calls;
 pub mod nodes;
 pub mod postgres;
 pub mod redis;

@@ -21,16 +21,39 @@ use crate::config::spec::PostgresSpec;
 
 /// The schema, one migration per version, applied in order and never edited once released
 /// (a change is a new version).
+///
+/// 1. The call log (`crate::cluster::calls`): the columns of the SQLite call log, plus the
+///    `node` that served each call; an index on time serves retention, the newest-first
+///    listing and the analytics range scan.
 const MIGRATIONS: &[(i32, &str)] = &[(
     1,
     "CREATE TABLE levee_calls (
         id BIGSERIAL PRIMARY KEY,
         node TEXT NOT NULL,
-        ts_ms BIGINT NOT NULL,
+        time_ms BIGINT NOT NULL,
         request_id TEXT NOT NULL,
-        record JSONB NOT NULL
+        trace_id TEXT,
+        route TEXT,
+        consumer TEXT,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        error TEXT,
+        upstream TEXT,
+        target TEXT,
+        attempts INTEGER NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        upstream_ms DOUBLE PRECISION,
+        bytes_in BIGINT NOT NULL,
+        bytes_out BIGINT NOT NULL,
+        provider TEXT,
+        model TEXT,
+        prompt_tokens BIGINT,
+        completion_tokens BIGINT,
+        cost_usd DOUBLE PRECISION,
+        fault TEXT
     );
-    CREATE INDEX levee_calls_ts ON levee_calls (ts_ms);",
+    CREATE INDEX levee_calls_time ON levee_calls (time_ms);",
 )];
 
 /// Any number that is the same for every Levee: the lock that makes migrations one at a time.
@@ -71,6 +94,14 @@ impl PgStore {
     pub fn new(spec: &PostgresSpec) -> Result<PgStore, PgError> {
         let mut config: tokio_postgres::Config = spec.url.0.parse().map_err(|_| PgError::Config)?;
         config.connect_timeout(spec.timeout);
+        // The server gives up on a statement when the client would: one connection is shared,
+        // so a slow query must not hold it past `timeout` for the statements queued behind.
+        let statement_timeout = format!("-c statement_timeout={}", spec.timeout.as_millis());
+        let options = match config.get_options() {
+            Some(options) => format!("{options} {statement_timeout}"),
+            None => statement_timeout,
+        };
+        config.options(&options);
         if config.get_application_name().is_none() {
             config.application_name("levee");
         }
@@ -174,6 +205,9 @@ impl PgStore {
 /// Applies the migrations this build knows and the database lacks, one replica at a time.
 async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    // A migration may take longer than one statement may (the lock waits for another
+    // replica's migrations), bounded by the caller instead.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(

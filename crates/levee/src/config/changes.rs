@@ -40,15 +40,17 @@ fn workers(config: &Config) -> Option<usize> {
     (!config.workers_auto).then_some(config.workers)
 }
 
-/// The call log's own settings (queue, max age, max rows), without its directory (that is
-/// `data_dir`'s change); `None` when `call_log.enabled` is false. Without a `data_dir` a
-/// config has no `call_log` block (validation requires one), so its settings are the
-/// defaults a `data_dir` would turn on.
+/// The call log's own settings (queue, max age, max rows), without its store (that is
+/// `data_dir`'s or `cluster`'s change); `None` when `call_log.enabled` is false. Without a
+/// `data_dir` or `cluster.postgres` a config has no `call_log` block (validation requires
+/// one), so its settings are the defaults either would turn on.
 fn call_log(config: &Config) -> Option<(usize, Duration, u64)> {
-    match (&config.call_log, &config.data_dir) {
-        (Some(c), _) => Some((c.queue, c.max_age, c.max_rows)),
-        (None, Some(_)) => None,
-        (None, None) => Some((
+    let has_store =
+        config.data_dir.is_some() || config.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
+    match &config.call_log {
+        Some(c) => Some((c.queue, c.max_age, c.max_rows)),
+        None if has_store => None,
+        None => Some((
             DEFAULT_CALL_LOG_QUEUE,
             DEFAULT_CALL_LOG_MAX_AGE,
             DEFAULT_CALL_LOG_MAX_ROWS,

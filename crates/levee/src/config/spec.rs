@@ -315,6 +315,14 @@ pub struct PostgresSpec {
     pub batch: usize,
 }
 
+/// Where the call log lives: `data_dir/calls.sqlite3` on a gateway on its own, PostgreSQL
+/// (`cluster.postgres`) for a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallLogStore {
+    Sqlite(std::path::PathBuf),
+    Postgres,
+}
+
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_REDIS_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -345,7 +353,7 @@ pub struct ConsumerSpec {
 /// Where and how long calls are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallLogSpec {
-    pub dir: std::path::PathBuf,
+    pub store: CallLogStore,
     pub queue: usize,
     pub max_age: Duration,
     pub max_rows: u64,

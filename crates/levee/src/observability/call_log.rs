@@ -4,13 +4,14 @@
 //! Requests never wait for it: records go through a bounded queue and are dropped (and counted
 //! in `levee_calllog_dropped_total`) when the writer falls behind. Retention by age and by row
 //! count keeps the file bounded. The database runs in WAL mode so the admin API reads on its
-//! own connection while the writer writes. The [`CallStore`] trait is the seam for a
-//! PostgreSQL store in cluster mode.
+//! own connection while the writer writes. In cluster mode (`cluster.postgres`) the records
+//! go to PostgreSQL instead (the cluster layer's `calls` module), through the same bounded queue
+//! ([`CallLog::channel`]) and counted the same way ([`Drops`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,10 @@ pub struct CallRecord {
     pub cost_usd: Option<f64>,
     /// An injected fault (`abort`, `delay`), so reports can set chaos apart.
     pub fault: Option<String>,
+    /// In cluster mode, the replica (`cluster.node_id`) that served the call; absent on a
+    /// gateway on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Which calls to return, newest first.
@@ -70,7 +75,8 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    fn column(self) -> &'static str {
+    /// The group's SQL expression, standard SQL that SQLite and PostgreSQL read alike.
+    pub fn column(self) -> &'static str {
         match self {
             GroupBy::Route => "route",
             GroupBy::Consumer => "consumer",
@@ -122,7 +128,9 @@ pub trait CallStore: Send {
     fn analytics(&self, query: &AnalyticsQuery) -> Result<(Vec<Aggregate>, bool), String>;
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Nearest rank: the smallest value with at least `p` of the values at or below it
+/// (PostgreSQL's `percentile_disc`).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -390,6 +398,7 @@ impl CallStore for SqliteStore {
                         completion_tokens: row.get::<_, Option<i64>>(19)?.map(|t| t.max(0) as u64),
                         cost_usd: row.get(20)?,
                         fault: row.get(21)?,
+                        node: None,
                     })
                 },
             )
@@ -405,12 +414,70 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Counts lost call records: in `levee_calllog_dropped_total`, and through `also` (cluster
+/// mode counts them as `call_log` fallbacks too).
+#[derive(Clone)]
+pub struct Drops {
+    metrics: Arc<Metrics>,
+    also: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Drops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drops").finish_non_exhaustive()
+    }
+}
+
+impl Drops {
+    pub fn new(metrics: Arc<Metrics>) -> Drops {
+        Drops { metrics, also: None }
+    }
+
+    /// Also calls `also` with each count.
+    pub fn with(mut self, also: Arc<dyn Fn(u64) + Send + Sync>) -> Drops {
+        self.also = Some(also);
+        self
+    }
+
+    pub fn count(&self, lost: u64) {
+        self.metrics
+            .globals
+            .calllog_dropped
+            .fetch_add(lost, Ordering::Relaxed);
+        if let Some(also) = &self.also {
+            also(lost);
+        }
+    }
+}
+
 /// The sending side, shared by the workers.
 #[derive(Debug, Clone)]
 pub struct CallLog {
     tx: SyncSender<CallRecord>,
-    metrics: Arc<Metrics>,
-    path: PathBuf,
+    drops: Drops,
+    /// One count per copy, so the writer can tell the senders are gone without taking a
+    /// record off the queue ([`CallQueue::closed`]).
+    _senders: Arc<()>,
+}
+
+/// The receiving side, owned by the writer.
+#[derive(Debug)]
+pub struct CallQueue {
+    rx: Receiver<CallRecord>,
+    senders: std::sync::Weak<()>,
+}
+
+impl CallQueue {
+    /// Moves queued records into `batch` until it holds `max`; true once the queue is empty
+    /// and every sender is gone.
+    pub fn drain(&self, batch: &mut Vec<CallRecord>, max: usize) -> bool {
+        super::drain(&self.rx, batch, max)
+    }
+
+    /// Every sender is gone: what is queued is all there will be.
+    pub fn closed(&self) -> bool {
+        self.senders.strong_count() == 0
+    }
 }
 
 /// Retention settings.
@@ -424,63 +491,74 @@ pub struct Retention {
 const BATCH: usize = 4096;
 /// How often the writer wakes to drain the queue (senders never wake it; see
 /// [`super::drain`]).
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
-const RETAIN_EVERY: Duration = Duration::from_secs(30);
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How often retention runs.
+pub const RETAIN_EVERY: Duration = Duration::from_secs(30);
 
 impl CallLog {
-    /// Opens (creates) `data_dir/calls.sqlite3` and starts the writer thread.
+    /// The bounded queue to a writer: `queue` records at most, the rest dropped and counted
+    /// in `drops`. The writer owns the receiving end; it ends once every sender is gone.
+    pub fn channel(queue: usize, drops: Drops) -> (CallLog, CallQueue) {
+        let (tx, rx) = sync_channel(queue);
+        let senders = Arc::new(());
+        let queue = CallQueue {
+            rx,
+            senders: Arc::downgrade(&senders),
+        };
+        (
+            CallLog {
+                tx,
+                drops,
+                _senders: senders,
+            },
+            queue,
+        )
+    }
+
+    /// Opens (creates) `data_dir/calls.sqlite3` and starts the writer thread; returns the
+    /// queue's sending side, the thread and a read connection for the admin API.
     pub fn start(
         data_dir: &Path,
         queue: usize,
         retention: Retention,
         metrics: Arc<Metrics>,
-    ) -> Result<(CallLog, JoinHandle<()>), String> {
+    ) -> Result<(CallLog, JoinHandle<()>, SqliteStore), String> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let path = data_dir.join("calls.sqlite3");
         let mut store = SqliteStore::open(&path)?;
-        let (tx, rx) = sync_channel(queue);
-        let writer_metrics = metrics.clone();
+        let reader = SqliteStore::open(&path)?;
+        let drops = Drops::new(metrics);
+        let (log, records) = CallLog::channel(queue, drops.clone());
         let writer = std::thread::Builder::new()
             .name("levee-call-log".into())
-            .spawn(move || write_batches(rx, &mut store, retention, &writer_metrics))
+            .spawn(move || write_batches(records, &mut store, retention, &drops))
             .map_err(|e| e.to_string())?;
-        Ok((CallLog { tx, metrics, path }, writer))
+        Ok((log, writer, reader))
     }
 
     /// Queues a record, or drops and counts it when the writer is behind.
     pub fn log(&self, record: CallRecord) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
-            self.metrics
-                .globals
-                .calllog_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.drops.count(1);
         }
-    }
-
-    /// A read connection for queries (the admin API).
-    pub fn reader(&self) -> Result<Mutex<SqliteStore>, String> {
-        SqliteStore::open(&self.path).map(Mutex::new)
     }
 }
 
-fn write_batches(rx: Receiver<CallRecord>, store: &mut SqliteStore, retention: Retention, metrics: &Metrics) {
+fn write_batches(queue: CallQueue, store: &mut SqliteStore, retention: Retention, drops: &Drops) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_retention = std::time::Instant::now();
     loop {
         std::thread::sleep(FLUSH_EVERY);
         // Everything queued since the last tick, in transactions of up to BATCH rows.
         let disconnected = loop {
-            let disconnected = super::drain(&rx, &mut batch, BATCH);
+            let disconnected = queue.drain(&mut batch, BATCH);
             if !batch.is_empty() {
                 // A failed write (disk full, database locked past the busy timeout) loses
                 // its batch: counted with the drops, and the next tick tries again.
                 if let Err(error) = store.insert(&batch) {
                     tracing::warn!(%error, lost = batch.len(), "call log write failed");
-                    metrics
-                        .globals
-                        .calllog_dropped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    drops.count(batch.len() as u64);
                 }
             }
             let full = batch.len() == BATCH;

@@ -124,8 +124,10 @@ impl RunningGateway {
         crate::observability::process::mark_start();
         let metrics = Arc::new(Metrics::default());
         metrics.globals.config_version.store(1, Ordering::Relaxed);
-        let (writers, calls) = Writers::start(&config, sink, &metrics)?;
+        // Cluster mode first: in it the call log writes to the fleet's PostgreSQL, and SLO
+        // counts are the fleet's.
         let cluster = start_cluster(&config)?;
+        let (writers, calls) = Writers::start(&config, sink, &metrics, cluster.as_ref().map(|(c, _)| c))?;
         let shared = cluster.as_ref().is_some_and(|(c, _)| c.redis.is_some());
         let slo = start_slo_engine(&config, shared)?;
         // Experiments an earlier run left running are ended and reported.

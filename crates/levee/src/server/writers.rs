@@ -8,9 +8,12 @@ use std::thread::JoinHandle;
 
 use super::{AccessLogSink, StartError};
 use crate::chaos::experiments::Experiments;
+use crate::cluster::calls::CallReader;
+use crate::cluster::Cluster;
+use crate::config::spec::{CallLogSpec, CallLogStore};
 use crate::config::Config;
 use crate::observability::access_log::AccessLog;
-use crate::observability::call_log::{CallLog, Retention, SqliteStore};
+use crate::observability::call_log::{CallLog, Retention};
 use crate::observability::metrics::Metrics;
 use crate::observability::otlp::{ExportThread, Exporter};
 use crate::observability::traces::{Sampler, Tracer};
@@ -34,13 +37,15 @@ pub(super) struct WriterThreads {
 }
 
 impl Writers {
-    /// Starts the writers `config` asks for; returns them with a read connection to the call
-    /// log, when there is one.
+    /// Starts the writers `config` asks for; returns them with the call log's reader, when
+    /// there is one. `cluster` is cluster mode's handle (the call log goes to its
+    /// PostgreSQL when the config says so).
     pub fn start(
         config: &Config,
         sink: AccessLogSink,
         metrics: &Arc<Metrics>,
-    ) -> Result<(Writers, Option<Mutex<SqliteStore>>), StartError> {
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Result<(Writers, Option<CallReader>), StartError> {
         let mut threads = WriterThreads::default();
         let access_log = if config.access_log.enabled {
             let sink: Box<dyn io::Write + Send> = match sink {
@@ -64,13 +69,8 @@ impl Writers {
         };
         let (call_log, calls) = match &config.call_log {
             Some(spec) => {
-                let retention = Retention {
-                    max_age: spec.max_age,
-                    max_rows: spec.max_rows,
-                };
-                let (log, thread) = CallLog::start(&spec.dir, spec.queue, retention, metrics.clone())
+                let (log, thread, reader) = start_call_log(spec, metrics, cluster)
                     .map_err(|message| StartError::CallLog { message })?;
-                let reader = log.reader().map_err(|message| StartError::CallLog { message })?;
                 threads.call_log = Some(thread);
                 (Some(log), Some(reader))
             }
@@ -118,6 +118,30 @@ impl Writers {
     /// Drops this copy of the senders (once every worker has its own) and keeps the threads.
     pub fn into_threads(self) -> WriterThreads {
         self.threads
+    }
+}
+
+/// The call log's queue, writer thread and reader: SQLite in `data_dir`, or in cluster mode
+/// the fleet's PostgreSQL.
+fn start_call_log(
+    spec: &CallLogSpec,
+    metrics: &Arc<Metrics>,
+    cluster: Option<&Arc<Cluster>>,
+) -> Result<(CallLog, JoinHandle<()>, CallReader), String> {
+    let retention = Retention {
+        max_age: spec.max_age,
+        max_rows: spec.max_rows,
+    };
+    match &spec.store {
+        CallLogStore::Sqlite(dir) => {
+            let (log, thread, reader) = CallLog::start(dir, spec.queue, retention, metrics.clone())?;
+            Ok((log, thread, CallReader::Sqlite(Mutex::new(reader))))
+        }
+        CallLogStore::Postgres => {
+            let cluster = cluster.ok_or(crate::cluster::calls::CallsError::NoPostgres.to_string())?;
+            crate::cluster::calls::start(cluster, spec.queue, retention, metrics.clone())
+                .map_err(|e| e.to_string())
+        }
     }
 }
 

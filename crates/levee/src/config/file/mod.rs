@@ -68,11 +68,12 @@ pub struct ConfigFile {
     /// JSON Web Token settings for routes with `auth: jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtFile>,
-    /// Directory for Levee's own data (the call log database). Without it there is no call
-    /// log.
+    /// Directory for Levee's own data (the call log database). Without it (or
+    /// `cluster.postgres`) there is no call log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
-    /// The call log: one row per request in `data_dir/calls.sqlite3`.
+    /// The call log: one row per request in `data_dir/calls.sqlite3`, or with
+    /// `cluster.postgres` in PostgreSQL for the whole fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_log: Option<CallLogFile>,
     /// The AI gateway: LLM providers and the model names clients use.

@@ -30,7 +30,8 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallLogFile {
-    /// Record calls (when `data_dir` is set). Default true.
+    /// Record calls (when `data_dir` or `cluster.postgres` is set; with `cluster.postgres`
+    /// the fleet's calls go to PostgreSQL). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Records waiting for the writer at most; more are dropped and counted. Default 16384.

@@ -35,15 +35,22 @@ pub(super) fn check_access_log(file: &ConfigFile, p: &mut Problems) -> AccessLog
     access_log
 }
 
-/// The call log: on when `data_dir` is set, unless turned off.
+/// The call log: on when `data_dir` or `cluster.postgres` is set, unless turned off; with
+/// `cluster.postgres` it is the fleet's, in PostgreSQL.
 pub(super) fn check_call_log(file: &ConfigFile, p: &mut Problems) -> Option<CallLogSpec> {
-    let call_log = file.data_dir.as_ref().and_then(|dir| {
+    let postgres = file.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
+    let store = match (&file.data_dir, postgres) {
+        (_, true) => Some(CallLogStore::Postgres),
+        (Some(dir), false) => Some(CallLogStore::Sqlite(dir.into())),
+        (None, false) => None,
+    };
+    let call_log = store.and_then(|store| {
         let settings = file.call_log.clone().unwrap_or_default();
         if settings.enabled == Some(false) {
             return None;
         }
         let spec = CallLogSpec {
-            dir: dir.into(),
+            store,
             queue: settings.queue.unwrap_or(DEFAULT_CALL_LOG_QUEUE),
             max_age: settings.max_age.map(|d| d.0).unwrap_or(DEFAULT_CALL_LOG_MAX_AGE),
             max_rows: settings.max_rows.unwrap_or(DEFAULT_CALL_LOG_MAX_ROWS),
@@ -56,10 +63,10 @@ pub(super) fn check_call_log(file: &ConfigFile, p: &mut Problems) -> Option<Call
         }
         Some(spec)
     });
-    if file.call_log.is_some() && file.data_dir.is_none() {
+    if file.call_log.is_some() && file.data_dir.is_none() && !postgres {
         p.at(
             "call_log",
-            "the call log needs `data_dir` (where its database lives)",
+            "the call log needs `data_dir` (where its SQLite database lives) or `cluster.postgres`",
         );
     }
     call_log
@@ -133,4 +140,46 @@ fn otlp_traces_url(uri: http::Uri) -> Option<http::Uri> {
     let mut parts = uri.into_parts();
     parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
     http::Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::config::spec::CallLogStore;
+
+    const BASE: &str = "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]\n";
+    const POSTGRES: &str = "cluster: { postgres: { url: \"postgres://levee@127.0.0.1:5432/levee\" } }\n";
+
+    fn store(extra: &str) -> Option<CallLogStore> {
+        let config = load_str(&format!("{BASE}{extra}"), "t.yaml").unwrap();
+        config.call_log.map(|c| c.store)
+    }
+
+    #[test]
+    fn the_call_log_is_in_postgres_whenever_the_cluster_has_one() {
+        assert_eq!(store(""), None);
+        assert_eq!(
+            store("data_dir: /tmp/a\n"),
+            Some(CallLogStore::Sqlite("/tmp/a".into()))
+        );
+        assert_eq!(store(POSTGRES), Some(CallLogStore::Postgres));
+        assert_eq!(
+            store(&format!("data_dir: /tmp/a\n{POSTGRES}")),
+            Some(CallLogStore::Postgres)
+        );
+        assert_eq!(
+            store(&format!("{POSTGRES}call_log: {{ queue: 8 }}\n")),
+            Some(CallLogStore::Postgres)
+        );
+        assert_eq!(
+            store(&format!("{POSTGRES}call_log: {{ enabled: false }}\n")),
+            None
+        );
+        let refused = load_str(&format!("{BASE}call_log: {{ queue: 8 }}\n"), "t.yaml").unwrap_err();
+        assert!(
+            format!("{refused:?}")
+                .contains("`data_dir` (where its SQLite database lives) or `cluster.postgres`"),
+            "{refused:?}"
+        );
+    }
 }
