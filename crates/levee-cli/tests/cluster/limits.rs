@@ -62,7 +62,8 @@ fn count(sent: &[Sent], status: u16) -> usize {
     sent.iter().filter(|s| s.status == status).count()
 }
 
-fn fleet_config(upstream: std::net::SocketAddr, backoff: &str) -> String {
+/// Three routes' limits, with Redis' `timeout` and `backoff`.
+fn fleet_config(upstream: std::net::SocketAddr, timeout: &str, backoff: &str) -> String {
     format!(
         r#"listeners: [{{ name: public, bind: "127.0.0.1:{{PUBLIC}}" }}]
 admin: {{ bind: "127.0.0.1:{{ADMIN}}" }}
@@ -71,7 +72,7 @@ access_log: {{ enabled: false }}
 cluster:
   node_id: "{{NODE}}"
   heartbeat: 200ms
-  redis: {{ url_env: LEVEE_REDIS_URL, timeout: 50ms, backoff: {backoff} }}
+  redis: {{ url_env: LEVEE_REDIS_URL, timeout: {timeout}, backoff: {backoff} }}
 upstreams: {{ u: {{ targets: ["{upstream}"] }} }}
 consumers: [{{ name: mobile, api_keys: ["{digest}"] }}]
 routes:
@@ -108,7 +109,7 @@ async fn three_replicas_share_one_route_limit_and_one_consumer_limit() {
     let upstream = MockUpstream::fixed("ok").await;
     let fleet = Fleet::start(
         3,
-        &fleet_config(upstream.addr, "1s"),
+        &fleet_config(upstream.addr, "200ms", "1s"),
         &[("LEVEE_REDIS_URL", redis.url())],
     );
     wait_for_roll_call(&fleet).await;
@@ -142,7 +143,7 @@ async fn redis_dying_mid_load_fails_no_request_and_fleet_limiting_resumes_after_
     let upstream = MockUpstream::fixed("ok").await;
     let fleet = Fleet::start(
         3,
-        &fleet_config(upstream.addr, "500ms"),
+        &fleet_config(upstream.addr, "200ms", "500ms"),
         &[("LEVEE_REDIS_URL", redis.url())],
     );
     wait_for_roll_call(&fleet).await;
@@ -406,7 +407,7 @@ async fn a_hanging_redis_costs_one_timeout_per_backoff_not_one_per_request() {
     let upstream = MockUpstream::fixed("ok").await;
     let fleet = Fleet::start(
         1,
-        &fleet_config(upstream.addr, "1s"),
+        &fleet_config(upstream.addr, "50ms", "1s"),
         &[("LEVEE_REDIS_URL", format!("redis://{}/0", relay.addr))],
     );
     wait_for_roll_call(&fleet).await;

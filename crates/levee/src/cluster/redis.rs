@@ -238,6 +238,9 @@ impl RedisStore {
                     Ok(Ok(conn)) => {
                         let conn = Arc::new(conn);
                         self.conn.store(Some(conn.clone()));
+                        // The threads' own connections date from before the outage: they
+                        // are broken, and must not cost a request a failure to find out.
+                        self.generation.fetch_add(1, Ordering::Relaxed);
                         conn
                     }
                     _ => return self.probe_failed(),
