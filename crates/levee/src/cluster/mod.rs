@@ -173,7 +173,7 @@ impl Cluster {
                 let key = redis.key(&["nodes"]);
                 let id = self.node_id.clone();
                 redis
-                    .call(|mut conn| async move {
+                    .call_background(|mut conn| async move {
                         ::redis::cmd("HDEL").arg(key).arg(id).query_async(&mut conn).await
                     })
                     .await

@@ -42,7 +42,7 @@ pub async fn beat(redis: &RedisStore, me: &NodeInfo) -> Option<Vec<NodeInfo>> {
     let json = serde_json::to_string(me).ok()?;
     let id = me.id.clone();
     let all: Vec<(String, String)> = redis
-        .call(|mut conn| async move {
+        .call_background(|mut conn| async move {
             redis::pipe()
                 .hset(&key, &id, json)
                 .ignore()
@@ -65,7 +65,7 @@ pub async fn beat(redis: &RedisStore, me: &NodeInfo) -> Option<Vec<NodeInfo>> {
     if !stale.is_empty() {
         let key = redis.key(&["nodes"]);
         let _: Option<()> = redis
-            .call(|mut conn| async move {
+            .call_background(|mut conn| async move {
                 redis::cmd("HDEL")
                     .arg(&key)
                     .arg(stale)
@@ -105,7 +105,7 @@ pub async fn lease(redis: &RedisStore, name: &str, holder: &str, ttl_ms: u64) ->
     let key = lease_key(redis, name);
     let holder = holder.to_owned();
     redis
-        .call(|mut conn| async move {
+        .call_background(|mut conn| async move {
             SCRIPT
                 .key(key)
                 .arg(holder)
@@ -132,6 +132,6 @@ pub async fn release(redis: &RedisStore, name: &str, holder: &str) {
     let key = lease_key(redis, name);
     let holder = holder.to_owned();
     let _: Option<i64> = redis
-        .call(|mut conn| async move { SCRIPT.key(key).arg(holder).invoke_async(&mut conn).await })
+        .call_background(|mut conn| async move { SCRIPT.key(key).arg(holder).invoke_async(&mut conn).await })
         .await;
 }

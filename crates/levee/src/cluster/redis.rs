@@ -28,6 +28,10 @@ use redis::aio::MultiplexedConnection;
 use super::stats::StoreStats;
 use crate::config::spec::RedisSpec;
 
+/// The shortest wait for a background call: a whole SLO history read may take more than a
+/// request may wait.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The fleet's Redis, or the knowledge that it is not answering.
 pub struct RedisStore {
     client: redis::Client,
@@ -123,6 +127,27 @@ impl RedisStore {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.call_within(op, self.timeout, true).await
+    }
+
+    /// [`RedisStore::call`] for the background (SLO sync, leases, experiments, heartbeats):
+    /// it may wait longer ([`BACKGROUND_TIMEOUT`] at least), and a slow answer only fails
+    /// this call, without putting the request path into back-off; a broken connection
+    /// still does (it is broken for everyone).
+    pub async fn call_background<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_within(op, self.timeout.max(BACKGROUND_TIMEOUT), false)
+            .await
+    }
+
+    async fn call_within<T, F, Fut>(&self, op: F, timeout: Duration, slow_trips: bool) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
             return None;
         }
@@ -131,7 +156,7 @@ impl RedisStore {
             None => (*self.conn.load_full()?).clone(),
         };
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, op(conn)).await;
+        let result = tokio::time::timeout(timeout, op(conn)).await;
         self.stats.observe(started.elapsed());
         match result {
             Ok(Ok(value)) => Some(value),
@@ -146,8 +171,12 @@ impl RedisStore {
                 self.fail(true);
                 None
             }
-            Err(_) => {
+            Err(_) if slow_trips => {
                 self.fail(false);
+                None
+            }
+            Err(_) => {
+                self.stats.error();
                 None
             }
         }

@@ -200,7 +200,7 @@ impl FleetQuota {
             .map_or(0, |(_, p)| u64::try_from(p.as_millis()).unwrap_or(u64::MAX));
         let settled: Option<i64> = self
             .redis
-            .call(|mut conn| async move {
+            .call_background(|mut conn| async move {
                 SETTLE
                     .key(&keys[0])
                     .key(&keys[1])

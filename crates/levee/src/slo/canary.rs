@@ -265,7 +265,9 @@ pub async fn sync_fleet(
     let keys: Vec<String> = judged.iter().map(|c| decision_key(redis, c)).collect();
     let read_keys = keys.clone();
     let decisions: Option<Vec<Option<String>>> = redis
-        .call(|mut conn| async move { redis::cmd("MGET").arg(read_keys).query_async(&mut conn).await })
+        .call_background(
+            |mut conn| async move { redis::cmd("MGET").arg(read_keys).query_async(&mut conn).await },
+        )
         .await;
     let Some(decisions) = decisions else {
         let now_ms = engine.clock.now_ms();
@@ -312,7 +314,7 @@ pub async fn sync_fleet(
 async fn publish(redis: &RedisStore, key: String, decision: Decision) -> Option<Decision> {
     let json = serde_json::to_string(&decision).ok()?;
     let holds: String = redis
-        .call(|mut conn| async move {
+        .call_background(|mut conn| async move {
             DECIDE_SCRIPT
                 .key(key)
                 .arg(json)

@@ -346,7 +346,7 @@ impl FleetCounts {
             args.push(n.to_string());
         }
         self.redis
-            .call(|mut conn| async move {
+            .call_background(|mut conn| async move {
                 let mut invocation = PUSH_SCRIPT.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
@@ -381,7 +381,7 @@ impl FleetCounts {
         }
         let Some(values) = self
             .redis
-            .call(|mut conn| async move { pipe.query_async::<Vec<Value>>(&mut conn).await })
+            .call_background(|mut conn| async move { pipe.query_async::<Vec<Value>>(&mut conn).await })
             .await
         else {
             return false;
@@ -445,7 +445,7 @@ impl FleetCounts {
             }
             let hashes: Vec<Vec<(String, i64)>> = self
                 .redis
-                .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .call_background(|mut conn| async move { pipe.query_async(&mut conn).await })
                 .await?;
             for (day, fields) in chunk.iter().zip(hashes) {
                 for (name, value) in fields {

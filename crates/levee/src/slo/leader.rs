@@ -205,7 +205,7 @@ impl SharedAlerts {
         let key = self.redis.key(&[FIRING]);
         let Some(all) = self
             .redis
-            .call(|mut conn| async move {
+            .call_background(|mut conn| async move {
                 redis::cmd("HGETALL")
                     .arg(key)
                     .query_async::<Vec<(String, String)>>(&mut conn)
@@ -296,7 +296,7 @@ impl SharedAlerts {
         let keys = [nodes::lease_key(&self.redis, LEASE), self.redis.key(&[FIRING])];
         let done: Option<Vec<i64>> = self
             .redis
-            .call(|mut conn| async move {
+            .call_background(|mut conn| async move {
                 let mut invocation = COMMIT_SCRIPT.prepare_invoke();
                 invocation.key(&keys[0]).key(&keys[1]);
                 for arg in &args {

@@ -175,7 +175,7 @@ impl Experiments {
             return true;
         }
         let written: Option<()> = redis
-            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .call_background(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await;
         if written.is_none() {
             return false;
@@ -309,7 +309,9 @@ impl Experiments {
             deltas.push(delta);
         }
         let Some(totals) = redis
-            .call(|mut conn| async move { pipe.query_async::<Vec<HashMap<String, u64>>>(&mut conn).await })
+            .call_background(|mut conn| async move {
+                pipe.query_async::<Vec<HashMap<String, u64>>>(&mut conn).await
+            })
             .await
         else {
             return false;
@@ -329,7 +331,7 @@ impl Experiments {
 async fn read(redis: &RedisStore) -> Option<Fleet> {
     let keys = (redis.key(&["experiments"]), redis.key(&["experiment-ends"]));
     let (started, ends): (HashMap<String, String>, HashMap<String, String>) = redis
-        .call(|mut conn| async move {
+        .call_background(|mut conn| async move {
             redis::pipe()
                 .hgetall(keys.0)
                 .hgetall(keys.1)
