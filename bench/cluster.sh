@@ -10,7 +10,9 @@
 #   bench/cluster.sh            (builds target/release/levee if missing)
 #
 # Environment: LEVEE (binary, default target/release/levee), PAIRS (default 6), DURATION
-# (seconds per round, default 5). Ports: 18081 origin (nginx), 18091 local, 18092 fleet,
+# (seconds per round, default 5), CLIENTS (default 1: every request on one key, the client
+# address; N > 1: the limit is keyed by an `x-client` header that wrk sets to one of N values
+# at random, so requests spread over N keys and fewer of them share a Redis call). Ports: 18081 origin (nginx), 18091 local, 18092 fleet,
 # admin 19921/19922, redis 16399. Redis, nginx and wrk share the 2 cores with Levee.
 set -euo pipefail
 
@@ -18,6 +20,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$SCRIPT_DIR")"
 LEVEE="${LEVEE:-$ROOT/target/release/levee}"
 PAIRS="${PAIRS:-6}"
+CLIENTS="${CLIENTS:-1}"
 DURATION="${DURATION:-5}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v wrk >/dev/null || { echo "wrk not found (bench/run.sh installs it)" >&2; exit 1; }
@@ -53,10 +56,24 @@ routes:
   - name: all
     match: { path_prefix: / }
     upstream: origin
-    rate_limit: { rate: 10000000/s, burst: 1000000, key: ip }
+    rate_limit: { rate: 10000000/s, burst: 1000000, key: $LIMIT_KEY }
 $3
 EOF
 }
+if [ "$CLIENTS" -gt 1 ]; then
+  LIMIT_KEY="header:x-client"
+  cat >"$dir/clients.lua" <<EOF
+math.randomseed(42)
+request = function()
+  wrk.headers["x-client"] = "client-" .. math.random(1, $CLIENTS)
+  return wrk.format(nil)
+end
+EOF
+  WRK_SCRIPT=(-s "$dir/clients.lua")
+else
+  LIMIT_KEY="ip"
+  WRK_SCRIPT=()
+fi
 config 18091 19921 "" >"$dir/local.yaml"
 config 18092 19922 'cluster: { node_id: bench, redis: { url: "redis://127.0.0.1:16399/0" } }' >"$dir/fleet.yaml"
 "$LEVEE" run --config "$dir/local.yaml" >"$dir/local.log" 2>&1 & pids+=($!)
@@ -72,7 +89,7 @@ done
 for i in $(seq 1 "$PAIRS"); do
   for side in local fleet; do
     port=$([ "$side" = local ] && echo 18091 || echo 18092)
-    wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
+    wrk -t2 -c64 -d"${DURATION}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port/" \
       | awk -v i="$i" -v side="$side" '/Requests\/sec/{rps=$2} / 99%/{p99=$2} /Non-2xx/{err+=$NF} /Socket errors/{gsub(",","");err+=$4+$6+$8+$10} END{print i, side, rps+0, p99, err+0}'
   done
 done | tee "$dir/pairs.txt"

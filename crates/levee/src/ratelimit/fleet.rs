@@ -73,7 +73,7 @@ pub struct FleetLimiter {
     /// The local limiter used while Redis does not answer, sized for the replicas seen then.
     share: ArcSwap<(usize, KeyedLimiter)>,
     /// Requests waiting for a key's call in flight.
-    batches: Coalescer,
+    batches: Arc<Coalescer>,
 }
 
 impl FleetLimiter {
@@ -93,7 +93,7 @@ impl FleetLimiter {
             max_keys,
             refused: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             share: ArcSwap::from_pointee((replicas, KeyedLimiter::new(share_of(quota, replicas), max_keys))),
-            batches: Coalescer::default(),
+            batches: Arc::new(Coalescer::default()),
         }
     }
 
@@ -110,10 +110,7 @@ impl FleetLimiter {
                 Ok(guard) => return self.lead(hash, key, Vec::new(), guard).await,
                 Err(turn) => match turn.await {
                     Ok(Turn::Decided(decision)) => return decision,
-                    Ok(Turn::Lead(followers)) => {
-                        let guard = LeadGuard::taken_over(&self.batches, hash);
-                        return self.lead(hash, key, followers, guard).await;
-                    }
+                    Ok(Turn::Lead(followers, guard)) => return self.lead(hash, key, followers, guard).await,
                     Err(_) => continue,
                 },
             }
@@ -129,7 +126,7 @@ impl FleetLimiter {
         hash: u64,
         key: &str,
         followers: Vec<oneshot::Sender<Turn>>,
-        guard: LeadGuard<'_>,
+        guard: LeadGuard,
     ) -> Decision {
         let n = 1 + followers.len();
         let redis_key = format!("{}:{hash:016x}", self.key_base);
