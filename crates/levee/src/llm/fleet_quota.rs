@@ -328,14 +328,6 @@ impl ConsumerLimits {
             ConsumerLimits::Fleet(_) => self.settle(admission, 0, 0.0),
         }
     }
-
-    /// US dollars spent in this period as this process knows it (the local quota only).
-    pub fn spent_usd(&self) -> f64 {
-        match self {
-            ConsumerLimits::Local(quota) => quota.spent_usd(),
-            ConsumerLimits::Fleet(fleet) => fleet.local_share().1.spent_usd(),
-        }
-    }
 }
 
 /// Settles a fleet reservation on the current event loop, or (outside one) against the
