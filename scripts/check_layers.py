@@ -30,6 +30,7 @@ LAYERS = {
         ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls"],
         ["body", "record"],
         ["llm"],
+        ["management"],
         ["gateway", "edge"],
         ["state"],
         ["pipeline", "reload", "supervisor"],

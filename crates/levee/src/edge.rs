@@ -36,6 +36,9 @@ pub enum Rejection {
     RateLimited,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A published service called by a consumer without an approved subscription.
+    #[error("the consumer has no approved subscription to this service")]
+    SubscriptionRequired,
     #[error("the request's headers are larger than allowed")]
     HeadersTooLarge,
     #[error("the request is malformed or ambiguous")]
@@ -74,7 +77,7 @@ impl Rejection {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::Auth(AuthError::Forbidden) => StatusCode::FORBIDDEN,
+            Rejection::Auth(AuthError::Forbidden) | Rejection::SubscriptionRequired => StatusCode::FORBIDDEN,
             Rejection::Auth(_) => StatusCode::UNAUTHORIZED,
             Rejection::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::BadRequest => StatusCode::BAD_REQUEST,
@@ -103,7 +106,10 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::RateLimited => "rate_limited",
             Rejection::Auth(AuthError::Forbidden) => "forbidden",
+            Rejection::Auth(AuthError::Expired) => "key_expired",
+            Rejection::Auth(AuthError::Revoked) => "key_revoked",
             Rejection::Auth(_) => "unauthorized",
+            Rejection::SubscriptionRequired => "subscription_required",
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::BadRequest => "bad_request",
             Rejection::RequestTimeout => "request_timeout",
@@ -137,6 +143,11 @@ impl Rejection {
             }
             Rejection::Auth(AuthError::Invalid) => "The credential is not valid.",
             Rejection::Auth(AuthError::Forbidden) => "This consumer may not use this route.",
+            Rejection::Auth(AuthError::Expired) => "This API key has expired.",
+            Rejection::Auth(AuthError::Revoked) => "This API key was revoked.",
+            Rejection::SubscriptionRequired => {
+                "This service needs an approved subscription: ask for one with POST /api/v1/subscriptions on the admin API."
+            }
             Rejection::HeadersTooLarge => "The request's headers are larger than this gateway accepts.",
             Rejection::BadRequest => "The request is malformed or its framing is ambiguous.",
             Rejection::RequestTimeout => "The request was not sent in time.",
@@ -346,7 +357,10 @@ pub fn reject(rejection: &Rejection, shape: Shape, request_id: &HeaderValue) -> 
         let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
-    if let Rejection::Auth(AuthError::Missing | AuthError::Invalid) = rejection {
+    if let Rejection::Auth(
+        AuthError::Missing | AuthError::Invalid | AuthError::Expired | AuthError::Revoked,
+    ) = rejection
+    {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -57,6 +57,9 @@ pub struct Gateway {
     pub version: u64,
     /// Cluster mode's stores (restart-only, so every reload keeps the first one).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The management plane's keys, teams and subscriptions (kept by every reload: they
+    /// live in their store, not in the config).
+    pub management: Arc<crate::management::Management>,
 }
 
 impl Gateway {
@@ -185,7 +188,16 @@ impl Gateway {
             jwt,
             version: 1,
             cluster,
+            management: previous
+                .map(|p| p.management.clone())
+                .unwrap_or_else(|| Arc::new(crate::management::Management::detached())),
         }
+    }
+
+    /// The same gateway with `management` as its management plane (set once, at start).
+    pub fn with_management(mut self, management: Arc<crate::management::Management>) -> Gateway {
+        self.management = management;
+        self
     }
 }
 

@@ -79,6 +79,7 @@ pub mod hex;
 pub mod host;
 pub mod jwt;
 pub mod llm;
+pub mod management;
 pub mod observability;
 pub mod outbound;
 pub mod pipeline;

@@ -22,6 +22,7 @@ use std::path::Path;
 
 pub use spec::Config;
 pub use validate::check_fault;
+pub use validate::policies::parse_rate;
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

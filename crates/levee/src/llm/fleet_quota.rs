@@ -288,6 +288,14 @@ impl ConsumerLimits {
         }
     }
 
+    /// Takes up the spend an earlier run recorded (see [`ConsumerQuota::resume`]). For the
+    /// fleet, Redis keeps the spend itself: nothing to take up.
+    pub fn resume(&self, spent: f64, age: Duration) {
+        if let ConsumerLimits::Local(quota) = self {
+            quota.resume(spent, age, Instant::now());
+        }
+    }
+
     pub async fn admit(&self, tokens: u64) -> Result<Admission, Refusal> {
         match self {
             ConsumerLimits::Local(quota) => quota.admit(tokens, Instant::now()).map(|r| Admission {

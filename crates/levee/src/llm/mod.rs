@@ -151,6 +151,13 @@ pub struct Backend<'a> {
     pub metrics: &'a MetricsShard,
     pub cache: Option<&'a cache::AnswerCache>,
     pub quotas: &'a HashMap<Arc<str>, Arc<fleet_quota::ConsumerLimits>>,
+    /// More limits the call must pass besides its consumer's: the virtual key's and its
+    /// team's (the management plane's).
+    pub key_quotas: Vec<Arc<fleet_quota::ConsumerLimits>>,
+    /// The models the caller's key may ask for (`None`: every model).
+    pub allowed_models: Option<&'a [Arc<str>]>,
+    /// Told each settled call's tokens and cost (the key's usage).
+    pub on_usage: Option<Arc<dyn Fn(u64, f64) + Send + Sync>>,
     /// Per model, per target.
     pub targets: &'a [Vec<Arc<TargetState>>],
     /// Per provider.
@@ -231,6 +238,16 @@ async fn complete(
     let Some(name) = request.get("model").and_then(Value::as_str) else {
         return Err(ApiError::bad_request("`model` is required."));
     };
+    if b.allowed_models
+        .is_some_and(|allowed| !allowed.iter().any(|m| &**m == name))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+            format!("This API key may not use the model `{name}`."),
+        ));
+    }
     let Some(model) = llm.models.iter().find(|m| &*m.name == name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -268,29 +285,49 @@ async fn complete(
         }
         b.metrics.lock().record_llm_cache(false);
     }
-    // The consumer's budget and rate limits: admitted before any provider is asked.
-    let quota = record.consumer.as_ref().and_then(|c| b.quotas.get(c)).cloned();
-    let reservation = match &quota {
-        Some(quota) => {
-            let max_tokens = request
-                .get("max_completion_tokens")
-                .or_else(|| request.get("max_tokens"))
-                .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_RESERVED_COMPLETION);
-            Some(quota.admit(prompt_estimate + max_tokens).await.map_err(refused)?)
+    // The budgets and rate limits that apply (the consumer's, the key's, the key's team's):
+    // all admitted before any provider is asked, or none.
+    let quotas = record
+        .consumer
+        .as_ref()
+        .and_then(|c| b.quotas.get(c))
+        .into_iter()
+        .chain(&b.key_quotas);
+    let max_tokens = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_RESERVED_COMPLETION);
+    let mut admitted = Vec::new();
+    for quota in quotas {
+        match quota.admit(prompt_estimate + max_tokens).await {
+            Ok(admission) => admitted.push((quota.clone(), admission)),
+            Err(refusal) => {
+                for (quota, admission) in admitted {
+                    quota.release(admission);
+                }
+                return Err(refused(refusal));
+            }
         }
-        None => None,
-    };
+    }
     let called = call_targets(b, model, endpoint, request, stream, prompt_estimate, record).await;
-    match (&quota, reservation, &called, &record.llm) {
-        (Some(quota), Some(reservation), Ok(_), Some(call)) => {
-            let quota = quota.clone();
+    match (&called, &record.llm) {
+        (Ok(_), Some(call)) if !admitted.is_empty() || b.on_usage.is_some() => {
+            let on_usage = b.on_usage.clone();
             call.settle_on_end(Box::new(move |tokens, cost| {
-                quota.settle(reservation, tokens, cost);
+                for (quota, admission) in admitted {
+                    quota.settle(admission, tokens, cost);
+                }
+                if let Some(on_usage) = on_usage {
+                    on_usage(tokens, cost);
+                }
             }));
         }
-        (Some(quota), Some(reservation), _, _) => quota.release(reservation),
-        _ => {}
+        _ => {
+            for (quota, admission) in admitted {
+                quota.release(admission);
+            }
+        }
     }
     let (mut response, whole) = called?;
     if let (Some(cache), Some(key)) = (cache, key) {

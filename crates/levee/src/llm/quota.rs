@@ -133,6 +133,18 @@ impl ConsumerQuota {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes up a budget period an earlier run started `age` ago with `spent` already spent
+    /// (kept in the management store), so that a restart does not hand out the budget again.
+    pub fn resume(&self, spent: f64, age: Duration, now: Instant) {
+        let mut state = self.state();
+        if let Some(budget) = state.budget.as_mut() {
+            if age < budget.period {
+                budget.started = Some(now.checked_sub(age).unwrap_or(now));
+                budget.spent = spent.max(0.0);
+            }
+        }
+    }
+
     /// Admits a call that may use up to `tokens`, or says why not.
     pub fn admit(&self, tokens: u64, now: Instant) -> Result<Reservation, Refusal> {
         let mut state = self.state();

@@ -21,6 +21,7 @@
 //! Both route kinds take every stage; only step 6 differs. A new stage goes here, in order,
 //! as one function called from [`handle`].
 
+mod identify;
 mod proxy;
 
 use std::sync::Arc;
@@ -32,7 +33,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth;
 use crate::body::ResponseBody;
 use crate::config::spec::{AuthSpec, Fallback, RouteSpec};
 use crate::edge::{self, Rejection, Shape};
@@ -85,15 +85,18 @@ pub async fn handle(
         return answer(rejection, shape, record);
     }
 
-    // Auth: who is calling (the upstream learns it in x-consumer, never the key).
-    let authenticated = match &route.auth {
-        AuthSpec::Jwt { .. } => auth::authenticate_jwt(&route.auth, gateway.jwt.as_deref(), &mut parts).await,
-        _ => auth::authenticate(&route.auth, &gateway.credentials, &mut parts),
+    // Auth: who is calling (the upstream learns it in x-consumer, never the key), and
+    // whether their key may call this route now.
+    let key = match identify::identify(worker, conn, route, &mut parts, &mut record).await {
+        Ok(key) => key,
+        Err(refused) => {
+            let mut response = answer(refused.rejection, shape, record);
+            if let Some((limiter, decision)) = refused.limited {
+                limiter.annotate(&decision, response.headers_mut());
+            }
+            return response;
+        }
     };
-    match authenticated {
-        Ok(consumer) => record.consumer = consumer,
-        Err(error) => return answer(Rejection::Auth(error), shape, record),
-    }
 
     // Rate limit, after auth so that limits can be per consumer.
     let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);
@@ -128,7 +131,7 @@ pub async fn handle(
     // 5-6. The route's backend: the AI gateway's models, or the upstream (bulkhead, then
     // the retry loop).
     let result = if route.llm {
-        llm_backend(worker, route_index, route, parts, body, &mut record).await
+        llm_backend(worker, route_index, route, key.as_ref(), parts, body, &mut record).await
     } else {
         proxy::forward(worker, conn, route_index, route, parts, body, &mut record).await
     };
@@ -168,6 +171,7 @@ async fn llm_backend(
     worker: &WorkerContext,
     route_index: usize,
     route: &RouteSpec,
+    key: Option<&Arc<crate::management::KeyGrant>>,
     parts: Parts,
     body: Incoming,
     record: &mut RequestRecord,
@@ -182,6 +186,12 @@ async fn llm_backend(
         metrics: &worker.recorder.metrics,
         cache: gateway.llm_cache.as_deref(),
         quotas: &gateway.llm_quotas,
+        key_quotas: identify::key_limits(worker, key),
+        allowed_models: key.and_then(|k| k.allowed_models.as_deref()),
+        on_usage: key.map(|k| {
+            let usage = k.usage.clone();
+            Arc::new(move |tokens, cost| usage.add_llm(tokens, cost)) as Arc<dyn Fn(u64, f64) + Send + Sync>
+        }),
         targets: &gateway.llm_targets,
         bulkheads: &gateway.llm_bulkheads,
         canary: gateway.canaries.get(route_index).and_then(Option::as_deref),

@@ -62,6 +62,8 @@ pub enum StartError {
     SloStore { message: String },
     #[error("cluster: {message}")]
     Cluster { message: String },
+    #[error("{message}")]
+    Management { message: String },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: String,
@@ -91,6 +93,8 @@ pub struct RunningGateway {
     writers: WriterThreads,
     /// The `levee-slo` thread and what stops it (after the workers, so it counts them all).
     slo: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// The `levee-manage` thread (polls the management store, writes usage) and what stops it.
+    manage: Option<(JoinHandle<()>, std::sync::mpsc::Sender<()>)>,
     /// The `levee-cluster` thread (store connections, heartbeats) and what stops it (last:
     /// the others use its connections until they end).
     cluster: Option<(JoinHandle<()>, watch::Sender<bool>)>,
@@ -135,11 +139,11 @@ impl RunningGateway {
         experiments.restore(&slo);
         let grace = config.shutdown_grace;
         let reloader = Reloader::new(config.source.clone());
-        let gateway = Arc::new(Gateway::build_with(
-            config,
-            None,
-            cluster.as_ref().map(|(c, _)| c.clone()),
-        ));
+        let (management, manage_thread) = start_management(&config, cluster.as_ref().map(|(c, _)| c))?;
+        let gateway = Arc::new(
+            Gateway::build_with(config, None, cluster.as_ref().map(|(c, _)| c.clone()))
+                .with_management(management),
+        );
         // Canaries rolled back by an earlier run stay rolled back, from the first request.
         let canaries: Vec<_> = gateway.canaries.iter().flatten().cloned().collect();
         crate::slo::canary::restore(&slo, &canaries);
@@ -206,6 +210,7 @@ impl RunningGateway {
             control: Some(control),
             writers,
             slo: Some(slo_thread),
+            manage: manage_thread,
             cluster: cluster.map(|(_, thread)| thread),
             handoff: Mutex::new(Some(bound.handoff)),
             handed_off: AtomicBool::new(false),
@@ -278,6 +283,39 @@ fn start_cluster(
     let running = cluster.clone();
     let thread = spawn_event_loop("levee-cluster".into(), move || running.run(stop_rx))?;
     Ok(Some((cluster, (thread, stop))))
+}
+
+/// The management plane (keys, teams, subscriptions) from its store, and the `levee-manage`
+/// thread that keeps it current, when the config names a store.
+#[allow(clippy::type_complexity)]
+fn start_management(
+    config: &Config,
+    cluster: Option<&Arc<crate::cluster::Cluster>>,
+) -> Result<
+    (
+        Arc<crate::management::Management>,
+        Option<(JoinHandle<()>, std::sync::mpsc::Sender<()>)>,
+    ),
+    StartError,
+> {
+    let management = Arc::new(
+        crate::management::Management::open(config, cluster)
+            .map_err(|message| StartError::Management { message })?,
+    );
+    if !management.configured() {
+        return Ok((management, None));
+    }
+    let (stop, stop_rx) = std::sync::mpsc::channel();
+    let running = management.clone();
+    let config = config.clone();
+    let thread = std::thread::Builder::new()
+        .name("levee-manage".into())
+        .spawn(move || running.run(&config, stop_rx))
+        .map_err(|source| StartError::Thread {
+            name: "levee-manage".into(),
+            source,
+        })?;
+    Ok((management, Some((thread, stop))))
 }
 
 /// The SLO engine with the SLOs of `config`, and what `data_dir` kept of an earlier run

@@ -69,6 +69,11 @@ impl RunningGateway {
             let _ = admin.join();
         }
         self.writers.join();
+        // After the workers: the last usage they counted is written on the way out.
+        if let Some((thread, stop)) = self.manage.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
         if let Some((thread, stop)) = self.cluster.take() {
             let _ = stop.send(true);
             let _ = thread.join();

@@ -12,7 +12,7 @@ mod chaos;
 mod cluster;
 mod listeners;
 mod llm;
-mod policies;
+pub mod policies;
 mod routes;
 mod slo;
 mod telemetry;

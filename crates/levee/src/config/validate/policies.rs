@@ -184,7 +184,7 @@ pub(super) fn check_stale(route: &RouteFile, path: &str, p: &mut Problems) -> Op
 }
 
 /// Parses `100/s`, `6000/min`, `10/h` into (count, period).
-fn parse_rate(text: &str) -> Result<(u32, std::time::Duration), String> {
+pub fn parse_rate(text: &str) -> Result<(u32, std::time::Duration), String> {
     let bad = || format!("invalid rate `{text}`: expected N/s, N/min or N/h, e.g. 100/s");
     let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
     let count: u32 = count.trim().parse().map_err(|_| bad())?;
