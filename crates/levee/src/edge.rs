@@ -12,6 +12,7 @@
 //! clients of the Messages API).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -49,6 +50,10 @@ pub enum Rejection {
     BodyTooLarge,
     #[error("a fault was injected (chaos testing)")]
     FaultInjected(StatusCode),
+    /// The route's API version is retired (`lifecycle.state: retired`); the message names
+    /// its sunset and link when known.
+    #[error("the route is retired")]
+    Gone(Arc<str>),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The AI gateway's own refusals (unknown model, quota, every provider failing): each
@@ -84,6 +89,7 @@ impl Rejection {
             Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::FaultInjected(status) => *status,
+            Rejection::Gone(_) => StatusCode::GONE,
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
@@ -115,6 +121,7 @@ impl Rejection {
             Rejection::RequestTimeout => "request_timeout",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::FaultInjected(_) => "fault_injected",
+            Rejection::Gone(_) => "gone",
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => "upstream_error",
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => "upstream_timeout",
@@ -162,6 +169,7 @@ impl Rejection {
                 UpstreamError::BulkheadFull { .. } => "The upstream service is at its concurrency limit.",
             },
             Rejection::Llm(error) => return Cow::Owned(error.message.clone()),
+            Rejection::Gone(message) => return Cow::Owned(message.to_string()),
         })
     }
 

@@ -279,12 +279,13 @@ async fn postgres_answers_what_sqlite_answers_for_the_same_calls() {
         GroupBy::Upstream,
         GroupBy::Status,
     ] {
-        for bucket_ms in [60_000, 3_600_000] {
+        for (bucket_ms, route) in [(60_000, None), (3_600_000, None), (60_000, Some("route-1"))] {
             let q = AnalyticsQuery {
                 since_ms: start + 5_000,
                 until_ms: start + 390_000,
                 bucket_ms,
                 group_by,
+                route: route.map(str::to_owned),
             };
             let from_pg = call_sql::analytics(&pg, &q).await.unwrap();
             assert_eq!(from_pg, sqlite.analytics(&q).unwrap(), "{q:?}");

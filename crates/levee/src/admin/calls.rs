@@ -88,7 +88,8 @@ pub(super) fn analytics(call: &Call) -> Response<ResponseBody> {
 }
 
 /// Parses analytics parameters: `group_by` (route, consumer, upstream, status; default
-/// route), `bucket` (1m, 1h, 1d; default 1m), `since`/`until` (default: the last hour).
+/// route), `bucket` (1m, 1h, 1d; default 1m), `route` (only its calls), `since`/`until`
+/// (default: the last hour).
 pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
     let now = crate::observability::call_log::now_ms();
     let mut request = AnalyticsQuery {
@@ -96,6 +97,7 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
         until_ms: now + 1,
         bucket_ms: 60_000,
         group_by: GroupBy::Route,
+        route: None,
     };
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let (key, value): (&str, String) = (&key, value.into_owned());
@@ -119,6 +121,7 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
                     _ => return Err("parameter `bucket` must be 1m, 1h or 1d".into()),
                 }
             }
+            "route" => request.route = Some(value),
             "since" | "until" => {
                 let ms = parse_time(key, &value)?;
                 if key == "since" {
@@ -129,7 +132,7 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown parameter `{other}`: use group_by, bucket, since, until"
+                    "unknown parameter `{other}`: use group_by, bucket, route, since, until"
                 ))
             }
         }

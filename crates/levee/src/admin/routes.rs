@@ -144,6 +144,10 @@ const ANALYTICS_QUERY: &[Param] = &[
         name: "group_by",
         description: "`route` (default), `consumer`, `upstream` or `status`.",
     },
+    Param {
+        name: "route",
+        description: "Only this route's calls: with `group_by=consumer`, who still calls a deprecated route.",
+    },
 ];
 
 /// Answers of the call-log endpoints besides 200.

@@ -37,7 +37,7 @@ const INSERT: &str =
 
 /// How many rows the analytics scan would read, one more than the cut at most.
 const SCANNED: &str = "SELECT count(*) FROM (SELECT 1 FROM levee_calls \
-     WHERE time_ms >= $1 AND time_ms < $2 LIMIT $3) AS scanned";
+     WHERE time_ms >= $1 AND time_ms < $2 AND ($4::text IS NULL OR route = $4) LIMIT $3) AS scanned";
 
 /// Rows deleted per retention statement, and statements per round at most: a round never
 /// holds the connection for long, and a backlog is worked off over the next rounds.
@@ -108,7 +108,8 @@ pub fn analytics_sql(group_by: GroupBy) -> String {
                    COALESCE(prompt_tokens, 0) AS prompt_tokens,
                    COALESCE(completion_tokens, 0) AS completion_tokens,
                    COALESCE(cost_usd, 0) AS cost_usd
-            FROM levee_calls WHERE time_ms >= $1 AND time_ms < $2 ORDER BY time_ms LIMIT $3
+            FROM levee_calls WHERE time_ms >= $1 AND time_ms < $2 AND ($5::text IS NULL OR route = $5)
+            ORDER BY time_ms LIMIT $3
         )
         SELECT time_ms - ((time_ms % $4) + $4) % $4 AS bucket, grp,
                count(*), count(*) FILTER (WHERE status >= 500),
@@ -312,13 +313,16 @@ fn aggregate(row: &Row) -> Result<((i64, Option<String>), Aggregate), tokio_post
 pub async fn analytics(pg: &PgStore, q: &AnalyticsQuery) -> Result<(Vec<Aggregate>, bool), PgError> {
     let sql = analytics_sql(q.group_by);
     let (since, until, bucket) = (q.since_ms, q.until_ms, q.bucket_ms.max(1));
+    let route = q.route.clone();
     let cap = i64::try_from(MAX_ANALYTICS_ROWS).unwrap_or(i64::MAX);
     let (rows, scanned) = pg
         .run(move |client| async move {
             let more = cap.saturating_add(1);
             // Both on the one connection, pipelined.
-            let (cell_params, scan_params): ([&(dyn ToSql + Sync); 4], [&(dyn ToSql + Sync); 3]) =
-                ([&since, &until, &cap, &bucket], [&since, &until, &more]);
+            let (cell_params, scan_params): ([&(dyn ToSql + Sync); 5], [&(dyn ToSql + Sync); 4]) = (
+                [&since, &until, &cap, &bucket, &route],
+                [&since, &until, &more, &route],
+            );
             let cells = client.query(sql.as_str(), &cell_params);
             let scanned = client.query_one(SCANNED, &scan_params);
             let (cells, scanned) = futures_util::future::try_join(cells, scanned).await?;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
@@ -505,6 +505,119 @@ pub struct RouteSpec {
     pub canary: Option<CanarySpec>,
     /// Request body bytes allowed (the route's own limit or the global one).
     pub max_body_bytes: u64,
+    /// The route is a service of the catalog (`publish`).
+    pub publish: Option<PublishSpec>,
+    /// The route's place in its API's life (`lifecycle`): deprecated or retired.
+    pub lifecycle: Option<LifecycleSpec>,
+}
+
+/// A route published as a service of the catalog: consumers subscribe to `service`, and
+/// several routes (its versions) may share one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishSpec {
+    pub service: Arc<str>,
+    /// The owning team's name.
+    pub team: Option<Arc<str>>,
+    pub description: String,
+    pub approval: Approval,
+    /// Path or URL of the service's OpenAPI document.
+    pub openapi: Option<String>,
+}
+
+// The file's `approval` and `state`, kept as written: plain enums the file re-exports.
+/// How a subscription to a published service is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Every subscription is granted at once (the default).
+    #[default]
+    Auto,
+    /// The owning team's admin approves or rejects each subscription.
+    Manual,
+}
+
+/// Where a route stands in its API's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleState {
+    /// Served as usual (the default).
+    #[default]
+    Published,
+    /// Served, with `Deprecation`, `Sunset` and `Link` headers on every answer.
+    Deprecated,
+    /// Answered 410 `gone`; the upstream is never asked.
+    Retired,
+}
+
+impl LifecycleState {
+    /// The state as written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LifecycleState::Published => "published",
+            LifecycleState::Deprecated => "deprecated",
+            LifecycleState::Retired => "retired",
+        }
+    }
+}
+
+/// A route's lifecycle, with the headers and message it answers built once at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleSpec {
+    pub version: Option<Arc<str>>,
+    pub state: LifecycleState,
+    pub deprecated_at: Option<SystemTime>,
+    pub sunset_at: Option<SystemTime>,
+    /// Where callers learn what to move to (an absolute http(s) URL).
+    pub link: Option<String>,
+    pub answer: LifecycleAnswer,
+}
+
+/// What a deprecated or retired route adds to its answers, formatted at load.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LifecycleAnswer {
+    /// `Deprecation: @<unix seconds>` (RFC 9745), when `deprecated_at` is set.
+    pub deprecation: Option<HeaderValue>,
+    /// `Sunset: <IMF-fixdate>` (RFC 8594), when `sunset_at` is set.
+    pub sunset: Option<HeaderValue>,
+    /// `Link: <link>; rel="deprecation"; type="text/html"`, when `link` is set.
+    pub link: Option<HeaderValue>,
+    /// The message of a retired route's 410 `gone`.
+    pub gone: Arc<str>,
+}
+
+impl LifecycleSpec {
+    /// A lifecycle and the answer it gives, formatted once.
+    pub fn new(
+        version: Option<Arc<str>>,
+        state: LifecycleState,
+        deprecated_at: Option<SystemTime>,
+        sunset_at: Option<SystemTime>,
+        link: Option<String>,
+    ) -> LifecycleSpec {
+        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let header = |text: String| HeaderValue::try_from(text).ok();
+        let version_named = version.as_ref().map(|v| format!(" ({v})")).unwrap_or_default();
+        let when = sunset_at
+            .map(|t| format!(" on {}", humantime::format_rfc3339_seconds(t)))
+            .unwrap_or_default();
+        let see = link.as_ref().map(|l| format!("; see {l}")).unwrap_or_default();
+        let answer = LifecycleAnswer {
+            deprecation: deprecated_at.and_then(|t| header(format!("@{}", unix(t)))),
+            sunset: sunset_at.and_then(|t| header(httpdate::fmt_http_date(t))),
+            link: link
+                .as_ref()
+                .and_then(|l| header(format!("<{l}>; rel=\"deprecation\"; type=\"text/html\""))),
+            gone: format!("This API version{version_named} was retired{when}{see}.").into(),
+        };
+        LifecycleSpec {
+            version,
+            state,
+            deprecated_at,
+            sunset_at,
+            link,
+            answer,
+        }
+    }
 }
 
 /// A route's rate limit.

@@ -93,6 +93,8 @@ pub struct AnalyticsQuery {
     pub until_ms: i64,
     pub bucket_ms: i64,
     pub group_by: GroupBy,
+    /// Only this route's calls (`None`: every route's).
+    pub route: Option<String>,
 }
 
 /// One (bucket, group) cell of the analytics answer.
@@ -272,12 +274,18 @@ impl CallStore for SqliteStore {
         let sql = format!(
             "SELECT time_ms, {}, status, latency_ms, bytes_in, bytes_out,
                     COALESCE(prompt_tokens, 0), COALESCE(completion_tokens, 0), COALESCE(cost_usd, 0.0)
-             FROM calls WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms LIMIT ?3",
+             FROM calls WHERE time_ms >= ?1 AND time_ms < ?2 AND (?4 IS NULL OR route = ?4)
+             ORDER BY time_ms LIMIT ?3",
             q.group_by.column()
         );
         let mut statement = self.conn.prepare(&sql).map_err(|e| e.to_string())?;
         let mut rows = statement
-            .query(params![q.since_ms, q.until_ms, (MAX_ANALYTICS_ROWS + 1) as i64])
+            .query(params![
+                q.since_ms,
+                q.until_ms,
+                (MAX_ANALYTICS_ROWS + 1) as i64,
+                q.route
+            ])
             .map_err(|e| e.to_string())?;
         /// One (bucket, group) cell while rows are added up.
         #[derive(Default)]
@@ -675,6 +683,7 @@ mod tests {
                 until_ms: now_ms() + 1,
                 bucket_ms: 3_600_000_000,
                 group_by: GroupBy::Route,
+                route: None,
             })
             .unwrap();
         assert!(!cut);

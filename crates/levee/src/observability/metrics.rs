@@ -5,7 +5,9 @@
 //! (PERFORMANCE.md: "no shared mutable state per request across cores"). A scrape locks each
 //! shard briefly, sums them, and writes the text exposition. Label values come only from the
 //! config (route, upstream and target names) or small fixed sets (method, status, outcome),
-//! so every map here is bounded by the config, never by traffic.
+//! so every map here is bounded by the config, never by traffic; the one label that comes
+//! from callers, the consumer of a deprecated route, is capped per route
+//! ([`super::deprecated`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -14,6 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::Method;
+
+use super::deprecated::ConsumerCap;
 
 /// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -141,6 +145,8 @@ pub struct Shard {
     llm_cache: (u64, u64),
     /// (route, kind) -> faults injected.
     faults: HashMap<(Arc<str>, &'static str), u64>,
+    /// (route, consumer label) -> requests to a deprecated route.
+    deprecated: HashMap<(Arc<str>, Arc<str>), u64>,
 }
 
 impl Shard {
@@ -208,6 +214,18 @@ impl Shard {
     /// Counts one injected fault.
     pub fn record_fault(&mut self, route: &Arc<str>, kind: &'static str) {
         *self.faults.entry((route.clone(), kind)).or_default() += 1;
+    }
+
+    /// Counts one request to a deprecated route, under its consumer's name while `cap`
+    /// admits it (`""` without a consumer), else under `_other`.
+    pub fn record_deprecated(&mut self, route: &Arc<str>, consumer: Option<&Arc<str>>, cap: &ConsumerCap) {
+        let key = (route.clone(), consumer.unwrap_or(cap.anonymous()).clone());
+        if let Some(count) = self.deprecated.get_mut(&key) {
+            *count += 1;
+            return;
+        }
+        let label = cap.label(&key.0, &key.1);
+        *self.deprecated.entry((key.0, label)).or_default() += 1;
     }
 
     /// Counts one answer-cache lookup.
@@ -293,6 +311,8 @@ pub struct Globals {
 pub struct Metrics {
     shards: Mutex<Vec<MetricsShard>>,
     pub globals: Globals,
+    /// The consumers each deprecated route names in `levee_deprecated_requests_total`.
+    pub deprecated_consumers: ConsumerCap,
 }
 
 impl Metrics {
@@ -357,6 +377,7 @@ struct Totals {
     /// Answer-cache hits and misses.
     llm_cache: (u64, u64),
     faults: BTreeMap<(Arc<str>, &'static str), u64>,
+    deprecated: BTreeMap<(Arc<str>, Arc<str>), u64>,
 }
 
 impl Totals {
@@ -379,6 +400,9 @@ impl Totals {
         }
         for (key, count) in &shard.faults {
             *self.faults.entry(key.clone()).or_default() += count;
+        }
+        for (key, count) in &shard.deprecated {
+            *self.deprecated.entry(key.clone()).or_default() += count;
         }
         self.llm_cache.0 += shard.llm_cache.0;
         self.llm_cache.1 += shard.llm_cache.1;
@@ -469,7 +493,8 @@ impl Totals {
         }
     }
 
-    /// Retries, and requests refused by a bulkhead or a rate limit.
+    /// Retries, requests refused by a bulkhead or a rate limit, and requests to deprecated
+    /// routes.
     fn render_refusals(&self, out: &mut String) {
         family(
             out,
@@ -498,6 +523,20 @@ impl Totals {
             "route",
             &self.rate_limited,
         );
+        family(
+            out,
+            "levee_deprecated_requests_total",
+            "counter",
+            "Requests to deprecated routes after auth, by route and consumer (empty without auth; past 1000 consumers of a route, _other).",
+        );
+        for ((route, consumer), count) in &self.deprecated {
+            let _ = writeln!(
+                out,
+                "levee_deprecated_requests_total{{route=\"{}\",consumer=\"{}\"}} {count}",
+                escape(route),
+                escape(consumer)
+            );
+        }
     }
 
     /// LLM tokens and cost per provider model, injected faults, and answer-cache lookups.

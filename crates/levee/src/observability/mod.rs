@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod call_log;
+pub mod deprecated;
 pub mod llm_call;
 pub mod metrics;
 pub mod otlp;

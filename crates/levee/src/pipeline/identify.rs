@@ -43,8 +43,26 @@ impl From<AuthError> for Refused {
 }
 
 /// Authenticates the request on `route` and sets `record.consumer`; returns the stored key
-/// it presented, if it was one.
+/// it presented, if it was one. On a published route, the consumer also needs an approved
+/// subscription to its service (403 `subscription_required`).
 pub(super) async fn identify(
+    worker: &WorkerContext,
+    conn: &ConnInfo,
+    route: &RouteSpec,
+    parts: &mut Parts,
+    record: &mut RequestRecord,
+) -> Result<Option<Arc<KeyGrant>>, Refused> {
+    let key = authenticate(worker, conn, route, parts, record).await?;
+    if let (Some(publish), Some(consumer)) = (&route.publish, &record.consumer) {
+        let directory = worker.gateway.management.directory();
+        if !directory.subscribed(consumer, &publish.service) {
+            return Err(Rejection::SubscriptionRequired.into());
+        }
+    }
+    Ok(key)
+}
+
+async fn authenticate(
     worker: &WorkerContext,
     conn: &ConnInfo,
     route: &RouteSpec,

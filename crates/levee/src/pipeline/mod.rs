@@ -3,7 +3,8 @@
 //! 1. accept (connection cap, header-read timeout): `server`
 //! 2. request id and trace context ([`start_record`]); the request's host settled
 //!    (`host::settle`); load shedding past the in-flight cap ([`shed`])
-//! 3. route match; strict framing and the head's size limits ([`strict_framing`],
+//! 3. route match; a retired route's 410, and a deprecated one's headers on every answer
+//!    ([`lifecycle`]); strict framing and the head's size limits ([`strict_framing`],
 //!    [`check_head_size`]); auth (API key or JWT → consumer), then the route's rate limit
 //! 4. fault injection (`chaos`): the route's `fault`, or a running chaos experiment's; an
 //!    abort answers here, a delay holds the request
@@ -22,6 +23,7 @@
 //! as one function called from [`handle`].
 
 mod identify;
+mod lifecycle;
 mod proxy;
 
 use std::sync::Arc;
@@ -76,6 +78,26 @@ pub async fn handle(
     record.route = worker.route_names.get(route_index).cloned();
     let shape = shape_for(route, &parts);
 
+    // API lifecycle: a retired route answers 410 `gone`; a deprecated one marks every
+    // answer it gives from here on ([`lifecycle`]).
+    if let Some(retired) = lifecycle::retired(route) {
+        return lifecycle::gone(retired, shape, record);
+    }
+    let response = serve_route(worker, conn, (route_index, route, shape), parts, body, record).await;
+    lifecycle::mark_deprecated(route, response)
+}
+
+/// The request's way once its route is known and serving: framing and size checks, auth,
+/// rate limit, fault injection, the backend, and the answer.
+async fn serve_route(
+    worker: &WorkerContext,
+    conn: &ConnInfo,
+    (route_index, route, shape): (usize, &RouteSpec, Shape),
+    mut parts: Parts,
+    body: Incoming,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    let gateway = &worker.gateway;
     // Strict framing (smuggling) and the size limits that can be judged from the head.
     if let Err(reason) = strict_framing(&parts) {
         tracing::debug!(request_id = ?record.request_id, reason, "ambiguous request framing refused");
@@ -97,6 +119,7 @@ pub async fn handle(
             return response;
         }
     };
+    lifecycle::count_deprecated(worker, route, &record);
 
     // Rate limit, after auth so that limits can be per consumer.
     let limiter = gateway.limiters.get(route_index).and_then(Option::as_ref);

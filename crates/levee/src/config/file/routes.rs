@@ -1,5 +1,5 @@
 //! Routes as written: the match, header rewrites, retry, fallback, stale-if-error, rate
-//! limit, fault injection and canary release.
+//! limit, fault injection, canary release, publication in the catalog and lifecycle.
 
 use std::collections::BTreeMap;
 
@@ -72,7 +72,64 @@ pub struct RouteFile {
     /// it back automatically when that share burns an SLO's error budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryFile>,
+    /// Publish the route as a service of the catalog, which consumers subscribe to. Needs
+    /// `auth` (callers must be known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishFile>,
+    /// The route's place in its API's life: `deprecated` answers carry `Deprecation`,
+    /// `Sunset` and `Link` headers; `retired` answers 410 `gone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleFile>,
 }
+
+/// A route published as a service of the catalog.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishFile {
+    /// The service's name; several routes (its versions) may publish the same service.
+    pub service: String,
+    /// The owning team's name (the same on every route of the service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// What the service is for, shown in the catalog.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// How subscriptions are granted: `auto` (the default) or `manual` (the owning team's
+    /// admin approves each).
+    #[serde(default)]
+    pub approval: Approval,
+    /// Path or absolute http(s) URL of the service's OpenAPI document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<String>,
+}
+
+/// A route's lifecycle.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleFile {
+    /// A label for the version this route serves, e.g. `v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `published` (the default), `deprecated` or `retired`.
+    #[serde(default)]
+    pub state: LifecycleState,
+    /// When the route was (or will be) deprecated, RFC 3339 (`2026-06-01T00:00:00Z`);
+    /// required when `state` is `deprecated`. Sent as `Deprecation: @<unix seconds>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub deprecated_at: Option<String>,
+    /// When the route stops answering, RFC 3339; not before `deprecated_at`. Sent as
+    /// `Sunset: <HTTP-date>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub sunset_at: Option<String>,
+    /// An absolute http(s) URL telling callers what to move to. Sent as
+    /// `Link: <link>; rel="deprecation"; type="text/html"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+pub use crate::config::spec::{Approval, LifecycleState};
 
 /// Request matching. Every given condition must hold.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -10,6 +10,7 @@
 mod auth;
 mod chaos;
 mod cluster;
+mod lifecycle;
 mod listeners;
 mod llm;
 pub mod policies;
@@ -121,6 +122,7 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, provider_keys, p));
     let mut routes = check_routes(file, &upstream_index, p);
+    lifecycle::check_services(file, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
     let (workers, workers_auto) = match file.workers {
         Some(Workers::Count(n)) => (n, false),

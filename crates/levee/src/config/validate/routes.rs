@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::auth::check_auth;
 use super::chaos::check_route_fault;
+use super::lifecycle::check_publish_and_lifecycle;
 use super::policies::{check_fallback, check_rate_limit, check_retry, check_stale};
 use super::{global_max_body, Problems};
 use crate::config::file::{CanaryFile, ConfigFile, HeaderRewriteFile, MatchFile, RouteFile};
@@ -125,6 +126,7 @@ fn check_route(
         );
     }
     let fault = check_route_fault(route, path, p);
+    let (publish, lifecycle) = check_publish_and_lifecycle(route, &auth, path, p);
     let canary = route.canary.as_ref().and_then(|c| {
         let models: HashSet<&str> = file
             .llm
@@ -136,6 +138,8 @@ fn check_route(
     });
     Some(RouteSpec {
         max_body_bytes: route.max_body_bytes.unwrap_or_else(|| global_max_body(file)),
+        publish,
+        lifecycle,
         auth,
         fault,
         canary,

@@ -9,6 +9,7 @@ use crate::config::spec::*;
 /// What is valid but probably not what was meant: reported by `levee check` (and logged at
 /// start and reload) without refusing the config.
 pub(super) fn warn(config: &Config, p: &mut Problems) {
+    let now = std::time::SystemTime::now();
     // Which upstreams some route uses, found once (not once per upstream: that would grow
     // with upstreams times routes).
     let used: HashSet<&str> = config
@@ -52,6 +53,7 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
             PathMatch::Exact(path) | PathMatch::Prefix(path) => Some(path.as_str()),
             _ => None,
         };
+        sunset_passed(route, &path, now, p);
         if literal.is_some_and(|l| l.contains(['?', '#'])) {
             p.at(
                 &format!("{path}.match"),
@@ -76,5 +78,26 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
                 "the admin API listens beyond loopback without a token: anyone who can reach it can read the config and reload it; set admin.token_env",
             );
         }
+    }
+}
+
+/// A route whose sunset has passed still answers: it was meant to be retired by now.
+fn sunset_passed(route: &RouteSpec, path: &str, now: std::time::SystemTime, p: &mut Problems) {
+    let Some(lifecycle) = &route.lifecycle else {
+        return;
+    };
+    let Some(sunset) = lifecycle.sunset_at.filter(|s| *s <= now) else {
+        return;
+    };
+    if lifecycle.state != LifecycleState::Retired {
+        p.at(
+            &format!("{path}.lifecycle.sunset_at"),
+            format!(
+                "route `{}` passed its sunset ({}) but is still {}: retire it (`state: retired`, answered 410 gone) or move sunset_at",
+                route.name,
+                humantime::format_rfc3339_seconds(sunset),
+                lifecycle.state.name()
+            ),
+        );
     }
 }
