@@ -10,7 +10,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::routes::{Auth, Route, ROUTES};
+use super::routes::{Auth, Route};
 use crate::config::file::{ConfigFile, RouteFile};
 use crate::observability::call_log::{Aggregate, CallRecord};
 
@@ -283,9 +283,9 @@ pub fn openapi() -> Value {
     let error = schema::<ErrorBody>(&mut generator).to_value();
     let refused = schema::<ReloadRefused>(&mut generator).to_value();
     let mut paths = serde_json::Map::new();
-    for route in ROUTES {
+    for route in super::routes::all() {
         let doc = &route.doc;
-        let guarded = route.auth == Auth::AdminToken;
+        let guarded = route.auth != Auth::Open;
         let (status, ok_schema) = doc.ok;
         let mut responses = serde_json::Map::new();
         responses.insert(
@@ -310,7 +310,21 @@ pub fn openapi() -> Value {
             responses.insert(
                 "401".into(),
                 json!({
-                    "description": "The admin token is required (`admin.token_env`).",
+                    "description": "An admin token is required (`admin.token_env`, or one made with POST /api/v1/tokens).",
+                    "content": { JSON: { "schema": error.clone() } },
+                }),
+            );
+        }
+        if matches!(route.auth, Auth::Viewer | Auth::Admin) {
+            let who = if route.auth == Auth::Admin {
+                "an admin"
+            } else {
+                "an admin or a viewer"
+            };
+            responses.insert(
+                "403".into(),
+                json!({
+                    "description": format!("Only {who} token may call this."),
                     "content": { JSON: { "schema": error.clone() } },
                 }),
             );
@@ -321,7 +335,7 @@ pub fn openapi() -> Value {
             .map(|p| json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": { "type": "string" } }))
             .collect();
         if route.path.contains("{id}") {
-            parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The experiment's id.", "schema": { "type": "string" } }));
+            parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The object's id (a team's or consumer's name).", "schema": { "type": "string" } }));
         }
         let mut operation = serde_json::Map::new();
         operation.insert("summary".into(), doc.summary.into());

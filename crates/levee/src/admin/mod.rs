@@ -21,6 +21,7 @@ use tokio::sync::watch;
 pub mod api;
 mod calls;
 mod handlers;
+pub mod manage;
 pub mod routes;
 pub mod views;
 
@@ -28,8 +29,10 @@ pub use calls::{parse_analytics_query, parse_call_query};
 
 use crate::body::ResponseBody;
 use crate::edge::error_response;
+use crate::management::model::Role;
+use crate::management::ops::Caller;
 use crate::state::SharedState;
-use routes::{Auth, Call, Route, Run, ROUTES};
+use routes::{Auth, Call, Route, Run};
 
 /// Serves the admin API on `socket` until `shutdown` turns true (on the admin thread's own
 /// event loop, which the server starts).
@@ -78,15 +81,14 @@ pub async fn serve(
 async fn answer(state: Arc<SharedState>, request: Request<Incoming>) -> Response<ResponseBody> {
     let request_id = crate::headers::request_id(request.headers());
     let path = request.uri().path();
-    let on_path: Vec<(&Route, Option<&str>)> = ROUTES
-        .iter()
+    let on_path: Vec<(&Route, Option<&str>)> = routes::all()
         .filter_map(|route| routes::match_path(route.path, path).map(|id| (route, id)))
         .collect();
     let Some(&(route, id)) = on_path.iter().find(|(route, _)| route.answers(request.method())) else {
         if on_path.is_empty() {
             // Paths under /api/ reveal nothing to a caller without the token, not even that
             // they are not served.
-            if path.starts_with("/api/") && !authorized(&state, &request) {
+            if path.starts_with("/api/") && caller(&state, &request).is_none() {
                 return unauthorized(&request_id);
             }
             return error_response(
@@ -98,8 +100,25 @@ async fn answer(state: Arc<SharedState>, request: Request<Incoming>) -> Response
         }
         return method_not_allowed(request.method(), on_path.iter().map(|(r, _)| *r), &request_id);
     };
-    if route.auth == Auth::AdminToken && !authorized(&state, &request) {
-        return unauthorized(&request_id);
+    let caller = match route.auth {
+        Auth::Open => Caller::bootstrap("anonymous"),
+        _ => match caller(&state, &request) {
+            Some(caller) => caller,
+            None => return unauthorized(&request_id),
+        },
+    };
+    let allowed = match route.auth {
+        Auth::Viewer => caller.role != Role::TeamAdmin,
+        Auth::Admin => caller.role == Role::Admin,
+        Auth::Open | Auth::Tenant => true,
+    };
+    if !allowed {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This token's role may not call this endpoint.",
+            &request_id,
+        );
     }
     let mut call = Call {
         state,
@@ -107,40 +126,69 @@ async fn answer(state: Arc<SharedState>, request: Request<Incoming>) -> Response
         query: request.uri().query().unwrap_or("").to_owned(),
         id: id.unwrap_or("").to_owned(),
         body: Bytes::new(),
+        caller,
     };
     let handler = route.handler;
     match route.run {
         Run::Inline => handler(&call),
-        Run::Blocking { unfinished } => {
-            let request_id = call.request_id.clone();
-            tokio::task::spawn_blocking(move || handler(&call))
-                .await
-                .unwrap_or_else(|_| {
-                    error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        unfinished,
-                        &request_id,
-                    )
-                })
-        }
-        Run::WithBody { limit } => {
-            match http_body_util::Limited::new(request.into_body(), limit)
-                .collect()
-                .await
-            {
-                Ok(body) => call.body = body.to_bytes(),
-                Err(_) => {
-                    let message = format!("The body could not be read (at most {} KiB).", limit / 1024);
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        &message,
-                        &call.request_id,
-                    );
-                }
+        Run::Blocking { unfinished } => blocking(handler, call, unfinished).await,
+        Run::WithBody { limit } => match read_body(request, limit, &call.request_id).await {
+            Ok(body) => {
+                call.body = body;
+                handler(&call)
             }
-            handler(&call)
+            Err(refused) => refused,
+        },
+        Run::BlockingWithBody { limit, unfinished } => {
+            match read_body(request, limit, &call.request_id).await {
+                Ok(body) => {
+                    call.body = body;
+                    blocking(handler, call, unfinished).await
+                }
+                Err(refused) => refused,
+            }
+        }
+    }
+}
+
+/// Runs `handler` on the blocking pool; a panic answers 500 with `unfinished`.
+async fn blocking(
+    handler: fn(&Call) -> Response<ResponseBody>,
+    call: Call,
+    unfinished: &'static str,
+) -> Response<ResponseBody> {
+    let request_id = call.request_id.clone();
+    tokio::task::spawn_blocking(move || handler(&call))
+        .await
+        .unwrap_or_else(|_| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                unfinished,
+                &request_id,
+            )
+        })
+}
+
+/// The request body, at most `limit` bytes, or the 400 saying it could not be read.
+async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+    request_id: &HeaderValue,
+) -> Result<Bytes, Response<ResponseBody>> {
+    match http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(_) => {
+            let message = format!("The body could not be read (at most {} KiB).", limit / 1024);
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &message,
+                request_id,
+            ))
         }
     }
 }
@@ -178,12 +226,13 @@ fn unauthorized(request_id: &HeaderValue) -> Response<ResponseBody> {
     response
 }
 
-/// Whether the request carries the admin token (always true when none is configured).
-/// Compared in constant time.
-fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
+/// Who presents the request's token: the bootstrap admin (the token of `admin.token_env`,
+/// compared in constant time), the holder of a stored admin token, or nobody (`None`).
+/// Without `admin.token_env` the admin API is open and every caller is an admin.
+fn caller(state: &SharedState, request: &Request<Incoming>) -> Option<Caller> {
     let gateway = state.gateway.load();
     let Some(token) = gateway.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
-        return true;
+        return Some(Caller::bootstrap("anonymous"));
     };
     let presented = request
         .headers()
@@ -194,11 +243,18 @@ fn authorized(state: &SharedState, request: &Request<Incoming>) -> bool {
     // Compare digests: fixed length, so neither content nor length leaks through timing.
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let (a, b) = (
-        Sha256::digest(presented.as_bytes()),
-        Sha256::digest(token.0.as_bytes()),
-    );
-    a.ct_eq(&b).into()
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let bootstrap = Sha256::digest(token.0.as_bytes());
+    if bool::from(presented.ct_eq(&bootstrap)) {
+        return Some(Caller::bootstrap("bootstrap"));
+    }
+    let directory = gateway.management.directory();
+    let stored = directory.token(&presented)?;
+    Some(Caller {
+        id: stored.id.clone(),
+        role: stored.role,
+        team: stored.team.clone(),
+    })
 }
 
 /// A 200 JSON response with an already serialised body.

@@ -15,13 +15,20 @@ use super::handlers;
 use crate::body::ResponseBody;
 use crate::state::SharedState;
 
-/// Who may call a route.
+/// Who may call a route. Every route but the open ones needs `Authorization: Bearer
+/// <token>` when `admin.token_env` is set: that token (the bootstrap admin) or an admin
+/// token made through the API, whose role then decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
     /// Anyone: probes, scrapes and the API description.
     Open,
-    /// Only with `Authorization: Bearer <admin token>` (when a token is configured).
-    AdminToken,
+    /// Reads the gateway's state: `admin` and `viewer` (403 for a `team_admin`).
+    Viewer,
+    /// Changes the gateway's state: `admin` only.
+    Admin,
+    /// The management objects: every role, the operation checks what the role and team
+    /// allow.
+    Tenant,
 }
 
 /// Where a handler runs.
@@ -35,6 +42,8 @@ pub enum Run {
     Blocking { unfinished: &'static str },
     /// On the admin event loop, after reading the request body (at most `limit` bytes).
     WithBody { limit: usize },
+    /// On the blocking pool, after reading the request body (it writes to a store).
+    BlockingWithBody { limit: usize, unfinished: &'static str },
 }
 
 /// One request to a handler.
@@ -45,8 +54,10 @@ pub struct Call {
     pub query: String,
     /// The path's `{id}` segment, when the route's pattern has one (else empty).
     pub id: String,
-    /// The request body for [`Run::WithBody`] routes (else empty).
+    /// The request body for routes that read one (else empty).
     pub body: Bytes,
+    /// Who is calling (the role of the token presented).
+    pub caller: crate::management::ops::Caller,
 }
 
 /// One admin endpoint: a method on a path pattern.
@@ -83,6 +94,11 @@ pub fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
             _ => return None,
         }
     }
+}
+
+/// Every admin endpoint: the gateway's own, then the management plane's.
+pub fn all() -> impl Iterator<Item = &'static Route> {
+    ROUTES.iter().chain(super::manage::ROUTES)
 }
 
 /// The `Allow` header of a path served by `routes`: their methods in table order, `HEAD`
@@ -232,7 +248,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/upstreams",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::upstreams,
         run: Run::Inline,
         doc: json_doc(
@@ -244,7 +260,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/routes",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::routes,
         run: Run::Inline,
         doc: json_doc(
@@ -256,7 +272,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/config",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::config,
         run: Run::Inline,
         doc: json_doc(
@@ -268,7 +284,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::POST,
         path: "/api/v1/config/reload",
-        auth: Auth::AdminToken,
+        auth: Auth::Admin,
         handler: handlers::reload,
         // A reload reads and compiles the config.
         run: Run::Blocking {
@@ -286,7 +302,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/calls",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: super::calls::calls,
         run: Run::Blocking {
             unfinished: "The call log query did not finish.",
@@ -302,7 +318,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/analytics",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: super::calls::analytics,
         run: Run::Blocking {
             unfinished: "The call log query did not finish.",
@@ -318,7 +334,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/slos",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::slos,
         run: Run::Inline,
         doc: json_doc(
@@ -330,7 +346,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/cluster",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::cluster,
         run: Run::Inline,
         doc: json_doc(
@@ -342,7 +358,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/canaries",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::canaries,
         run: Run::Inline,
         doc: json_doc(
@@ -354,7 +370,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/experiments",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::experiments,
         run: Run::Inline,
         doc: json_doc(
@@ -366,7 +382,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::POST,
         path: "/api/v1/experiments",
-        auth: Auth::AdminToken,
+        auth: Auth::Admin,
         handler: handlers::start_experiment,
         run: Run::WithBody {
             limit: MAX_EXPERIMENT_BODY,
@@ -383,7 +399,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/api/v1/experiments/{id}",
-        auth: Auth::AdminToken,
+        auth: Auth::Viewer,
         handler: handlers::experiment,
         run: Run::Inline,
         doc: json_doc(
@@ -395,7 +411,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: Method::DELETE,
         path: "/api/v1/experiments/{id}",
-        auth: Auth::AdminToken,
+        auth: Auth::Admin,
         handler: handlers::stop_experiment,
         run: Run::Inline,
         doc: json_doc(
@@ -431,20 +447,19 @@ mod tests {
 
     #[test]
     fn the_table_has_one_row_per_method_and_path_and_guards_all_of_api() {
-        for (i, route) in ROUTES.iter().enumerate() {
-            let twins = ROUTES
-                .iter()
+        for (i, route) in all().enumerate() {
+            let twins = all()
                 .skip(i + 1)
                 .filter(|r| r.path == route.path && r.method == route.method);
             assert_eq!(twins.count(), 0, "{} {} twice", route.method, route.path);
             let guarded = route.path.starts_with("/api/");
-            assert_eq!(route.auth == Auth::AdminToken, guarded, "{}", route.path);
+            assert_eq!(route.auth != Auth::Open, guarded, "{}", route.path);
         }
     }
 
     #[test]
     fn allow_lists_head_after_get() {
-        let on = |path: &str| allow(ROUTES.iter().filter(|r| r.path == path));
+        let on = |path: &str| allow(all().filter(|r| r.path == path));
         assert_eq!(on("/api/v1/experiments"), "GET, HEAD, POST");
         assert_eq!(on("/api/v1/experiments/{id}"), "GET, HEAD, DELETE");
         assert_eq!(on("/api/v1/config/reload"), "POST");

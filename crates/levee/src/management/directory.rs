@@ -177,7 +177,10 @@ impl Directory {
     pub fn apply(&self, changes: &[Object], context: &Context<'_>) -> Directory {
         let mut next = self.clone();
         let mut subscriptions_changed = false;
-        for object in changes {
+        // Teams last: a team's budget takes up what its keys spent, so its keys come first.
+        let (teams, others): (Vec<&Object>, Vec<&Object>) =
+            changes.iter().partition(|o| o.kind == Kind::Team);
+        for object in others.into_iter().chain(teams) {
             next.version = next.version.max(object.version);
             match object.kind {
                 Kind::Key => next.apply_key(object, context),

@@ -21,6 +21,7 @@ mod keys;
 pub mod model;
 pub mod ops;
 pub mod store;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,8 +139,12 @@ impl Management {
                 return Ok(None);
             }
             let changes = store.changes_since(current.version)?;
-            // Usage is read only on the first load: later, the limiters already count.
-            let usage: HashMap<String, store::Usage> = if current.version == 0 {
+            // What keys spent so far, for the limiters built new (at start, or when a key's
+            // or a team's limits change).
+            let limits_changed = changes
+                .iter()
+                .any(|c| matches!(c.kind, store::Kind::Key | store::Kind::Team));
+            let usage: HashMap<String, store::Usage> = if limits_changed {
                 store.all_usage()?.into_iter().collect()
             } else {
                 HashMap::new()
