@@ -72,22 +72,8 @@ async fn provider() -> MockUpstream {
     MockUpstream::start(|_| Reply::ok(COMPLETION).header("content-type", "application/json")).await
 }
 
-/// An admin API call with `token` (none: no header) and an optional JSON body.
-pub async fn admin(
-    h: &Harness,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Answer {
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", h.admin));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let body = body.map_or_else(empty, |b| full(b.to_string()));
-    send(&client(false), request.body(body).unwrap()).await
+async fn admin(h: &Harness, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+    common::admin_call(h, method, path, token, body).await
 }
 
 /// `admin` as the bootstrap admin, expecting `status`.

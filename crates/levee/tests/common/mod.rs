@@ -195,3 +195,22 @@ pub async fn reload(h: &Harness) -> levee_test_support::Answer {
     )
     .await
 }
+
+/// An admin API call with `token` (none: no header) and an optional JSON body.
+pub async fn admin_call(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> levee_test_support::Answer {
+    use levee_test_support::{client, empty, full, send};
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", h.admin));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = body.map_or_else(empty, |b| full(b.to_string()));
+    send(&client(false), request.body(body).unwrap()).await
+}

@@ -193,10 +193,14 @@ pub(super) fn check_auth(
             }
         }
         AuthFile::ApiKey => {
-            if file.consumers.iter().all(|c| c.api_keys.is_empty()) {
+            // Keys come from the config's consumers, or from the management store (made
+            // through the admin API) when there is one.
+            let store = file.data_dir.is_some()
+                || file.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
+            if !store && file.consumers.iter().all(|c| c.api_keys.is_empty()) {
                 p.at(
                     &format!("{path}.auth"),
-                    "auth: api_key needs at least one consumer with an API key",
+                    "auth: api_key needs at least one consumer with an API key (or a management store: data_dir or cluster.postgres, for keys made through the admin API)",
                 );
             }
             let header = route
