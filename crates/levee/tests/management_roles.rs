@@ -50,7 +50,13 @@ const TEAM_WRITE: [u16; 5] = [200, 200, 403, 403, 401];
 const TEAM_CREATE: [u16; 5] = [201, 201, 403, 403, 401];
 
 fn rows() -> Vec<Row> {
-    let row = |method, path, id, body, expect| Row { method, path, id, body, expect };
+    let row = |method, path, id, body, expect| Row {
+        method,
+        path,
+        id,
+        body,
+        expect,
+    };
     vec![
         row("GET", "/api/v1/upstreams", Id::None, None, ADMIN_ONLY_READ),
         row("GET", "/api/v1/routes", Id::None, None, ADMIN_ONLY_READ),
@@ -63,33 +69,141 @@ fn rows() -> Vec<Row> {
         row("GET", "/api/v1/canaries", Id::None, None, ADMIN_ONLY_READ),
         row("GET", "/api/v1/experiments", Id::None, None, ADMIN_ONLY_READ),
         row("POST", "/api/v1/experiments", Id::None, Some("{}"), ADMIN_ONLY),
-        row("GET", "/api/v1/experiments/{id}", Id::Fixed("none"), None, [404, 403, 403, 404, 401]),
-        row("DELETE", "/api/v1/experiments/{id}", Id::Fixed("none"), None, ADMIN_ONLY),
+        row(
+            "GET",
+            "/api/v1/experiments/{id}",
+            Id::Fixed("none"),
+            None,
+            [404, 403, 403, 404, 401],
+        ),
+        row(
+            "DELETE",
+            "/api/v1/experiments/{id}",
+            Id::Fixed("none"),
+            None,
+            ADMIN_ONLY,
+        ),
         row("GET", "/api/v1/teams", Id::None, None, ANY_ROLE_READS),
-        row("POST", "/api/v1/teams", Id::None, Some(r#"{"name": "{fresh}"}"#), [201, 403, 403, 403, 401]),
+        row(
+            "POST",
+            "/api/v1/teams",
+            Id::None,
+            Some(r#"{"name": "{fresh}"}"#),
+            [201, 403, 403, 403, 401],
+        ),
         row("GET", "/api/v1/teams/{id}", Id::Fixed("alpha"), None, TEAM_READ),
-        row("PATCH", "/api/v1/teams/{id}", Id::Fixed("alpha"), Some(r#"{"description": "x"}"#), [200, 403, 403, 403, 401]),
-        row("DELETE", "/api/v1/teams/{id}", Id::Team, None, [200, 403, 403, 403, 401]),
+        row(
+            "PATCH",
+            "/api/v1/teams/{id}",
+            Id::Fixed("alpha"),
+            Some(r#"{"description": "x"}"#),
+            [200, 403, 403, 403, 401],
+        ),
+        row(
+            "DELETE",
+            "/api/v1/teams/{id}",
+            Id::Team,
+            None,
+            [200, 403, 403, 403, 401],
+        ),
         row("GET", "/api/v1/consumers", Id::None, None, ANY_ROLE_READS),
-        row("POST", "/api/v1/consumers", Id::None, Some(r#"{"name": "{fresh}", "team": "alpha"}"#), TEAM_CREATE),
-        row("GET", "/api/v1/consumers/{id}", Id::Fixed("alpha-app"), None, TEAM_READ),
-        row("PATCH", "/api/v1/consumers/{id}", Id::Fixed("alpha-app"), Some(r#"{"description": "x"}"#), TEAM_WRITE),
+        row(
+            "POST",
+            "/api/v1/consumers",
+            Id::None,
+            Some(r#"{"name": "{fresh}", "team": "alpha"}"#),
+            TEAM_CREATE,
+        ),
+        row(
+            "GET",
+            "/api/v1/consumers/{id}",
+            Id::Fixed("alpha-app"),
+            None,
+            TEAM_READ,
+        ),
+        row(
+            "PATCH",
+            "/api/v1/consumers/{id}",
+            Id::Fixed("alpha-app"),
+            Some(r#"{"description": "x"}"#),
+            TEAM_WRITE,
+        ),
         row("DELETE", "/api/v1/consumers/{id}", Id::Consumer, None, TEAM_WRITE),
         row("GET", "/api/v1/keys", Id::None, None, ANY_ROLE_READS),
-        row("POST", "/api/v1/keys", Id::None, Some(r#"{"consumer": "alpha-app"}"#), TEAM_CREATE),
+        row(
+            "POST",
+            "/api/v1/keys",
+            Id::None,
+            Some(r#"{"consumer": "alpha-app"}"#),
+            TEAM_CREATE,
+        ),
         row("GET", "/api/v1/keys/{id}", Id::Key, None, TEAM_READ),
-        row("PATCH", "/api/v1/keys/{id}", Id::Key, Some(r#"{"name": "x"}"#), TEAM_WRITE),
+        row(
+            "PATCH",
+            "/api/v1/keys/{id}",
+            Id::Key,
+            Some(r#"{"name": "x"}"#),
+            TEAM_WRITE,
+        ),
         row("DELETE", "/api/v1/keys/{id}", Id::Key, None, TEAM_WRITE),
-        row("POST", "/api/v1/keys/{id}/rotate", Id::Key, Some(r#"{"grace": "1m"}"#), TEAM_CREATE),
+        row(
+            "POST",
+            "/api/v1/keys/{id}/rotate",
+            Id::Key,
+            Some(r#"{"grace": "1m"}"#),
+            TEAM_CREATE,
+        ),
         row("GET", "/api/v1/tokens", Id::None, None, [200, 403, 403, 403, 401]),
-        row("POST", "/api/v1/tokens", Id::None, Some(r#"{"role": "viewer"}"#), [201, 403, 403, 403, 401]),
-        row("DELETE", "/api/v1/tokens/{id}", Id::Token, None, [200, 403, 403, 403, 401]),
+        row(
+            "POST",
+            "/api/v1/tokens",
+            Id::None,
+            Some(r#"{"role": "viewer"}"#),
+            [201, 403, 403, 403, 401],
+        ),
+        row(
+            "DELETE",
+            "/api/v1/tokens/{id}",
+            Id::Token,
+            None,
+            [200, 403, 403, 403, 401],
+        ),
         row("GET", "/api/v1/subscriptions", Id::None, None, ANY_ROLE_READS),
-        row("POST", "/api/v1/subscriptions", Id::None, Some(r#"{"consumer": "{consumer}", "service": "orders"}"#), TEAM_CREATE),
-        row("GET", "/api/v1/subscriptions/{id}", Id::Subscription, None, TEAM_READ),
-        row("DELETE", "/api/v1/subscriptions/{id}", Id::Subscription, None, TEAM_WRITE),
-        row("POST", "/api/v1/subscriptions/{id}/approve", Id::Subscription, None, TEAM_WRITE),
-        row("POST", "/api/v1/subscriptions/{id}/reject", Id::Subscription, None, TEAM_WRITE),
+        row(
+            "POST",
+            "/api/v1/subscriptions",
+            Id::None,
+            Some(r#"{"consumer": "{consumer}", "service": "orders"}"#),
+            TEAM_CREATE,
+        ),
+        row(
+            "GET",
+            "/api/v1/subscriptions/{id}",
+            Id::Subscription,
+            None,
+            TEAM_READ,
+        ),
+        row(
+            "DELETE",
+            "/api/v1/subscriptions/{id}",
+            Id::Subscription,
+            None,
+            TEAM_WRITE,
+        ),
+        row(
+            "POST",
+            "/api/v1/subscriptions/{id}/approve",
+            Id::Subscription,
+            None,
+            TEAM_WRITE,
+        ),
+        row(
+            "POST",
+            "/api/v1/subscriptions/{id}/reject",
+            Id::Subscription,
+            None,
+            TEAM_WRITE,
+        ),
         row("GET", "/api/v1/catalog", Id::None, None, ANY_ROLE_READS),
         row("GET", "/api/v1/audit", Id::None, None, ANY_ROLE_READS),
         row("GET", "/api/v1/usage", Id::None, None, ANY_ROLE_READS),
@@ -111,7 +225,13 @@ async fn root(h: &Harness, method: &str, path: &str, body: Value) -> Value {
 /// A fresh consumer of team alpha.
 async fn fresh_consumer(h: &Harness) -> String {
     let name = fresh();
-    root(h, "POST", "/api/v1/consumers", json!({"name": name, "team": "alpha"})).await;
+    root(
+        h,
+        "POST",
+        "/api/v1/consumers",
+        json!({"name": name, "team": "alpha"}),
+    )
+    .await;
     name
 }
 
@@ -136,7 +256,13 @@ async fn resolve(h: &Harness, id: Id) -> String {
         }
         Id::Subscription => {
             let consumer = fresh_consumer(h).await;
-            let sub = root(h, "POST", "/api/v1/subscriptions", json!({"consumer": consumer, "service": "orders"})).await;
+            let sub = root(
+                h,
+                "POST",
+                "/api/v1/subscriptions",
+                json!({"consumer": consumer, "service": "orders"}),
+            )
+            .await;
             sub["id"].as_str().unwrap().to_owned()
         }
     }
@@ -168,12 +294,24 @@ routes:
     ));
     for team in ["alpha", "gamma"] {
         root(&h, "POST", "/api/v1/teams", json!({"name": team})).await;
-        root(&h, "POST", "/api/v1/consumers", json!({"name": format!("{team}-app"), "team": team})).await;
+        root(
+            &h,
+            "POST",
+            "/api/v1/consumers",
+            json!({"name": format!("{team}-app"), "team": team}),
+        )
+        .await;
     }
     let roles = [
         ("admin", Some(ROOT.to_owned())),
-        ("team_admin of alpha", Some(token(&h, "team_admin", Some("alpha")).await)),
-        ("team_admin of gamma", Some(token(&h, "team_admin", Some("gamma")).await)),
+        (
+            "team_admin of alpha",
+            Some(token(&h, "team_admin", Some("alpha")).await),
+        ),
+        (
+            "team_admin of gamma",
+            Some(token(&h, "team_admin", Some("gamma")).await),
+        ),
         ("viewer", Some(token(&h, "viewer", None).await)),
         ("no token", None),
     ];
@@ -185,7 +323,10 @@ routes:
         for method in operations.as_object().unwrap().keys() {
             let method = method.to_uppercase();
             let covered = rows.iter().any(|r| r.path == path && r.method == method);
-            assert!(covered || !path.starts_with("/api/"), "{method} {path} is not in the role matrix");
+            assert!(
+                covered || !path.starts_with("/api/"),
+                "{method} {path} is not in the role matrix"
+            );
         }
     }
 
@@ -195,7 +336,9 @@ routes:
             let id = resolve(&h, row.id).await;
             let path = row.path.replace("{id}", &id);
             let body = match row.body {
-                Some(text) if text.contains("{consumer}") => Some(text.replace("{consumer}", &fresh_consumer(&h).await)),
+                Some(text) if text.contains("{consumer}") => {
+                    Some(text.replace("{consumer}", &fresh_consumer(&h).await))
+                }
                 Some(text) => Some(text.replace("{fresh}", &fresh())),
                 None => None,
             };
@@ -207,22 +350,54 @@ routes:
                 want => got == want,
             };
             if !fine {
-                failures.push(format!("{} {} as {role}: {got}, expected {expected}: {}", row.method, row.path, answer.text()));
+                failures.push(format!(
+                    "{} {} as {role}: {got}, expected {expected}: {}",
+                    row.method,
+                    row.path,
+                    answer.text()
+                ));
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // A wrong token is no token.
-    assert_eq!(admin_call(&h, "GET", "/api/v1/keys", Some("lvadm_wrong"), None).await.status.as_u16(), 401);
+    assert_eq!(
+        admin_call(&h, "GET", "/api/v1/keys", Some("lvadm_wrong"), None)
+            .await
+            .status
+            .as_u16(),
+        401
+    );
     // A team admin's listings hold only its team's objects.
     let gamma = roles[2].1.as_deref();
     let keys = admin_call(&h, "GET", "/api/v1/keys", gamma, None).await.json();
-    assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["team"] == "gamma"), "{keys}");
-    let consumers = admin_call(&h, "GET", "/api/v1/consumers", gamma, None).await.json();
-    let names: Vec<&str> = consumers["consumers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["team"] == "gamma"),
+        "{keys}"
+    );
+    let consumers = admin_call(&h, "GET", "/api/v1/consumers", gamma, None)
+        .await
+        .json();
+    let names: Vec<&str> = consumers["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["gamma-app"]);
     let audit = admin_call(&h, "GET", "/api/v1/audit", gamma, None).await.json();
-    assert!(audit["entries"].as_array().unwrap().iter().all(|e| e["team"] == "gamma"), "{audit}");
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["team"] == "gamma"),
+        "{audit}"
+    );
     h.stop().await;
 }

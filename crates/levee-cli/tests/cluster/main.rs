@@ -11,6 +11,7 @@
 mod calls;
 mod fleet_slo;
 mod fleet_view;
+mod keys;
 mod limits;
 
 use std::path::PathBuf;

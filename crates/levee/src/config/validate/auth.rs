@@ -195,8 +195,8 @@ pub(super) fn check_auth(
         AuthFile::ApiKey => {
             // Keys come from the config's consumers, or from the management store (made
             // through the admin API) when there is one.
-            let store = file.data_dir.is_some()
-                || file.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
+            let store =
+                file.data_dir.is_some() || file.cluster.as_ref().is_some_and(|c| c.postgres.is_some());
             if !store && file.consumers.iter().all(|c| c.api_keys.is_empty()) {
                 p.at(
                     &format!("{path}.auth"),
