@@ -49,166 +49,173 @@ const TEAM_READ: [u16; 5] = [200, 200, 403, 200, 401];
 const TEAM_WRITE: [u16; 5] = [200, 200, 403, 403, 401];
 const TEAM_CREATE: [u16; 5] = [201, 201, 403, 403, 401];
 
-fn rows() -> Vec<Row> {
-    let row = |method, path, id, body, expect| Row {
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    id: Id,
+    body: Option<&'static str>,
+    expect: [u16; 5],
+) -> Row {
+    Row {
         method,
         path,
         id,
         body,
         expect,
-    };
-    vec![
-        row("GET", "/api/v1/upstreams", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/routes", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/config", Id::None, None, ADMIN_ONLY_READ),
-        row("POST", "/api/v1/config/reload", Id::None, None, ADMIN_ONLY),
-        row("GET", "/api/v1/calls", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/analytics", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/slos", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/cluster", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/canaries", Id::None, None, ADMIN_ONLY_READ),
-        row("GET", "/api/v1/experiments", Id::None, None, ADMIN_ONLY_READ),
-        row("POST", "/api/v1/experiments", Id::None, Some("{}"), ADMIN_ONLY),
-        row(
-            "GET",
-            "/api/v1/experiments/{id}",
-            Id::Fixed("none"),
-            None,
-            [404, 403, 403, 404, 401],
-        ),
-        row(
-            "DELETE",
-            "/api/v1/experiments/{id}",
-            Id::Fixed("none"),
-            None,
-            ADMIN_ONLY,
-        ),
-        row("GET", "/api/v1/teams", Id::None, None, ANY_ROLE_READS),
-        row(
-            "POST",
-            "/api/v1/teams",
-            Id::None,
-            Some(r#"{"name": "{fresh}"}"#),
-            [201, 403, 403, 403, 401],
-        ),
-        row("GET", "/api/v1/teams/{id}", Id::Fixed("alpha"), None, TEAM_READ),
-        row(
-            "PATCH",
-            "/api/v1/teams/{id}",
-            Id::Fixed("alpha"),
-            Some(r#"{"description": "x"}"#),
-            [200, 403, 403, 403, 401],
-        ),
-        row(
-            "DELETE",
-            "/api/v1/teams/{id}",
-            Id::Team,
-            None,
-            [200, 403, 403, 403, 401],
-        ),
-        row("GET", "/api/v1/consumers", Id::None, None, ANY_ROLE_READS),
-        row(
-            "POST",
-            "/api/v1/consumers",
-            Id::None,
-            Some(r#"{"name": "{fresh}", "team": "alpha"}"#),
-            TEAM_CREATE,
-        ),
-        row(
-            "GET",
-            "/api/v1/consumers/{id}",
-            Id::Fixed("alpha-app"),
-            None,
-            TEAM_READ,
-        ),
-        row(
-            "PATCH",
-            "/api/v1/consumers/{id}",
-            Id::Fixed("alpha-app"),
-            Some(r#"{"description": "x"}"#),
-            TEAM_WRITE,
-        ),
-        row("DELETE", "/api/v1/consumers/{id}", Id::Consumer, None, TEAM_WRITE),
-        row("GET", "/api/v1/keys", Id::None, None, ANY_ROLE_READS),
-        row(
-            "POST",
-            "/api/v1/keys",
-            Id::None,
-            Some(r#"{"consumer": "alpha-app"}"#),
-            TEAM_CREATE,
-        ),
-        row("GET", "/api/v1/keys/{id}", Id::Key, None, TEAM_READ),
-        row(
-            "PATCH",
-            "/api/v1/keys/{id}",
-            Id::Key,
-            Some(r#"{"name": "x"}"#),
-            TEAM_WRITE,
-        ),
-        row("DELETE", "/api/v1/keys/{id}", Id::Key, None, TEAM_WRITE),
-        row(
-            "POST",
-            "/api/v1/keys/{id}/rotate",
-            Id::Key,
-            Some(r#"{"grace": "1m"}"#),
-            TEAM_CREATE,
-        ),
-        row("GET", "/api/v1/tokens", Id::None, None, [200, 403, 403, 403, 401]),
-        row(
-            "POST",
-            "/api/v1/tokens",
-            Id::None,
-            Some(r#"{"role": "viewer"}"#),
-            [201, 403, 403, 403, 401],
-        ),
-        row(
-            "DELETE",
-            "/api/v1/tokens/{id}",
-            Id::Token,
-            None,
-            [200, 403, 403, 403, 401],
-        ),
-        row("GET", "/api/v1/subscriptions", Id::None, None, ANY_ROLE_READS),
-        row(
-            "POST",
-            "/api/v1/subscriptions",
-            Id::None,
-            Some(r#"{"consumer": "{consumer}", "service": "orders"}"#),
-            TEAM_CREATE,
-        ),
-        row(
-            "GET",
-            "/api/v1/subscriptions/{id}",
-            Id::Subscription,
-            None,
-            TEAM_READ,
-        ),
-        row(
-            "DELETE",
-            "/api/v1/subscriptions/{id}",
-            Id::Subscription,
-            None,
-            TEAM_WRITE,
-        ),
-        row(
-            "POST",
-            "/api/v1/subscriptions/{id}/approve",
-            Id::Subscription,
-            None,
-            TEAM_WRITE,
-        ),
-        row(
-            "POST",
-            "/api/v1/subscriptions/{id}/reject",
-            Id::Subscription,
-            None,
-            TEAM_WRITE,
-        ),
-        row("GET", "/api/v1/catalog", Id::None, None, ANY_ROLE_READS),
-        row("GET", "/api/v1/audit", Id::None, None, ANY_ROLE_READS),
-        row("GET", "/api/v1/usage", Id::None, None, ANY_ROLE_READS),
-    ]
+    }
 }
+
+const ROWS: &[Row] = &[
+    r("GET", "/api/v1/upstreams", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/routes", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/config", Id::None, None, ADMIN_ONLY_READ),
+    r("POST", "/api/v1/config/reload", Id::None, None, ADMIN_ONLY),
+    r("GET", "/api/v1/calls", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/analytics", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/slos", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/cluster", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/canaries", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/experiments", Id::None, None, ADMIN_ONLY_READ),
+    r("POST", "/api/v1/experiments", Id::None, Some("{}"), ADMIN_ONLY),
+    r(
+        "GET",
+        "/api/v1/experiments/{id}",
+        Id::Fixed("none"),
+        None,
+        [404, 403, 403, 404, 401],
+    ),
+    r(
+        "DELETE",
+        "/api/v1/experiments/{id}",
+        Id::Fixed("none"),
+        None,
+        ADMIN_ONLY,
+    ),
+    r("GET", "/api/v1/teams", Id::None, None, ANY_ROLE_READS),
+    r(
+        "POST",
+        "/api/v1/teams",
+        Id::None,
+        Some(r#"{"name": "{fresh}"}"#),
+        [201, 403, 403, 403, 401],
+    ),
+    r("GET", "/api/v1/teams/{id}", Id::Fixed("alpha"), None, TEAM_READ),
+    r(
+        "PATCH",
+        "/api/v1/teams/{id}",
+        Id::Fixed("alpha"),
+        Some(r#"{"description": "x"}"#),
+        [200, 403, 403, 403, 401],
+    ),
+    r(
+        "DELETE",
+        "/api/v1/teams/{id}",
+        Id::Team,
+        None,
+        [200, 403, 403, 403, 401],
+    ),
+    r("GET", "/api/v1/consumers", Id::None, None, ANY_ROLE_READS),
+    r(
+        "POST",
+        "/api/v1/consumers",
+        Id::None,
+        Some(r#"{"name": "{fresh}", "team": "alpha"}"#),
+        TEAM_CREATE,
+    ),
+    r(
+        "GET",
+        "/api/v1/consumers/{id}",
+        Id::Fixed("alpha-app"),
+        None,
+        TEAM_READ,
+    ),
+    r(
+        "PATCH",
+        "/api/v1/consumers/{id}",
+        Id::Fixed("alpha-app"),
+        Some(r#"{"description": "x"}"#),
+        TEAM_WRITE,
+    ),
+    r("DELETE", "/api/v1/consumers/{id}", Id::Consumer, None, TEAM_WRITE),
+    r("GET", "/api/v1/keys", Id::None, None, ANY_ROLE_READS),
+    r(
+        "POST",
+        "/api/v1/keys",
+        Id::None,
+        Some(r#"{"consumer": "alpha-app"}"#),
+        TEAM_CREATE,
+    ),
+    r("GET", "/api/v1/keys/{id}", Id::Key, None, TEAM_READ),
+    r(
+        "PATCH",
+        "/api/v1/keys/{id}",
+        Id::Key,
+        Some(r#"{"name": "x"}"#),
+        TEAM_WRITE,
+    ),
+    r("DELETE", "/api/v1/keys/{id}", Id::Key, None, TEAM_WRITE),
+    r(
+        "POST",
+        "/api/v1/keys/{id}/rotate",
+        Id::Key,
+        Some(r#"{"grace": "1m"}"#),
+        TEAM_CREATE,
+    ),
+    r("GET", "/api/v1/tokens", Id::None, None, [200, 403, 403, 403, 401]),
+    r(
+        "POST",
+        "/api/v1/tokens",
+        Id::None,
+        Some(r#"{"role": "viewer"}"#),
+        [201, 403, 403, 403, 401],
+    ),
+    r(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        Id::Token,
+        None,
+        [200, 403, 403, 403, 401],
+    ),
+    r("GET", "/api/v1/subscriptions", Id::None, None, ANY_ROLE_READS),
+    r(
+        "POST",
+        "/api/v1/subscriptions",
+        Id::None,
+        Some(r#"{"consumer": "{consumer}", "service": "orders"}"#),
+        TEAM_CREATE,
+    ),
+    r(
+        "GET",
+        "/api/v1/subscriptions/{id}",
+        Id::Subscription,
+        None,
+        TEAM_READ,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/subscriptions/{id}",
+        Id::Subscription,
+        None,
+        TEAM_WRITE,
+    ),
+    r(
+        "POST",
+        "/api/v1/subscriptions/{id}/approve",
+        Id::Subscription,
+        None,
+        TEAM_WRITE,
+    ),
+    r(
+        "POST",
+        "/api/v1/subscriptions/{id}/reject",
+        Id::Subscription,
+        None,
+        TEAM_WRITE,
+    ),
+    r("GET", "/api/v1/catalog", Id::None, None, ANY_ROLE_READS),
+    r("GET", "/api/v1/audit", Id::None, None, ANY_ROLE_READS),
+    r("GET", "/api/v1/usage", Id::None, None, ANY_ROLE_READS),
+];
 
 static FRESH: AtomicUsize = AtomicUsize::new(0);
 
@@ -318,7 +325,7 @@ routes:
 
     // The matrix covers every operation the API documents.
     let document = admin_call(&h, "GET", "/openapi.json", None, None).await.json();
-    let rows = rows();
+    let rows = ROWS;
     for (path, operations) in document["paths"].as_object().unwrap() {
         for method in operations.as_object().unwrap().keys() {
             let method = method.to_uppercase();
@@ -331,7 +338,7 @@ routes:
     }
 
     let mut failures = Vec::new();
-    for row in &rows {
+    for row in rows {
         for ((role, token), expected) in roles.iter().zip(row.expect) {
             let id = resolve(&h, row.id).await;
             let path = row.path.replace("{id}", &id);

@@ -126,7 +126,7 @@ pub enum Dialect {
 /// A management store's database.
 pub enum Db {
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres(Mutex<PgConn>),
+    Postgres(Box<Mutex<PgConn>>),
 }
 
 impl std::fmt::Debug for Db {
@@ -157,12 +157,12 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|e| DbError::Unavailable(format!("cannot start a runtime: {e}")))?;
-        Ok(Db::Postgres(Mutex::new(PgConn {
+        Ok(Db::Postgres(Box::new(Mutex::new(PgConn {
             config,
             timeout,
             runtime: Some(runtime),
             client: None,
-        })))
+        }))))
     }
 
     pub fn dialect(&self) -> Dialect {
