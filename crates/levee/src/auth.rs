@@ -2,8 +2,8 @@
 //!
 //! API keys are stored only as SHA-256 digests, and a presented key is found by its digest
 //! in a hash map: one step for 10 keys or 100,000 (the management plane's keys are looked
-//! up the same way, in `crate::management::directory`, which says why a map lookup leaks
-//! nothing useful about a key). The upstream learns the caller's name in `x-consumer` and
+//! up the same way, in the management plane's directory, whose docs say why a map lookup
+//! leaks nothing useful about a key). The upstream learns the caller's name in `x-consumer` and
 //! never sees the key unless the route asks for it.
 
 use std::collections::HashMap;

@@ -285,31 +285,7 @@ async fn complete(
         }
         b.metrics.lock().record_llm_cache(false);
     }
-    // The budgets and rate limits that apply (the consumer's, the key's, the key's team's):
-    // all admitted before any provider is asked, or none.
-    let quotas = record
-        .consumer
-        .as_ref()
-        .and_then(|c| b.quotas.get(c))
-        .into_iter()
-        .chain(&b.key_quotas);
-    let max_tokens = request
-        .get("max_completion_tokens")
-        .or_else(|| request.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_RESERVED_COMPLETION);
-    let mut admitted = Vec::new();
-    for quota in quotas {
-        match quota.admit(prompt_estimate + max_tokens).await {
-            Ok(admission) => admitted.push((quota.clone(), admission)),
-            Err(refusal) => {
-                for (quota, admission) in admitted {
-                    quota.release(admission);
-                }
-                return Err(refused(refusal));
-            }
-        }
-    }
+    let admitted = admit_quotas(b, &request, prompt_estimate, record).await?;
     let called = call_targets(b, model, endpoint, request, stream, prompt_estimate, record).await;
     match (&called, &record.llm) {
         (Ok(_), Some(call)) if !admitted.is_empty() || b.on_usage.is_some() => {
@@ -453,6 +429,40 @@ async fn run_prompt(
         }
     }
     Ok(rendered)
+}
+
+/// The budgets and rate limits that apply (the consumer's, the key's, the key's team's):
+/// all admitted before any provider is asked, or none.
+async fn admit_quotas(
+    b: &Backend<'_>,
+    request: &Map<String, Value>,
+    prompt_estimate: u64,
+    record: &RequestRecord,
+) -> Result<Vec<(Arc<fleet_quota::ConsumerLimits>, fleet_quota::Admission)>, ApiError> {
+    let quotas = record
+        .consumer
+        .as_ref()
+        .and_then(|c| b.quotas.get(c))
+        .into_iter()
+        .chain(&b.key_quotas);
+    let max_tokens = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_RESERVED_COMPLETION);
+    let mut admitted = Vec::new();
+    for quota in quotas {
+        match quota.admit(prompt_estimate + max_tokens).await {
+            Ok(admission) => admitted.push((quota.clone(), admission)),
+            Err(refusal) => {
+                for (quota, admission) in admitted {
+                    quota.release(admission);
+                }
+                return Err(refused(refusal));
+            }
+        }
+    }
+    Ok(admitted)
 }
 
 /// Tokens a call without `max_tokens` reserves for its completion.
