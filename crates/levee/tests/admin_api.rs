@@ -33,7 +33,41 @@ const ADMIN_PATHS: &[(&str, &str)] = &[
     ("post", "/api/v1/experiments"),
     ("get", "/api/v1/experiments/{id}"),
     ("delete", "/api/v1/experiments/{id}"),
+    ("get", "/api/v1/teams"),
+    ("post", "/api/v1/teams"),
+    ("get", "/api/v1/teams/{id}"),
+    ("patch", "/api/v1/teams/{id}"),
+    ("delete", "/api/v1/teams/{id}"),
+    ("get", "/api/v1/consumers"),
+    ("post", "/api/v1/consumers"),
+    ("get", "/api/v1/consumers/{id}"),
+    ("patch", "/api/v1/consumers/{id}"),
+    ("delete", "/api/v1/consumers/{id}"),
+    ("get", "/api/v1/keys"),
+    ("post", "/api/v1/keys"),
+    ("get", "/api/v1/keys/{id}"),
+    ("patch", "/api/v1/keys/{id}"),
+    ("delete", "/api/v1/keys/{id}"),
+    ("post", "/api/v1/keys/{id}/rotate"),
+    ("get", "/api/v1/tokens"),
+    ("post", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
+    ("get", "/api/v1/subscriptions"),
+    ("post", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions/{id}"),
+    ("delete", "/api/v1/subscriptions/{id}"),
+    ("post", "/api/v1/subscriptions/{id}/approve"),
+    ("post", "/api/v1/subscriptions/{id}/reject"),
+    ("get", "/api/v1/catalog"),
+    ("get", "/api/v1/audit"),
+    ("get", "/api/v1/usage"),
 ];
+
+/// Whether an answer is the dispatcher's "no such endpoint" (a 404 from a handler about a
+/// missing object is an answer of a served path).
+fn unserved(answer: &Answer) -> bool {
+    answer.status == StatusCode::NOT_FOUND && answer.text().contains("No such admin endpoint")
+}
 
 fn config(upstream: std::net::SocketAddr) -> String {
     format!(
@@ -98,6 +132,7 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
             "get" => item.get.as_ref(),
             "post" => item.post.as_ref(),
             "delete" => item.delete.as_ref(),
+            "patch" => item.patch.as_ref(),
             _ => None,
         };
         assert!(operation.is_some(), "{method} {path} is not documented");
@@ -108,7 +143,7 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
             .body(empty())
             .unwrap();
         let answer = send(&client(false), request).await;
-        assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert!(!unserved(&answer), "{method} {path}");
         assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
     }
     let distinct: std::collections::BTreeSet<&str> = ADMIN_PATHS.iter().map(|(_, p)| *p).collect();
@@ -127,7 +162,7 @@ async fn the_openapi_document_is_valid_and_lists_every_admin_route() {
                 .body(empty())
                 .unwrap();
             let answer = send(&client(false), request).await;
-            assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert!(!unserved(&answer), "{method} {path}");
             assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         }
     }
