@@ -127,6 +127,28 @@ impl SharedState {
                 });
             }
         }
+        let management = &gateway.management;
+        if management.configured() {
+            let directory = management.directory();
+            gauges.push(Gauge {
+                name: "levee_management_keys",
+                help: "Keys of the management store this process knows (revoked and expired ones included).",
+                labels: Vec::new(),
+                value: directory.key_count() as f64,
+            });
+            gauges.push(Gauge {
+                name: "levee_management_version",
+                help: "The management store's change number this process has applied.",
+                labels: Vec::new(),
+                value: directory.version as f64,
+            });
+            gauges.push(Gauge {
+                name: "levee_management_store_up",
+                help: "1 when the last poll of the management store succeeded, else 0.",
+                labels: Vec::new(),
+                value: if management.reachable() { 1.0 } else { 0.0 },
+            });
+        }
         gauges
     }
 }

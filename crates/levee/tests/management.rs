@@ -549,5 +549,11 @@ async fn every_change_is_audited_without_secrets_and_config_objects_are_read_onl
     .await;
     assert_eq!((patch.status.as_u16(), code(&patch).as_str()), (409, "read_only"));
     assert_eq!(call_with(&h, "/api/x", "config-key").await.status, StatusCode::OK);
+
+    // The management plane's gauges, in an exposition promtool accepts.
+    let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
+    assert!(metrics.contains("\nlevee_management_keys{} 2\n"), "{metrics}");
+    assert!(metrics.contains("\nlevee_management_store_up{} 1\n"));
+    common::promtool_accepts(&metrics);
     h.stop().await;
 }
