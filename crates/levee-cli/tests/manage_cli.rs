@@ -38,14 +38,13 @@ struct Gateway {
 }
 
 /// Starts `levee run` with a management store, the bootstrap token [`ROOT`], a route `/api`
-/// needing a key and a published service `orders` (team `alpha`, manual approval); the
-/// config's own consumer `from-config` (the routes need one with a key).
+/// needing a key and a published service `orders` (team `alpha`, manual approval). No
+/// consumer in the file: the keys are the store's.
 async fn start(dir: &std::path::Path, upstream: std::net::SocketAddr) -> Gateway {
     let config = format!(
         r#"listeners: [{{ name: public, bind: 127.0.0.1:0 }}]
 admin: {{ bind: 127.0.0.1:0, token_env: LEVEE_CLI_TEST_ROOT }}
 data_dir: "{data}"
-consumers: [{{ name: from-config, api_keys: ["{config_key}"] }}]
 upstreams: {{ u: {{ targets: ["{upstream}"] }} }}
 routes:
   - {{ name: api, match: {{ path_prefix: /api }}, upstream: u, auth: api_key }}
@@ -56,7 +55,6 @@ routes:
     publish: {{ service: orders, team: alpha, description: "Orders", approval: manual }}
 "#,
         data = dir.join("data").display(),
-        config_key = levee::auth::digest_of("config-key"),
     );
     let path = dir.join("levee.yaml");
     std::fs::write(&path, config).unwrap();
@@ -268,6 +266,13 @@ async fn keys_made_on_the_command_line_work_rotate_and_revoke() {
     gw.answers("/api/3", &fresh, 401, Some("key_revoked")).await;
     gw.answers("/api/3", &secret, 200, None).await;
 
+    subscribe_and_audit(&gw, &secret).await;
+    gw.stop().await;
+}
+
+/// The consumer `shop-app` (with the key `secret`) subscribes to the published service
+/// `orders`, approved on the command line; then the audit log has every change made so far.
+async fn subscribe_and_audit(gw: &Gateway, secret: &str) {
     // A published service: the subscription is asked for, then approved.
     let catalog = gw.levee(&["catalog"]);
     assert!(
@@ -276,7 +281,7 @@ async fn keys_made_on_the_command_line_work_rotate_and_revoke() {
             .any(|l| l.starts_with("orders") && l.contains("manual")),
         "{catalog}"
     );
-    gw.answers("/orders/1", &secret, 403, Some("subscription_required"))
+    gw.answers("/orders/1", secret, 403, Some("subscription_required"))
         .await;
     let asked = gw.json(&[
         "subscriptions",
@@ -293,7 +298,7 @@ async fn keys_made_on_the_command_line_work_rotate_and_revoke() {
         approved.contains("approved") && approved.contains("ok by ops"),
         "{approved}"
     );
-    gw.answers("/orders/1", &secret, 200, None).await;
+    gw.answers("/orders/1", secret, 200, None).await;
     let subs = gw.levee(&["subscriptions", "list", "--consumer", "shop-app"]);
     assert!(
         subs.lines().any(|l| l.starts_with(sub) && l.contains("approved")),
@@ -323,8 +328,6 @@ async fn keys_made_on_the_command_line_work_rotate_and_revoke() {
     assert!(entries.iter().all(|e| e["kind"] == "key"), "{keys_only}");
     let usage = gw.levee(&["usage", "--group-by", "consumer"]);
     assert!(usage.starts_with("consumer"), "{usage}");
-
-    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
