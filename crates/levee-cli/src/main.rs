@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use levee::{AccessLogSink, RunningGateway};
+use manage::{admin_command, field};
+
+mod manage;
 
 // mimalloc measured faster than glibc malloc on the proxy path (bench/RESULTS.md).
 #[global_allocator]
@@ -101,6 +104,8 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    #[command(flatten)]
+    Manage(manage::Manage),
 }
 
 /// Where the admin API is and how to authenticate to it.
@@ -214,46 +219,11 @@ fn main() -> ExitCode {
             let url = format!("{}/api/v1/cluster", admin.admin.trim_end_matches('/'));
             admin_command(&admin, &url, json, cluster_table)
         }
+        Command::Manage(command) => manage::run(command),
         Command::Schema => {
             let schema = levee::config::file::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             ExitCode::SUCCESS
-        }
-    }
-}
-
-/// A JSON field, or null when absent.
-fn field<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
-    value.get(key).unwrap_or(&serde_json::Value::Null)
-}
-
-/// Runs one admin API request and prints JSON or a table.
-fn admin_command(
-    admin: &AdminArgs,
-    url: &str,
-    json: bool,
-    table: fn(&serde_json::Value) -> String,
-) -> ExitCode {
-    let token = std::env::var(&admin.token_env).ok().filter(|t| !t.is_empty());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("levee: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(levee::admin_client::get_json(url, token.as_deref())) {
-        Ok(value) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
-            } else {
-                print!("{}", table(&value));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("levee: {error}");
-            ExitCode::FAILURE
         }
     }
 }

@@ -1,19 +1,39 @@
-//! A small client of the admin API for the `levee calls` and `levee top` commands.
+//! A small client of the admin API for the `levee calls`, `levee top` and management
+//! (`levee keys`, `levee teams`, ...) commands.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 /// GETs `url` (with the admin token when given) and parses the JSON answer.
 pub async fn get_json(url: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
+    send_json(http::Method::GET, url, token, None).await
+}
+
+/// Sends `method` to `url` (with the admin token when given, and `body` as JSON when given)
+/// and parses the JSON answer. An answer that is not a success is an error carrying the
+/// API's message (`{"error": {"message": ..}}`).
+pub async fn send_json(
+    method: http::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("invalid URL `{url}`"))?;
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = http::Request::get(uri);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
+    let body = match body {
+        Some(body) => {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+            Full::new(Bytes::from(body.to_string()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let request = request.body(body).map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
         .await
         .map_err(|_| format!("{url} did not answer within 10s"))?
