@@ -101,10 +101,17 @@ CONF
 }
 
 # One `wrk -t2 -c64` run against ${URL[$1]} for round $2, parsed into RPS/P50/P99/ERR[$1,$2].
-declare -A URL RPS P50 P99 ERR
+# ${HEADER[$1]}, when set, is sent with every request (`wrk -H`); ${SCRIPT[$1]}, when set, is
+# wrk's Lua script (`wrk -s`).
+declare -A URL HEADER SCRIPT RPS P50 P99 ERR
+wrk_args() {
+  if [[ -n "${HEADER[$1]:-}" ]]; then printf '%s\0' -H "${HEADER[$1]}"; fi
+  if [[ -n "${SCRIPT[$1]:-}" ]]; then printf '%s\0' -s "${SCRIPT[$1]}"; fi
+}
 run_wrk() {
-  local out="$TMP/wrk-$1-$2.txt"
-  wrk -t2 -c64 -d"${DURATION}s" --latency "${URL[$1]}" >"$out" 2>&1 || die "wrk failed against $1"
+  local out="$TMP/wrk-$1-$2.txt" extra=()
+  mapfile -d '' extra < <(wrk_args "$1")
+  wrk -t2 -c64 -d"${DURATION}s" --latency "${extra[@]}" "${URL[$1]}" >"$out" 2>&1 || die "wrk failed against $1"
   RPS[$1,$2]="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
   P50[$1,$2]="$(awk '$1 == "50%" { v = $2 + 0; if ($2 ~ /us$/) v /= 1000; if ($2 ~ /[^m]s$/ && $2 !~ /us$/) v *= 1000; print v }' "$out")"
   P99[$1,$2]="$(awk '$1 == "99%" { v = $2 + 0; if ($2 ~ /us$/) v /= 1000; if ($2 ~ /[^m]s$/ && $2 !~ /us$/) v *= 1000; print v }' "$out")"
@@ -115,9 +122,13 @@ run_wrk() {
 # runs after each round), appending each round's B/A req/s ratio to `ratios`.
 ratios=()
 ab_rounds() {
-  local a="$1" b="$2" after="${3:-}" s r
+  local a="$1" b="$2" after="${3:-}" s r extra
   log "warming up"
-  for s in "$a" "$b"; do wrk -t2 -c64 -d1s "${URL[$s]}" >/dev/null 2>&1; done
+  for s in "$a" "$b"; do
+    extra=()
+    mapfile -d '' extra < <(wrk_args "$s")
+    wrk -t2 -c64 -d1s "${extra[@]}" "${URL[$s]}" >/dev/null 2>&1
+  done
   for ((r = 1; r <= ROUNDS; r++)); do
     for s in "$a" "$b"; do log "round $r/$ROUNDS: $s"; run_wrk "$s" "$r"; done
     if [[ -n "$after" ]]; then eval "$after"; fi
