@@ -175,7 +175,7 @@ impl Management {
         let directory = self.directory.load_full();
         let mut taken = Vec::new();
         let mut deltas = Vec::new();
-        for key in directory.keys() {
+        for key in directory.keys().filter(|k| !k.usage.is_idle()) {
             let counted = key.usage.take();
             if counted == (0, 0, 0.0) {
                 continue;
