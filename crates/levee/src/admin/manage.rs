@@ -8,9 +8,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::api::{schema, Doc, Param, JSON};
+use super::api::{schema, Doc, Param};
 use super::json_value;
-use super::routes::{Auth, Call, Route, Run};
+use super::routes::{json_doc, Auth, Call, Route, Run};
 use crate::body::ResponseBody;
 use crate::edge::error_response;
 use crate::management::model::{Consumer, Key, Subscription, Team, Token};
@@ -348,20 +348,6 @@ const fn endpoint(
     }
 }
 
-const fn doc(
-    summary: &'static str,
-    ok: (u16, fn(&mut schemars::SchemaGenerator) -> schemars::Schema),
-    errors: &'static [(u16, &'static str)],
-) -> Doc {
-    Doc {
-        summary,
-        ok,
-        content_type: JSON,
-        errors,
-        query: &[],
-    }
-}
-
 const KEY_QUERY: &[Param] = &[
     Param {
         name: "consumer",
@@ -410,32 +396,32 @@ const AUDIT_QUERY: &[Param] = &[
 
 /// The management endpoints, in the admin API's one route table.
 pub static ROUTES: &[Route] = &[
-    endpoint(Method::GET, "/api/v1/teams", list_teams, blocking(), doc("Teams (a team admin sees its own).", (200, schema::<Teams>), STORE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/teams", create_team, with_body(), doc("Makes a team (admin): name, description, budget {usd, per}, metadata.", (201, schema::<Team>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/teams/{id}", get_team, blocking(), doc("One team.", (200, schema::<Team>), READ_ERRORS)),
-    endpoint(Method::PATCH, "/api/v1/teams/{id}", patch_team, with_body(), doc("Changes a team's description, budget or metadata (admin; JSON merge patch).", (200, schema::<Team>), WRITE_ERRORS)),
-    endpoint(Method::DELETE, "/api/v1/teams/{id}", delete_team, blocking(), doc("Deletes a team without consumers (admin).", (200, schema::<Deleted>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/consumers", list_consumers, blocking(), doc("Consumers, the config file's included (`source: config`).", (200, schema::<Consumers>), STORE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/consumers", create_consumer, with_body(), doc("Makes a consumer: name, team, description, metadata.", (201, schema::<Consumer>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/consumers/{id}", get_consumer, blocking(), doc("One consumer.", (200, schema::<Consumer>), READ_ERRORS)),
-    endpoint(Method::PATCH, "/api/v1/consumers/{id}", patch_consumer, with_body(), doc("Changes a consumer (JSON merge patch; moving it to another team: admin).", (200, schema::<Consumer>), WRITE_ERRORS)),
-    endpoint(Method::DELETE, "/api/v1/consumers/{id}", delete_consumer, blocking(), doc("Deletes a consumer whose keys are all revoked.", (200, schema::<Deleted>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/keys", list_keys, blocking(), Doc { query: KEY_QUERY, ..doc("Keys with their usage, a page at a time.", (200, schema::<Keys>), STORE_ERRORS) }),
-    endpoint(Method::POST, "/api/v1/keys", create_key, with_body(), doc("Makes a key for a consumer; the answer's `key` is the secret, shown only here.", (201, schema::<NewKey>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/keys/{id}", get_key, blocking(), doc("One key with its usage so far.", (200, schema::<KeyView>), READ_ERRORS)),
-    endpoint(Method::PATCH, "/api/v1/keys/{id}", patch_key, with_body(), doc("Changes a key's name, expiry, allowed routes and models, limits, budget or metadata (JSON merge patch).", (200, schema::<Key>), WRITE_ERRORS)),
-    endpoint(Method::DELETE, "/api/v1/keys/{id}", revoke_key, blocking(), doc("Revokes a key: 401 `key_revoked` everywhere within a second.", (200, schema::<Key>), WRITE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/keys/{id}/rotate", rotate_key, with_body(), doc("Makes a new key in place of this one (body: {\"grace\": \"1h\"}); the old one works until the grace period ends.", (201, schema::<NewKey>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/tokens", list_tokens, blocking(), doc("Admin tokens (admin).", (200, schema::<Tokens>), STORE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/tokens", create_token, with_body(), doc("Makes an admin token (admin): name, role, team; the answer's `token` is the secret, shown only here.", (201, schema::<NewToken>), WRITE_ERRORS)),
-    endpoint(Method::DELETE, "/api/v1/tokens/{id}", revoke_token, blocking(), doc("Revokes an admin token (admin).", (200, schema::<Token>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/subscriptions", list_subscriptions, blocking(), Doc { query: &[Param { name: "consumer", description: "Only this consumer's subscriptions." }], ..doc("Subscriptions the caller may see.", (200, schema::<Subscriptions>), STORE_ERRORS) }),
-    endpoint(Method::POST, "/api/v1/subscriptions", create_subscription, with_body(), doc("Asks for a consumer's access to a published service: approved at once with `approval: auto`, else pending.", (201, schema::<Subscription>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/subscriptions/{id}", get_subscription, blocking(), doc("One subscription.", (200, schema::<Subscription>), READ_ERRORS)),
-    endpoint(Method::DELETE, "/api/v1/subscriptions/{id}", cancel_subscription, blocking(), doc("Cancels a subscription (the consumer's team).", (200, schema::<Subscription>), WRITE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/subscriptions/{id}/approve", approve_subscription, with_body(), doc("Approves a subscription (the service's team; body: optional reason).", (200, schema::<Subscription>), WRITE_ERRORS)),
-    endpoint(Method::POST, "/api/v1/subscriptions/{id}/reject", reject_subscription, with_body(), doc("Rejects a subscription, or takes back an approved one (the service's team).", (200, schema::<Subscription>), WRITE_ERRORS)),
-    endpoint(Method::GET, "/api/v1/catalog", catalog, Run::Inline, doc("Published services, their versions and OpenAPI documents.", (200, schema::<Catalog>), &[])),
-    endpoint(Method::GET, "/api/v1/audit", audit, blocking(), Doc { query: AUDIT_QUERY, ..doc("Every change made through the admin API, newest first (a team admin sees its team's).", (200, schema::<Audit>), STORE_ERRORS) }),
-    endpoint(Method::GET, "/api/v1/usage", usage, blocking(), Doc { query: &[Param { name: "group_by", description: "key (default), consumer or team." }], ..doc("Requests, tokens and cost of stored keys, summed per key, consumer or team.", (200, schema::<UsageAnswer>), STORE_ERRORS) }),
+    endpoint(Method::GET, "/api/v1/teams", list_teams, blocking(), json_doc("Teams (a team admin sees its own).", (200, schema::<Teams>), STORE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/teams", create_team, with_body(), json_doc("Makes a team (admin): name, description, budget {usd, per}, metadata.", (201, schema::<Team>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/teams/{id}", get_team, blocking(), json_doc("One team.", (200, schema::<Team>), READ_ERRORS)),
+    endpoint(Method::PATCH, "/api/v1/teams/{id}", patch_team, with_body(), json_doc("Changes a team's description, budget or metadata (admin; JSON merge patch).", (200, schema::<Team>), WRITE_ERRORS)),
+    endpoint(Method::DELETE, "/api/v1/teams/{id}", delete_team, blocking(), json_doc("Deletes a team without consumers (admin).", (200, schema::<Deleted>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/consumers", list_consumers, blocking(), json_doc("Consumers, the config file's included (`source: config`).", (200, schema::<Consumers>), STORE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/consumers", create_consumer, with_body(), json_doc("Makes a consumer: name, team, description, metadata.", (201, schema::<Consumer>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/consumers/{id}", get_consumer, blocking(), json_doc("One consumer.", (200, schema::<Consumer>), READ_ERRORS)),
+    endpoint(Method::PATCH, "/api/v1/consumers/{id}", patch_consumer, with_body(), json_doc("Changes a consumer (JSON merge patch; moving it to another team: admin).", (200, schema::<Consumer>), WRITE_ERRORS)),
+    endpoint(Method::DELETE, "/api/v1/consumers/{id}", delete_consumer, blocking(), json_doc("Deletes a consumer whose keys are all revoked.", (200, schema::<Deleted>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/keys", list_keys, blocking(), Doc { query: KEY_QUERY, ..json_doc("Keys with their usage, a page at a time.", (200, schema::<Keys>), STORE_ERRORS) }),
+    endpoint(Method::POST, "/api/v1/keys", create_key, with_body(), json_doc("Makes a key for a consumer; the answer's `key` is the secret, shown only here.", (201, schema::<NewKey>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/keys/{id}", get_key, blocking(), json_doc("One key with its usage so far.", (200, schema::<KeyView>), READ_ERRORS)),
+    endpoint(Method::PATCH, "/api/v1/keys/{id}", patch_key, with_body(), json_doc("Changes a key's name, expiry, allowed routes and models, limits, budget or metadata (JSON merge patch).", (200, schema::<Key>), WRITE_ERRORS)),
+    endpoint(Method::DELETE, "/api/v1/keys/{id}", revoke_key, blocking(), json_doc("Revokes a key: 401 `key_revoked` everywhere within a second.", (200, schema::<Key>), WRITE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/keys/{id}/rotate", rotate_key, with_body(), json_doc("Makes a new key in place of this one (body: {\"grace\": \"1h\"}); the old one works until the grace period ends.", (201, schema::<NewKey>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/tokens", list_tokens, blocking(), json_doc("Admin tokens (admin).", (200, schema::<Tokens>), STORE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/tokens", create_token, with_body(), json_doc("Makes an admin token (admin): name, role, team; the answer's `token` is the secret, shown only here.", (201, schema::<NewToken>), WRITE_ERRORS)),
+    endpoint(Method::DELETE, "/api/v1/tokens/{id}", revoke_token, blocking(), json_doc("Revokes an admin token (admin).", (200, schema::<Token>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/subscriptions", list_subscriptions, blocking(), Doc { query: &[Param { name: "consumer", description: "Only this consumer's subscriptions." }], ..json_doc("Subscriptions the caller may see.", (200, schema::<Subscriptions>), STORE_ERRORS) }),
+    endpoint(Method::POST, "/api/v1/subscriptions", create_subscription, with_body(), json_doc("Asks for a consumer's access to a published service: approved at once with `approval: auto`, else pending.", (201, schema::<Subscription>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/subscriptions/{id}", get_subscription, blocking(), json_doc("One subscription.", (200, schema::<Subscription>), READ_ERRORS)),
+    endpoint(Method::DELETE, "/api/v1/subscriptions/{id}", cancel_subscription, blocking(), json_doc("Cancels a subscription (the consumer's team).", (200, schema::<Subscription>), WRITE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/subscriptions/{id}/approve", approve_subscription, with_body(), json_doc("Approves a subscription (the service's team; body: optional reason).", (200, schema::<Subscription>), WRITE_ERRORS)),
+    endpoint(Method::POST, "/api/v1/subscriptions/{id}/reject", reject_subscription, with_body(), json_doc("Rejects a subscription, or takes back an approved one (the service's team).", (200, schema::<Subscription>), WRITE_ERRORS)),
+    endpoint(Method::GET, "/api/v1/catalog", catalog, Run::Inline, json_doc("Published services, their versions and OpenAPI documents.", (200, schema::<Catalog>), &[])),
+    endpoint(Method::GET, "/api/v1/audit", audit, blocking(), Doc { query: AUDIT_QUERY, ..json_doc("Every change made through the admin API, newest first (a team admin sees its team's).", (200, schema::<Audit>), STORE_ERRORS) }),
+    endpoint(Method::GET, "/api/v1/usage", usage, blocking(), Doc { query: &[Param { name: "group_by", description: "key (default), consumer or team." }], ..json_doc("Requests, tokens and cost of stored keys, summed per key, consumer or team.", (200, schema::<UsageAnswer>), STORE_ERRORS) }),
 ];

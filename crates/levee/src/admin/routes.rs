@@ -183,7 +183,7 @@ const CALL_LOG_ERRORS: &[(u16, &str)] = &[
 const MAX_EXPERIMENT_BODY: usize = 64 * 1024;
 
 /// A documented route with a JSON answer, no query parameters and the given other answers.
-const fn json_doc(
+pub(super) const fn json_doc(
     summary: &'static str,
     ok: (u16, fn(&mut schemars::SchemaGenerator) -> schemars::Schema),
     errors: &'static [(u16, &'static str)],
