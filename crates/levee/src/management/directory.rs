@@ -104,7 +104,27 @@ pub struct KeyGrant {
     /// The budget's period in ms (0 without a budget).
     pub budget_period_ms: i64,
     /// What the limiters were built from: kept while it is equal.
-    limits: Key,
+    limits: Limits,
+}
+
+/// The fields of a key its limiters are built from.
+#[derive(Debug, PartialEq)]
+struct Limits {
+    rate_limit: Option<model::RateLimit>,
+    budget: Option<model::Budget>,
+    tokens_per_minute: Option<u64>,
+    requests_per_minute: Option<u64>,
+}
+
+impl Limits {
+    fn of(key: &Key) -> Limits {
+        Limits {
+            rate_limit: key.rate_limit.clone(),
+            budget: key.budget.clone(),
+            tokens_per_minute: key.tokens_per_minute,
+            requests_per_minute: key.requests_per_minute,
+        }
+    }
 }
 
 impl KeyGrant {
@@ -183,9 +203,9 @@ impl Directory {
         self.keys.values()
     }
 
-    /// This snapshot with `changes` applied (in version order).
-    pub fn apply(&self, changes: &[Object], context: &Context<'_>) -> Directory {
-        let mut next = self.clone();
+    /// Applies `changes` (in version order) to this snapshot.
+    pub fn apply(&mut self, changes: &[Object], context: &Context<'_>) {
+        let next = self;
         let mut subscriptions_changed = false;
         // Teams last: a team's budget takes up what its keys spent, so its keys come first.
         let (teams, others): (Vec<&Object>, Vec<&Object>) =
@@ -229,7 +249,6 @@ impl Directory {
                 }
             }
         }
-        next
     }
 
     fn apply_key(&mut self, object: &Object, context: &Context<'_>) {
@@ -314,12 +333,8 @@ impl Directory {
 
 /// The grant of `key`, keeping `old`'s limiters and quota while the limits are unchanged.
 fn key_grant(key: Key, old: Option<&KeyGrant>, context: &Context<'_>) -> KeyGrant {
-    let same_limits = old.is_some_and(|o| {
-        o.limits.rate_limit == key.rate_limit
-            && o.limits.budget == key.budget
-            && o.limits.tokens_per_minute == key.tokens_per_minute
-            && o.limits.requests_per_minute == key.requests_per_minute
-    });
+    let limits = Limits::of(&key);
+    let same_limits = old.is_some_and(|o| o.limits == limits);
     let (rate, llm) = match old {
         Some(old) if same_limits => (old.rate.clone(), old.llm.clone()),
         _ => limiters(&key, context),
@@ -345,7 +360,7 @@ fn key_grant(key: Key, old: Option<&KeyGrant>, context: &Context<'_>) -> KeyGran
         llm,
         usage: old.map(|o| o.usage.clone()).unwrap_or_default(),
         budget_period_ms,
-        limits: key,
+        limits,
     }
 }
 

@@ -138,32 +138,67 @@ impl Management {
             if version <= current.version {
                 return Ok(None);
             }
-            let changes = store.changes_since(current.version)?;
-            // What keys spent so far, for the limiters built new (at start, or when a key's
-            // or a team's limits change).
-            let limits_changed = changes
-                .iter()
-                .any(|c| matches!(c.kind, store::Kind::Key | store::Kind::Team));
-            let usage: HashMap<String, store::Usage> = if limits_changed {
-                store.all_usage()?.into_iter().collect()
+            let mut next = (*current).clone();
+            if current.version == 0 {
+                self.load_all(store, &mut next)?;
+                // Pages are separate reads: a change committed while they ran may be seen
+                // in part, so the next poll reads everything after the version read first
+                // (applying a change twice is harmless).
+                next.version = version;
+                return Ok(Some(next));
             } else {
-                HashMap::new()
-            };
-            Ok(Some((changes, usage, version)))
+                let changes = store.changes_since(current.version)?;
+                // What keys spent so far, for limiters built new (a key's or a team's
+                // limits changed).
+                let limits_changed = changes
+                    .iter()
+                    .any(|c| matches!(c.kind, store::Kind::Key | store::Kind::Team));
+                let usage = if limits_changed {
+                    usage_map(store)?
+                } else {
+                    HashMap::new()
+                };
+                next.apply(&changes, &self.context(&usage));
+            }
+            next.version = next.version.max(version);
+            Ok(Some(next))
         });
         self.reachable.store(result.is_ok(), Ordering::Relaxed);
-        let Some((changes, usage, version)) = result? else {
-            return Ok(false);
-        };
-        let context = directory::Context {
+        match result? {
+            Some(next) => {
+                self.directory.store(Arc::new(next));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The first load: every object, a page at a time (in (kind, id) order, so keys come
+    /// before the teams whose budgets add up their spend), never all rows at once.
+    fn load_all(&self, store: &Store, next: &mut Directory) -> Result<(), db::DbError> {
+        const PAGE: i64 = 5_000;
+        let usage = usage_map(store)?;
+        let context = self.context(&usage);
+        let mut after = (String::new(), String::new());
+        loop {
+            let page = store.page(&after, PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = (last.kind.as_str().to_owned(), last.id.clone());
+            next.apply(&page, &context);
+            if (page.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn context<'a>(&'a self, usage: &'a HashMap<String, store::Usage>) -> directory::Context<'a> {
+        directory::Context {
             cluster: self.cluster.as_ref(),
-            usage: &usage,
+            usage,
             now_ms: model::now_ms(),
-        };
-        let mut next = current.apply(&changes, &context);
-        next.version = next.version.max(version);
-        self.directory.store(Arc::new(next));
-        Ok(true)
+        }
     }
 
     /// Writes the usage counted since the last flush; what cannot be written is kept for
@@ -231,6 +266,10 @@ impl Management {
             }
         }
     }
+}
+
+fn usage_map(store: &Store) -> Result<HashMap<String, store::Usage>, db::DbError> {
+    Ok(store.all_usage()?.into_iter().collect())
 }
 
 /// The database `config` names: the fleet's PostgreSQL, else SQLite under `data_dir`.
