@@ -241,6 +241,19 @@ async fn a_key_works_at_once_and_stops_within_a_second_when_revoked_expired_or_r
     let refused = call_with(&h, "/api/x", &limited).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.header("retry-after").is_some());
+    // What the gateway sets is refused in a request.
+    let forged = admin(
+        &h,
+        "POST",
+        "/api/v1/keys",
+        Some(ROOT),
+        Some(json!({"consumer": "alpha-app", "source": "config"})),
+    )
+    .await;
+    assert_eq!(
+        (forged.status.as_u16(), code(&forged).as_str()),
+        (400, "bad_request")
+    );
     // An unknown key is still plain 401.
     assert_eq!(code(&call_with(&h, "/api/x", "lv_nothing").await), "unauthorized");
     h.stop().await;

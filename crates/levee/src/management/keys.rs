@@ -212,6 +212,21 @@ impl Ops<'_> {
     /// A new key: the secret is in the answer (`key`) and nowhere else.
     pub fn create_key(&self, body: &[u8]) -> Result<Json, OpError> {
         let input: Json = parse(body)?;
+        // What the gateway sets itself.
+        const SET_HERE: &[&str] = &[
+            "id",
+            "prefix",
+            "created_at",
+            "revoked_at",
+            "rotated_to",
+            "rotated_from",
+            "source",
+        ];
+        if let Some(field) = SET_HERE.iter().find(|f| input.get(**f).is_some()) {
+            return Err(bad(format!(
+                "`{field}` is set by the gateway, not in the request."
+            )));
+        }
         let consumer = input
             .get("consumer")
             .and_then(Json::as_str)
