@@ -54,6 +54,9 @@ impl Reloader {
 #[derive(Debug)]
 pub struct SharedState {
     pub metrics: Arc<Metrics>,
+    /// Snapshots of the request counters over the last fifteen minutes, for the admin API's
+    /// overview (taken by the admin thread).
+    pub series: crate::observability::series::Series,
     pub draining: AtomicBool,
     /// The running config, replaced whole by a reload.
     pub gateway: ArcSwap<Gateway>,

@@ -21,6 +21,17 @@ pub struct Status {
     pub status: &'static str,
 }
 
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Whoami {
+    /// The token's id: `bootstrap` for the token of `admin.token_env`, `anonymous` when the
+    /// admin API needs no token.
+    pub id: String,
+    pub role: crate::management::model::Role,
+    /// The team of a `team_admin` token.
+    pub team: Option<String>,
+}
+
 /// `GET /api/v1/upstreams`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Upstreams {

@@ -50,6 +50,19 @@ pub(super) fn openapi(_: &Call) -> Response<ResponseBody> {
     json_value(StatusCode::OK, &api::openapi())
 }
 
+/// `GET /api/v1/whoami`: who the presented token is (what a dashboard shows controls for).
+pub(super) fn whoami(call: &Call) -> Response<ResponseBody> {
+    let caller = &call.caller;
+    json_value(
+        StatusCode::OK,
+        &api::Whoami {
+            id: caller.id.clone(),
+            role: caller.role,
+            team: caller.team.clone(),
+        },
+    )
+}
+
 /// `GET /api/v1/upstreams`.
 pub(super) fn upstreams(call: &Call) -> Response<ResponseBody> {
     json_value(StatusCode::OK, &views::upstreams_view(&call.state))

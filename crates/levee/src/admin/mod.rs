@@ -22,6 +22,7 @@ pub mod api;
 mod calls;
 mod handlers;
 pub mod manage;
+pub mod overview;
 pub mod routes;
 pub mod views;
 
@@ -48,6 +49,7 @@ pub async fn serve(
             return;
         }
     };
+    tokio::spawn(overview::sample(state.clone(), shutdown.clone()));
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,

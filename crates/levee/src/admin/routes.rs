@@ -247,6 +247,30 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/api/v1/whoami",
+        auth: Auth::Tenant,
+        handler: handlers::whoami,
+        run: Run::Inline,
+        doc: json_doc(
+            "The caller: its token's id, role and team.",
+            (200, schema::<api::Whoami>),
+            &[],
+        ),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/overview",
+        auth: Auth::Viewer,
+        handler: super::overview::overview,
+        run: Run::Inline,
+        doc: json_doc(
+            "Totals and per-route requests, errors, requests/s and p50/p99 latency, a 15-minute series at a 5 s step, SLO budgets, alerts firing, canaries and cluster nodes.",
+            (200, schema::<super::overview::Overview>),
+            &[],
+        ),
+    },
+    Route {
+        method: Method::GET,
         path: "/api/v1/upstreams",
         auth: Auth::Viewer,
         handler: handlers::upstreams,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::deprecated::ConsumerCap;
+use super::series::{Buckets, Counts};
 
 /// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -324,6 +325,26 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .push(shard.clone());
         shard
+    }
+
+    /// Per route, summed over shards: requests, those answered 5xx (errors, as SLOs count
+    /// them) and the duration histogram (`""`: requests no route matched).
+    pub fn route_counts(&self) -> BTreeMap<Arc<str>, Counts> {
+        let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out: BTreeMap<Arc<str>, Counts> = BTreeMap::new();
+        for shard in &shards {
+            for (route, stats) in &shard.lock().routes {
+                let entry = out.entry(route.clone()).or_default();
+                for ((_, status), count) in &stats.requests {
+                    entry.requests += count;
+                    if *status >= 500 {
+                        entry.errors += count;
+                    }
+                }
+                entry.buckets.add(&Buckets(stats.duration.counts));
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition (format 0.0.4), with `gauges` (state read from the
@@ -735,6 +756,8 @@ mod tests {
         assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"502\"} 1"));
         assert!(text.contains("levee_request_duration_seconds_bucket{route=\"users\",le=\"0.005\"} 2"));
         assert!(text.contains("levee_request_duration_seconds_count{route=\"users\"} 3"));
+        let users = &metrics.route_counts()["users"];
+        assert_eq!((users.requests, users.errors, users.buckets.count()), (3, 1, 3));
     }
 
     #[test]

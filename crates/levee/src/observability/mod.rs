@@ -13,6 +13,7 @@ pub mod llm_call;
 pub mod metrics;
 pub mod otlp;
 pub mod process;
+pub mod series;
 pub mod traces;
 
 use std::sync::Arc;

@@ -150,6 +150,7 @@ impl RunningGateway {
         let (gateway_tx, gateway_rx) = watch::channel(gateway.clone());
         let state = Arc::new(SharedState {
             metrics: metrics.clone(),
+            series: Default::default(),
             draining: AtomicBool::new(false),
             gateway: ArcSwap::new(gateway),
             gateway_tx,
