@@ -20,6 +20,8 @@ const ADMIN_PATHS: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/overview"),
     ("get", "/api/v1/upstreams"),
     ("get", "/api/v1/routes"),
     ("get", "/api/v1/config"),
