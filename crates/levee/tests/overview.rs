@@ -41,6 +41,64 @@ fn route<'a>(overview: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no route {name} in {overview}"))
 }
 
+/// Sends [`USERS`] requests to `users`, the first [`USERS_FAILED`] answered 500, and
+/// [`ORDERS`] to `orders`.
+async fn send_traffic(h: &Harness) {
+    let client = client(false);
+    for i in 0..USERS {
+        let path = if i < USERS_FAILED {
+            "/users/fail"
+        } else {
+            "/users/1"
+        };
+        let answer = send(&client, http::Request::get(h.url(path)).body(empty()).unwrap()).await;
+        let expected = if i < USERS_FAILED { 500 } else { 200 };
+        assert_eq!(answer.status.as_u16(), expected, "{path}");
+    }
+    for _ in 0..ORDERS {
+        let answer = send(
+            &client,
+            http::Request::get(h.url("/orders/1")).body(empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+}
+
+/// Waits for a point of the series with traffic in it, and checks the series and the
+/// routes' requests/s against the `sent` requests.
+async fn series_gets_a_point(h: &Harness, sent: u64) {
+    // Within a step (5 s) the series has a point with the traffic sent, and the routes a
+    // window to measure requests/s over.
+    let deadline = Instant::now() + SERIES_DEADLINE;
+    let o = loop {
+        let o = overview(h).await;
+        let points = o["series"]["points"].as_array().unwrap();
+        if points.iter().any(|p| p["rps"].as_f64().unwrap() > 0.0) {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no point with traffic: {o}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let points = o["series"]["points"].as_array().unwrap();
+    assert!(points.len() <= 180);
+    let mut counted = 0.0;
+    for p in points {
+        counted += p["rps"].as_f64().unwrap() * 5.0;
+        let rate = p["error_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rate), "{p}");
+        if let (Some(p50), Some(p99)) = (p["p50_ms"].as_f64(), p["p99_ms"].as_f64()) {
+            assert!(p50 > 0.0 && p50 <= p99, "{p}");
+        }
+    }
+    // No more than was sent (the admin calls are not counted; the step may be a little
+    // longer than 5 s, hence the margin).
+    assert!(counted > 0.0 && counted <= sent as f64 * 1.05, "{counted}: {o}");
+    assert!(route(&o, "users")["rps"].as_f64().unwrap() > 0.0, "{o}");
+    assert!(route(&o, "orders")["rps"].as_f64().unwrap() > 0.0, "{o}");
+    assert_eq!(route(&o, "idle")["rps"].as_f64(), Some(0.0), "{o}");
+}
+
 #[tokio::test]
 async fn the_overview_counts_what_the_gateway_answered() {
     let upstream = MockUpstream::start(|seen| {
@@ -75,25 +133,11 @@ slos:
 "#,
         addr = upstream.addr
     ));
-    let client = client(false);
-    for i in 0..USERS {
-        let path = if i < USERS_FAILED {
-            "/users/fail"
-        } else {
-            "/users/1"
-        };
-        let answer = send(&client, http::Request::get(h.url(path)).body(empty()).unwrap()).await;
-        let expected = if i < USERS_FAILED { 500 } else { 200 };
-        assert_eq!(answer.status.as_u16(), expected, "{path}");
-    }
-    for _ in 0..ORDERS {
-        let answer = send(
-            &client,
-            http::Request::get(h.url("/orders/1")).body(empty()).unwrap(),
-        )
-        .await;
-        assert_eq!(answer.status, StatusCode::OK);
-    }
+    // Once the admin listener answers, its thread has taken the series' first snapshot (the
+    // sampler is spawned before the first accept), so the traffic falls in the first step.
+    let health = get(&format!("{}/healthz", h.admin), &[]).await;
+    assert_eq!(health.status, StatusCode::OK);
+    send_traffic(&h).await;
 
     let o = overview(&h).await;
     let total = USERS + ORDERS;
@@ -148,35 +192,7 @@ slos:
     );
     assert_eq!(o["canaries"], json!([{"route": "orders", "state": "active"}]));
 
-    // Within a step (5 s) the series has a point with the traffic sent, and the routes a
-    // window to measure requests/s over.
-    let deadline = Instant::now() + SERIES_DEADLINE;
-    let o = loop {
-        let o = overview(&h).await;
-        let points = o["series"]["points"].as_array().unwrap();
-        if points.iter().any(|p| p["rps"].as_f64().unwrap() > 0.0) {
-            break o;
-        }
-        assert!(Instant::now() < deadline, "no point with traffic: {o}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let points = o["series"]["points"].as_array().unwrap();
-    assert!(points.len() <= 180);
-    let mut counted = 0.0;
-    for p in points {
-        counted += p["rps"].as_f64().unwrap() * 5.0;
-        let rate = p["error_rate"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&rate), "{p}");
-        if let (Some(p50), Some(p99)) = (p["p50_ms"].as_f64(), p["p99_ms"].as_f64()) {
-            assert!(p50 > 0.0 && p50 <= p99, "{p}");
-        }
-    }
-    // No more than was sent (the admin calls are not counted; the step may be a little
-    // longer than 5 s, hence the margin).
-    assert!(counted > 0.0 && counted <= total as f64 * 1.05, "{counted}: {o}");
-    assert!(route(&o, "users")["rps"].as_f64().unwrap() > 0.0, "{o}");
-    assert!(route(&o, "orders")["rps"].as_f64().unwrap() > 0.0, "{o}");
-    assert_eq!(route(&o, "idle")["rps"].as_f64(), Some(0.0), "{o}");
+    series_gets_a_point(&h, USERS + ORDERS).await;
 
     // Without an admin token, the caller is an anonymous admin.
     let me = get(&format!("{}/api/v1/whoami", h.admin), &[]).await;
