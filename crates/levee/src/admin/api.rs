@@ -346,7 +346,7 @@ pub fn openapi() -> Value {
             .map(|p| json!({ "name": p.name, "in": "query", "required": false, "description": p.description, "schema": { "type": "string" } }))
             .collect();
         if route.path.contains("{id}") {
-            parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The object's id (a team's or consumer's name).", "schema": { "type": "string" } }));
+            parameters.push(json!({ "name": "id", "in": "path", "required": true, "description": "The object's id (a team's or consumer's name; under /assets, the file's hashed name).", "schema": { "type": "string" } }));
         }
         let mut operation = serde_json::Map::new();
         operation.insert("summary".into(), doc.summary.into());

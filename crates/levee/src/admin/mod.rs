@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness, Prometheus metrics and the admin REST API.
+//! The admin listener: liveness, readiness, Prometheus metrics, the admin REST API and the
+//! web dashboard (`dashboard`).
 //!
 //! It runs on its own thread and event loop so that a saturated data plane can still be
 //! observed and probed. Every endpoint is a row of one route table ([`routes::ROUTES`]),
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 pub mod api;
 mod calls;
+pub mod dashboard;
 mod handlers;
 pub mod manage;
 pub mod overview;

@@ -96,9 +96,12 @@ pub fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
     }
 }
 
-/// Every admin endpoint: the gateway's own, then the management plane's.
+/// Every admin endpoint: the gateway's own, the management plane's, then the dashboard's.
 pub fn all() -> impl Iterator<Item = &'static Route> {
-    ROUTES.iter().chain(super::manage::ROUTES)
+    ROUTES
+        .iter()
+        .chain(super::manage::ROUTES)
+        .chain(super::dashboard::ROUTES)
 }
 
 /// The `Allow` header of a path served by `routes`: their methods in table order, `HEAD`
