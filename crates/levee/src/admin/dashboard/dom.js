@@ -81,13 +81,17 @@ export function section(id, title, ...children) {
     h("h2", { id: `${id}-title` }, title), ...children);
 }
 
-// A table with a caption read by screen readers, headings and an empty body.
+// A table with a caption read by screen readers, headings and an empty body. A heading
+// starting with "#" is a numeric column (right-aligned, like its cells).
 export function table(caption, headings) {
   const body = h("tbody");
+  const head = headings.map((x) => (x.startsWith("#")
+    ? h("th", { scope: "col", class: "num" }, x.slice(1))
+    : h("th", { scope: "col" }, x)));
   const el = h("div", { class: "table-wrap" },
     h("table", {},
       h("caption", { class: "sr-only" }, caption),
-      h("thead", {}, h("tr", {}, headings.map((x) => h("th", { scope: "col" }, x)))),
+      h("thead", {}, h("tr", {}, head)),
       body));
   return { el, body };
 }
@@ -131,6 +135,6 @@ export function syncRows(container, items, key, render, empty) {
 // Replaces the contents of the element `id` inside `root` (if it is still shown).
 export function fill(root, id, ...children) {
   const el = root.querySelector(`#${id}`);
-  if (el) el.replaceChildren(...children.flat());
+  if (el) el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return el;
 }

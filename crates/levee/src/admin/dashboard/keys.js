@@ -37,7 +37,7 @@ function secretBox(box, made, what) {
 }
 
 function keysPanel(can, reload) {
-  const list = table("Keys", ["Key", "Name", "Consumer", "Prefix", "State", "Requests", "Created", "Actions"]);
+  const list = table("Keys", ["Key", "Name", "Consumer", "Prefix", "State", "#Requests", "Created", "Actions"]);
   const errors = h("div");
   const secret = h("div", { "aria-live": "polite" });
   const more = h("p", { class: "muted" });

@@ -92,7 +92,7 @@ function canaryRow(c) {
 }
 
 export function mount(root) {
-  const routes = table("Traffic per route", ["Route", "Requests", "Errors", "Error rate", "Req/s", "p50", "p99"]);
+  const routes = table("Traffic per route", ["Route", "#Requests", "#Errors", "#Error rate", "#Req/s", "#p50", "#p99"]);
   const slos = table("SLOs", ["SLO", "Error budget left", "Alerts"]);
   const canaries = table("Canaries", ["Route", "State"]);
   root.replaceChildren(

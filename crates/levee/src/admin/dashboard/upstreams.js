@@ -25,7 +25,7 @@ function targetRow(upstream, t) {
 }
 
 function upstreamPanel(u) {
-  const targets = table(`Targets of ${u.name}`, ["Target", "Health", "Health check", "Breaker", "Ejected", "In flight", "EWMA latency", "Weight"]);
+  const targets = table(`Targets of ${u.name}`, ["Target", "Health", "Health check", "Breaker", "Ejected", "#In flight", "#EWMA latency", "#Weight"]);
   syncRows(targets.body, u.targets, (t) => t.addr, (t) => targetRow(u.name, t));
   const healthy = u.targets.filter((t) => t.healthy).length;
   const cap = u.max_concurrent ? ` of ${fmtInt(u.max_concurrent)}` : "";
