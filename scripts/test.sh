@@ -51,6 +51,13 @@ if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_val
   "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' \
     || echo "openapi-spec-validator or openai could not be installed"
 fi
+# The dashboard's browser tests: Debian's Chromium, driven by Python Playwright. Playwright's
+# own browser download is never used (it cannot work here): the tests launch /usr/bin/chromium.
+command -v chromium >/dev/null || apt_install chromium || true
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import playwright.sync_api' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet 'playwright>=1.40' || echo "playwright could not be installed"
+fi
 if [ -x "$VENV/bin/python" ]; then export LEVEE_TEST_PYTHON="$VENV/bin/python"; fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >/dev/null 2>&1 || echo "cargo-nextest unavailable; using cargo test"

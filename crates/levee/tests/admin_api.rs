@@ -13,9 +13,10 @@ use common::Harness;
 use http::StatusCode;
 use levee_test_support::*;
 
-/// Every admin path of PRODUCT.md sections 5 and 10 that this build serves (the dashboard at
-/// `/` belongs to later work).
+/// Every admin path of PRODUCT.md sections 5 and 10 that this build serves.
 const ADMIN_PATHS: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/assets/{id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
