@@ -2,8 +2,9 @@
 //! headers and weight, then the app itself in headless Chromium (Python Playwright,
 //! `tests/browser/dashboard.py`) against a gateway that has carried traffic, has a dead
 //! target and a management store: sign-in, the overview's request count, the dead target
-//! unhealthy, a key made and revoked in the UI, a subscription approved in the UI, and a
-//! viewer without any mutating control. Any browser console error or failed request fails it.
+//! unhealthy, a key made and revoked in the UI, a subscription approved in the UI, an SLO's
+//! burn-rate alert firing on the SLO page after failing traffic, and a viewer without any
+//! mutating control. Any browser console error or failed request fails it.
 //!
 //! Needs Debian's `chromium` and Python `playwright` (scripts/test.sh installs both); without
 //! them the browser part fails in CI and is skipped elsewhere. `LEVEE_SCREENSHOTS=1` writes
@@ -29,7 +30,12 @@ const SENT: usize = 42;
 /// The overview's whole page weight must stay under this (issue 17).
 const PAGE_BUDGET: usize = 300 * 1024;
 
-fn gateway(dir: &Path, web: std::net::SocketAddr, flaky: [std::net::SocketAddr; 2]) -> Harness {
+fn gateway(
+    dir: &Path,
+    web: std::net::SocketAddr,
+    flaky: [std::net::SocketAddr; 2],
+    broken: std::net::SocketAddr,
+) -> Harness {
     std::env::set_var("LEVEE_TEST_DASH_TOKEN", ROOT);
     Harness::start(&format!(
         r#"data_dir: {dir}
@@ -40,6 +46,10 @@ upstreams:
   flaky:
     targets: ["{f0}", "{f1}"]
     health_check: {{ path: /, interval: 50ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1 }}
+  broken:
+    targets: ["{broken}"]
+    outlier_detection: {{ enabled: false }}
+    circuit_breaker: {{ enabled: false }}
 routes:
   - name: web
     match: {{ path_prefix: /web }}
@@ -56,6 +66,17 @@ routes:
     upstream: web
     auth: api_key
     publish: {{ service: orders, team: alpha, description: "Orders", approval: manual }}
+  - name: broken
+    match: {{ path_prefix: /broken }}
+    upstream: broken
+slos:
+  - name: broken-availability
+    route: broken
+    objective: 99
+    window: 1h
+    sli: availability
+alerting:
+  evaluation_interval: 1s
 "#,
         dir = dir.display(),
         f0 = flaky[0],
@@ -154,8 +175,10 @@ fn screenshot_dir() -> PathBuf {
 async fn the_dashboard_works_in_a_real_browser() {
     let web = MockUpstream::fixed("ok").await;
     let flaky = [MockUpstream::fixed("ok").await, MockUpstream::fixed("ok").await];
+    // Every answer 500: the SLO page's scenario sends traffic here until its alert fires.
+    let broken = MockUpstream::start(|_| Reply::status(500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let h = gateway(dir.path(), web.addr, [flaky[0].addr, flaky[1].addr]);
+    let h = gateway(dir.path(), web.addr, [flaky[0].addr, flaky[1].addr], broken.addr);
 
     for i in 0..SENT {
         let answer = get(&h.url(&format!("/web/{i}")), &[]).await;

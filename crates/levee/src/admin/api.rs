@@ -205,6 +205,8 @@ pub struct SloView {
     pub burn_rates: Vec<BurnRateView>,
     /// Burn-rate alerts firing now (`page`, `ticket`).
     pub alerts_firing: Vec<AlertView>,
+    /// The runbook its burn-rate alerts name (a path in the Levee repository).
+    pub runbook: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluated_at: Option<String>,
     /// Cluster mode with Redis only: `fleet` when these numbers are the fleet's, `replica`

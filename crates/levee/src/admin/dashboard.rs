@@ -66,6 +66,11 @@ const SOURCES: &[Source] = &[
         text: include_str!("dashboard/overview.js"),
     },
     Source {
+        name: "slos.js",
+        content_type: JS,
+        text: include_str!("dashboard/slos.js"),
+    },
+    Source {
         name: "upstreams.js",
         content_type: JS,
         text: include_str!("dashboard/upstreams.js"),

@@ -173,6 +173,7 @@ pub fn slos_view(state: &SharedState) -> api::Slos {
                     })
                     .collect(),
                 alerts_firing,
+                runbook: crate::slo::alerts::RUNBOOK,
                 evaluated_at: status
                     .as_ref()
                     .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),

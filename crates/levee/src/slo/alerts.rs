@@ -80,6 +80,8 @@ pub const RULES: [Rule; 4] = [
 
 /// The name every Levee burn-rate alert carries (the `severity` label tells them apart).
 pub const ALERT_NAME: &str = "LeveeSLOErrorBudgetBurn";
+/// The runbook every burn-rate alert names (its `runbook` annotation), a path in the repository.
+pub const RUNBOOK: &str = "docs/runbooks/slo-burn-rate.md";
 
 impl Rule {
     /// Whether both windows burn faster than the factor.
@@ -205,7 +207,7 @@ fn transition(
                 rates.join(" ")
             ),
         ),
-        ("runbook", "docs/runbooks/slo-burn-rate.md".to_owned()),
+        ("runbook", RUNBOOK.to_owned()),
     ];
     Transition {
         slo: spec.name.to_string(),

@@ -224,6 +224,31 @@ def subscription(page, watch):
     screenshots(page, "subscriptions")
 
 
+def slos(page, watch):
+    """Failing traffic on route `broken` (its upstream answers 500) fires the page alert of
+    SLO broken-availability (objective 99 over 1h), and the SLO page shows it firing."""
+    sign_in(page, watch, ROOT)
+    go(page, "SLOs")
+    expect(page.locator("h1")).to_have_text("SLOs")
+    panel = page.locator('[data-testid="slo"][data-slo="broken-availability"]')
+    expect(panel).to_be_visible(timeout=WAIT_MS)
+    expect(panel.get_by_test_id("no-alert")).to_be_visible()
+    for i in range(20):
+        assert http("GET", f"{GATEWAY}/broken/{i}")[0] == 500
+    # Evaluated every second, the rules checked every second: the page shows it within a
+    # refresh (5 s) or two.
+    until("the API to report the alert firing", lambda: any(
+        s["name"] == "broken-availability" and s["alerts_firing"]
+        for s in root("GET", "/api/v1/slos", status=200)["slos"]))
+    firing = panel.locator('[data-testid="alert-firing"][data-severity="page"]')
+    expect(firing).to_be_visible(timeout=WAIT_MS)
+    expect(firing).to_contain_text("since")
+    expect(panel.locator('[data-testid="burn-rule"][data-long="1h"]')).to_contain_text("holds")
+    expect(panel.get_by_test_id("budget-remaining")).to_contain_text("overspent")
+    expect(panel.get_by_test_id("runbook")).to_contain_text("docs/runbooks/slo-burn-rate.md")
+    screenshots(page, "slos")
+
+
 def viewer(page, watch):
     """A viewer token sees the keys page with no action button and no create form."""
     token = root("POST", "/api/v1/tokens", {"name": "dash-viewer", "role": "viewer"}, 201)["token"]
@@ -247,6 +272,7 @@ SCENARIOS = {
     "routes": routes,
     "keys": keys,
     "subscription": subscription,
+    "slos": slos,
     "viewer": viewer,
 }
 

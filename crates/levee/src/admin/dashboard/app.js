@@ -1,14 +1,15 @@
 // The dashboard's entry: sign-in, the page chosen by the URL's hash (#/overview, #/routes,
-// #/keys), and the live refresh of the visible page every 5 s (paused while the tab is
+// #/slos, #/keys), and the live refresh of the visible page every 5 s (paused while the tab is
 // hidden, never two at once).
 
 import { get, setToken, clearToken, token } from "./api.js";
 import { h, alertBox } from "./dom.js";
 import * as overview from "./overview.js";
 import * as upstreams from "./upstreams.js";
+import * as slos from "./slos.js";
 import * as keys from "./keys.js";
 
-const PAGES = { overview, routes: upstreams, keys };
+const PAGES = { overview, routes: upstreams, slos, keys };
 const DEFAULT_PAGE = "overview";
 const REFRESH_MS = 5000;
 

@@ -14,7 +14,7 @@ function finite(v) {
   return typeof v === "number" && Number.isFinite(v);
 }
 
-// series: [{label, cls, values: [number|null], format}]; times: [ms]. Returns a figure.
+// series: [{label, cls, values: [number|null], format, max?}]; times: [ms]. Returns a figure.
 export function lineChart(title, times, series) {
   const n = times.length;
   const x = (i) => PAD + (n > 1 ? (i / (n - 1)) * (W - 2 * PAD) : (W - 2 * PAD) / 2);
@@ -27,8 +27,10 @@ export function lineChart(title, times, series) {
     svg.append(s("line", { x1: 0, x2: W, y1: y, y2: y, class: "grid" }));
   }
   for (const line of series) {
-    const max = Math.max(...line.values.filter(finite), 0) || 1;
-    const y = (v) => PAD + (H - 2 * PAD) - (v / max) * (H - 2 * PAD);
+    // A fixed scale when the series has one (a share: max 1); values outside are drawn at
+    // the edge (the legend has the real ones).
+    const max = line.max || Math.max(...line.values.filter(finite), 0) || 1;
+    const y = (v) => PAD + (H - 2 * PAD) - (Math.min(Math.max(v, 0), max) / max) * (H - 2 * PAD);
     let d = "";
     let dots = "";
     line.values.forEach((v, i) => {
