@@ -143,7 +143,7 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
     Ok(request)
 }
 
-fn parse_time(key: &str, value: &str) -> Result<i64, String> {
+pub(super) fn parse_time(key: &str, value: &str) -> Result<i64, String> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }

@@ -170,14 +170,7 @@ pub fn parse_audit_query(query: &str) -> Result<AuditQuery, String> {
     };
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let value = value.into_owned();
-        let time = |v: &str| {
-            v.parse::<i64>()
-                .ok()
-                .or_else(|| crate::management::model::parse_time(v).ok())
-                .ok_or(format!(
-                    "parameter `{key}` must be RFC 3339 or milliseconds since the epoch"
-                ))
-        };
+        let time = |v: &str| super::calls::parse_time(&key, v);
         match &*key {
             "kind" => q.kind = Some(value),
             "object_id" => q.object_id = Some(value),

@@ -157,8 +157,6 @@ pub struct Directory {
     pub version: i64,
     keys: DigestMap<Arc<KeyGrant>>,
     key_digests: HashMap<String, [u8; 32]>,
-    /// Consumers made through the API: name → team.
-    consumers: HashMap<Arc<str>, Option<Arc<str>>>,
     teams: HashMap<Arc<str>, Arc<TeamGrant>>,
     subscriptions: HashMap<String, (Arc<str>, Arc<str>, SubscriptionState)>,
     /// Approved subscriptions: consumer → services.
@@ -215,14 +213,8 @@ impl Directory {
             match object.kind {
                 Kind::Key => next.apply_key(object, context),
                 Kind::Team => next.apply_team(object, context),
-                Kind::Consumer => {
-                    let name: Arc<str> = object.id.as_str().into();
-                    if object.deleted {
-                        next.consumers.remove(&name);
-                    } else {
-                        next.consumers.insert(name, object.team.as_deref().map(Arc::from));
-                    }
-                }
+                // Consumers matter to the request path only through their keys.
+                Kind::Consumer => {}
                 Kind::Token => next.apply_token(object),
                 Kind::Subscription => {
                     subscriptions_changed = true;

@@ -29,7 +29,7 @@ const KEY_EDITABLE: &[&str] = &[
 const MAX_PAGE: i64 = 1000;
 
 impl Ops<'_> {
-    fn config_consumer(&self, name: &str) -> Option<&crate::config::spec::ConsumerSpec> {
+    pub(super) fn config_consumer(&self, name: &str) -> Option<&crate::config::spec::ConsumerSpec> {
         self.config.consumers.iter().find(|c| &*c.name == name)
     }
 

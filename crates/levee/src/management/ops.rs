@@ -5,8 +5,9 @@
 //! Roles: an `admin` may do everything; a `team_admin` works only on its own team's
 //! consumers, keys and subscriptions (and decides subscriptions to its team's services);
 //! a `viewer` reads everything and changes nothing. An object of another team is refused
-//! with 403 whether it exists or not... except that a missing object is 404 for those who
-//! could see it. The token of `admin.token_env` is the bootstrap `admin`.
+//! with 403; a missing one is 404 for every caller (key, token and subscription ids are
+//! random, so that tells nothing useful). The token of `admin.token_env` is the bootstrap
+//! `admin`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -107,7 +107,7 @@ impl Ops<'_> {
         let auto = publish.approval == Approval::Auto;
         let service_team = publish.team.as_deref().map(str::to_owned);
         let id = model::new_id("sub_").map_err(bad)?;
-        let from_config = self.config.consumers.iter().any(|c| *c.name == *input.consumer);
+        let from_config = self.config_consumer(&input.consumer).is_some();
         self.change(|tx| {
             let consumer_team = if from_config {
                 None
