@@ -82,7 +82,7 @@ enum Command {
     Top {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Group by route, consumer, upstream or status.
+        /// Group by route, consumer, upstream, status or model.
         #[arg(long, default_value = "route")]
         by: String,
         /// JSON instead of a table.

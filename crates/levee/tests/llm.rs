@@ -369,6 +369,12 @@ async fn the_call_log_and_the_access_log_carry_provider_model_tokens_and_cost() 
         (cell["prompt_tokens"].as_u64(), cell["completion_tokens"].as_u64()),
         (Some(19), Some(10))
     );
+    let by_model = get(&format!("{}/api/v1/analytics?group_by=model", h.admin), &[])
+        .await
+        .json();
+    let cell = &by_model["series"][0];
+    assert_eq!(cell["group"], "gpt-4o", "{by_model}");
+    assert!((cell["cost_usd"].as_f64().unwrap() - 0.0001475).abs() < 1e-12);
     let log = h.access_log().into_iter().find(|l| l["route"] == "ai").unwrap();
     assert_eq!(log["llm"]["provider"], "p0");
     assert_eq!(log["llm"]["usage_reported"], true);

@@ -87,7 +87,7 @@ pub(super) fn analytics(call: &Call) -> Response<ResponseBody> {
     }
 }
 
-/// Parses analytics parameters: `group_by` (route, consumer, upstream, status; default
+/// Parses analytics parameters: `group_by` (route, consumer, upstream, status, model; default
 /// route), `bucket` (1m, 1h, 1d; default 1m), `route` (only its calls), `since`/`until`
 /// (default: the last hour).
 pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
@@ -108,8 +108,11 @@ pub fn parse_analytics_query(query: &str) -> Result<AnalyticsQuery, String> {
                     "consumer" => GroupBy::Consumer,
                     "upstream" => GroupBy::Upstream,
                     "status" => GroupBy::Status,
+                    "model" => GroupBy::Model,
                     _ => {
-                        return Err("parameter `group_by` must be route, consumer, upstream or status".into())
+                        return Err(
+                            "parameter `group_by` must be route, consumer, upstream, status or model".into(),
+                        )
                     }
                 }
             }

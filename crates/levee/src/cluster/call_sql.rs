@@ -463,6 +463,7 @@ mod tests {
             (GroupBy::Consumer, "consumer AS grp"),
             (GroupBy::Upstream, "upstream AS grp"),
             (GroupBy::Status, "CAST(status AS TEXT) AS grp"),
+            (GroupBy::Model, "model AS grp"),
         ] {
             let sql = analytics_sql(group_by);
             assert!(sql.contains(expression), "{sql}");

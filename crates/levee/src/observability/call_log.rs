@@ -72,6 +72,8 @@ pub enum GroupBy {
     Consumer,
     Upstream,
     Status,
+    /// The provider model that answered (LLM calls; other calls are the `null` group).
+    Model,
 }
 
 impl GroupBy {
@@ -82,6 +84,7 @@ impl GroupBy {
             GroupBy::Consumer => "consumer",
             GroupBy::Upstream => "upstream",
             GroupBy::Status => "CAST(status AS TEXT)",
+            GroupBy::Model => "model",
         }
     }
 }
