@@ -207,6 +207,12 @@ pub struct SloView {
     pub alerts_firing: Vec<AlertView>,
     /// The runbook its burn-rate alerts name (a path in the Levee repository).
     pub runbook: &'static str,
+    /// The burn-down: the share of the budget left at the end of each step of the current
+    /// window (one per minute up to a 2-hour window, at most 121 points), oldest first; the
+    /// last is `error_budget.remaining`.
+    pub budget_history: Vec<BudgetPointView>,
+    /// Burn-rate alerts fired since this process started, oldest first (the last 32).
+    pub alert_history: Vec<AlertRecordView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluated_at: Option<String>,
     /// Cluster mode with Redis only: `fleet` when these numbers are the fleet's, `replica`
@@ -242,6 +248,27 @@ pub struct BurnRateView {
     pub burn_rate: f64,
     pub total: u64,
     pub bad: u64,
+}
+
+/// One point of an SLO's burn-down.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BudgetPointView {
+    /// The end of the step, in Unix milliseconds.
+    pub at_ms: u64,
+    /// Share of the budget left then (1 untouched, 0 spent, below 0 overspent).
+    pub remaining: f64,
+}
+
+/// A burn-rate alert that fired.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AlertRecordView {
+    /// `page` or `ticket`.
+    pub severity: &'static str,
+    /// When it started firing (RFC 3339).
+    pub started_at: String,
+    /// When it resolved (RFC 3339); absent while it fires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -103,6 +103,30 @@ pub fn canaries_view(state: &SharedState) -> api::Canaries {
     api::Canaries { canaries }
 }
 
+/// An SLO's burn-down over its current window.
+fn budget_history(slo: &crate::slo::SloState, minute: u64) -> Vec<api::BudgetPointView> {
+    slo.burn_down(minute)
+        .into_iter()
+        .map(|p| api::BudgetPointView {
+            at_ms: p.at_ms,
+            remaining: p.remaining,
+        })
+        .collect()
+}
+
+/// The alerts an SLO fired since the process started.
+fn alert_history(slo: &crate::slo::SloState) -> Vec<api::AlertRecordView> {
+    use crate::slo::alerts::rfc3339;
+    slo.alert_history()
+        .into_iter()
+        .map(|r| api::AlertRecordView {
+            severity: r.severity.name(),
+            started_at: rfc3339(r.started_at_ms),
+            ended_at: r.ended_at_ms.map(rfc3339),
+        })
+        .collect()
+}
+
 /// `GET /api/v1/slos`.
 pub fn slos_view(state: &SharedState) -> api::Slos {
     use crate::config::spec::Sli;
@@ -174,6 +198,8 @@ pub fn slos_view(state: &SharedState) -> api::Slos {
                     .collect(),
                 alerts_firing,
                 runbook: crate::slo::alerts::RUNBOOK,
+                budget_history: budget_history(slo, state.slo.clock.minute()),
+                alert_history: alert_history(slo),
                 evaluated_at: status
                     .as_ref()
                     .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),

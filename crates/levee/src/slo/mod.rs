@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod canary;
 mod exposition;
 pub mod fleet;
+pub mod history;
 pub mod leader;
 pub mod ledger;
 pub mod notify;
@@ -233,6 +234,7 @@ pub struct SloState {
     pub events_bad: AtomicU64,
     status: Mutex<Option<Status>>,
     alerts: Mutex<alerts::AlertPair>,
+    history: Mutex<history::AlertHistory>,
     /// The fleet's counts as last read from Redis (cluster mode): evaluated instead of the
     /// ledger while present; `None` while Redis does not answer (this replica's own counts
     /// are evaluated then).
@@ -259,6 +261,7 @@ impl SloState {
             events_bad: AtomicU64::new(0),
             status: Mutex::new(None),
             alerts: Mutex::new(alerts::AlertPair::default()),
+            history: Mutex::default(),
             fleet: Mutex::new(None),
         }
     }
@@ -621,6 +624,7 @@ impl SloEngine {
             for t in &changed {
                 self.save_alert(slo, t.severity, t.firing.then_some(t.starts_at_ms));
             }
+            slo.note_alerts(&changed);
             transitions.extend(changed);
         }
         transitions
