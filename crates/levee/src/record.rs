@@ -145,6 +145,7 @@ impl RequestRecord {
                     usage.prompt,
                     usage.completion,
                     call.cost_usd(),
+                    self.attempts > 1,
                 );
             }
         }

@@ -23,6 +23,7 @@ pub mod api;
 mod calls;
 pub mod dashboard;
 mod handlers;
+pub mod llm;
 pub mod manage;
 pub mod overview;
 pub mod routes;

@@ -161,7 +161,7 @@ const ANALYTICS_QUERY: &[Param] = &[
     },
     Param {
         name: "group_by",
-        description: "`route` (default), `consumer`, `upstream` or `status`.",
+        description: "`route` (default), `consumer`, `upstream`, `status` or `model` (the provider model of LLM calls).",
     },
     Param {
         name: "route",
@@ -269,6 +269,18 @@ pub static ROUTES: &[Route] = &[
         doc: json_doc(
             "Totals and per-route requests, errors, requests/s and p50/p99 latency, a 15-minute series at a 5 s step, SLO budgets, alerts firing, canaries and cluster nodes.",
             (200, schema::<super::overview::Overview>),
+            &[],
+        ),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/llm",
+        auth: Auth::Viewer,
+        handler: super::llm::llm,
+        run: Run::Inline,
+        doc: json_doc(
+            "The AI gateway since this process started: tokens, cost and provider fallbacks per provider model, the answer cache's hit rate, and every LLM budget with its spend and what is left.",
+            (200, schema::<super::llm::LlmOverview>),
             &[],
         ),
     },

@@ -288,6 +288,17 @@ impl ConsumerLimits {
         }
     }
 
+    /// The budget (US dollars, period) and the spend of its current period as this process
+    /// knows it. For the fleet the spend is kept in Redis and not read here: `None`.
+    pub fn budget(&self) -> Option<(f64, Duration, Option<f64>)> {
+        match self {
+            ConsumerLimits::Local(quota) => quota
+                .budget(Instant::now())
+                .map(|(usd, period, spent)| (usd, period, Some(spent))),
+            ConsumerLimits::Fleet(fleet) => fleet.budget.map(|(usd, period)| (usd, period, None)),
+        }
+    }
+
     /// Takes up the spend an earlier run recorded (see [`ConsumerQuota::resume`]). For the
     /// fleet, Redis keeps the spend itself: nothing to take up.
     pub fn resume(&self, spent: f64, age: Duration) {

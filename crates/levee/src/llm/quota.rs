@@ -200,6 +200,21 @@ impl ConsumerQuota {
         }
     }
 
+    /// The budget in US dollars, its period, and what was spent of it in the period running
+    /// at `now` (0 once the period is over: the next call starts a new one).
+    pub fn budget(&self, now: Instant) -> Option<(f64, Duration, f64)> {
+        let state = self.state();
+        let budget = state.budget.as_ref()?;
+        let running = budget
+            .started
+            .is_some_and(|s| now.saturating_duration_since(s) < budget.period);
+        Some((
+            budget.usd,
+            budget.period,
+            if running { budget.spent } else { 0.0 },
+        ))
+    }
+
     /// US dollars spent in the current period (for tests and the admin API).
     pub fn spent_usd(&self) -> f64 {
         self.state().budget.as_ref().map_or(0.0, |b| b.spent)

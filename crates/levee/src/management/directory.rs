@@ -165,6 +165,17 @@ pub struct Directory {
     token_digests: HashMap<String, [u8; 32]>,
 }
 
+/// Who holds a set of LLM limits (for `GET /api/v1/llm`).
+pub struct LimitsHolder {
+    /// `key` or `team`.
+    pub scope: &'static str,
+    /// The key's id or the team's name.
+    pub name: Arc<str>,
+    /// A key's consumer.
+    pub consumer: Option<Arc<str>>,
+    pub limits: Arc<ConsumerLimits>,
+}
+
 /// What building limiters needs: the fleet (cluster mode), and usage an earlier run stored.
 pub struct Context<'a> {
     pub cluster: Option<&'a Arc<Cluster>>,
@@ -173,6 +184,29 @@ pub struct Context<'a> {
 }
 
 impl Directory {
+    /// The LLM limits of stored keys (not revoked) and teams, sorted by scope and name.
+    pub fn budgets(&self) -> Vec<LimitsHolder> {
+        let keys = self.keys.values().filter(|k| !k.revoked).filter_map(|k| {
+            Some(LimitsHolder {
+                scope: "key",
+                name: k.id.clone(),
+                consumer: Some(k.consumer.clone()),
+                limits: k.llm.clone()?,
+            })
+        });
+        let teams = self.teams.iter().filter_map(|(name, t)| {
+            Some(LimitsHolder {
+                scope: "team",
+                name: name.clone(),
+                consumer: None,
+                limits: t.llm.clone()?,
+            })
+        });
+        let mut out: Vec<_> = keys.chain(teams).collect();
+        out.sort_by(|a, b| (a.scope, &a.name).cmp(&(b.scope, &b.name)));
+        out
+    }
+
     pub fn key(&self, digest: &[u8; 32]) -> Option<&Arc<KeyGrant>> {
         self.keys.get(digest)
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::deprecated::ConsumerCap;
+pub use super::outcome::Outcome;
 use super::series::{Buckets, Counts};
 
 /// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
@@ -70,47 +71,6 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// How one upstream attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Outcome {
-    Status1xx,
-    Status2xx,
-    Status3xx,
-    Status4xx,
-    Status5xx,
-    ConnectError,
-    Timeout,
-    Reset,
-    /// No target could take the attempt.
-    Unavailable,
-}
-
-impl Outcome {
-    pub fn from_status(status: u16) -> Outcome {
-        match status {
-            100..=199 => Outcome::Status1xx,
-            200..=299 => Outcome::Status2xx,
-            300..=399 => Outcome::Status3xx,
-            400..=499 => Outcome::Status4xx,
-            _ => Outcome::Status5xx,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Status1xx => "1xx",
-            Outcome::Status2xx => "2xx",
-            Outcome::Status3xx => "3xx",
-            Outcome::Status4xx => "4xx",
-            Outcome::Status5xx => "5xx",
-            Outcome::ConnectError => "connect_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Reset => "reset",
-            Outcome::Unavailable => "unavailable",
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct RouteStats {
     /// (method, status) -> count; a handful of entries, so a linear scan beats hashing.
@@ -125,9 +85,9 @@ struct TargetStats {
 }
 
 /// An LLM provider's name and its model's name.
-type ProviderModel = (Arc<str>, Arc<str>);
-/// Prompt tokens, completion tokens and US dollars.
-type LlmTotals = (u64, u64, f64);
+pub type ProviderModel = (Arc<str>, Arc<str>);
+/// Prompt tokens, completion tokens, US dollars, and calls answered after a fallback.
+pub type LlmTotals = (u64, u64, f64, u64);
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -205,11 +165,13 @@ impl Shard {
         prompt: u64,
         completion: u64,
         cost: f64,
+        fell_back: bool,
     ) {
         let entry = self.llm.entry((provider.clone(), model.clone())).or_default();
         entry.0 += prompt;
         entry.1 += completion;
         entry.2 += cost;
+        entry.3 += u64::from(fell_back);
     }
 
     /// Counts one injected fault.
@@ -369,11 +331,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut totals = Totals::default();
-        for shard in &shards {
-            totals.add(&shard.lock());
-        }
+        let totals = self.totals();
         let mut out = String::with_capacity(4096);
         totals.render_requests(&mut out);
         totals.render_upstreams(&mut out);
@@ -383,6 +341,22 @@ impl Metrics {
         self.globals.render_reloads_and_spans(&mut out);
         super::process::render(&mut out);
         out
+    }
+
+    /// Per provider model: tokens, cost and fallbacks; and the answer cache's hits and
+    /// misses; since the process started.
+    pub fn llm_totals(&self) -> (BTreeMap<ProviderModel, LlmTotals>, (u64, u64)) {
+        let totals = self.totals();
+        (totals.llm, totals.llm_cache)
+    }
+
+    fn totals(&self) -> Totals {
+        let shards: Vec<MetricsShard> = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut totals = Totals::default();
+        for shard in &shards {
+            totals.add(&shard.lock());
+        }
+        totals
     }
 }
 
@@ -427,11 +401,12 @@ impl Totals {
         }
         self.llm_cache.0 += shard.llm_cache.0;
         self.llm_cache.1 += shard.llm_cache.1;
-        for (key, (prompt, completion, cost)) in &shard.llm {
+        for (key, (prompt, completion, cost, fallbacks)) in &shard.llm {
             let entry = self.llm.entry(key.clone()).or_default();
             entry.0 += prompt;
             entry.1 += completion;
             entry.2 += cost;
+            entry.3 += fallbacks;
         }
         for (upstream, count) in &shard.bulkhead_rejected {
             *self.bulkhead.entry(upstream.clone()).or_default() += count;
@@ -568,7 +543,7 @@ impl Totals {
             "counter",
             "Tokens of LLM calls per provider and provider model; kind is prompt or completion.",
         );
-        for ((provider, model), (prompt, completion, _)) in &self.llm {
+        for ((provider, model), (prompt, completion, _, _)) in &self.llm {
             for (kind, count) in [("prompt", prompt), ("completion", completion)] {
                 let _ = writeln!(
                     out,
@@ -584,12 +559,25 @@ impl Totals {
             "counter",
             "Cost of LLM calls in US dollars, from the configured or built-in prices.",
         );
-        for ((provider, model), (_, _, cost)) in &self.llm {
+        for ((provider, model), (_, _, cost, _)) in &self.llm {
             let _ = writeln!(
                 out,
                 "levee_llm_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {cost}",
                 escape(provider),
                 escape(model)
+            );
+        }
+        family(
+            out,
+            "levee_llm_fallbacks_total",
+            "counter",
+            "LLM calls answered by a later target of their model after an earlier one failed or was passed over.",
+        );
+        for ((provider, model), (_, _, _, n)) in &self.llm {
+            let (provider, model) = (escape(provider), escape(model));
+            let _ = writeln!(
+                out,
+                "levee_llm_fallbacks_total{{provider=\"{provider}\",model=\"{model}\"}} {n}"
             );
         }
         family(

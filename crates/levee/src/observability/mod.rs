@@ -12,6 +12,7 @@ pub mod deprecated;
 pub mod llm_call;
 pub mod metrics;
 pub mod otlp;
+mod outcome;
 pub mod process;
 pub mod series;
 pub mod traces;
