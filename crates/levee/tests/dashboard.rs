@@ -25,6 +25,8 @@ use levee_test_support::*;
 
 const ROOT: &str = "root-token-for-dashboard-tests";
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// The config consumer ai-app's API key (the AI gateway page's scenario calls with it).
+const AI_KEY: &str = "ai-app-key-for-dashboard-tests";
 /// Requests sent through the gateway before the browser opens the overview.
 const SENT: usize = 42;
 /// The overview's whole page weight must stay under this (issue 17).
@@ -35,11 +37,31 @@ fn gateway(
     web: std::net::SocketAddr,
     flaky: [std::net::SocketAddr; 2],
     broken: std::net::SocketAddr,
+    openai: std::net::SocketAddr,
 ) -> Harness {
     std::env::set_var("LEVEE_TEST_DASH_TOKEN", ROOT);
+    let ai_key = {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(AI_KEY.as_bytes());
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     Harness::start(&format!(
         r#"data_dir: {dir}
 admin: {{ bind: 127.0.0.1:0, token_env: LEVEE_TEST_DASH_TOKEN }}
+# The AI gateway page's: model `smart` tries a provider that answers 500 (the `broken`
+# mock), then falls back to an OpenAI-shaped mock; consumer ai-app has a budget.
+llm:
+  providers:
+    failing: {{ kind: openai, base_url: "http://{broken}/v1", api_key_env: LEVEE_TEST_DASH_TOKEN }}
+    openai: {{ kind: openai, base_url: "http://{openai}/v1", api_key_env: LEVEE_TEST_DASH_TOKEN }}
+  models:
+    - name: smart
+      targets: [{{ provider: failing, model: gpt-4o-mini }}, {{ provider: openai, model: gpt-4o }}]
+  cache: {{ ttl: 10m }}
+consumers:
+  - name: ai-app
+    api_keys: ["sha256:{ai_key}"]
+    llm_budget: {{ usd: 5, per: 30d }}
 upstreams:
   web:
     targets: ["{web}"]
@@ -51,6 +73,10 @@ upstreams:
     outlier_detection: {{ enabled: false }}
     circuit_breaker: {{ enabled: false }}
 routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+    auth: api_key
   - name: web
     match: {{ path_prefix: /web }}
     upstream: web
@@ -177,8 +203,19 @@ async fn the_dashboard_works_in_a_real_browser() {
     let flaky = [MockUpstream::fixed("ok").await, MockUpstream::fixed("ok").await];
     // Every answer 500: the SLO page's scenario sends traffic here until its alert fires.
     let broken = MockUpstream::start(|_| Reply::status(500)).await;
+    let openai = MockUpstream::start(|_| {
+        Reply::ok(include_str!("fixtures/openai/chat_completion.json"))
+            .header("content-type", "application/json")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let h = gateway(dir.path(), web.addr, [flaky[0].addr, flaky[1].addr], broken.addr);
+    let h = gateway(
+        dir.path(),
+        web.addr,
+        [flaky[0].addr, flaky[1].addr],
+        broken.addr,
+        openai.addr,
+    );
 
     for i in 0..SENT {
         let answer = get(&h.url(&format!("/web/{i}")), &[]).await;
@@ -204,6 +241,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("LEVEE_REQUESTS_SENT", SENT.to_string())
         .env("LEVEE_KILLED_TARGET", flaky[1].addr.to_string())
         .env("LEVEE_LIVE_TARGET", flaky[0].addr.to_string())
+        .env("LEVEE_AI_KEY", AI_KEY)
         .env("LEVEE_CHROMIUM", CHROMIUM)
         .env("LEVEE_SCREENSHOT_DIR", screenshot_dir())
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");

@@ -186,6 +186,16 @@ async fn failures_before_the_answer_move_to_the_next_target() {
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+    // The call is counted as a fallback of the model that answered, in the metric (once
+    // the response is recorded) and in GET /api/v1/llm.
+    eventually("the fallback counted", || async {
+        metrics(&h)
+            .await
+            .contains("levee_llm_fallbacks_total{provider=\"p4\",model=\"gpt-4o\"} 1")
+    })
+    .await;
+    let llm = get(&format!("{}/api/v1/llm", h.admin), &[]).await.json();
+    assert_eq!(llm["models"][0]["fallbacks"], 1, "{llm}");
 }
 
 #[tokio::test]
@@ -640,6 +650,23 @@ async fn a_spent_budget_refuses_the_next_call_in_the_openai_shape() {
     );
     assert!(refused.header("retry-after").is_some());
     assert_eq!(openai.hits(), 1, "the refused call never reached the provider");
+    // GET /api/v1/llm shows the budget spent: $2.90 of $1, nothing left.
+    let llm = get(&format!("{}/api/v1/llm", h.admin), &[]).await.json();
+    let budget = &llm["budgets"][0];
+    assert_eq!(
+        (
+            budget["scope"].as_str(),
+            budget["name"].as_str(),
+            budget["period"].as_str()
+        ),
+        (Some("consumer"), Some("team"), Some("1h")),
+        "{llm}"
+    );
+    assert!(
+        (budget["spent_usd"].as_f64().unwrap() - 2.9).abs() < 1e-9,
+        "{llm}"
+    );
+    assert_eq!(budget["remaining_usd"], 0.0);
 }
 
 #[tokio::test]

@@ -91,6 +91,26 @@ const SOURCES: &[Source] = &[
         text: include_str!("dashboard/keys.js"),
     },
     Source {
+        name: "calls.js",
+        content_type: JS,
+        text: include_str!("dashboard/calls.js"),
+    },
+    Source {
+        name: "analytics.js",
+        content_type: JS,
+        text: include_str!("dashboard/analytics.js"),
+    },
+    Source {
+        name: "ai.js",
+        content_type: JS,
+        text: include_str!("dashboard/ai.js"),
+    },
+    Source {
+        name: "chaos.js",
+        content_type: JS,
+        text: include_str!("dashboard/chaos.js"),
+    },
+    Source {
         name: "app.js",
         content_type: JS,
         text: include_str!("dashboard/app.js"),

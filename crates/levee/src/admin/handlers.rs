@@ -118,7 +118,10 @@ pub(super) fn reload(call: &Call) -> Response<ResponseBody> {
 
 /// `GET /api/v1/slos`.
 pub(super) fn slos(call: &Call) -> Response<ResponseBody> {
-    json_value(StatusCode::OK, &views::slos_view(&call.state))
+    json_value(
+        StatusCode::OK,
+        &views::slos_view(&call.state, views::History::With),
+    )
 }
 
 /// `GET /api/v1/cluster`.

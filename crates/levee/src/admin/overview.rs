@@ -126,7 +126,7 @@ pub fn build(state: &SharedState) -> Overview {
         totals.add(counts);
     }
     let gateway = state.gateway.load();
-    let slos: Vec<SloSummary> = views::slos_view(state)
+    let slos: Vec<SloSummary> = views::slos_view(state, views::History::Without)
         .slos
         .into_iter()
         .map(|slo| SloSummary {

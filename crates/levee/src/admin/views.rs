@@ -127,8 +127,16 @@ fn alert_history(slo: &crate::slo::SloState) -> Vec<api::AlertRecordView> {
         .collect()
 }
 
+/// Whether an SLO view carries its burn-down and alert history (the overview, read every
+/// 5 s by each open dashboard, does not show them and skips the work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    With,
+    Without,
+}
+
 /// `GET /api/v1/slos`.
-pub fn slos_view(state: &SharedState) -> api::Slos {
+pub fn slos_view(state: &SharedState, history: History) -> api::Slos {
     use crate::config::spec::Sli;
     let slos = state
         .slo
@@ -198,8 +206,14 @@ pub fn slos_view(state: &SharedState) -> api::Slos {
                     .collect(),
                 alerts_firing,
                 runbook: crate::slo::alerts::RUNBOOK,
-                budget_history: budget_history(slo, state.slo.clock.minute()),
-                alert_history: alert_history(slo),
+                budget_history: match history {
+                    History::With => budget_history(slo, state.slo.clock.minute()),
+                    History::Without => Vec::new(),
+                },
+                alert_history: match history {
+                    History::With => alert_history(slo),
+                    History::Without => Vec::new(),
+                },
                 evaluated_at: status
                     .as_ref()
                     .map(|s| crate::slo::alerts::rfc3339(s.evaluated_at_ms)),

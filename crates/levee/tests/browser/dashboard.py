@@ -4,7 +4,8 @@
 
 Environment: LEVEE_ADMIN_URL, LEVEE_GATEWAY_URL, LEVEE_ROOT_TOKEN (the bootstrap admin
 token), LEVEE_REQUESTS_SENT (requests sent through the gateway before the run),
-LEVEE_KILLED_TARGET and LEVEE_LIVE_TARGET (targets of upstream `flaky`), LEVEE_CHROMIUM
+LEVEE_KILLED_TARGET and LEVEE_LIVE_TARGET (targets of upstream `flaky`), LEVEE_AI_KEY (an
+API key of consumer ai-app, which has an LLM budget), LEVEE_CHROMIUM
 (the browser), LEVEE_SCREENSHOTS=1 with LEVEE_SCREENSHOT_DIR to write screenshots.
 
 Every scenario fails on any browser console error, uncaught page error, failed request or
@@ -28,6 +29,7 @@ ROOT = os.environ["LEVEE_ROOT_TOKEN"]
 SENT = int(os.environ["LEVEE_REQUESTS_SENT"])
 KILLED = os.environ["LEVEE_KILLED_TARGET"]
 LIVE = os.environ["LEVEE_LIVE_TARGET"]
+AI_KEY = os.environ["LEVEE_AI_KEY"]
 CHROMIUM = os.environ.get("LEVEE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("LEVEE_SCREENSHOTS") == "1"
 SHOT_DIR = os.environ.get("LEVEE_SCREENSHOT_DIR", "docs/img")
@@ -246,6 +248,9 @@ def slos(page, watch):
     expect(panel.locator('[data-testid="burn-rule"][data-long="1h"]')).to_contain_text("holds")
     expect(panel.get_by_test_id("budget-remaining")).to_contain_text("overspent")
     expect(panel.get_by_test_id("runbook")).to_contain_text("docs/runbooks/slo-burn-rate.md")
+    # The alert history has it, still open; the burn-down chart is drawn from the API.
+    expect(panel.locator('[data-testid="alert-record"][data-severity="page"][data-open="true"]')).to_be_visible()
+    expect(panel.locator("svg.chart path.line:not(.dot)")).to_have_count(1)
     screenshots(page, "slos")
 
 
@@ -263,8 +268,161 @@ def viewer(page, watch):
     assert page.locator("[data-action]").count() == 0, "a viewer sees an action button"
     assert page.locator("form.create, [data-testid=create-form]").count() == 0, "a viewer sees a create form"
     screenshots(page, "keys-viewer")
+    # Chaos: a running experiment listed, with neither the form nor a Stop button.
+    running = root("POST", "/api/v1/experiments", {
+        "name": "viewer-sees-it", "route": "flaky", "duration": "2m",
+        "fault": {"delay": {"percent": 0, "duration": "1ms"}},
+    }, 201)
+    go(page, "Chaos")
+    expect(page.locator("h1")).to_have_text("Chaos")
+    row = page.locator(f'[data-testid="experiment-row"][data-experiment-id="{running["id"]}"]')
+    expect(row).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    expect(page.get_by_text("read only")).to_be_visible()
+    assert page.locator("[data-action]").count() == 0, "a viewer sees a Stop button"
+    assert page.locator("form.create, [data-testid=create-form]").count() == 0, "a viewer sees the experiment form"
+    root("DELETE", f"/api/v1/experiments/{running['id']}", status=200)
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("form#signin")).to_be_visible()
+
+
+def calls(page, watch):
+    """The call log searched in the UI: a range in the future finds nothing; route `web` and
+    status 200 list the requests sent; one chosen shows its details (its request id, as the
+    API has it), which stay, like the form, through a live refresh; the limit is honoured."""
+    sign_in(page, watch, ROOT)
+    go(page, "Calls")
+    expect(page.locator("h1")).to_have_text("Calls")
+    form = page.locator("#calls-search")
+    since = form.get_by_label("Since (local time)")
+    # Read in the browser's time zone, sent as milliseconds since the epoch.
+    since.fill("2100-01-01T00:00")
+    form.get_by_role("button", name="Search").click()
+    expect(page.get_by_test_id("no-call")).to_be_visible(timeout=WAIT_MS)
+    since.fill("")
+    form.get_by_label("Route", exact=True).fill("web")
+    form.get_by_label("Status", exact=True).fill("200")
+    form.get_by_role("button", name="Search").click()
+    rows = page.locator('[data-testid="call-row"]')
+    until("the calls of route web", lambda: rows.count() >= SENT)
+    paths = rows.evaluate_all("rows => rows.map((r) => [r.dataset.path, r.dataset.status])")
+    assert all(p.startswith("/web/") and s == "200" for p, s in paths), paths
+    assert {f"/web/{i}" for i in range(SENT)} <= {p for p, _ in paths}, paths
+    logged = root("GET", "/api/v1/calls?route=web&limit=1000", status=200)
+    request_id = next(c["request_id"] for c in logged["calls"] if c["path"] == f"/web/{SENT - 1}")
+    row = page.locator(f'[data-testid="call-row"][data-path="/web/{SENT - 1}"]')
+    expect(row).to_have_attribute("data-request-id", request_id)
+    row.get_by_role("button").click()
+    details = page.get_by_test_id("call-details")
+    expect(details).to_be_visible()
+    expect(details.get_by_test_id("call-request-id")).to_have_text(request_id)
+    expect(details).to_contain_text(f"GET /web/{SENT - 1}")
+    expect(row.get_by_role("button")).to_have_attribute("aria-pressed", "true")
+    # The next live refresh keeps the details, the row chosen and the search typed.
+    updated = page.locator("#calls-updated").inner_text()
+    expect(page.locator("#calls-updated")).not_to_have_text(updated, timeout=WAIT_MS)
+    expect(details.get_by_test_id("call-request-id")).to_have_text(request_id)
+    expect(row.get_by_role("button")).to_have_attribute("aria-pressed", "true")
+    expect(form.get_by_label("Route", exact=True)).to_have_value("web")
+    form.get_by_label("At most").fill("8")
+    form.get_by_role("button", name="Search").click()
+    until("8 calls", lambda: rows.count() == 8)
+    expect(details.get_by_test_id("call-request-id")).to_have_text(request_id)
+    screenshots(page, "calls")
+    # Closed from the keyboard, the focus goes back to the call's row.
+    details.get_by_role("button", name="Close the call's details").press("Enter")
+    expect(details).to_be_hidden()
+    expect(row.get_by_role("button")).to_be_focused()
+
+
+def analytics(page, watch):
+    """Aggregated by the API: by route, `web` has at least the requests sent (as many as the
+    API counts), with charts; by status, 200; by model, the calls that were no LLM call."""
+    sign_in(page, watch, ROOT)
+    go(page, "Analytics")
+    expect(page.locator("h1")).to_have_text("Analytics")
+    web = page.locator('[data-testid="analytics-row"][data-group="web"]')
+    expect(web).to_be_visible(timeout=WAIT_MS)
+    shown = int(web.get_by_test_id("analytics-requests").inner_text().replace(",", ""))
+    counted = sum(c["requests"] for c in root("GET", "/api/v1/analytics?group_by=route", status=200)["series"]
+                  if c["group"] == "web")
+    assert SENT <= shown <= counted, (shown, counted)
+    page.get_by_label("Charts of").select_option("web")
+    charts = page.locator("#an-charts figure")
+    expect(charts.nth(1)).to_contain_text("route web")
+    expect(charts.nth(2).locator("svg.chart path.line").first).to_be_attached()
+    screenshots(page, "analytics")
+    page.get_by_label("Group by").select_option("status")
+    expect(page.locator('[data-testid="analytics-row"][data-group="200"]')).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#an-totals thead th").first).to_have_text("Status")
+    page.get_by_label("Group by").select_option("model")
+    expect(page.locator('[data-testid="analytics-row"][data-group=""]')).to_contain_text("(not an LLM call)", timeout=WAIT_MS)
+
+
+def ai(page, watch):
+    """Chat calls through the AI route (model `smart`: a provider answering 500, then the
+    OpenAI-shaped mock) show on the AI gateway page: spend per consumer and model, the
+    fallback, the answer cache's hit, and consumer ai-app's budget with its spend."""
+    def chat(text):
+        body = {"model": "smart", "temperature": 0, "messages": [{"role": "user", "content": text}]}
+        status, answer = http("POST", f"{GATEWAY}/v1/chat/completions", AI_KEY, body)
+        assert status == 200, (status, answer)
+    chat("Hello")
+    chat("Hello")  # the same deterministic request: answered from the cache
+    chat("Hello again")
+    until("the AI calls to be stored", lambda: len(root("GET", "/api/v1/calls?route=ai", status=200)["calls"]) >= 3)
+    sign_in(page, watch, ROOT)
+    go(page, "AI gateway")
+    expect(page.locator("h1")).to_have_text("AI gateway")
+    model = page.locator('[data-testid="model-row"][data-model="gpt-4o"]')
+    expect(model).to_be_visible(timeout=WAIT_MS)
+    expect(model.get_by_test_id("fallbacks")).not_to_have_text("0")
+    expect(page.get_by_test_id("cache-hits")).to_have_text("1 of 3")
+    expect(page.locator('[data-testid="spend-consumer"][data-group="ai-app"]')).to_be_visible()
+    expect(page.locator('[data-testid="spend-model"][data-group="gpt-4o"]')).to_be_visible()
+    budget = page.locator('[data-testid="budget-row"][data-scope="consumer"][data-name="ai-app"]')
+    expect(budget).to_be_visible()
+    expect(budget.get_by_test_id("spent")).not_to_have_text("$0.00")
+    expect(page.get_by_test_id("spend-total")).not_to_have_text("$0.00")
+    expect(page.locator("svg.chart").first).to_be_visible()
+    screenshots(page, "ai")
+
+
+def chaos(page, watch):
+    """An experiment started in the UI on route `flaky` (all its requests aborted with 503)
+    is listed running, its report counts the requests it failed within a refresh, and once
+    stopped in the UI (two presses) it is aborted, in the list and in the API."""
+    sign_in(page, watch, ROOT)
+    go(page, "Chaos")
+    expect(page.locator("h1")).to_have_text("Chaos")
+    form = page.locator("#new-experiment")
+    expect(form.get_by_label("Route").locator('option[value="flaky"]')).to_have_count(1, timeout=WAIT_MS)
+    form.get_by_label("Name", exact=True).fill("dash-flaky-abort")
+    form.get_by_label("Route", exact=True).select_option("flaky")
+    form.get_by_label("Duration", exact=True).fill("10m")
+    form.get_by_label("Abort %", exact=True).fill("100")
+    form.get_by_label("Abort status", exact=True).fill("503")
+    form.get_by_role("button", name="Start experiment").click()
+    started = page.get_by_test_id("experiment-started")
+    expect(started).to_be_visible(timeout=WAIT_MS)
+    exp_id = started.locator("code").inner_text().strip()
+    row = page.locator(f'[data-testid="experiment-row"][data-experiment-id="{exp_id}"]')
+    expect(row).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    expect(row).to_contain_text("abort 100 % with 503")
+    for i in range(5):
+        assert gateway_status(f"/flaky/{i}", None) == (503, "fault_injected")
+    # Watched live: the next refresh shows what it did.
+    expect(row.get_by_test_id("experiment-report")).to_contain_text("5 aborted", timeout=WAIT_MS)
+    screenshots(page, "chaos")
+    stop = row.locator('[data-action="stop"]')
+    stop.click()
+    expect(stop).to_have_text("Confirm stop")
+    stop.click()
+    expect(row).to_have_attribute("data-state", "aborted", timeout=WAIT_MS)
+    expect(row.get_by_test_id("experiment-reason")).to_have_text("stopped through the admin API")
+    assert row.locator("[data-action]").count() == 0, "an ended experiment has a Stop button"
+    ended = next(x for x in root("GET", "/api/v1/experiments", status=200)["experiments"] if x["id"] == exp_id)
+    assert ended["state"] == "aborted", ended
+    assert ended["report"]["aborted"] == 5, ended
 
 
 SCENARIOS = {
@@ -273,6 +431,10 @@ SCENARIOS = {
     "keys": keys,
     "subscription": subscription,
     "slos": slos,
+    "calls": calls,
+    "analytics": analytics,
+    "ai": ai,
+    "chaos": chaos,
     "viewer": viewer,
 }
 

@@ -1,6 +1,6 @@
 // The dashboard's entry: sign-in, the page chosen by the URL's hash (#/overview, #/routes,
-// #/slos, #/keys), and the live refresh of the visible page every 5 s (paused while the tab is
-// hidden, never two at once).
+// #/slos, #/calls, #/analytics, #/ai, #/keys, #/chaos), and the live refresh of the visible
+// page every 5 s (paused while the tab is hidden, never two at once).
 
 import { get, setToken, clearToken, token } from "./api.js";
 import { h, alertBox } from "./dom.js";
@@ -8,8 +8,12 @@ import * as overview from "./overview.js";
 import * as upstreams from "./upstreams.js";
 import * as slos from "./slos.js";
 import * as keys from "./keys.js";
+import * as calls from "./calls.js";
+import * as analytics from "./analytics.js";
+import * as ai from "./ai.js";
+import * as chaos from "./chaos.js";
 
-const PAGES = { overview, routes: upstreams, slos, keys };
+const PAGES = { overview, routes: upstreams, slos, calls, analytics, ai, keys, chaos };
 const DEFAULT_PAGE = "overview";
 const REFRESH_MS = 5000;
 

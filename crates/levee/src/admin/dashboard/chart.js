@@ -1,6 +1,7 @@
 // A small line chart drawn as inline SVG: one or more series over the same times, each on
 // its own scale (normalised to its own maximum), with the first and last time below and
-// the latest and highest values in the legend. Sparse series get a dot per point.
+// the latest and highest values in the legend. Short series get a dot per point, longer ones
+// a dot where a point has no neighbour to draw a line to.
 
 import { s, h, fmtTime } from "./dom.js";
 
@@ -36,10 +37,11 @@ export function lineChart(title, times, series) {
     line.values.forEach((v, i) => {
       if (!finite(v)) return;
       d += `${d ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
-      dots += `M${x(i).toFixed(1)},${y(v).toFixed(1)}h0`;
+      const alone = !finite(line.values[i - 1]) && !finite(line.values[i + 1]);
+      if (n <= DOTS || alone) dots += `M${x(i).toFixed(1)},${y(v).toFixed(1)}h0`;
     });
     if (d) svg.append(s("path", { d, class: `line ${line.cls}` }));
-    if (dots && n <= DOTS) svg.append(s("path", { d: dots, class: `line dot ${line.cls}` }));
+    if (dots) svg.append(s("path", { d: dots, class: `line dot ${line.cls}` }));
   }
   const axis = n > 0
     ? h("div", { class: "axis" }, h("span", {}, fmtTime(times[0], false)), h("span", {}, fmtTime(times[n - 1], false)))

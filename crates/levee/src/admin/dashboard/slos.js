@@ -1,8 +1,9 @@
 // The SLO page (#/slos), from GET /api/v1/slos: per SLO its objective and SLI, the error
 // budget left (a bar and a number), the burn rate of every window against the four alert
-// rules of docs/slo.md, the alerts firing with their severity and since when, and the
-// runbook they name. The API keeps no budget history: the chart shows the budget left as
-// this page has read it since it was opened, nothing older.
+// rules of docs/slo.md, the alerts firing with their severity and since when, the budget
+// burning down over the current window (budget_history: one point per minute, or per step
+// of a longer window), the alerts fired since the gateway started (alert_history), and the
+// runbook they name.
 
 import { get } from "./api.js";
 import { h, alertBox, fill, syncRows, fmtInt, fmtNum, fmtPct, fmtTime } from "./dom.js";
@@ -18,27 +19,6 @@ const RULES = [
   { severity: "ticket", long: "1d", short: "2h", factor: 3 },
   { severity: "ticket", long: "3d", short: "6h", factor: 1 },
 ];
-// Samples of the budget left kept per SLO (15 minutes at one read every 5 s).
-const HISTORY = 180;
-
-// name -> [{t, remaining}], read by this page since it was last opened.
-const history = new Map();
-
-function record(slos, now) {
-  const names = new Set();
-  for (const slo of slos) {
-    names.add(slo.name);
-    const samples = history.get(slo.name) || [];
-    const remaining = slo.error_budget ? slo.error_budget.remaining : null;
-    samples.push({ t: now, remaining: typeof remaining === "number" ? remaining : null });
-    if (samples.length > HISTORY) samples.splice(0, samples.length - HISTORY);
-    history.set(slo.name, samples);
-  }
-  for (const name of Array.from(history.keys())) {
-    if (!names.has(name)) history.delete(name);
-  }
-}
-
 function rate(slo, window) {
   const found = (slo.burn_rates || []).find((b) => b.window === window);
   return found && typeof found.burn_rate === "number" ? found.burn_rate : null;
@@ -97,10 +77,27 @@ function budget(slo) {
 }
 
 function burnDown(slo) {
-  const samples = history.get(slo.name) || [];
-  return lineChart(`${slo.name}: error budget left since this page was opened`, samples.map((p) => p.t), [
-    { label: "Budget left", cls: "s1", values: samples.map((p) => p.remaining), format: (v) => fmtPct(v, 1), max: 1 },
+  const points = slo.budget_history || [];
+  // Not clamped at 0 (the legend shows an overspent budget); drawn at the bottom edge.
+  return lineChart(`${slo.name}: error budget left over the current ${slo.window} window`, points.map((p) => p.at_ms), [
+    { label: "Budget left", cls: "s1", values: points.map((p) => p.remaining), format: (v) => fmtPct(v, 1), max: 1 },
   ]);
+}
+
+function alertHistory(slo) {
+  const records = (slo.alert_history || []).slice().reverse();
+  if (!records.length) return h("p", { class: "muted small", "data-testid": "no-alert-history" }, "No alert has fired since the gateway started.");
+  return h("div", { class: "table-wrap" },
+    h("table", { "data-testid": "alert-history" },
+      h("caption", { class: "sr-only" }, `${slo.name}: alerts fired, newest first`),
+      h("thead", {}, h("tr", {},
+        h("th", { scope: "col" }, "Alert"),
+        h("th", { scope: "col" }, "Started"),
+        h("th", { scope: "col" }, "Resolved"))),
+      h("tbody", {}, records.map((r) => h("tr", { "data-testid": "alert-record", "data-severity": r.severity, "data-open": r.ended_at ? "false" : "true" },
+        h("th", { scope: "row" }, h("span", { class: `badge ${r.severity === "page" ? "bad" : "warn"}` }, r.severity)),
+        h("td", {}, h("time", { datetime: r.started_at }, fmtTime(r.started_at))),
+        h("td", {}, r.ended_at ? h("time", { datetime: r.ended_at }, fmtTime(r.ended_at)) : h("span", { class: "badge bad" }, "firing")))))));
 }
 
 function alerts(slo) {
@@ -146,6 +143,8 @@ function panel(slo) {
       budget(slo),
       h("h3", {}, "Alerts firing"),
       alerts(slo),
+      h("h3", {}, "Alert history"),
+      alertHistory(slo),
       slo.runbook
         ? h("p", { class: "small", "data-testid": "runbook" }, "Runbook: ", h("code", {}, slo.runbook), " (in the Levee repository)")
         : null,
@@ -157,8 +156,6 @@ function panel(slo) {
 }
 
 export function mount(root) {
-  // The chart spaces its points evenly: start afresh rather than join two visits.
-  history.clear();
   const list = h("div", { id: "slo-list" });
   root.replaceChildren(
     h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, title), h("p", { class: "muted", id: "slo-updated" })),
@@ -176,9 +173,7 @@ export function mount(root) {
       }
       fill(root, "slo-error");
       const slos = answer.slos || [];
-      const now = Date.now();
-      record(slos, now);
-      fill(root, "slo-updated", `Updated ${fmtTime(now, false)}`);
+      fill(root, "slo-updated", `Updated ${fmtTime(Date.now(), false)}`);
       // A panel is rebuilt when its SLO's numbers changed (evaluated_at does every second).
       syncRows(list, slos, (s) => s.name, panel,
         () => h("p", { class: "panel muted" }, "No SLO is configured (slos: in the configuration, see docs/slo.md)."));
