@@ -23,6 +23,7 @@ const ADMIN_PATHS: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/api/v1/whoami"),
     ("get", "/api/v1/overview"),
+    ("get", "/api/v1/llm"),
     ("get", "/api/v1/upstreams"),
     ("get", "/api/v1/routes"),
     ("get", "/api/v1/config"),

@@ -68,6 +68,7 @@ const fn r(
 const ROWS: &[Row] = &[
     r("GET", "/api/v1/whoami", Id::None, None, ANY_ROLE_READS),
     r("GET", "/api/v1/overview", Id::None, None, ADMIN_ONLY_READ),
+    r("GET", "/api/v1/llm", Id::None, None, ADMIN_ONLY_READ),
     r("GET", "/api/v1/upstreams", Id::None, None, ADMIN_ONLY_READ),
     r("GET", "/api/v1/routes", Id::None, None, ADMIN_ONLY_READ),
     r("GET", "/api/v1/config", Id::None, None, ADMIN_ONLY_READ),
