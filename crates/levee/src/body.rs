@@ -10,16 +10,16 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::record::RequestRecord;
 use crate::stale::Capture;
+use crate::upstream::pool::PooledBody;
 
 pin_project! {
     #[project = SourceProj]
     enum Source {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: PooledBody },
         Full { data: Option<Bytes> },
         Boxed { body: http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error> },
     }
@@ -62,7 +62,7 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> ResponseBody {
+    pub fn upstream(body: PooledBody) -> ResponseBody {
         ResponseBody {
             source: Source::Upstream { body },
             finisher: Finisher {

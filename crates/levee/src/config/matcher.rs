@@ -59,7 +59,7 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// The path made of a template's leading literal segments: `/users` for `/users/{id}/x`.
-fn literal_head(template: &[Segment]) -> String {
+pub fn literal_head(template: &[Segment]) -> String {
     let head: Vec<&str> = template
         .iter()
         .map_while(|s| match s {

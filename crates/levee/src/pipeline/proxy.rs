@@ -29,6 +29,7 @@ use crate::record::RequestRecord;
 use crate::router::strip_path_prefix;
 use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
+use crate::upstream::pool::PooledBody;
 use crate::upstream::{health, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream};
 
 /// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
@@ -244,7 +245,7 @@ fn no_target_left(
 /// An attempt being retried: its result (returned as is if no target is left for the
 /// retry), its facts and why it is retried.
 type PreviousAttempt = (
-    Result<Response<Incoming>, UpstreamError>,
+    Result<Response<PooledBody>, UpstreamError>,
     UpstreamFacts,
     RetryReason,
 );
@@ -374,7 +375,7 @@ fn rewrite_for_upstream(
 /// What an attempt's result means: its outcome for the metrics, whether it failed (for the
 /// breaker and outlier detection), and why it may be retried (when the policy says so).
 fn classify(
-    result: &Result<Response<Incoming>, UpstreamError>,
+    result: &Result<Response<PooledBody>, UpstreamError>,
     on: Option<&crate::config::spec::RetryOn>,
     any_reason: bool,
 ) -> (Outcome, bool, Option<RetryReason>) {
@@ -421,7 +422,7 @@ fn classify(
 
 /// Cleans the upstream's response for the client and starts a protocol switch if agreed.
 fn finish_response(
-    response: Response<Incoming>,
+    response: Response<PooledBody>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
     let (mut rparts, rbody) = response.into_parts();

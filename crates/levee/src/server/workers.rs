@@ -127,7 +127,8 @@ impl Worker {
 }
 
 /// Reloads: builds this worker's view of each new config (keeping what is unchanged) and
-/// swaps it in; requests already running keep the view they started with.
+/// swaps it in; requests already running keep the view they started with. Also sweeps the
+/// worker's idle upstream connections.
 async fn follow_reloads(
     id: usize,
     context: Arc<ArcSwap<WorkerContext>>,
@@ -136,10 +137,19 @@ async fn follow_reloads(
     mut gateway_rx: watch::Receiver<Arc<Gateway>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut sweep = tokio::time::interval(crate::upstream::pool::SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             changed = gateway_rx.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = sweep.tick() => {
+                // Idle upstream connections past their timeout, and those of upstreams a
+                // reload removed, are closed on this worker's thread, which owns them.
+                let live: Vec<u64> = context.load().upstreams.iter().map(|u| u.pool_id()).collect();
+                crate::upstream::pool::sweep(&live);
+                continue;
+            }
         }
         let next = gateway_rx.borrow_and_update().clone();
         let previous = context.load_full();

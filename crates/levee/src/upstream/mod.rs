@@ -3,18 +3,16 @@
 
 pub mod balancer;
 pub mod health;
+pub mod pool;
 pub mod request_body;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 
 use crate::config::spec::{TargetSpec, UpstreamSpec};
@@ -30,7 +28,7 @@ pub enum UpstreamError {
     Connect {
         target: Arc<str>,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
     #[error("connecting to {target} timed out after {after:?}")]
     ConnectTimeout { target: Arc<str>, after: Duration },
@@ -40,7 +38,7 @@ pub enum UpstreamError {
     Exchange {
         target: Arc<str>,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     #[error("upstream {upstream} has no target available (all circuits open or none configured)")]
     NoTarget { upstream: Arc<str> },
@@ -84,6 +82,10 @@ pub struct Target {
     /// would bounce its reference count between cores).
     pub addr: Arc<str>,
     pub authority: Authority,
+    /// The Host header sent when the client's request had none (an HTTP/1.0 client).
+    host: Option<HeaderValue>,
+    /// Where new connections go.
+    resolved: pool::Resolved,
     pub weight: u32,
     inflight: AtomicUsize,
     ewma: Mutex<Ewma>,
@@ -92,6 +94,8 @@ pub struct Target {
 impl Target {
     pub fn new(spec: &TargetSpec) -> Target {
         Target {
+            host: HeaderValue::from_str(spec.authority.as_str()).ok(),
+            resolved: pool::Resolved::new(&spec.addr),
             addr: Arc::from(&*spec.addr),
             // A copy, not a clone: a clone would share the config's reference count.
             authority: spec
@@ -225,9 +229,6 @@ impl Upstream {
     }
 }
 
-/// The per-worker keep-alive client of one upstream.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
-
 /// One worker's side of an upstream: its connection pool and its view of target load.
 #[derive(Debug)]
 pub struct WorkerUpstream {
@@ -235,7 +236,7 @@ pub struct WorkerUpstream {
     /// Worker-local copy of the upstream name (for labels).
     pub name: Arc<str>,
     pub targets: Vec<Target>,
-    client: UpstreamClient,
+    pool: pool::Pool,
 }
 
 /// Counts a request as in flight on a target until dropped.
@@ -291,27 +292,22 @@ impl WorkerUpstream {
     /// shared across workers.
     pub fn new(shared: Arc<Upstream>) -> WorkerUpstream {
         let spec = &shared.spec;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(spec.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(spec.pool_idle_timeout)
-            .pool_max_idle_per_host(spec.pool_max_idle_per_target)
-            // The client's own replay of a request that lost a race with a closing pooled
-            // connection is safe: it only happens when nothing was written.
-            .retry_canceled_requests(true)
-            // Sets Host from the target only when the request has none (an HTTP/1.0 client).
-            .set_host(true)
-            .build(connector);
+        let pool = pool::Pool::new(
+            spec.pool_max_idle_per_target,
+            spec.pool_idle_timeout,
+            spec.connect_timeout,
+        );
         WorkerUpstream {
             name: Arc::from(&*spec.name),
             targets: spec.targets.iter().map(Target::new).collect(),
-            client,
+            pool,
             shared,
         }
+    }
+
+    /// The id this worker's idle connections to the upstream are kept under.
+    pub fn pool_id(&self) -> u64 {
+        self.pool.id()
     }
 
     pub fn spec(&self) -> &UpstreamSpec {
@@ -372,14 +368,10 @@ impl WorkerUpstream {
         })
     }
 
-    /// The URI of `path` on target `index`.
+    /// The URI of `path` on target `index`, in the origin form HTTP/1.1 sends to a server.
     pub fn target_uri(&self, index: usize, path: PathAndQuery) -> Option<Uri> {
-        let target = self.targets.get(index)?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(target.authority.clone());
-        parts.path_and_query = Some(path);
-        Uri::from_parts(parts).ok()
+        self.targets.get(index)?;
+        Some(Uri::from(path))
     }
 
     /// Sends one attempt and waits for the response headers, within `timeout` (the
@@ -389,16 +381,21 @@ impl WorkerUpstream {
         index: usize,
         request: Request<RequestBody>,
         timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<pool::PooledBody>, UpstreamError> {
         let spec = &self.shared.spec;
         let Some(target) = self.targets.get(index) else {
             return Err(UpstreamError::NoTarget {
                 upstream: self.name.clone(),
             });
         };
+        let mut request = request;
+        if let (false, Some(host)) = (request.headers().contains_key(HOST), &target.host) {
+            request.headers_mut().insert(HOST, host.clone());
+        }
         let started = Instant::now();
         let timeout = timeout.unwrap_or(spec.request_timeout);
-        let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+        let sent = self.pool.send(index, &target.resolved, request);
+        let result = tokio::time::timeout(timeout, sent).await;
         let addr = || target.addr.clone();
         let outcome = match result {
             Err(_) => Err(UpstreamError::Timeout {
@@ -406,22 +403,22 @@ impl WorkerUpstream {
                 after: timeout,
             }),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => {
-                if is_timeout(&error) {
-                    Err(UpstreamError::ConnectTimeout {
-                        target: addr(),
-                        after: spec.connect_timeout,
-                    })
-                } else {
-                    Err(UpstreamError::Connect {
-                        target: addr(),
-                        source: error,
-                    })
-                }
+            Ok(Err(pool::SendError::Connect(pool::ConnectError::TimedOut))) => {
+                Err(UpstreamError::ConnectTimeout {
+                    target: addr(),
+                    after: spec.connect_timeout,
+                })
             }
-            Ok(Err(error)) => Err(UpstreamError::Exchange {
+            Ok(Err(pool::SendError::Connect(pool::ConnectError::Failed(source)))) => {
+                Err(UpstreamError::Connect {
+                    target: addr(),
+                    source,
+                })
+            }
+            Ok(Err(pool::SendError::Connect(pool::ConnectError::Handshake(source))))
+            | Ok(Err(pool::SendError::Exchange(source))) => Err(UpstreamError::Exchange {
                 target: addr(),
-                source: error,
+                source,
             }),
         };
         let elapsed = started.elapsed();
@@ -431,18 +428,4 @@ impl WorkerUpstream {
         });
         outcome
     }
-}
-
-/// Whether an error's cause chain holds an I/O timeout.
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
 }
