@@ -112,7 +112,9 @@ impl ResponseBody {
     }
 
     /// Attaches the record to write when this body ends.
-    pub fn with_record(mut self, record: RequestRecord) -> ResponseBody {
+    pub fn with_record(mut self, mut record: RequestRecord) -> ResponseBody {
+        // The head goes to the client's connection now: Levee's own time ends here.
+        record.head_at = Some(tokio::time::Instant::now());
         self.finisher.record = Some(record);
         if self.is_end_stream() {
             // Nothing will be polled (e.g. HEAD or 204): record now.

@@ -66,6 +66,11 @@ pub struct RequestRecord {
     pub bulkhead: Option<levee_resilience::BulkheadPermit>,
     /// Upstream attempts made (0 when none was).
     pub attempts: u32,
+    /// Time spent waiting for upstream answers (each attempt, from sending to its response
+    /// head, or to its failure), summed.
+    pub upstream_wait: Duration,
+    /// When the response head was handed to the client's connection.
+    pub head_at: Option<Instant>,
     /// The status a route fallback replaced, if it did.
     pub fallback_for: Option<u16>,
     /// How a failure was replaced: `stale` or `fallback`.
@@ -128,11 +133,26 @@ impl RequestRecord {
     }
 
     /// Metrics, SLO counters and the running experiment's report.
+    /// Levee's own time: until the response head was handed over, less the upstream waits.
+    fn overhead(&self) -> Option<Duration> {
+        let head = self.head_at?;
+        Some(
+            head.saturating_duration_since(self.started)
+                .saturating_sub(self.upstream_wait),
+        )
+    }
+
     fn count(&self, elapsed: Duration) {
         {
             let mut shard = self.recorder.metrics.lock();
             let route = self.route.as_ref().unwrap_or(&NO_ROUTE);
-            shard.record_request(route, method_label(&self.method), self.status, elapsed);
+            shard.record_request(
+                route,
+                method_label(&self.method),
+                self.status,
+                elapsed,
+                self.overhead(),
+            );
             if let Some(up) = &self.upstream {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }

@@ -286,7 +286,7 @@ mod tests {
                 let mut shard = shard.lock();
                 for i in 0..10 {
                     let status = if i == 0 { 503 } else { 200 };
-                    shard.record_request(&route, "GET", status, Duration::from_millis(3));
+                    shard.record_request(&route, "GET", status, Duration::from_millis(3), None);
                 }
             }
             tokio::time::sleep(STEP).await;
@@ -320,7 +320,7 @@ mod tests {
         metrics
             .shard()
             .lock()
-            .record_request(&route, "GET", 200, Duration::from_millis(3));
+            .record_request(&route, "GET", 200, Duration::from_millis(3), None);
         series.record(Instant::now(), 0, metrics.route_counts());
         let live = metrics.route_counts();
         let other: Arc<str> = "idle".into();

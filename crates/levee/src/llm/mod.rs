@@ -595,6 +595,7 @@ async fn call_targets(
             .min(deadline.saturating_duration_since(try_started));
         let outcome = try_target(client, outgoing, first_token, deadline, &call, prompt_estimate).await;
         let elapsed = try_started.elapsed();
+        record.upstream_wait += elapsed;
         if let Some(state) = state {
             state.settle(ticket.permit.take(), outcome.is_ok(), elapsed, Instant::now());
         }

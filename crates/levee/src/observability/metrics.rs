@@ -18,42 +18,10 @@ use std::time::Duration;
 use http::Method;
 
 use super::deprecated::ConsumerCap;
+use super::histogram::{histogram, Overhead};
+pub use super::histogram::{Histogram, LATENCY_BUCKETS};
 pub use super::outcome::Outcome;
 use super::series::{Buckets, Counts};
-
-/// Upper bounds (seconds) of the latency histograms: sub-millisecond to a minute.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-/// A latency histogram with per-bucket (not cumulative) counts.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    counts: [u64; LATENCY_BUCKETS.len() + 1],
-    sum: f64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, value: Duration) {
-        let secs = value.as_secs_f64();
-        let slot = LATENCY_BUCKETS.partition_point(|bound| *bound < secs);
-        if let Some(count) = self.counts.get_mut(slot) {
-            *count += 1;
-        }
-        self.sum += secs;
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
-        }
-        self.sum += other.sum;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
 
 /// Method label: the standard methods by name, anything else as `OTHER` (bounded cardinality).
 pub fn method_label(method: &Method) -> &'static str {
@@ -76,6 +44,7 @@ struct RouteStats {
     /// (method, status) -> count; a handful of entries, so a linear scan beats hashing.
     requests: Vec<((&'static str, u16), u64)>,
     duration: Histogram,
+    overhead: Histogram<Overhead>,
 }
 
 #[derive(Debug, Default)]
@@ -112,7 +81,16 @@ pub struct Shard {
 
 impl Shard {
     /// Counts one finished request. `route` is empty for requests that matched no route.
-    pub fn record_request(&mut self, route: &Arc<str>, method: &'static str, status: u16, elapsed: Duration) {
+    /// `overhead`: Levee's own share of `elapsed` (see `levee_request_overhead_seconds`),
+    /// when the response head was handed over.
+    pub fn record_request(
+        &mut self,
+        route: &Arc<str>,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+        overhead: Option<Duration>,
+    ) {
         let stats = match self.routes.get_mut(&**route) {
             Some(stats) => stats,
             None => self.routes.entry(route.clone()).or_default(),
@@ -126,6 +104,9 @@ impl Shard {
             None => stats.requests.push(((method, status), 1)),
         }
         stats.duration.observe(elapsed);
+        if let Some(overhead) = overhead {
+            stats.overhead.observe(overhead);
+        }
     }
 
     /// Counts one retry of `route` for `reason`.
@@ -232,7 +213,7 @@ pub struct Gauge {
 }
 
 /// Per route, summed over shards: (method, status) counts and the duration histogram.
-type RouteTotals = (BTreeMap<(&'static str, u16), u64>, Histogram);
+type RouteTotals = (BTreeMap<(&'static str, u16), u64>, Histogram, Histogram<Overhead>);
 /// Per (upstream, target), summed over shards: outcome counts and the duration histogram.
 type TargetTotals = (BTreeMap<Outcome, u64>, Histogram);
 
@@ -384,6 +365,7 @@ impl Totals {
                 *entry.0.entry(*key).or_default() += count;
             }
             entry.1.merge(&stats.duration);
+            entry.2.merge(&stats.overhead);
         }
         for (route, reasons) in &shard.retries {
             for (reason, count) in reasons {
@@ -433,7 +415,7 @@ impl Totals {
             "counter",
             "Requests answered, by route, method and status.",
         );
-        for (route, (counts, _)) in &self.routes {
+        for (route, (counts, _, _)) in &self.routes {
             for ((method, status), count) in counts {
                 let _ = writeln!(
                     out,
@@ -448,13 +430,23 @@ impl Totals {
             "histogram",
             "Time from request received to response finished, by route.",
         );
-        for (route, (_, hist)) in &self.routes {
+        for (route, (_, hist, _)) in &self.routes {
             histogram(
                 out,
                 "levee_request_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),
                 hist,
             );
+        }
+        family(
+            out,
+            "levee_request_overhead_seconds",
+            "histogram",
+            "Time Levee spent on a request itself, by route: from request received to response head handed to the client, less the waits for upstream answers.",
+        );
+        for (route, (_, _, hist)) in &self.routes {
+            let labels = format!("route=\"{}\"", escape(route));
+            histogram(out, "levee_request_overhead_seconds", &labels, hist);
         }
     }
 
@@ -703,18 +695,6 @@ pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, hist: &Histogram) {
-    let mut cumulative = 0;
-    for (bound, count) in LATENCY_BUCKETS.iter().zip(hist.counts.iter()) {
-        cumulative += count;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-    }
-    let total = hist.count();
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", hist.sum);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
-}
-
 /// Escapes a label value per the exposition format.
 pub(crate) fn escape(value: &str) -> String {
     value
@@ -733,24 +713,31 @@ mod tests {
         let a = metrics.shard();
         let b = metrics.shard();
         let route: Arc<str> = "users".into();
-        a.lock()
-            .record_request(&route, "GET", 200, Duration::from_millis(3));
+        a.lock().record_request(
+            &route,
+            "GET",
+            200,
+            Duration::from_millis(3),
+            Some(Duration::from_micros(40)),
+        );
         b.lock()
-            .record_request(&route, "GET", 200, Duration::from_millis(30));
+            .record_request(&route, "GET", 200, Duration::from_millis(30), None);
         b.lock()
-            .record_request(&route, "GET", 502, Duration::from_millis(1));
+            .record_request(&route, "GET", 502, Duration::from_millis(1), None);
         let text = metrics.render();
         assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"200\"} 2"));
         assert!(text.contains("levee_requests_total{route=\"users\",method=\"GET\",status=\"502\"} 1"));
         assert!(text.contains("levee_request_duration_seconds_bucket{route=\"users\",le=\"0.005\"} 2"));
         assert!(text.contains("levee_request_duration_seconds_count{route=\"users\"} 3"));
+        assert!(text.contains("levee_request_overhead_seconds_bucket{route=\"users\",le=\"0.00005\"} 1"));
+        assert!(text.contains("levee_request_overhead_seconds_bucket{route=\"users\",le=\"+Inf\"} 1"));
         let users = &metrics.route_counts()["users"];
         assert_eq!((users.requests, users.errors, users.buckets.count()), (3, 1, 3));
     }
 
     #[test]
     fn histogram_bucket_edges_are_inclusive() {
-        let mut h = Histogram::default();
+        let mut h: Histogram = Histogram::default();
         h.observe(Duration::from_millis(1));
         assert_eq!(h.counts[1], 1, "1ms lands in le=0.001");
         h.observe(Duration::from_secs(120));

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod call_log;
 pub mod deprecated;
+pub mod histogram;
 pub mod llm_call;
 pub mod metrics;
 pub mod otlp;

@@ -247,6 +247,8 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         admission: None,
         bulkhead: None,
         attempts: 0,
+        upstream_wait: Duration::ZERO,
+        head_at: None,
         fallback_for: None,
         degraded: None,
         consumer: None,

@@ -176,6 +176,7 @@ pub(super) async fn forward(
         request.headers_mut().insert(TRACEPARENT.clone(), traceparent);
         let result = upstream.send(index, request, per_try_timeout).await;
         let elapsed = started.elapsed();
+        record.upstream_wait += elapsed;
 
         let (outcome, failed, reason) = classify(&result, policy.map(|p| &p.on), any_reason);
         record.trace.end_attempt(
