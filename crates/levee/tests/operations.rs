@@ -78,10 +78,44 @@ async fn metrics_count_requests_and_upstream_attempts() {
         format!("levee_upstream_requests_total{{upstream=\"dead\",target=\"{dead}\",outcome=\"connect_error\"}} 1"),
         format!("levee_upstream_duration_seconds_count{{upstream=\"good\",target=\"{target}\"}} 4"),
         "levee_config_version 1".to_string(),
+        "levee_request_overhead_seconds_count{route=\"main\"} 4".to_string(),
     ] {
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
     common::promtool_accepts(&text);
+}
+
+#[tokio::test]
+async fn the_overhead_metric_leaves_out_the_wait_for_the_upstream() {
+    // An upstream that takes 300 ms: the request lasts that long, Levee's own share of it
+    // is far less.
+    let upstream = MockUpstream::start(|_| Reply::ok("slow").delay(Duration::from_millis(300))).await;
+    let h = Harness::start(&format!(
+        "upstreams:\n  slow:\n    targets: [\"{}\"]\nroutes:\n  - name: slow\n    upstream: slow\n",
+        upstream.addr
+    ));
+    assert_eq!(get(&h.url("/"), &[]).await.status, StatusCode::OK);
+    let url = format!("{}/metrics", h.admin);
+    eventually("the request is recorded", || async {
+        get(&url, &[])
+            .await
+            .text()
+            .contains("levee_request_overhead_seconds_count{route=\"slow\"} 1")
+    })
+    .await;
+    let text = get(&url, &[]).await.text();
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_sum{{route=\"slow\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}_sum in:\n{text}"))
+    };
+    let (total, overhead) = (
+        sum("levee_request_duration_seconds"),
+        sum("levee_request_overhead_seconds"),
+    );
+    assert!(total >= 0.3, "the request took {total} s");
+    assert!(overhead < 0.1, "Levee's own time was {overhead} s of {total} s");
 }
 
 #[tokio::test]
