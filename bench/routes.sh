@@ -102,7 +102,7 @@ socket_errors="$(awk '/Socket errors/ { print }' "$TMP/wrk-reloads.txt")"
 renamed="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LARGE_PORT/renamed-$RELOADS/x")"
 [[ "$renamed" == 200 ]] || die "the last reload's route is not served (answered $renamed)"
 echo "reloads of 10,000 routes under load: median ${reload_median} ms, worst ${reload_max} ms (${times[*]}); non-2xx during them: ${non2xx:-0}; ${socket_errors:-no socket errors}"
-rss_kb="$(awk '/^VmRSS/ { print $2 }' "/proc/$(pgrep -f "levee run --config $TMP/large.yaml" | head -1)/status" 2>/dev/null || echo 0)"
+rss_kb="$(awk '/^VmRSS/ { print $2 }' "/proc/$(pgrep -f "run --config $TMP/large.yaml" | head -1)/status" 2>/dev/null || echo 0)"
 
 cat >"$TMP/header.md" <<'HEAD'
 ## Routing at scale (bench/routes.sh)

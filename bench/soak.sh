@@ -70,7 +70,7 @@ config v0 >"$TMP/levee.yaml"
 start_bg "$TMP/levee.log" "$LEVEE_BIN" run --config "$TMP/levee.yaml"
 wait_http "http://127.0.0.1:$UP_PORT/"
 wait_http "http://127.0.0.1:$ADMIN/healthz"
-PID="$(pgrep -f "levee run --config $TMP/levee.yaml" | head -1)"
+PID="$(pgrep -f "run --config $TMP/levee.yaml" | head -1)"
 [[ -n "$PID" ]] || die "levee is not running"
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$PID/status"; }
 fds() { find "/proc/$PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }

@@ -58,25 +58,30 @@ pub type ProviderModel = (Arc<str>, Arc<str>);
 /// Prompt tokens, completion tokens, US dollars, and calls answered after a fallback.
 pub type LlmTotals = (u64, u64, f64, u64);
 
+/// The shards' maps: keyed by config names, hashed on every request, so with a fast hasher
+/// (foldhash) rather than SipHash, which guards against keys an attacker picks; these keys
+/// come from the config, never from a request.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct Shard {
-    routes: HashMap<Arc<str>, RouteStats>,
+    routes: Map<Arc<str>, RouteStats>,
     /// route -> reason -> retries.
-    retries: HashMap<Arc<str>, BTreeMap<&'static str, u64>>,
+    retries: Map<Arc<str>, BTreeMap<&'static str, u64>>,
     /// route -> requests refused by its rate limit.
-    rate_limited: HashMap<Arc<str>, u64>,
+    rate_limited: Map<Arc<str>, u64>,
     /// upstream -> requests refused by the bulkhead.
-    bulkhead_rejected: HashMap<Arc<str>, u64>,
+    bulkhead_rejected: Map<Arc<str>, u64>,
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
-    targets: HashMap<Arc<str>, HashMap<Arc<str>, TargetStats>>,
-    llm: HashMap<ProviderModel, LlmTotals>,
+    targets: Map<Arc<str>, Map<Arc<str>, TargetStats>>,
+    llm: Map<ProviderModel, LlmTotals>,
     /// Answer-cache hits and misses.
     llm_cache: (u64, u64),
     /// (route, kind) -> faults injected.
-    faults: HashMap<(Arc<str>, &'static str), u64>,
+    faults: Map<(Arc<str>, &'static str), u64>,
     /// (route, consumer label) -> requests to a deprecated route.
-    deprecated: HashMap<(Arc<str>, Arc<str>), u64>,
+    deprecated: Map<(Arc<str>, Arc<str>), u64>,
 }
 
 impl Shard {

@@ -381,7 +381,8 @@ impl SloState {
 #[derive(Debug, Default)]
 pub struct SloSet {
     pub all: Vec<Arc<SloState>>,
-    by_route: HashMap<Arc<str>, Vec<Arc<SloState>>>,
+    /// Looked up on every request of an SLO'd route: config names, so a fast hasher.
+    by_route: HashMap<Arc<str>, Vec<Arc<SloState>>, foldhash::fast::RandomState>,
 }
 
 /// Every SLO of the process, their evaluation and alerting.
