@@ -6,6 +6,8 @@
 #   127.0.0.1:18082  nginx reverse proxy in front of 18081 (the baseline)
 #   127.0.0.1:18084  bare hyper proxy in front of 18081 (crates/levee/examples/bare_proxy.rs:
 #                    thread-per-core, no features: the HTTP stack alone)
+#   127.0.0.1:18085  bare Pingora proxy in front of 18081 (bench/pingora-peer: Pingora's
+#                    HTTP/1 stack and its upstream pool, 2 threads, no filters, no log)
 #   127.0.0.1:18083  Levee in front of 18081 (config: bench/levee.yaml)
 # then drives each with wrk for ROUNDS rounds and prints/records medians.
 #
@@ -16,6 +18,8 @@
 #   BARE_BIN   path to a bare_proxy binary; if unset, `cargo build --release --example
 #              bare_proxy -p levee` (when LEVEE_BIN is set, only if
 #              target/release/examples/bare_proxy does not exist yet)
+#   PINGORA_BIN path to a pingora-peer binary; if unset, `cargo build --release` of
+#              bench/pingora-peer (its own workspace) into $CARGO_TARGET_DIR/pingora-peer
 #   KEEP_TMP   if 1, keep the temp dir (configs, logs, raw wrk output) for inspection
 #
 # See bench/README.md.
@@ -33,14 +37,15 @@ LEVEE_PORT=18083
 LEVEE_ADMIN_PORT=19901   # must match bench/levee.yaml
 BARE_PORT=18084
 BARE_WORKERS=2
-SETUPS=(direct nginx bare levee)
+PINGORA_PORT=18085
+SETUPS=(direct nginx bare pingora levee)
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_ROOT"
 RESULTS_FILE="$REPO_ROOT/bench/RESULTS.md"
 # The "## Runs" table header; the row printf near the end must match it.
-RUNS_HEADER='| date (UTC) | commit | machine | command | direct req/s | nginx req/s | bare req/s | levee req/s | nginx p50 / p99 ms | bare p50 / p99 ms | levee p50 / p99 ms | bare/nginx | levee/nginx | errors |'
+RUNS_HEADER='| date (UTC) | commit | machine | command | direct req/s | nginx req/s | bare req/s | levee req/s | nginx p50 / p99 ms | bare p50 / p99 ms | levee p50 / p99 ms | bare/nginx | levee/nginx | errors | pingora req/s | pingora p50 / p99 ms | pingora/nginx |'
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -124,12 +129,21 @@ elif [[ -z "$BARE_BIN_FROM_ENV" ]]; then
     build_bare
   fi
 fi
+PINGORA_BIN_FROM_ENV="${PINGORA_BIN:-}"
+if [[ -z "$PINGORA_BIN_FROM_ENV" ]]; then
+  command -v cargo >/dev/null || die "cargo not found: install Rust or set PINGORA_BIN"
+  log "building the Pingora peer: cargo build --release --manifest-path bench/pingora-peer/Cargo.toml"
+  CARGO_TARGET_DIR="$TARGET_DIR/pingora-peer" cargo build --release --locked \
+    --manifest-path "$REPO_ROOT/bench/pingora-peer/Cargo.toml"
+  PINGORA_BIN="$TARGET_DIR/pingora-peer/release/pingora-peer"
+fi
 [[ -x "$LEVEE_BIN" ]] || die "LEVEE_BIN '$LEVEE_BIN' is not an executable file"
+[[ -x "$PINGORA_BIN" ]] || die "PINGORA_BIN '$PINGORA_BIN' is not an executable file"
 [[ -x "$BARE_BIN" ]] || die "BARE_BIN '$BARE_BIN' is not an executable file"
 
 # -------------------------------------------------------- preflight/tmp ----
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$UP_PORT" "$NGX_PORT" "$LEVEE_PORT" "$LEVEE_ADMIN_PORT" "$BARE_PORT"; do
+for p in "$UP_PORT" "$NGX_PORT" "$LEVEE_PORT" "$LEVEE_ADMIN_PORT" "$BARE_PORT" "$PINGORA_PORT"; do
   if port_open "$p"; then die "127.0.0.1:$p is already in use (a previous run still alive?)"; fi
 done
 
@@ -291,6 +305,13 @@ start_bg "$BARE_LOG" env -u BARE_AUTO -u BARE_HRT -u BARE_TIMEOUT \
 BARE_PID=$STARTED_PID
 wait_port "bare proxy" "$BARE_PORT" "$BARE_PID" "$BARE_LOG"
 
+# Pingora logs nothing per request either (no logging filter is implemented).
+PINGORA_LOG="$TMP/pingora.log"
+: >"$PINGORA_LOG"
+start_bg "$PINGORA_LOG" "$PINGORA_BIN" "127.0.0.1:$PINGORA_PORT" "127.0.0.1:$UP_PORT" "$BARE_WORKERS"
+PINGORA_PID=$STARTED_PID
+wait_port "pingora peer" "$PINGORA_PORT" "$PINGORA_PID" "$PINGORA_LOG"
+
 LEVEE_LOG="$TMP/levee.log"   # Levee's access log goes to stdout, so here
 : >"$LEVEE_LOG"
 start_bg "$LEVEE_LOG" "$LEVEE_BIN" run --config "$REPO_ROOT/bench/levee.yaml"
@@ -301,6 +322,7 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
   [bare]="http://127.0.0.1:$BARE_PORT/"
+  [pingora]="http://127.0.0.1:$PINGORA_PORT/"
   [levee]="http://127.0.0.1:$LEVEE_PORT/"
 )
 for s in "${SETUPS[@]}"; do check_body "$s" "${URL[$s]}"; done
@@ -342,7 +364,7 @@ parse_wrk() {
 
 WRK_CMD="wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency"
 declare -A RPS P50 P99 NON SOCK SOCKD REQ
-RATIOS=() BARE_RATIOS=()
+RATIOS=() BARE_RATIOS=() PINGORA_RATIOS=()
 
 run_wrk() {
   local setup="$1" round="$2" out="$TMP/wrk-$1-$2.txt" parsed
@@ -374,6 +396,7 @@ echo "Levee benchmark: $ROUNDS round(s) of: $WRK_CMD URL"
 echo "  direct  ${URL[direct]}   (nginx upstream, 1 worker)"
 echo "  nginx   ${URL[nginx]}   (nginx proxy, 2 workers, keepalive to upstream, buffered access log)"
 echo "  bare    ${URL[bare]}   ($BARE_BIN, $BARE_WORKERS workers, no features, no log)"
+echo "  pingora ${URL[pingora]}   ($PINGORA_BIN, $BARE_WORKERS threads, no filters, no log)"
 echo "  levee   ${URL[levee]}   ($LEVEE_BIN, access log to a file)"
 echo "  $("$NGINX" -v 2>&1); $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}'); $(nproc) cores"
 echo
@@ -395,13 +418,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
   RATIOS+=("$(awk -v l="${RPS[levee,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { printf "%.3f", (n > 0 ? l / n : 0) }')")
   BARE_RATIOS+=("$(awk -v b="${RPS[bare,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { printf "%.3f", (n > 0 ? b / n : 0) }')")
+  PINGORA_RATIOS+=("$(awk -v b="${RPS[pingora,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { printf "%.3f", (n > 0 ? b / n : 0) }')")
 
   echo "Round $r/$ROUNDS"
   row setup "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" requests
   for s in "${SETUPS[@]}"; do
     row "$s" "${RPS[$s,$r]}" "${P50[$s,$r]}" "${P99[$s,$r]}" "${NON[$s,$r]}" "${SOCK[$s,$r]}" "${REQ[$s,$r]}"
   done
-  echo "bare/nginx req/s: ${BARE_RATIOS[$((r - 1))]}   levee/nginx req/s: ${RATIOS[$((r - 1))]}   (levee log lines this round: $levee_lines)"
+  echo "bare/nginx req/s: ${BARE_RATIOS[$((r - 1))]}   pingora/nginx req/s: ${PINGORA_RATIOS[$((r - 1))]}   levee/nginx req/s: ${RATIOS[$((r - 1))]}   (levee log lines this round: $levee_lines)"
   echo
 done
 
@@ -421,6 +445,7 @@ for s in "${SETUPS[@]}"; do
 done
 MED_RATIO="$(median '%.3f' "${RATIOS[@]}")"
 MED_BARE_RATIO="$(median '%.3f' "${BARE_RATIOS[@]}")"
+MED_PINGORA_RATIO="$(median '%.3f' "${PINGORA_RATIOS[@]}")"
 
 echo "Summary: medians over $ROUNDS round(s)"
 row setup "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" ""
@@ -428,6 +453,7 @@ for s in "${SETUPS[@]}"; do
   row "$s" "${MED_RPS[$s]}" "${MED_P50[$s]}" "${MED_P99[$s]}" "${TOT_NON[$s]}" "${TOT_SOCK[$s]}" ""
 done
 echo "bare/nginx req/s per round: ${BARE_RATIOS[*]}   median: $MED_BARE_RATIO"
+echo "pingora/nginx req/s per round: ${PINGORA_RATIOS[*]}   median: $MED_PINGORA_RATIO"
 echo "levee/nginx req/s per round: ${RATIOS[*]}   median: $MED_RATIO"
 echo
 
@@ -458,6 +484,7 @@ machine="$(nproc) cores, $(uname -r), ${cpu_model:-unknown CPU}"
 cmdline="ROUNDS=$ROUNDS DURATION=$DURATION"
 if [[ -n "$LEVEE_BIN_FROM_ENV" ]]; then cmdline+=" LEVEE_BIN=$LEVEE_BIN_FROM_ENV"; fi
 if [[ -n "$BARE_BIN_FROM_ENV" ]]; then cmdline+=" BARE_BIN=$BARE_BIN_FROM_ENV"; fi
+if [[ -n "$PINGORA_BIN_FROM_ENV" ]]; then cmdline+=" PINGORA_BIN=$PINGORA_BIN_FROM_ENV"; fi
 cmdline+=" bench/run.sh"
 errors_cell="none"
 if ((${#ERRORS[@]})); then
@@ -513,11 +540,12 @@ if ! grep -q '^## Runs' "$RESULTS_FILE"; then
 fi
 if [[ -n "$(tail -c1 "$RESULTS_FILE")" ]]; then echo >>"$RESULTS_FILE"; fi
 # shellcheck disable=SC2016  # the backticks are Markdown
-printf '| %s | %s | %s | `%s` | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n' \
+printf '| %s | %s | %s | `%s` | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s | %s | %s | %s / %s | %s |\n' \
   "$(date -u '+%Y-%m-%d %H:%M')" "$(md_escape "$commit")" "$(md_escape "$machine")" "$(md_escape "$cmdline")" \
   "${MED_RPS[direct]}" "${MED_RPS[nginx]}" "${MED_RPS[bare]}" "${MED_RPS[levee]}" \
   "${MED_P50[nginx]}" "${MED_P99[nginx]}" "${MED_P50[bare]}" "${MED_P99[bare]}" "${MED_P50[levee]}" "${MED_P99[levee]}" \
-  "$MED_BARE_RATIO" "$MED_RATIO" "$(md_escape "$errors_cell")" >>"$RESULTS_FILE"
+  "$MED_BARE_RATIO" "$MED_RATIO" "$(md_escape "$errors_cell")" \
+  "${MED_RPS[pingora]}" "${MED_P50[pingora]}" "${MED_P99[pingora]}" "$MED_PINGORA_RATIO" >>"$RESULTS_FILE"
 log "appended a row to ${RESULTS_FILE#"$REPO_ROOT"/}"
 if results_header_stale; then
   log "warning: that row has more columns than the file's runs table header (see the warning at the start)"
