@@ -8,6 +8,7 @@
 //! below everything that builds responses (the response body carries it), and it writes to
 //! [`crate::observability`], which records plain data.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,7 +53,8 @@ pub struct RequestRecord {
     pub scheme: &'static str,
     pub version: Version,
     pub method: Method,
-    pub path: String,
+    /// Shared by the call-log row, the span and the access-log line.
+    pub path: Arc<str>,
     pub route: Option<Arc<str>>,
     pub status: u16,
     pub error: Option<&'static str>,
@@ -87,6 +89,14 @@ pub struct RequestRecord {
     pub experiment: Option<Arc<crate::chaos::experiments::Experiment>>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
+}
+
+/// A method as the call log stores it: the standard ones without a copy.
+fn method_text(method: &Method) -> Cow<'static, str> {
+    match method_label(method) {
+        "OTHER" => Cow::Owned(method.as_str().to_owned()),
+        label => Cow::Borrowed(label),
+    }
 }
 
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
@@ -200,25 +210,25 @@ impl RequestRecord {
                 .unwrap_or(0),
             request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
             trace_id: Some(self.trace.trace_id.hex()),
-            route: self.route.as_deref().map(str::to_owned),
-            consumer: self.consumer.as_deref().map(str::to_owned),
-            method: self.method.as_str().to_owned(),
+            route: self.route.clone(),
+            consumer: self.consumer.clone(),
+            method: method_text(&self.method),
             path: self.path.clone(),
             status: self.status,
-            error: self.error.map(str::to_owned),
-            upstream: self.upstream.as_ref().map(|u| u.upstream.to_string()),
-            target: self.upstream.as_ref().map(|u| u.target.to_string()),
+            error: self.error.map(Cow::Borrowed),
+            upstream: self.upstream.as_ref().map(|u| u.upstream.clone()),
+            target: self.upstream.as_ref().map(|u| u.target.clone()),
             attempts: self.attempts,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms: self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0),
             bytes_in,
             bytes_out,
-            provider: self.llm.as_ref().map(|c| c.provider.to_string()),
-            model: self.llm.as_ref().map(|c| c.model.to_string()),
+            provider: self.llm.as_ref().map(|c| c.provider.clone()),
+            model: self.llm.as_ref().map(|c| c.model.clone()),
             prompt_tokens: self.llm.as_ref().map(|c| c.usage().prompt),
             completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
             cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
-            fault: self.fault.map(str::to_owned),
+            fault: self.fault.map(Cow::Borrowed),
             // The PostgreSQL writer stores the replica's node id with every row.
             node: None,
         });
@@ -239,7 +249,7 @@ impl RequestRecord {
             listener: self.listener.clone(),
             protocol: self.version,
             method: std::mem::replace(&mut self.method, Method::GET),
-            path: std::mem::take(&mut self.path),
+            path: self.path.clone(),
             route: self.route.take(),
             upstream,
             target,

@@ -262,7 +262,7 @@ async fn a_large_analytics_query_does_not_stall_health_and_metrics() {
             .map(|i| CallRecord {
                 time_ms: now_ms - 1_800_000 + i * 9,
                 request_id: format!("r{i}"),
-                route: Some(format!("route-{}", i % 50)),
+                route: Some(format!("route-{}", i % 50).into()),
                 method: "GET".into(),
                 path: "/x".into(),
                 status: if i % 10 == 0 { 503 } else { 200 },

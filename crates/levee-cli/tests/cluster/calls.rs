@@ -231,10 +231,10 @@ fn known_calls(start_ms: i64, n: i64) -> Vec<CallRecord> {
             time_ms: start_ms + i * 997,
             request_id: format!("r{i}"),
             trace_id: Some(format!("{i:032x}")),
-            route: (i % 5 != 0).then(|| format!("route-{}", i % 3)),
-            consumer: (i % 2 == 0).then(|| "acme".to_owned()),
+            route: (i % 5 != 0).then(|| format!("route-{}", i % 3).into()),
+            consumer: (i % 2 == 0).then(|| "acme".into()),
             method: "GET".into(),
-            path: format!("/p/{i}"),
+            path: format!("/p/{i}").into(),
             status: [200, 200, 404, 503, 200, 502][(i % 6) as usize],
             upstream: Some(if i % 4 == 0 { "b" } else { "a" }.into()),
             attempts: 1 + (i % 2) as u32,
@@ -245,7 +245,7 @@ fn known_calls(start_ms: i64, n: i64) -> Vec<CallRecord> {
             prompt_tokens: (i % 7 == 0).then_some(i as u64),
             completion_tokens: (i % 7 == 0).then_some(2 * i as u64),
             cost_usd: (i % 7 == 0).then_some(i as f64 * 0.25),
-            fault: (i % 11 == 0).then(|| "delay".to_owned()),
+            fault: (i % 11 == 0).then(|| "delay".into()),
             ..CallRecord::default()
         })
         .collect()

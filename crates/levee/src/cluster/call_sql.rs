@@ -8,6 +8,8 @@
 //! `/api/v1/calls` differs, and only in its tie-break: newest by time, then by insertion,
 //! where SQLite has one writer and orders by insertion alone.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
@@ -15,7 +17,7 @@ use tokio_postgres::Row;
 
 use super::postgres::{PgError, PgStore};
 use crate::observability::call_log::{
-    now_ms, Aggregate, AnalyticsQuery, CallQuery, CallRecord, GroupBy, MAX_ANALYTICS_ROWS,
+    now_ms, shared, Aggregate, AnalyticsQuery, CallQuery, CallRecord, GroupBy, MAX_ANALYTICS_ROWS,
 };
 
 /// The columns a call record is read from and written to, in this order.
@@ -240,29 +242,29 @@ pub async fn insert(pg: &PgStore, node: &str, batch: &[CallRecord]) -> Result<()
 fn record(row: &Row) -> Result<CallRecord, tokio_postgres::Error> {
     let count = |v: i64| u64::try_from(v).unwrap_or(0);
     Ok(CallRecord {
-        node: Some(row.try_get(0)?),
+        node: shared(Some(row.try_get(0)?)),
         time_ms: row.try_get(1)?,
         request_id: row.try_get(2)?,
         trace_id: row.try_get(3)?,
-        route: row.try_get(4)?,
-        consumer: row.try_get(5)?,
-        method: row.try_get(6)?,
-        path: row.try_get(7)?,
+        route: shared(row.try_get(4)?),
+        consumer: shared(row.try_get(5)?),
+        method: Cow::Owned(row.try_get(6)?),
+        path: Arc::from(row.try_get::<_, String>(7)?),
         status: u16::try_from(row.try_get::<_, i32>(8)?).unwrap_or(0),
-        error: row.try_get(9)?,
-        upstream: row.try_get(10)?,
-        target: row.try_get(11)?,
+        error: row.try_get::<_, Option<String>>(9)?.map(Cow::Owned),
+        upstream: shared(row.try_get(10)?),
+        target: shared(row.try_get(11)?),
         attempts: u32::try_from(row.try_get::<_, i32>(12)?).unwrap_or(0),
         latency_ms: row.try_get(13)?,
         upstream_ms: row.try_get(14)?,
         bytes_in: count(row.try_get(15)?),
         bytes_out: count(row.try_get(16)?),
-        provider: row.try_get(17)?,
-        model: row.try_get(18)?,
+        provider: shared(row.try_get(17)?),
+        model: shared(row.try_get(18)?),
         prompt_tokens: row.try_get::<_, Option<i64>>(19)?.map(count),
         completion_tokens: row.try_get::<_, Option<i64>>(20)?.map(count),
         cost_usd: row.try_get(21)?,
-        fault: row.try_get(22)?,
+        fault: row.try_get::<_, Option<String>>(22)?.map(Cow::Owned),
     })
 }
 

@@ -27,7 +27,7 @@ pub struct AccessRecord {
     pub listener: Arc<str>,
     pub protocol: Version,
     pub method: Method,
-    pub path: String,
+    pub path: Arc<str>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub target: Option<Arc<str>>,

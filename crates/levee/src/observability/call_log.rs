@@ -8,6 +8,7 @@
 //! go to PostgreSQL instead (the cluster layer's `calls` module), through the same bounded queue
 //! ([`CallLog::channel`]) and counted the same way ([`Drops`]).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -27,31 +28,38 @@ pub struct CallRecord {
     pub time_ms: i64,
     pub request_id: String,
     pub trace_id: Option<String>,
-    pub route: Option<String>,
-    pub consumer: Option<String>,
-    pub method: String,
-    pub path: String,
+    // Names shared with the config and the request record (`Arc<str>`) and labels known at
+    // compile time (`Cow::Borrowed`): a row costs a reference count, not a copy, per field.
+    pub route: Option<Arc<str>>,
+    pub consumer: Option<Arc<str>>,
+    pub method: Cow<'static, str>,
+    pub path: Arc<str>,
     pub status: u16,
-    pub error: Option<String>,
-    pub upstream: Option<String>,
-    pub target: Option<String>,
+    pub error: Option<Cow<'static, str>>,
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
     pub attempts: u32,
     pub latency_ms: f64,
     pub upstream_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// On AI gateway routes: the provider and its model that answered, tokens and cost.
-    pub provider: Option<String>,
-    pub model: Option<String>,
+    pub provider: Option<Arc<str>>,
+    pub model: Option<Arc<str>>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     /// An injected fault (`abort`, `delay`), so reports can set chaos apart.
-    pub fault: Option<String>,
+    pub fault: Option<Cow<'static, str>>,
     /// In cluster mode, the replica (`cluster.node_id`) that served the call; absent on a
     /// gateway on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
+}
+
+/// A text column read back, as the row type holds it.
+pub fn shared(text: Option<String>) -> Option<Arc<str>> {
+    text.map(Arc::from)
 }
 
 /// Which calls to return, newest first.
@@ -390,25 +398,25 @@ impl CallStore for SqliteStore {
                         time_ms: row.get(0)?,
                         request_id: row.get(1)?,
                         trace_id: row.get(2)?,
-                        route: row.get(3)?,
-                        consumer: row.get(4)?,
-                        method: row.get(5)?,
-                        path: row.get(6)?,
+                        route: shared(row.get(3)?),
+                        consumer: shared(row.get(4)?),
+                        method: Cow::Owned(row.get(5)?),
+                        path: Arc::from(row.get::<_, String>(6)?),
                         status: row.get(7)?,
-                        error: row.get(8)?,
-                        upstream: row.get(9)?,
-                        target: row.get(10)?,
+                        error: row.get::<_, Option<String>>(8)?.map(Cow::Owned),
+                        upstream: shared(row.get(9)?),
+                        target: shared(row.get(10)?),
                         attempts: row.get(11)?,
                         latency_ms: row.get(12)?,
                         upstream_ms: row.get(13)?,
                         bytes_in: row.get::<_, i64>(14)?.max(0) as u64,
                         bytes_out: row.get::<_, i64>(15)?.max(0) as u64,
-                        provider: row.get(16)?,
-                        model: row.get(17)?,
+                        provider: shared(row.get(16)?),
+                        model: shared(row.get(17)?),
                         prompt_tokens: row.get::<_, Option<i64>>(18)?.map(|t| t.max(0) as u64),
                         completion_tokens: row.get::<_, Option<i64>>(19)?.map(|t| t.max(0) as u64),
                         cost_usd: row.get(20)?,
-                        fault: row.get(21)?,
+                        fault: row.get::<_, Option<String>>(21)?.map(Cow::Owned),
                         node: None,
                     })
                 },

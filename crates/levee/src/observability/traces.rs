@@ -275,7 +275,7 @@ pub struct FinishedTrace {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub method: Method,
-    pub path: String,
+    pub path: Arc<str>,
     pub scheme: &'static str,
     pub protocol: Version,
     pub client_ip: IpAddr,

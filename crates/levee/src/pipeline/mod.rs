@@ -237,7 +237,7 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         scheme: if conn.tls { "https" } else { "http" },
         version: parts.version,
         method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
+        path: Arc::from(parts.uri.path()),
         route: None,
         status: 0,
         error: None,
