@@ -13,6 +13,21 @@ mod manage;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for a gateway process, unless `MIMALLOC_ALLOW_THP` says
+/// otherwise. mimalloc asks the kernel for huge pages for its arenas, so every thread's first
+/// small allocation faults in a whole 2 MiB page: 24 of an idle gateway's 35 MiB were such
+/// pages, and neither the proxy path nor a reload measured faster with them (bench/RESULTS.md,
+/// "Memory"). Short-lived commands keep them: `levee check` of 10,000 routes, which
+/// allocates a lot once, takes 150 ms with huge pages and 205 ms without. The flag belongs to
+/// the whole process (the kernel keeps it on the address space).
+fn huge_pages_off() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Refused only by kernels older than 3.15; huge pages then stay as they were.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "levee", version, about = "A reliability-first API and AI gateway")]
 struct Cli {
@@ -158,6 +173,9 @@ enum KeyAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        huge_pages_off();
+    }
     init_logging(cli.log_format);
     match cli.command {
         Command::Run {

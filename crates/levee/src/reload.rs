@@ -80,9 +80,10 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
         return Err(ReloadError::NeedsRestart(needs_restart));
     }
     let version = current.version + 1;
-    let hash = config_hash(&config);
+    // Only a fleet compares hashes; printing a large config to hash it is not free.
+    let hash = state.cluster.as_ref().map(|_| config_hash(&config));
     let next = Arc::new(Gateway::build(config, Some(&current)).with_version(version));
-    if let Some(cluster) = &state.cluster {
+    if let (Some(cluster), Some(hash)) = (&state.cluster, hash) {
         cluster.set_config_hash(hash);
     }
     // A canary block that was rolled back before (going back to an earlier release) is

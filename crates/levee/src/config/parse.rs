@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use serde_yaml_ng::Value;
 
 use super::file::ConfigFile;
-use super::source_map::SourceMap;
+use super::source_map::LazySourceMap;
 use super::{ConfigError, ConfigErrors};
 
 /// At most this many type errors are collected from one file (each costs one more read).
@@ -46,7 +46,7 @@ struct TypeError {
 pub(super) fn read(
     text: &str,
     name: &str,
-    map: &SourceMap,
+    map: &LazySourceMap<'_>,
 ) -> Result<(Option<ConfigFile>, Vec<ConfigError>, Cuts), ConfigErrors> {
     if text.trim().is_empty() {
         return Ok((Some(ConfigFile::default()), Vec::new(), Cuts::default()));

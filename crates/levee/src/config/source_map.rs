@@ -43,6 +43,37 @@ enum Children {
     Mapping(Vec<(String, u32)>),
 }
 
+/// A [`SourceMap`] built the first time a position is asked for. A valid config asks for
+/// none, and indexing a 10,000-route file was a fifth of a reload.
+#[derive(Debug)]
+pub struct LazySourceMap<'a> {
+    text: &'a str,
+    map: std::cell::OnceCell<SourceMap>,
+}
+
+impl<'a> LazySourceMap<'a> {
+    pub fn new(text: &'a str) -> LazySourceMap<'a> {
+        LazySourceMap {
+            text,
+            map: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn map(&self) -> &SourceMap {
+        self.map.get_or_init(|| SourceMap::build(self.text))
+    }
+
+    /// [`SourceMap::value`].
+    pub fn value(&self, path: &str) -> Position {
+        self.map().value(path)
+    }
+
+    /// [`SourceMap::key`].
+    pub fn key(&self, path: &str) -> Position {
+        self.map().key(path)
+    }
+}
+
 impl SourceMap {
     /// Indexes `text`. A document that does not parse yields an empty map (serde reports the
     /// syntax error itself).

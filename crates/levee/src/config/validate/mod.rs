@@ -25,7 +25,7 @@ pub use chaos::check_fault;
 use super::file::{ConfigFile, Workers};
 use super::parse::{self, Cuts};
 use super::secrets::{resolve_secrets, Resolved, Secrets};
-use super::source_map::SourceMap;
+use super::source_map::LazySourceMap;
 use super::spec::*;
 use super::{ConfigError, ConfigErrors};
 use auth::{check_consumers, check_jwt};
@@ -40,7 +40,7 @@ use upstreams::check_upstreams;
 /// Collects problems, each tied to the path of the value it is about.
 struct Problems<'a> {
     file: &'a str,
-    map: SourceMap,
+    map: LazySourceMap<'a>,
     /// What was cut from the document to get past its type errors, so that paths in what is
     /// left are reported where they were written.
     cuts: Cuts,
@@ -66,7 +66,7 @@ impl Problems<'_> {
 }
 
 pub(super) fn load(text: &str, name: &str) -> Result<Config, ConfigErrors> {
-    let map = SourceMap::build(text);
+    let map = LazySourceMap::new(text);
     let (file, mut errors, cuts) = parse::read(text, name, &map)?;
     let mut problems = Problems {
         file: name,
