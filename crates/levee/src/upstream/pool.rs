@@ -296,3 +296,112 @@ impl std::fmt::Debug for PooledBody {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    /// An origin on loopback answering `ok` over keep-alive; counts the connections it took.
+    async fn origin() -> (Resolved, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer),
+                );
+            }
+        });
+        (Resolved::new(&addr), accepted)
+    }
+
+    async fn get(pool: &Pool, target: &Resolved) {
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "origin")
+            .body(RequestBody::empty())
+            .unwrap();
+        let response = pool.send(0, target, request).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+
+    fn idle(pool: &Pool) -> usize {
+        IDLE.with(|pools| pools.borrow().get(&(pool.id(), 0)).map_or(0, Vec::len))
+    }
+
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_connection_is_reused_until_its_idle_timeout_then_swept() {
+        let (target, accepted) = origin().await;
+        let pool = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        get(&pool, &target).await;
+        get(&pool, &target).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the second request reused the first connection"
+        );
+        assert_eq!(idle(&pool), 1, "given back when its body ended");
+
+        sweep(&[pool.id()]);
+        assert_eq!(idle(&pool), 1, "a fresh connection survives the sweep");
+
+        // Time moves only here: the connection has been idle past its timeout.
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        sweep(&[pool.id()]);
+        assert_eq!(idle(&pool), 0, "the sweep dropped the expired connection");
+        tokio::time::resume();
+    }
+
+    #[tokio::test]
+    async fn checkout_skips_an_expired_connection_without_a_sweep() {
+        let (target, accepted) = origin().await;
+        let pool = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        get(&pool, &target).await;
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        tokio::time::resume();
+        get(&pool, &target).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the expired connection was not used"
+        );
+        assert_eq!(idle(&pool), 1, "only the new connection is kept");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_the_pools_of_upstreams_no_longer_served() {
+        let (target, _) = origin().await;
+        let kept = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        let gone = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        get(&kept, &target).await;
+        get(&gone, &target).await;
+        sweep(&[kept.id()]);
+        assert_eq!((idle(&kept), idle(&gone)), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_per_target_are_capped() {
+        let (target, accepted) = origin().await;
+        let pool = Pool::new(2, IDLE_TIMEOUT, Duration::from_secs(5));
+        // Three exchanges at once need three connections; only two are kept afterwards.
+        tokio::join!(get(&pool, &target), get(&pool, &target), get(&pool, &target));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(idle(&pool), 2);
+    }
+}

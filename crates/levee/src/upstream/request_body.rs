@@ -194,6 +194,18 @@ pub struct RequestBody {
     generation: u64,
 }
 
+#[cfg(test)]
+impl RequestBody {
+    /// A body with nothing in it.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            source: None,
+            position: 0,
+            generation: 0,
+        }
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for RequestBody {
