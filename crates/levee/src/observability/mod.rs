@@ -13,6 +13,7 @@ pub mod histogram;
 pub mod llm_call;
 pub mod metrics;
 pub mod otlp;
+mod otlp_wire;
 mod outcome;
 pub mod process;
 pub mod series;

@@ -18,19 +18,15 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use tokio::sync::watch;
 
 use super::metrics::Metrics;
-use super::traces::{FinishedAttempt, FinishedTrace};
+use super::otlp_wire::Writer;
+use super::traces::FinishedTrace;
 use crate::config::spec::TracingSpec;
 
 /// The export thread, stopped by [`ExportThread::stop`] once the workers are gone.
@@ -56,9 +52,6 @@ pub struct Exporter {
     metrics: Arc<Metrics>,
 }
 
-/// The span flags bits saying whether the parent is known to be remote (OTLP `SpanFlags`).
-const HAS_IS_REMOTE: u32 = 0x100;
-const IS_REMOTE: u32 = 0x200;
 /// Collector answers are read up to this size (they are tiny; a huge one is not trusted).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -116,8 +109,9 @@ fn run(rx: Receiver<FinishedTrace>, spec: &TracingSpec, metrics: &Metrics, stop:
     let mut batches = Batches {
         endpoint: &spec.endpoint,
         client,
-        resource,
-        scope,
+        resource: resource.encode_to_vec(),
+        scope: scope.encode_to_vec(),
+        writer: Writer::default(),
         metrics,
         failing: false,
     };
@@ -184,8 +178,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 struct Batches<'a, C> {
     endpoint: &'a http::Uri,
     client: Client<C, Full<Bytes>>,
-    resource: Resource,
-    scope: InstrumentationScope,
+    /// Encoded once: they are the same in every request.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    writer: Writer,
     metrics: &'a Metrics,
     /// True while the collector is failing (so an outage is logged once, not per batch).
     failing: bool,
@@ -207,18 +203,11 @@ where
             return;
         }
         let sent = batch.iter().map(FinishedTrace::span_count).sum::<u64>();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans: batch.into_iter().flat_map(to_spans).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        let body = Bytes::from(request.encode_to_vec());
+        for trace in &batch {
+            self.writer.trace(trace);
+        }
+        drop(batch);
+        let body = Bytes::from(self.writer.finish(&self.resource, &self.scope));
         let export = async {
             tokio::time::timeout(limit, post(&self.client, self.endpoint, body))
                 .await
@@ -284,150 +273,11 @@ where
     Ok(rejected)
 }
 
-/// The server span and one client span per attempt, in OTLP form.
-fn to_spans(trace: FinishedTrace) -> Vec<Span> {
-    let flags = u32::from(trace.flags);
-    let trace_id = trace.trace_id.0.to_vec();
-    let mut spans = Vec::with_capacity(1 + trace.attempts.len());
-    let mut attributes = vec![
-        string("http.request.method", trace.method.as_str()),
-        string("url.path", &trace.path),
-        string("url.scheme", trace.scheme),
-        string("network.protocol.name", "http"),
-        string("network.protocol.version", protocol_version(trace.protocol)),
-        string("client.address", &trace.client_ip.to_string()),
-        int("http.response.status_code", i64::from(trace.status)),
-        string("levee.request_id", trace.request_id.to_str().unwrap_or("-")),
-        int("levee.attempts", trace.attempts.len() as i64),
-    ];
-    for (key, value) in [
-        ("levee.route", trace.route.as_deref()),
-        ("levee.consumer", trace.consumer.as_deref()),
-        ("levee.upstream", trace.upstream.as_deref()),
-        ("levee.degraded", trace.degraded),
-        ("error.type", trace.error),
-    ] {
-        if let Some(value) = value {
-            attributes.push(string(key, value));
-        }
-    }
-    let failed = trace.status >= 500;
-    spans.push(Span {
-        trace_id: trace_id.clone(),
-        span_id: trace.span_id.to_vec(),
-        trace_state: trace
-            .tracestate
-            .as_ref()
-            .and_then(|t| t.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        parent_span_id: trace.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: flags
-            | HAS_IS_REMOTE
-            | if trace.parent_span_id.is_some() {
-                IS_REMOTE
-            } else {
-                0
-            },
-        name: match &trace.route {
-            Some(route) => format!("{} {route}", trace.method),
-            None => trace.method.to_string(),
-        },
-        kind: SpanKind::Server as i32,
-        start_time_unix_nano: trace.start_unix_ns,
-        end_time_unix_nano: trace.end_unix_ns,
-        attributes,
-        status: Some(status(failed, trace.error.unwrap_or_default())),
-        ..Default::default()
-    });
-    for attempt in &trace.attempts {
-        spans.push(attempt_span(&trace, attempt, &trace_id, flags));
-    }
-    spans
-}
-
-fn attempt_span(trace: &FinishedTrace, attempt: &FinishedAttempt, trace_id: &[u8], flags: u32) -> Span {
-    let upstream = &*attempt.upstream;
-    let (address, port) = match attempt.target.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse::<i64>().ok(),
-        ),
-        None => (&*attempt.target, None),
-    };
-    let mut attributes = vec![
-        string("http.request.method", trace.method.as_str()),
-        string("server.address", address),
-        string("levee.upstream", upstream),
-        string("levee.target", &attempt.target),
-        int("levee.attempt", i64::from(attempt.attempt)),
-    ];
-    if let Some(port) = port {
-        attributes.push(int("server.port", port));
-    }
-    if attempt.attempt > 1 {
-        attributes.push(int("http.request.resend_count", i64::from(attempt.attempt - 1)));
-    }
-    if let Some(status) = attempt.status {
-        attributes.push(int("http.response.status_code", i64::from(status)));
-    }
-    let status_text = attempt.status.map(|s| s.to_string());
-    let error = attempt.error.or(status_text
-        .as_deref()
-        .filter(|_| attempt.status.is_some_and(|s| s >= 500)));
-    if let Some(error) = error {
-        attributes.push(string("error.type", error));
-    }
-    Span {
-        trace_id: trace_id.to_vec(),
-        span_id: attempt.span_id.to_vec(),
-        parent_span_id: trace.span_id.to_vec(),
-        flags: flags | HAS_IS_REMOTE,
-        name: format!("{} {upstream}", trace.method),
-        kind: SpanKind::Client as i32,
-        start_time_unix_nano: attempt.start_unix_ns,
-        end_time_unix_nano: attempt.end_unix_ns,
-        attributes,
-        status: Some(status(error.is_some(), error.unwrap_or_default())),
-        ..Default::default()
-    }
-}
-
-fn status(failed: bool, message: &str) -> Status {
-    match failed {
-        true => Status {
-            message: message.to_owned(),
-            code: StatusCode::Error as i32,
-        },
-        false => Status::default(),
-    }
-}
-
-fn protocol_version(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    }
-}
-
 fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
         }),
         ..Default::default()
     }
