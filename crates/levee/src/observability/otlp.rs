@@ -273,7 +273,7 @@ where
     Ok(rejected)
 }
 
-fn string(key: &str, value: &str) -> KeyValue {
+pub(super) fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {

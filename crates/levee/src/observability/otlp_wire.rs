@@ -326,6 +326,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::observability::otlp::string;
     use crate::observability::traces::TraceId;
 
     /// The server span and one client span per attempt, in OTLP form.
@@ -444,26 +445,6 @@ mod tests {
                 code: StatusCode::Error as i32,
             },
             false => Status::default(),
-        }
-    }
-
-    fn protocol_version(version: Version) -> &'static str {
-        match version {
-            Version::HTTP_09 => "0.9",
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
-        }
-    }
-
-    fn string(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.to_owned())),
-            }),
-            ..Default::default()
         }
     }
 
