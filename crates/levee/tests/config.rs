@@ -652,3 +652,35 @@ fn the_salvage_pass_reports_only_what_is_wrong_and_where() {
     ));
     assert!(errs[0].starts_with("levee.yaml:10:"), "{errs:?}");
 }
+
+#[test]
+fn limits_are_validated_where_they_are_written() {
+    let routes = "routes:\n  - name: users\n    upstream: users\n";
+    let errs = errors(&format!(
+        "{BASE}limits:\n  header_read_timeout: 0s\n  http2_keepalive_timeout: 0s\n{routes}"
+    ));
+    assert_eq!(
+        errs,
+        [
+            "levee.yaml:8:24: limits.header_read_timeout must be above zero",
+            "levee.yaml:9:28: limits.http2_keepalive_timeout must be above zero",
+        ],
+        "{errs:?}"
+    );
+    // `0s` turns the PINGs off; it is not an error.
+    let config = levee::load_str(
+        &format!("{BASE}limits:\n  http2_keepalive_interval: 0s\n{routes}"),
+        "levee.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.limits.http2_keepalive_interval, None);
+    let config = levee::load_str(&format!("{BASE}{routes}"), "levee.yaml").unwrap();
+    assert_eq!(
+        config.limits.http2_keepalive_interval,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(
+        config.limits.http2_keepalive_timeout,
+        std::time::Duration::from_secs(10)
+    );
+}

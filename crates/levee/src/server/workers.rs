@@ -188,6 +188,10 @@ fn http_builder(limits: &LimitsSpec) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // A client that stops acknowledging PINGs is gone: its connection is closed, and the
+        // streams on it end (their records say so) instead of waiting forever.
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
     builder
 }

@@ -69,4 +69,12 @@ pub struct LimitsFile {
     /// kept-alive connection (slowloris protection). Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<DurationStr>,
+    /// How often an HTTP/2 client connection that sent nothing is asked for a PING
+    /// acknowledgement; `0s` sends none. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive_interval: Option<DurationStr>,
+    /// How long an HTTP/2 client has to acknowledge a PING before its connection is closed.
+    /// Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive_timeout: Option<DurationStr>,
 }

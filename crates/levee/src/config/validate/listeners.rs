@@ -3,9 +3,11 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::{global_max_body, label_safe, Problems};
-use crate::config::file::{AdminFile, ConfigFile, TlsFile};
+use crate::config::duration::DurationStr;
+use crate::config::file::{AdminFile, ConfigFile, LimitsFile, TlsFile};
 use crate::config::secrets::Resolved;
 use crate::config::spec::*;
 
@@ -123,7 +125,19 @@ pub(super) fn check_limits(file: &ConfigFile, p: &mut Problems) -> LimitsSpec {
             .and_then(|l| l.header_read_timeout)
             .map(|d| d.0)
             .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        http2_keepalive_interval: Some(
+            limit(file, |l| l.http2_keepalive_interval).unwrap_or(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
+        )
+        .filter(|d| !d.is_zero()),
+        http2_keepalive_timeout: limit(file, |l| l.http2_keepalive_timeout)
+            .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT),
     };
+    if limits.http2_keepalive_timeout.is_zero() {
+        p.at(
+            "limits.http2_keepalive_timeout",
+            "limits.http2_keepalive_timeout must be above zero",
+        );
+    }
     if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
         p.at(
             "limits.max_header_bytes",
@@ -148,6 +162,11 @@ pub(super) fn check_limits(file: &ConfigFile, p: &mut Problems) -> LimitsSpec {
         }
     }
     limits
+}
+
+/// A duration in `limits`, if the file sets it.
+fn limit(file: &ConfigFile, key: impl Fn(&LimitsFile) -> Option<DurationStr>) -> Option<Duration> {
+    file.limits.as_ref().and_then(key).map(|d| d.0)
 }
 
 fn socket_addr(text: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
