@@ -455,14 +455,20 @@ fn h2_gateway(upstream: &MockUpstream) -> Harness {
     ))
 }
 
-#[tokio::test]
-async fn an_http2_client_that_stops_answering_pings_is_disconnected() {
-    let upstream = MockUpstream::fixed("ok").await;
-    let h = h2_gateway(&upstream);
+/// A raw connection to the gateway's listener with HTTP/2 opened on it.
+async fn h2_client(h: &Harness) -> tokio::net::TcpStream {
     let mut client = tokio::net::TcpStream::connect(h.gateway().listener_addr("public").unwrap())
         .await
         .unwrap();
     client.write_all(H2_OPEN).await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_answering_pings_is_disconnected() {
+    let upstream = MockUpstream::fixed("ok").await;
+    let h = h2_gateway(&upstream);
+    let mut client = h2_client(&h).await;
     // Read, never answer: the server asks with a PING, waits, and gives up on the connection.
     let mut seen = Vec::new();
     let ended = tokio::time::timeout(DEADLINE, async {
@@ -479,10 +485,7 @@ async fn an_http2_client_that_stops_answering_pings_is_disconnected() {
 async fn an_http2_client_that_answers_pings_keeps_its_connection() {
     let upstream = MockUpstream::fixed("ok").await;
     let h = h2_gateway(&upstream);
-    let mut client = tokio::net::TcpStream::connect(h.gateway().listener_addr("public").unwrap())
-        .await
-        .unwrap();
-    client.write_all(H2_OPEN).await.unwrap();
+    let mut client = h2_client(&h).await;
     // Three PINGs acknowledged in a row: each acknowledgement keeps the connection, so the
     // next PING comes instead of a GOAWAY or the end of the connection.
     let mut acknowledged = 0;
