@@ -805,3 +805,41 @@ fn check_handles_a_hundred_thousand_routes() {
         "{stderr}"
     );
 }
+
+/// `THP_enabled` of a process, from `/proc/PID/status` (Linux 5.0 and later).
+fn huge_pages_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.trim_start_matches("THP_enabled:").trim() == "1")
+}
+
+#[tokio::test]
+async fn run_turns_transparent_huge_pages_off_unless_told_to_keep_them() {
+    // A child inherits the flag: only a test process that has huge pages can tell.
+    if huge_pages_enabled(std::process::id()) != Some(true) {
+        eprintln!("skipped: this kernel does not report THP_enabled, or this process has THP off");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        "listeners: [{ name: public, bind: 127.0.0.1:0 }]\nupstreams: { u: { targets: [\"127.0.0.1:9\"] } }\nroutes: [{ name: r, upstream: u }]\n",
+    );
+    for (keep, expected) in [(false, false), (true, true)] {
+        let mut command = Command::new(LEVEE);
+        command.args(["run", "--config", &cfg]).stdout(Stdio::piped());
+        if keep {
+            command.env("MIMALLOC_ALLOW_THP", "1");
+        } else {
+            command.env_remove("MIMALLOC_ALLOW_THP");
+        }
+        let mut child = Running(command.spawn().unwrap());
+        let lines = Lines::follow(&mut child.0);
+        logged_addr(&lines, "listening").await;
+        assert_eq!(
+            huge_pages_enabled(child.0.id()),
+            Some(expected),
+            "MIMALLOC_ALLOW_THP set: {keep}"
+        );
+    }
+}

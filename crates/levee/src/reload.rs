@@ -81,11 +81,10 @@ fn apply(state: &SharedState) -> Result<u64, ReloadError> {
     }
     let version = current.version + 1;
     // Only a fleet compares hashes; printing a large config to hash it is not free.
-    let hash = state.cluster.as_ref().map(|_| config_hash(&config));
-    let next = Arc::new(Gateway::build(config, Some(&current)).with_version(version));
-    if let (Some(cluster), Some(hash)) = (&state.cluster, hash) {
-        cluster.set_config_hash(hash);
+    if let Some(cluster) = &state.cluster {
+        cluster.set_config_hash(config_hash(&config));
     }
+    let next = Arc::new(Gateway::build(config, Some(&current)).with_version(version));
     // A canary block that was rolled back before (going back to an earlier release) is
     // rolled back again before it takes a request.
     let canaries: Vec<_> = next.canaries.iter().flatten().cloned().collect();

@@ -119,12 +119,7 @@ pub(super) fn check_limits(file: &ConfigFile, p: &mut Problems) -> LimitsSpec {
             .and_then(|l| l.max_header_bytes)
             .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
         max_body_bytes: global_max_body(file),
-        header_read_timeout: file
-            .limits
-            .as_ref()
-            .and_then(|l| l.header_read_timeout)
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        header_read_timeout: limit(file, |l| l.header_read_timeout).unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
         http2_keepalive_interval: Some(
             limit(file, |l| l.http2_keepalive_interval).unwrap_or(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
         )
