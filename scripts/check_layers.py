@@ -40,7 +40,9 @@ LAYERS = {
     ],
 }
 # Imports allowed inside a layer (the arrows drawn within it).
-SIDEWAYS = {"levee": {("headers", "hex"), ("auth", "jwt"), ("chaos", "slo"), ("body", "record")}}
+SIDEWAYS = {
+    "levee": {("headers", "hex"), ("auth", "jwt"), ("chaos", "slo"), ("body", "record"), ("upstream", "tls")}
+}
 
 
 def layer_problems(crate, graph):

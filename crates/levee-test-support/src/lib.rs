@@ -21,7 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+pub mod serving;
 pub mod stores;
+
+pub use serving::{Serving, TestCa};
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -36,6 +39,8 @@ pub struct Seen {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Over TLS: the DER of the certificate the client presented, if any.
+    pub client_cert: Option<Bytes>,
 }
 
 /// What a mock upstream answers.
@@ -94,6 +99,7 @@ pub struct MockUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    inflight: Arc<serving::Inflight>,
     conn_tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -102,7 +108,16 @@ impl MockUpstream {
     /// Starts a mock that answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        MockUpstream::serve(listener, Arc::new(handler))
+        MockUpstream::serve(listener, Serving::default(), Arc::new(handler))
+    }
+
+    /// Starts a mock that speaks as `serving` says (TLS, HTTP/2, GOAWAY after some requests).
+    pub async fn start_serving(
+        serving: Serving,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        MockUpstream::serve(listener, serving, Arc::new(handler))
     }
 
     /// Starts a mock on a given address (to bring a killed target back on its port).
@@ -113,10 +128,14 @@ impl MockUpstream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
         socket.bind(addr).unwrap();
-        MockUpstream::serve(socket.listen(1024).unwrap(), Arc::new(handler))
+        MockUpstream::serve(
+            socket.listen(1024).unwrap(),
+            Serving::default(),
+            Arc::new(handler),
+        )
     }
 
-    fn serve(listener: TcpListener, handler: Handler) -> MockUpstream {
+    fn serve(listener: TcpListener, serving: Serving, handler: Handler) -> MockUpstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
@@ -124,6 +143,8 @@ impl MockUpstream {
         let accepted = connections.clone();
         let conn_tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let tasks = conn_tasks.clone();
+        let inflight: Arc<serving::Inflight> = Arc::default();
+        let counted = inflight.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -132,16 +153,27 @@ impl MockUpstream {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let log = log.clone();
+                let counted = counted.clone();
+                let serving = serving.clone();
                 let conn = tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
+                    let answering = move |request: Request<Incoming>, client_cert: Option<Bytes>| {
                         let handler = handler.clone();
                         let log = log.clone();
-                        async move { Ok::<_, Infallible>(answer(request, handler, log).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                        let counted = counted.clone();
+                        async move {
+                            let _guard = counted.enter();
+                            Ok::<_, Infallible>(answer(request, client_cert, handler, log).await)
+                        }
+                    };
+                    if serving.is_plain() {
+                        let service = service_fn(move |request| answering(request, None));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
+                    } else {
+                        serving::serve_connection(stream, &serving, answering).await;
+                    }
                 });
                 tasks.lock().unwrap().push(conn.abort_handle());
             }
@@ -150,6 +182,7 @@ impl MockUpstream {
             addr,
             seen,
             connections,
+            inflight,
             conn_tasks,
             task,
         }
@@ -182,6 +215,11 @@ impl MockUpstream {
     pub fn hits(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
+
+    /// The most requests this mock was answering at once.
+    pub fn max_inflight(&self) -> usize {
+        self.inflight.max()
+    }
 }
 
 impl Drop for MockUpstream {
@@ -192,6 +230,7 @@ impl Drop for MockUpstream {
 
 async fn answer(
     request: Request<Incoming>,
+    client_cert: Option<Bytes>,
     handler: Handler,
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Response<TestBody> {
@@ -203,6 +242,7 @@ async fn answer(
         version: parts.version,
         headers: parts.headers,
         body,
+        client_cert,
     };
     let reply = handler(&seen);
     log.lock().unwrap().push(seen);

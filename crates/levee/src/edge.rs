@@ -91,7 +91,10 @@ impl Rejection {
             Rejection::FaultInjected(status) => *status,
             Rejection::Gone(_) => StatusCode::GONE,
             Rejection::Upstream(e) => match e {
-                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                UpstreamError::Connect { .. }
+                | UpstreamError::Exchange { .. }
+                | UpstreamError::Tls { .. }
+                | UpstreamError::Refused { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
@@ -123,7 +126,10 @@ impl Rejection {
             Rejection::FaultInjected(_) => "fault_injected",
             Rejection::Gone(_) => "gone",
             Rejection::Upstream(e) => match e {
-                UpstreamError::Connect { .. } | UpstreamError::Exchange { .. } => "upstream_error",
+                UpstreamError::Connect { .. }
+                | UpstreamError::Exchange { .. }
+                | UpstreamError::Refused { .. } => "upstream_error",
+                UpstreamError::Tls { .. } => "upstream_tls_error",
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => "upstream_timeout",
                 UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => "upstream_unavailable",
             },
@@ -163,6 +169,10 @@ impl Rejection {
             Rejection::Upstream(e) => match e {
                 UpstreamError::Connect { .. } => "The upstream service could not be reached.",
                 UpstreamError::Exchange { .. } => "The upstream service failed while answering.",
+                UpstreamError::Tls { .. } => {
+                    "The TLS handshake with the upstream service failed (certificate or protocol)."
+                }
+                UpstreamError::Refused { .. } => "The upstream service refused the request without processing it.",
                 UpstreamError::ConnectTimeout { .. } => "Connecting to the upstream service timed out.",
                 UpstreamError::Timeout { .. } => "The upstream service did not answer in time.",
                 UpstreamError::NoTarget { .. } => "No upstream target is available.",

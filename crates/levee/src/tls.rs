@@ -1,5 +1,6 @@
 //! TLS termination with rustls: certificates loaded from PEM files and reloaded from disk when
-//! they change, without a restart and without dropping connections.
+//! they change, without a restart and without dropping connections. Upstream client
+//! certificates (mutual TLS) reload the same way.
 //!
 //! Each TLS listener gets a [`ReloadingCert`]: handshakes read the current certificate under a
 //! read lock; a control-plane task checks the files' modification times every
@@ -66,6 +67,14 @@ impl ReloadingCert {
         }
     }
 
+    /// The pair in use now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// A rustls server config that always presents the current certificate.
     pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
         let mut config =
@@ -84,7 +93,7 @@ impl ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|c| c.clone())
+        Some(self.current())
     }
 }
 

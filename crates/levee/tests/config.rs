@@ -684,3 +684,87 @@ fn limits_are_validated_where_they_are_written() {
         std::time::Duration::from_secs(10)
     );
 }
+
+#[test]
+fn upstream_tls_protocol_and_http2_are_validated_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let yaml = format!(
+        "listeners: [{{ name: p, bind: 127.0.0.1:8080 }}]
+upstreams:
+  a:
+    targets: [127.0.0.1:1]
+    protocol: h2
+  b:
+    targets: [127.0.0.1:2]
+    protocol: h2c
+    tls: {{ sni: \"not a name\", ca_file: \"{}\", client_cert: c.pem }}
+  c:
+    targets: [127.0.0.1:3]
+    http2: {{ max_concurrent_streams: 0, keepalive_timeout: 0s }}
+routes:
+  - {{ name: a, match: {{ path_prefix: /a }}, upstream: a }}
+",
+        not_pem.display()
+    );
+    let errs = errors(&yaml);
+    let expected = [
+        "levee.yaml:5:15: protocol h2 is HTTP/2 over TLS",
+        "levee.yaml:8:15: protocol h2c is HTTP/2 in cleartext",
+        "levee.yaml:9:17: invalid sni `not a name`",
+        "levee.yaml:9:40: ",
+        "levee.yaml:9:79: client_cert needs client_key",
+        "levee.yaml:12:12: http2 settings apply only to `protocol: h2`, `h2c` or `auto`",
+        "levee.yaml:12:38: max_concurrent_streams must be from 1 to 10000",
+        "levee.yaml:12:60: keepalive_timeout must be above zero",
+    ];
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    for (err, start) in errs.iter().zip(expected) {
+        assert!(
+            err.starts_with(start),
+            "{err} should start with {start}; all: {errs:#?}"
+        );
+    }
+    assert!(
+        errs.iter().any(|e| e.contains("holds no certificate")),
+        "{errs:#?}"
+    );
+
+    // The defaults, and the warnings for what is valid but risky.
+    let config = levee::load_str(
+        "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+upstreams:
+  s:
+    targets: [127.0.0.1:1, 127.0.0.1:2]
+    protocol: auto
+    tls: { insecure_skip_verify: true }
+  plain:
+    targets: [127.0.0.1:3, 127.0.0.1:4]
+    protocol: auto
+routes:
+  - { name: s, match: { path_prefix: /s }, upstream: s }
+  - { name: plain, match: { path_prefix: /p }, upstream: plain }
+",
+        "levee.yaml",
+    )
+    .unwrap();
+    let s = &config.upstreams[1];
+    assert_eq!(s.protocol, levee::config::spec::UpstreamProtocol::Auto);
+    assert!(s.tls.as_ref().unwrap().insecure_skip_verify);
+    assert_eq!(s.http2.max_concurrent_streams, 100);
+    assert_eq!(
+        s.http2.keepalive_interval,
+        Some(std::time::Duration::from_secs(30))
+    );
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    for text in [
+        "levee.yaml:6:34: upstream `s` does not verify its targets' certificates",
+        "levee.yaml:9:15: upstream `plain` has `protocol: auto` without `tls`",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(text)),
+            "{text} in {warnings:#?}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{single_upstream, Harness};
 use http::StatusCode;
+use levee_test_support::serving::h2_raw::{self, GOAWAY, PING};
 use levee_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -435,19 +436,6 @@ async fn http2_authority_and_host_must_agree() {
 /// The HTTP/2 client preface, an empty SETTINGS frame, and the acknowledgement of the
 /// server's SETTINGS: enough for the server to consider the connection open.
 const H2_OPEN: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0";
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-
-/// Reads one HTTP/2 frame: (type, flags, payload), or `None` when the connection ended.
-async fn h2_frame(stream: &mut tokio::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
-    let mut head = [0u8; 9];
-    stream.read_exact(&mut head).await.ok()?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).await.ok()?;
-    Some((head[3], head[4], payload))
-}
-
 fn h2_gateway(upstream: &MockUpstream) -> Harness {
     Harness::start(&format!(
         "limits: {{ http2_keepalive_interval: 200ms, http2_keepalive_timeout: 200ms }}\n{}",
@@ -472,8 +460,8 @@ async fn an_http2_client_that_stops_answering_pings_is_disconnected() {
     // Read, never answer: the server asks with a PING, waits, and gives up on the connection.
     let mut seen = Vec::new();
     let ended = tokio::time::timeout(DEADLINE, async {
-        while let Some((kind, _, _)) = h2_frame(&mut client).await {
-            seen.push(kind);
+        while let Some(frame) = h2_raw::read(&mut client).await {
+            seen.push(frame.kind);
         }
     })
     .await;
@@ -491,7 +479,11 @@ async fn an_http2_client_that_answers_pings_keeps_its_connection() {
     let mut acknowledged = 0;
     tokio::time::timeout(DEADLINE, async {
         while acknowledged < 3 {
-            let (kind, flags, payload) = h2_frame(&mut client).await.expect("the connection stayed open");
+            let h2_raw::Frame {
+                kind, flags, payload, ..
+            } = h2_raw::read(&mut client)
+                .await
+                .expect("the connection stayed open");
             assert_ne!(kind, GOAWAY, "an answering client was sent away");
             if kind == PING && flags & 0x1 == 0 {
                 let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];

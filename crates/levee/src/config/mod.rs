@@ -15,6 +15,7 @@ pub mod secrets;
 mod shown;
 pub mod source_map;
 pub mod spec;
+pub mod transport;
 mod validate;
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! What a config names outside its own text, read in one step: the TLS certificate and key
-//! files of listeners, the JWT public key files, the environment variables that hold the
+//! files of listeners and upstreams, the JWT public key files, the environment variables that hold the
 //! admin token, the JWT secret and the LLM providers' API keys, and (for `workers: auto`)
 //! the number of cores the process may use.
 //!
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::Path;
 
+use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
 use super::file::{ConfigFile, Workers};
@@ -45,6 +46,32 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     Ok(certified)
 }
 
+/// The certificates of a PEM file of certificate authorities (at least one).
+pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read certificate authorities {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "certificate authorities {} are not valid PEM: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, rejected) = roots.add_parsable_certificates(certs.iter().cloned());
+    if rejected > 0 {
+        return Err(format!(
+            "{} holds {rejected} certificate(s) that cannot be trust anchors",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 /// A secret or file as resolved: the value, or the problem to report.
 pub(super) type Resolved<T> = Result<T, String>;
 
@@ -69,6 +96,15 @@ pub(super) struct Secrets {
     pub postgres_url: Option<Resolved<Secret>>,
     /// This machine's host name, when `cluster` is given without a `node_id`.
     pub host_name: Option<String>,
+    /// Per upstream with `tls`, by name: whether its `ca_file` and its client pair load.
+    pub upstream_tls: BTreeMap<String, UpstreamTlsFiles>,
+}
+
+/// What an upstream's `tls` names, as read: each `None` when not given.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamTlsFiles {
+    pub ca_file: Option<Resolved<()>>,
+    pub client_cert: Option<Resolved<()>>,
 }
 
 /// Reads every file and environment variable the config names (the one place validation
@@ -115,7 +151,28 @@ pub(super) fn resolve_secrets(file: &ConfigFile) -> Secrets {
         .and_then(|c| c.postgres.as_ref()?.url_env.as_deref())
         .map(|name| env_secret(name, "cluster.postgres.url_env"));
     let host_name = cluster.filter(|c| c.node_id.is_none()).map(|_| host_name());
+    let upstream_tls = file
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| {
+            let tls = u.tls.as_ref()?;
+            let files = UpstreamTlsFiles {
+                ca_file: tls
+                    .ca_file
+                    .as_deref()
+                    .map(|path| load_ca_certs(Path::new(path)).map(|_| ())),
+                client_cert: match (&tls.client_cert, &tls.client_key) {
+                    (Some(cert), Some(key)) => {
+                        Some(load_certified_key(Path::new(cert), Path::new(key)).map(|_| ()))
+                    }
+                    _ => None,
+                },
+            };
+            Some((name.clone(), files))
+        })
+        .collect();
     Secrets {
+        upstream_tls,
         tls,
         admin_token,
         jwt_secret,

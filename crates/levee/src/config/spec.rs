@@ -424,6 +424,8 @@ pub struct AccessLogSpec {
     pub success_sample: f64,
 }
 
+pub use super::transport::*;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
@@ -433,6 +435,10 @@ pub struct UpstreamSpec {
     pub request_timeout: Duration,
     pub pool_max_idle_per_target: usize,
     pub pool_idle_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    /// `None`: cleartext.
+    pub tls: Option<UpstreamTlsSpec>,
+    pub http2: UpstreamHttp2Spec,
     /// `None` when the breaker is turned off.
     pub circuit_breaker: Option<BreakerConfig>,
     pub max_concurrent: usize,

@@ -10,10 +10,15 @@ pub enum Outcome {
     Status4xx,
     Status5xx,
     ConnectError,
+    /// The TLS handshake failed (certificate, name, client certificate, protocol).
+    TlsError,
     Timeout,
     Reset,
     /// No target could take the attempt.
     Unavailable,
+    /// An HTTP/2 upstream refused the stream unprocessed (`REFUSED_STREAM`, or above a
+    /// `GOAWAY`'s last stream id).
+    Refused,
 }
 
 impl Outcome {
@@ -35,9 +40,11 @@ impl Outcome {
             Outcome::Status4xx => "4xx",
             Outcome::Status5xx => "5xx",
             Outcome::ConnectError => "connect_error",
+            Outcome::TlsError => "tls_error",
             Outcome::Timeout => "timeout",
             Outcome::Reset => "reset",
             Outcome::Unavailable => "unavailable",
+            Outcome::Refused => "refused",
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::body::ResponseBody;
-use crate::config::spec::{CanaryTarget, RouteSpec};
+use crate::config::spec::{CanaryTarget, RouteSpec, DEFAULT_MAX_REPLAY_BODY};
 use crate::edge::Rejection;
 use crate::gateway::WorkerContext;
 use crate::headers;
@@ -30,7 +30,9 @@ use crate::router::strip_path_prefix;
 use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::pool::PooledBody;
-use crate::upstream::{health, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream};
+use crate::upstream::{
+    health, BreakerTicket, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream,
+};
 
 /// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum RetryReason {
     Reset,
     Timeout,
     Status,
+    /// An HTTP/2 upstream refused the stream unprocessed: retried whatever the policy.
+    RefusedStream,
 }
 
 impl RetryReason {
@@ -48,6 +52,7 @@ impl RetryReason {
             RetryReason::Reset => "reset",
             RetryReason::Timeout => "timeout",
             RetryReason::Status => "status",
+            RetryReason::RefusedStream => "refused_stream",
         }
     }
 }
@@ -80,7 +85,14 @@ async fn enter_upstream<'w>(
     // The first piece of the body arrives before any upstream work: a malformed or too
     // large start is refused without touching the upstream, and a client slow to start its
     // body does not hold a place in the bulkhead.
-    let replay_cap = route.retry.as_ref().map_or(0, |p| p.max_replay_body);
+    // A stream an HTTP/2 upstream refuses is retried even without a policy, so its body
+    // is kept for that.
+    let refusable = upstream.shared().transport.may_use_h2();
+    let replay_cap = route
+        .retry
+        .as_ref()
+        .map_or(0, |p| p.max_replay_body)
+        .max(if refusable { DEFAULT_MAX_REPLAY_BODY } else { 0 });
     let body = ReplayableBody::new(body, replay_cap, route.max_body_bytes);
     match tokio::time::timeout(worker.limits.header_read_timeout, body.prefetch()).await {
         Ok(Ok(())) => {}
@@ -128,7 +140,7 @@ pub(super) async fn forward(
     let RetryPlan {
         policy,
         any_reason,
-        max_attempts,
+        mut max_attempts,
         per_try_timeout,
         budget,
     } = RetryPlan::new(worker, route_index, route, &parts, client_upgrade.is_some());
@@ -139,6 +151,7 @@ pub(super) async fn forward(
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
+    let mut refused_retries: u32 = 0;
     // The attempt before this one, when it is being retried: returned as is if no target is
     // left for the retry, and counted in the metrics once the retry really starts.
     let mut previous: Option<PreviousAttempt> = None;
@@ -184,14 +197,7 @@ pub(super) async fn forward(
             result.as_ref().ok().map(|r| r.status().as_u16()),
             result.as_ref().err().map(|_| outcome.label()),
         );
-        if failed && body.client_failed() {
-            // The client's body broke the attempt (too large, malformed): the target did
-            // nothing wrong, so neither its breaker nor outlier detection hears about it.
-            drop(ticket);
-        } else {
-            ticket.settle(!failed);
-            health::record_outcome(upstream.shared(), index, failed, Instant::now());
-        }
+        settle(upstream, index, ticket, failed, &body);
         let facts = UpstreamFacts {
             upstream: upstream.name.clone(),
             target: addr,
@@ -199,22 +205,26 @@ pub(super) async fn forward(
             elapsed,
         };
 
-        let retry = reason.filter(|_| {
-            attempt < max_attempts
-                && body.replayable()
-                && budget.is_some_and(|b| b.try_withdraw(Instant::now()))
+        let retry = reason.filter(|reason| match reason {
+            // Not the policy's to spend: the request never ran (a draining server).
+            RetryReason::RefusedStream => refused_retries < MAX_REFUSED_RETRIES && body.replayable(),
+            _ => {
+                attempt < max_attempts
+                    && body.replayable()
+                    && budget.is_some_and(|b| b.try_withdraw(Instant::now()))
+            }
         });
         let Some(reason) = retry else {
             record.upstream = Some(facts);
-            return match result {
-                Ok(response) => Ok(finish_response(response, client_upgrade)),
-                // The upstream attempt failed because the client's body went over the limit.
-                Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
-                Err(_) if body.client_failed() => Err(Rejection::BadRequest),
-                Err(error) => Err(error.into()),
-            };
+            return final_answer(result, &body, client_upgrade);
         };
         previous = Some((result, facts, reason));
+        if reason == RetryReason::RefusedStream {
+            refused_retries += 1;
+            max_attempts += 1;
+            attempt += 1;
+            continue;
+        }
         if let Some(policy) = policy {
             let delay = full_jitter(attempt, policy.backoff, policy.max_backoff, fastrand::f64());
             tokio::time::sleep(delay).await;
@@ -223,6 +233,44 @@ pub(super) async fn forward(
         attempt += 1;
     }
 }
+
+/// Tells the target's breaker and outlier detection how the attempt went.
+fn settle(
+    upstream: &WorkerUpstream,
+    index: usize,
+    ticket: BreakerTicket,
+    failed: bool,
+    body: &ReplayableBody,
+) {
+    if failed && body.client_failed() {
+        // The client's body broke the attempt (too large, malformed): the target did
+        // nothing wrong, so neither its breaker nor outlier detection hears about it.
+        drop(ticket);
+    } else {
+        ticket.settle(!failed);
+        health::record_outcome(upstream.shared(), index, failed, Instant::now());
+    }
+}
+
+/// The client's answer from the last attempt's result.
+fn final_answer(
+    result: Result<Response<PooledBody>, UpstreamError>,
+    body: &ReplayableBody,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<ResponseBody>, Rejection> {
+    match result {
+        Ok(response) => Ok(finish_response(response, client_upgrade)),
+        // The upstream attempt failed because the client's body went over the limit.
+        Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
+        Err(_) if body.client_failed() => Err(Rejection::BadRequest),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Retries of refused HTTP/2 streams per request, on top of the policy's attempts: enough
+/// to ride over one server's graceful shutdown, few enough that a server refusing
+/// everything is answered quickly.
+const MAX_REFUSED_RETRIES: u32 = 2;
 
 /// The answer when no target is left to try: the last attempt's, or the picker's error when
 /// there was none.
@@ -407,11 +455,20 @@ fn classify(
                     RetryReason::Timeout,
                     any_reason && on.is_some_and(|o| o.timeout),
                 ),
+                UpstreamError::Tls { .. } => (
+                    Outcome::TlsError,
+                    RetryReason::ConnectFailure,
+                    on.is_some_and(|o| o.connect_failure),
+                ),
                 UpstreamError::Exchange { .. } => (
                     Outcome::Reset,
                     RetryReason::Reset,
                     any_reason && on.is_some_and(|o| o.reset),
                 ),
+                // A draining server's refusal says nothing about the target's health.
+                UpstreamError::Refused { .. } => {
+                    return (Outcome::Refused, false, Some(RetryReason::RefusedStream));
+                }
                 UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => {
                     (Outcome::Unavailable, RetryReason::ConnectFailure, false)
                 }

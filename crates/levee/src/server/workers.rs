@@ -137,7 +137,8 @@ async fn follow_reloads(
     mut gateway_rx: watch::Receiver<Arc<Gateway>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut sweep = tokio::time::interval(crate::upstream::pool::SWEEP_EVERY);
+    let every = crate::upstream::pool::SWEEP_EVERY;
+    let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

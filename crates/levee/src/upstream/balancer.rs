@@ -242,7 +242,7 @@ mod tests {
     }
 
     fn targets(specs: &[TargetSpec]) -> Vec<Target> {
-        specs.iter().map(Target::new).collect()
+        specs.iter().map(|s| Target::new(s, None)).collect()
     }
 
     fn parts(headers: &[(&str, &str)]) -> Parts {

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use http::Request;
 use http_body_util::Empty;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::transport::{Conn, TargetAddr, Transport};
 use super::Upstream;
 use crate::config::spec::{HealthCheckSpec, OutlierSpec};
 
@@ -139,15 +138,20 @@ async fn check_target(upstream: Arc<Upstream>, index: usize, spec: HealthCheckSp
     let (Some(target), Some(health)) = (upstream.spec.targets.get(index), upstream.health.get(index)) else {
         return;
     };
+    let sni = upstream.spec.tls.as_ref().and_then(|t| t.sni.as_deref());
+    let addr = TargetAddr::new(&target.addr, target.authority.host(), sni);
     let mut passes = 0u32;
     let mut failures = 0u32;
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let passed = tokio::time::timeout(spec.timeout, probe(&target.authority, &spec))
-            .await
-            .unwrap_or(false);
+        let passed = tokio::time::timeout(
+            spec.timeout,
+            probe(&upstream.transport, &addr, &target.authority, &spec),
+        )
+        .await
+        .unwrap_or(false);
         if passed {
             passes += 1;
             failures = 0;
@@ -166,40 +170,47 @@ async fn check_target(upstream: Arc<Upstream>, index: usize, spec: HealthCheckSp
     }
 }
 
-/// One check: a TCP connect, then (with a path) a GET whose status must be expected.
-async fn probe(authority: &http::uri::Authority, spec: &HealthCheckSpec) -> bool {
-    let Ok(stream) = TcpStream::connect(authority.as_str()).await else {
+/// One check, through the upstream's own transport (TLS and protocol included): a new
+/// connection, then (with a path) a GET whose status must be expected.
+async fn probe(
+    transport: &Transport,
+    target: &TargetAddr,
+    authority: &http::uri::Authority,
+    spec: &HealthCheckSpec,
+) -> bool {
+    let Ok(conn) = transport.connect::<Empty<Bytes>>(target).await else {
         return false;
     };
     let Some(path) = &spec.path else {
         return true;
     };
-    let _ = stream.set_nodelay(true);
-    let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        return false;
+    let request = |uri: String| {
+        Request::get(uri)
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::USER_AGENT, "levee-health-check")
+            .body(Empty::<Bytes>::new())
     };
-    let driver = tokio::spawn(connection);
-    let request = Request::get(path.as_str())
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::USER_AGENT, "levee-health-check")
-        .body(Empty::<Bytes>::new());
-    let passed = match request {
-        Ok(request) => match sender.send_request(request).await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                if spec.expected_statuses.is_empty() {
-                    (200..300).contains(&status)
-                } else {
-                    spec.expected_statuses.contains(&status)
-                }
-            }
-            Err(_) => false,
+    let response = match conn {
+        Conn::H1(mut sender) => match request(path.to_string()) {
+            Ok(request) => sender.send_request(request).await.ok(),
+            Err(_) => None,
         },
-        Err(_) => false,
+        Conn::H2(mut sender) => {
+            let scheme = if transport.tls() { "https" } else { "http" };
+            match request(format!("{scheme}://{authority}{path}")) {
+                Ok(request) => sender.send_request(request).await.ok(),
+                Err(_) => None,
+            }
+        }
     };
-    driver.abort();
-    passed
+    response.is_some_and(|response| {
+        let status = response.status().as_u16();
+        if spec.expected_statuses.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            spec.expected_statuses.contains(&status)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod balancer;
 pub mod health;
 pub mod pool;
 pub mod request_body;
+pub mod transport;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,18 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    #[error("the TLS handshake with {target} failed: {source}")]
+    Tls {
+        target: Arc<str>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{target} refused the request without processing it: {source}")]
+    Refused {
+        target: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
     #[error("upstream {upstream} has no target available (all circuits open or none configured)")]
     NoTarget { upstream: Arc<str> },
     #[error("upstream {upstream} already has {limit} requests in flight (bulkhead full)")]
@@ -47,12 +60,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether the request certainly never reached the target (safe to retry elsewhere).
+    /// Whether the request certainly never reached the target's application (safe to
+    /// retry elsewhere, whatever its method).
     pub fn never_sent(&self) -> bool {
         matches!(
             self,
             UpstreamError::Connect { .. }
                 | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Tls { .. }
+                | UpstreamError::Refused { .. }
                 | UpstreamError::NoTarget { .. }
         )
     }
@@ -84,18 +100,19 @@ pub struct Target {
     pub authority: Authority,
     /// The Host header sent when the client's request had none (an HTTP/1.0 client).
     host: Option<HeaderValue>,
-    /// Where new connections go.
-    resolved: pool::Resolved,
+    /// Where new connections go, and the TLS name they check.
+    connect_to: transport::TargetAddr,
     pub weight: u32,
     inflight: AtomicUsize,
     ewma: Mutex<Ewma>,
 }
 
 impl Target {
-    pub fn new(spec: &TargetSpec) -> Target {
+    /// `sni`: the upstream's `tls.sni`, which replaces the target's host as the TLS name.
+    pub fn new(spec: &TargetSpec, sni: Option<&str>) -> Target {
         Target {
             host: HeaderValue::from_str(spec.authority.as_str()).ok(),
-            resolved: pool::Resolved::new(&spec.addr),
+            connect_to: transport::TargetAddr::new(&spec.addr, spec.authority.host(), sni),
             addr: Arc::from(&*spec.addr),
             // A copy, not a clone: a clone would share the config's reference count.
             authority: spec
@@ -160,6 +177,23 @@ impl Target {
     }
 }
 
+/// The upstream error for a failed exchange with `target`.
+fn send_error(error: pool::SendError, target: Arc<str>, connect_timeout: Duration) -> UpstreamError {
+    use transport::ConnectError;
+    match error {
+        pool::SendError::Connect(ConnectError::TimedOut) => UpstreamError::ConnectTimeout {
+            target,
+            after: connect_timeout,
+        },
+        pool::SendError::Connect(ConnectError::Failed(source)) => UpstreamError::Connect { target, source },
+        pool::SendError::Connect(ConnectError::Tls(source)) => UpstreamError::Tls { target, source },
+        pool::SendError::Connect(ConnectError::Handshake(source)) | pool::SendError::Exchange(source) => {
+            UpstreamError::Exchange { target, source }
+        }
+        pool::SendError::Refused(source) => UpstreamError::Refused { target, source },
+    }
+}
+
 fn decay(now: Instant, since: Instant) -> f64 {
     let elapsed = now.saturating_duration_since(since).as_secs_f64();
     (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
@@ -181,6 +215,9 @@ pub struct Upstream {
     breakers: Vec<Option<CircuitBreaker>>,
     /// The clock outlier ejection counts from.
     pub epoch: Instant,
+    /// How connections to the targets are made (TLS, protocol), for the pools and the
+    /// health checker alike.
+    pub transport: Arc<transport::Transport>,
 }
 
 impl Upstream {
@@ -202,6 +239,7 @@ impl Upstream {
                 })
                 .collect(),
             epoch: Instant::now(),
+            transport: Arc::new(transport::Transport::new(&spec)),
             bulkhead: Arc::new(Bulkhead::new(spec.max_concurrent, spec.queue)),
             spec,
             balancer,
@@ -295,11 +333,12 @@ impl WorkerUpstream {
         let pool = pool::Pool::new(
             spec.pool_max_idle_per_target,
             spec.pool_idle_timeout,
-            spec.connect_timeout,
+            shared.transport.clone(),
         );
+        let sni = spec.tls.as_ref().and_then(|t| t.sni.as_deref());
         WorkerUpstream {
             name: Arc::from(&*spec.name),
-            targets: spec.targets.iter().map(Target::new).collect(),
+            targets: spec.targets.iter().map(|t| Target::new(t, sni)).collect(),
             pool,
             shared,
         }
@@ -394,7 +433,7 @@ impl WorkerUpstream {
         }
         let started = Instant::now();
         let timeout = timeout.unwrap_or(spec.request_timeout);
-        let sent = self.pool.send(index, &target.resolved, request);
+        let sent = self.pool.send(index, &target.connect_to, request);
         let result = tokio::time::timeout(timeout, sent).await;
         let addr = || target.addr.clone();
         let outcome = match result {
@@ -403,23 +442,7 @@ impl WorkerUpstream {
                 after: timeout,
             }),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(pool::SendError::Connect(pool::ConnectError::TimedOut))) => {
-                Err(UpstreamError::ConnectTimeout {
-                    target: addr(),
-                    after: spec.connect_timeout,
-                })
-            }
-            Ok(Err(pool::SendError::Connect(pool::ConnectError::Failed(source)))) => {
-                Err(UpstreamError::Connect {
-                    target: addr(),
-                    source,
-                })
-            }
-            Ok(Err(pool::SendError::Connect(pool::ConnectError::Handshake(source))))
-            | Ok(Err(pool::SendError::Exchange(source))) => Err(UpstreamError::Exchange {
-                target: addr(),
-                source,
-            }),
+            Ok(Err(error)) => Err(send_error(error, addr(), spec.connect_timeout)),
         };
         let elapsed = started.elapsed();
         target.observe_latency(match outcome {

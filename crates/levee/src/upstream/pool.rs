@@ -1,4 +1,5 @@
-//! Each worker's own keep-alive connections to its upstreams' targets.
+//! Each worker's own connections to its upstreams' targets: HTTP/1.1 connections kept alive
+//! between exchanges, and HTTP/2 connections shared by many requests at once.
 //!
 //! Why not `hyper-util`'s pooled client: it is built to be shared between threads, so every
 //! request takes its pool's mutex twice (checkout and checkin) and spawns a task that waits
@@ -7,43 +8,54 @@
 //! per-thread map: taking and returning a connection is a `Vec` pop and push on the worker's
 //! own thread, with no lock, no channel and no task per request.
 //!
-//! Life of a connection:
+//! Life of an HTTP/1.1 connection:
 //! - **checkout**: the most recently returned idle connection of the target (its socket is
 //!   the warmest), skipping any that closed or sat idle longer than the upstream's
 //!   `pool_idle_timeout`, and waiting for it to be ready (the dispatcher may not have
 //!   finished the previous exchange when it was returned);
-//! - **new**: a TCP connect bounded by `connect_timeout` (`TCP_NODELAY` on), an HTTP/1.1
-//!   handshake, and the connection's driver spawned on the worker's runtime (with upgrades,
-//!   so a `101 Switching Protocols` can become a tunnel);
+//! - **new**: opened by the upstream's [`Transport`] (TCP, TLS when configured, handshake);
 //! - **return**: when the response body has been read to its end ([`PooledBody`] sees the
 //!   last frame, or an empty body is dropped), the connection goes back to the pool, unless
 //!   the pool already holds `pool_max_idle_per_target` idle ones for the target. A body
 //!   dropped before its end closes the connection: what is left of that response would
 //!   poison the next one.
-//! - A request that finds a reused connection closed before anything was written (the
-//!   upstream's keep-alive timer won the race) is sent again once on a new connection, as
-//!   `hyper-util`'s `retry_canceled_requests` did.
 //!
-//! Memory is bounded: idle connections per (upstream, target) are capped, and each worker
-//! sweeps out expired ones (and the pools of upstreams a reload removed) every few seconds.
+//! Life of an HTTP/2 connection: it stays in the pool while open, and each request takes one
+//! of its stream slots (up to `http2.max_concurrent_streams`), given back when the response
+//! body ends or is dropped. A request that finds every connection full opens another. While
+//! a connection is being opened, the requests that arrive wait for it (one lock per target)
+//! rather than each opening its own: a burst of 100 requests makes one connection, not 100.
+//! A connection that received `GOAWAY` closes for new streams at once and stays open for its
+//! streams until they end; streams above the server's last stream id come back as
+//! [`SendError::Refused`], which the pipeline retries (the server never processed them). An
+//! HTTP/2 connection with no stream open for longer than the idle timeout is dropped.
+//!
+//! A request that finds a reused connection closed before anything was written (the
+//! upstream's keep-alive timer won the race) is sent again once on a new connection, as
+//! `hyper-util`'s `retry_canceled_requests` did.
+//!
+//! Memory is bounded: idle HTTP/1.1 connections per (upstream, target) are capped, HTTP/2
+//! connections are bounded by the requests in flight (the bulkhead) over their stream
+//! limit, and each worker sweeps out expired ones (and the pools of upstreams a reload
+//! removed) every few seconds.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
+use super::transport::{Conn, ConnectError, TargetAddr, Transport};
 use super::RequestBody;
 
 /// How often each worker drops idle connections that expired.
@@ -58,10 +70,44 @@ struct Idle {
     idle_timeout: Duration,
 }
 
+/// An HTTP/2 connection and the streams it carries now.
+struct Shared {
+    sender: http2::SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+    /// When its last stream started: it counts as idle from then once no stream is open.
+    last_used: Instant,
+    idle_timeout: Duration,
+}
+
+impl Shared {
+    fn expired(&self, now: Instant) -> bool {
+        self.sender.is_closed()
+            || (self.streams.load(Ordering::Relaxed) == 0
+                && now.saturating_duration_since(self.last_used) >= self.idle_timeout)
+    }
+}
+
+/// One target's connections in one worker.
+#[derive(Default)]
+struct TargetConns {
+    /// Idle HTTP/1.1 connections, the most recently returned last.
+    idle: Vec<Idle>,
+    /// Open HTTP/2 connections.
+    shared: Vec<Shared>,
+    /// What the last new connection spoke (under `auto`, ALPN's choice).
+    speaks_h2: Option<bool>,
+    /// Held while a connection that may speak HTTP/2 is being opened.
+    opening: Arc<tokio::sync::Mutex<()>>,
+}
+
 thread_local! {
-    /// (pool id, target index) -> idle connections, the most recently returned last.
-    static IDLE: RefCell<HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>> =
+    /// (pool id, target index) -> that target's connections in this worker.
+    static CONNS: RefCell<HashMap<Key, TargetConns, foldhash::fast::RandomState>> =
         RefCell::new(HashMap::default());
+}
+
+fn with_target<T>(key: Key, f: impl FnOnce(&mut TargetConns) -> T) -> T {
+    CONNS.with(|conns| f(conns.borrow_mut().entry(key).or_default()))
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -72,17 +118,7 @@ pub struct Pool {
     id: u64,
     max_idle: usize,
     idle_timeout: Duration,
-    connect_timeout: Duration,
-}
-
-/// Why no connection could be had.
-#[derive(Debug)]
-pub enum ConnectError {
-    /// Refused, unreachable, or the name did not resolve.
-    Failed(std::io::Error),
-    TimedOut,
-    /// The HTTP/1.1 handshake failed (it does no I/O, so this is rare).
-    Handshake(hyper::Error),
+    transport: Arc<Transport>,
 }
 
 /// Why an exchange failed.
@@ -91,6 +127,29 @@ pub enum SendError {
     Connect(ConnectError),
     /// The connection failed or closed after (part of) the request may have been sent.
     Exchange(hyper::Error),
+    /// An HTTP/2 server refused the stream (`REFUSED_STREAM`, or it was above the last
+    /// stream id of a `GOAWAY`): it was certainly not processed.
+    Refused(hyper::Error),
+}
+
+/// A connection taken for one exchange.
+enum Lease {
+    H1 {
+        sender: http1::SendRequest<RequestBody>,
+        reused: bool,
+    },
+    H2 {
+        sender: http2::SendRequest<RequestBody>,
+        slot: StreamSlot,
+        reused: bool,
+    },
+}
+
+/// How one exchange on a leased connection went.
+enum Exchanged {
+    Done(Result<Response<PooledBody>, SendError>),
+    /// The reused connection had closed before the request was written: it can go again.
+    Unsent(Request<RequestBody>),
 }
 
 impl Pool {
@@ -99,54 +158,175 @@ impl Pool {
         self.id
     }
 
-    pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration, transport: Arc<Transport>) -> Pool {
         Pool {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             max_idle,
             idle_timeout,
-            connect_timeout,
+            transport,
         }
     }
 
-    /// Sends `request` (origin-form URI, Host set) to target `index` at `addr`, on an idle
-    /// connection or a new one, and returns the response whose body gives the connection
-    /// back when it ends.
+    /// Sends `request` (origin-form URI, Host set) to target `index`, on a pooled connection
+    /// or a new one, and returns the response whose body gives the connection (or its
+    /// stream slot) back when it ends.
     pub async fn send(
         &self,
         index: usize,
-        addr: &Resolved,
+        target: &TargetAddr,
         request: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let key = (self.id, index);
-        let (mut sender, reused) = match self.checkout(key).await {
-            Some(sender) => (sender, true),
-            None => (self.connect(addr).await.map_err(SendError::Connect)?, false),
-        };
-        let result = sender.try_send_request(request).await;
-        let response = match result {
-            Ok(response) => response,
-            Err(mut error) => match error.take_message() {
-                // Nothing was written on a connection that had closed: once more, afresh.
-                Some(request) if reused => {
-                    sender = self.connect(addr).await.map_err(SendError::Connect)?;
-                    sender.send_request(request).await.map_err(SendError::Exchange)?
+        let lease = self.lease(key, target).await?;
+        match self.exchange(key, lease, request).await {
+            Exchanged::Done(result) => result,
+            // Nothing was written on a connection that had closed: once more, on a new
+            // HTTP/1.1 connection or on whichever HTTP/2 connection has room (the closed
+            // one no longer counts).
+            Exchanged::Unsent(request) => {
+                let lease = if self.transport.may_use_h2() {
+                    self.lease(key, target).await?
+                } else {
+                    self.open(key, target).await?
+                };
+                match self.exchange(key, lease, request).await {
+                    Exchanged::Done(result) => result,
+                    Exchanged::Unsent(_) => Err(SendError::Connect(ConnectError::Failed(
+                        std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                    ))),
                 }
-                _ => return Err(SendError::Exchange(error.into_error())),
+            }
+        }
+    }
+
+    /// A connection for one exchange: a pooled one when there is one, else a new one.
+    async fn lease(&self, key: Key, target: &TargetAddr) -> Result<Lease, SendError> {
+        let known_h1 = with_target(key, |t| t.speaks_h2 == Some(false));
+        if !self.transport.may_use_h2() || known_h1 {
+            if let Some(sender) = self.checkout(key).await {
+                return Ok(Lease::H1 { sender, reused: true });
+            }
+            return self.open(key, target).await;
+        }
+        let max = self.transport.max_streams();
+        if let Some(lease) = take_stream(key, max) {
+            return Ok(lease);
+        }
+        // One opening at a time per target: whoever waited here may find room on the
+        // connection the one before it opened.
+        let opening = with_target(key, |t| t.opening.clone());
+        let _turn = opening.lock().await;
+        if let Some(lease) = take_stream(key, max) {
+            return Ok(lease);
+        }
+        self.open(key, target).await
+    }
+
+    /// A new connection; an HTTP/2 one joins the pool at once, with this exchange's stream.
+    async fn open(&self, key: Key, target: &TargetAddr) -> Result<Lease, SendError> {
+        let conn = self
+            .transport
+            .connect::<RequestBody>(target)
+            .await
+            .map_err(SendError::Connect)?;
+        Ok(match conn {
+            Conn::H1(sender) => {
+                with_target(key, |t| t.speaks_h2 = Some(false));
+                Lease::H1 {
+                    sender,
+                    reused: false,
+                }
+            }
+            Conn::H2(sender) => {
+                let streams = Arc::new(AtomicUsize::new(1));
+                with_target(key, |t| {
+                    t.speaks_h2 = Some(true);
+                    t.shared.push(Shared {
+                        sender: sender.clone(),
+                        streams: streams.clone(),
+                        last_used: Instant::now(),
+                        idle_timeout: self.idle_timeout,
+                    });
+                });
+                Lease::H2 {
+                    sender,
+                    slot: StreamSlot(streams),
+                    reused: false,
+                }
+            }
+        })
+    }
+
+    async fn exchange(&self, key: Key, lease: Lease, request: Request<RequestBody>) -> Exchanged {
+        match lease {
+            Lease::H1 { mut sender, reused } => match sender.try_send_request(origin_form(request)).await {
+                Ok(response) => {
+                    // A connection switched to another protocol is the tunnel's now.
+                    let back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| {
+                        Back::Conn(Return {
+                            key,
+                            sender,
+                            max_idle: self.max_idle,
+                            idle_timeout: self.idle_timeout,
+                        })
+                    });
+                    Exchanged::Done(Ok(response.map(|body| PooledBody { body, back })))
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(request) if reused => Exchanged::Unsent(request),
+                    _ => Exchanged::Done(Err(exchange_error(error.into_error(), reused))),
+                },
             },
+            Lease::H2 {
+                mut sender,
+                slot,
+                reused,
+            } => {
+                let request = self.absolute_form(request);
+                match sender.try_send_request(request).await {
+                    Ok(response) => Exchanged::Done(Ok(response.map(|body| PooledBody {
+                        body,
+                        back: Some(Back::Stream { _slot: slot }),
+                    }))),
+                    Err(mut error) => match error.take_message() {
+                        Some(request) if reused => Exchanged::Unsent(request),
+                        _ => Exchanged::Done(Err(exchange_error(error.into_error(), reused))),
+                    },
+                }
+            }
+        }
+    }
+
+    /// HTTP/2 carries the authority and scheme as pseudo-headers: the request's Host (the
+    /// authority an HTTP/1.1 upstream would have seen) and the connection's scheme.
+    fn absolute_form(&self, mut request: Request<RequestBody>) -> Request<RequestBody> {
+        *request.version_mut() = Version::HTTP_2;
+        if request.uri().scheme().is_some() {
+            return request;
+        }
+        let authority = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        let scheme = if self.transport.tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
         };
-        // A connection switched to another protocol is the tunnel's now, never the pool's.
-        let back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Return {
-            key,
-            sender,
-            max_idle: self.max_idle,
-            idle_timeout: self.idle_timeout,
-        });
-        Ok(response.map(|body| PooledBody { body, back }))
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = authority;
+        if parts.authority.is_some() {
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        request
     }
 
     async fn checkout(&self, key: Key) -> Option<http1::SendRequest<RequestBody>> {
         loop {
-            let idle = IDLE.with(|pools| pools.borrow_mut().get_mut(&key).and_then(Vec::pop))?;
+            let idle = with_target(key, |t| t.idle.pop())?;
             if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
@@ -156,59 +336,132 @@ impl Pool {
             }
         }
     }
-
-    async fn connect(&self, addr: &Resolved) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, addr.connect())
-            .await
-            .map_err(|_| ConnectError::TimedOut)?
-            .map_err(ConnectError::Failed)?;
-        // Small requests and answers go out at once rather than waiting for an ACK.
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        // The driver ends when the connection closes; its error was already seen by the
-        // exchange it broke (or no exchange was running).
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        Ok(sender)
-    }
 }
 
-/// A target's address: parsed once when it is a socket address, resolved at each new
-/// connection when it is a name (so a DNS change is followed).
-#[derive(Debug, Clone)]
-pub enum Resolved {
-    Addr(SocketAddr),
-    Name(String),
+/// A stream slot on one of the target's open HTTP/2 connections with room, dropping closed
+/// ones on the way.
+fn take_stream(key: Key, max: usize) -> Option<Lease> {
+    with_target(key, |t| {
+        t.shared.retain(|c| !c.sender.is_closed());
+        let conn = t
+            .shared
+            .iter_mut()
+            .find(|c| c.streams.load(Ordering::Relaxed) < max && c.sender.is_ready())?;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        conn.last_used = Instant::now();
+        Some(Lease::H2 {
+            sender: conn.sender.clone(),
+            slot: StreamSlot(conn.streams.clone()),
+            reused: true,
+        })
+    })
 }
 
-impl Resolved {
-    pub fn new(addr: &str) -> Resolved {
-        addr.parse()
-            .map_or_else(|_| Resolved::Name(addr.to_owned()), Resolved::Addr)
-    }
-
-    async fn connect(&self) -> std::io::Result<TcpStream> {
-        match self {
-            Resolved::Addr(addr) => TcpStream::connect(addr).await,
-            Resolved::Name(name) => TcpStream::connect(name.as_str()).await,
+/// HTTP/1.1 requests go out in origin form (an `auto` upstream's request may have been made
+/// absolute for an HTTP/2 connection that then closed).
+fn origin_form(mut request: Request<RequestBody>) -> Request<RequestBody> {
+    *request.version_mut() = Version::HTTP_11;
+    if request.uri().scheme().is_some() {
+        if let Some(path) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = Uri::from(path);
         }
     }
+    request
 }
 
-/// Drops this worker's expired idle connections, and every pool not in `live` (the pool
-/// ids of the upstreams this worker still serves).
+/// What a failed exchange means: on a new TLS connection, a TLS alert is the server refusing
+/// the handshake (in TLS 1.3 a client certificate is judged after the client has finished
+/// its side, so the refusal arrives with the first read); an HTTP/2 refusal is retryable.
+fn exchange_error(error: hyper::Error, reused: bool) -> SendError {
+    if !reused {
+        if let Some(alert) = tls_failure(&error) {
+            return SendError::Connect(ConnectError::Tls(std::io::Error::other(alert)));
+        }
+    }
+    if refused(&error) {
+        SendError::Refused(error)
+    } else {
+        SendError::Exchange(error)
+    }
+}
+
+/// The TLS error (an alert received or sent) somewhere in `error`'s causes.
+fn tls_failure(error: &hyper::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        if let Some(tls) = inner.or_else(|| cause.downcast_ref::<rustls::Error>()) {
+            return Some(tls.to_string());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Whether an HTTP/2 stream error says the server never processed the stream: it refused
+/// it, or it was above the last stream id of a graceful `GOAWAY` (RFC 9113 section 6.8).
+/// A `GOAWAY` with an error code does not count: streams below its last id may have run.
+fn refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && match h2.reason() {
+                    Some(h2::Reason::REFUSED_STREAM) => h2.is_reset(),
+                    Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
+                    _ => false,
+                };
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Drops this worker's expired connections, and every pool not in `live` (the pool ids of
+/// the upstreams this worker still serves).
 pub fn sweep(live: &[u64]) {
     let now = Instant::now();
-    IDLE.with(|pools| {
-        let mut pools = pools.borrow_mut();
-        pools.retain(|(id, _), idle| {
-            idle.retain(|c| !c.sender.is_closed() && now.saturating_duration_since(c.since) < c.idle_timeout);
-            live.contains(id) && !idle.is_empty()
+    CONNS.with(|conns| {
+        let mut conns = conns.borrow_mut();
+        conns.retain(|(id, _), target| {
+            target
+                .idle
+                .retain(|c| !c.sender.is_closed() && now.saturating_duration_since(c.since) < c.idle_timeout);
+            target.shared.retain(|c| !c.expired(now));
+            // A target whose connection is being opened keeps its entry: the requests
+            // waiting on its `opening` lock must find the connection where they look.
+            let opening = Arc::strong_count(&target.opening) > 1;
+            live.contains(id) && (opening || !(target.idle.is_empty() && target.shared.is_empty()))
         });
     });
+}
+
+/// One stream's place on a shared HTTP/2 connection, given back when dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a response body gives back when it ends.
+enum Back {
+    /// An HTTP/1.1 connection, to the idle list.
+    Conn(Return),
+    /// A stream slot on an HTTP/2 connection (held for its `Drop`).
+    Stream { _slot: StreamSlot },
+}
+
+impl Back {
+    fn give_back(self) {
+        if let Back::Conn(conn) = self {
+            conn.give_back();
+        }
+    }
 }
 
 /// The connection an exchange used, to give back when its response has been read.
@@ -230,9 +483,9 @@ impl Return {
             idle_timeout: self.idle_timeout,
         };
         // `try_with`: a body dropped while the thread is being torn down has no pool to go to.
-        let _ = IDLE.try_with(|pools| {
-            let mut pools = pools.borrow_mut();
-            let list = pools.entry(self.key).or_default();
+        let _ = CONNS.try_with(|conns| {
+            let mut conns = conns.borrow_mut();
+            let list = &mut conns.entry(self.key).or_default().idle;
             if list.len() < self.max_idle {
                 list.push(idle);
             }
@@ -240,10 +493,11 @@ impl Return {
     }
 }
 
-/// An upstream response body that returns its connection to the pool once read to the end.
+/// An upstream response body that gives its connection (or stream slot) back once read to
+/// the end.
 pub struct PooledBody {
     body: Incoming,
-    back: Option<Return>,
+    back: Option<Back>,
 }
 
 impl Body for PooledBody {
@@ -261,7 +515,8 @@ impl Body for PooledBody {
                     back.give_back();
                 }
             }
-            // A broken body leaves a connection nobody can reuse.
+            // A broken body leaves a connection nobody can reuse (an HTTP/2 stream's slot
+            // is freed by the drop).
             Poll::Ready(Some(Err(_))) => self.back = None,
             _ => {}
         }
@@ -299,16 +554,16 @@ impl std::fmt::Debug for PooledBody {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
 
+    use hyper_util::rt::TokioIo;
+
     use super::*;
 
     /// An origin on loopback answering `ok` over keep-alive; counts the connections it took.
-    async fn origin() -> (Resolved, Arc<AtomicUsize>) {
+    async fn origin() -> (TargetAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -324,10 +579,10 @@ mod tests {
                 );
             }
         });
-        (Resolved::new(&addr), accepted)
+        (TargetAddr::new(&addr, "127.0.0.1", None), accepted)
     }
 
-    async fn get(pool: &Pool, target: &Resolved) {
+    async fn get(pool: &Pool, target: &TargetAddr) {
         let request = Request::builder()
             .uri("/")
             .header("host", "origin")
@@ -338,15 +593,19 @@ mod tests {
     }
 
     fn idle(pool: &Pool) -> usize {
-        IDLE.with(|pools| pools.borrow().get(&(pool.id(), 0)).map_or(0, Vec::len))
+        CONNS.with(|conns| conns.borrow().get(&(pool.id(), 0)).map_or(0, |t| t.idle.len()))
     }
 
     const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+    fn http1() -> Arc<Transport> {
+        Arc::new(Transport::cleartext_http1(Duration::from_secs(5)))
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_until_its_idle_timeout_then_swept() {
         let (target, accepted) = origin().await;
-        let pool = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        let pool = Pool::new(4, IDLE_TIMEOUT, http1());
         get(&pool, &target).await;
         get(&pool, &target).await;
         assert_eq!(
@@ -370,7 +629,7 @@ mod tests {
     #[tokio::test]
     async fn checkout_skips_an_expired_connection_without_a_sweep() {
         let (target, accepted) = origin().await;
-        let pool = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        let pool = Pool::new(4, IDLE_TIMEOUT, http1());
         get(&pool, &target).await;
         tokio::time::pause();
         tokio::time::advance(IDLE_TIMEOUT).await;
@@ -387,8 +646,8 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_drops_the_pools_of_upstreams_no_longer_served() {
         let (target, _) = origin().await;
-        let kept = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
-        let gone = Pool::new(4, IDLE_TIMEOUT, Duration::from_secs(5));
+        let kept = Pool::new(4, IDLE_TIMEOUT, http1());
+        let gone = Pool::new(4, IDLE_TIMEOUT, http1());
         get(&kept, &target).await;
         get(&gone, &target).await;
         sweep(&[kept.id()]);
@@ -398,10 +657,27 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_per_target_are_capped() {
         let (target, accepted) = origin().await;
-        let pool = Pool::new(2, IDLE_TIMEOUT, Duration::from_secs(5));
+        let pool = Pool::new(2, IDLE_TIMEOUT, http1());
         // Three exchanges at once need three connections; only two are kept afterwards.
         tokio::join!(get(&pool, &target), get(&pool, &target), get(&pool, &target));
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert_eq!(idle(&pool), 2);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_keeps_a_target_whose_connection_is_being_opened() {
+        let pool = Pool::new(2, IDLE_TIMEOUT, http1());
+        let key = (pool.id(), 0);
+        let present = || CONNS.with(|conns| conns.borrow().contains_key(&key));
+        // A request holds the target's opening lock while its connection is made.
+        let opening = with_target(key, |t| t.opening.clone());
+        sweep(&[pool.id()]);
+        assert!(
+            present(),
+            "the lock the waiting requests share survives the sweep"
+        );
+        drop(opening);
+        sweep(&[pool.id()]);
+        assert!(!present(), "an empty target is swept once nobody opens for it");
     }
 }

@@ -29,6 +29,16 @@ pub struct UpstreamFile {
     /// Keep-alive connection pool to the targets.
     #[serde(default)]
     pub pool: PoolFile,
+    /// The protocol spoken to the targets. Default `http1`.
+    #[serde(default)]
+    pub protocol: ProtocolFile,
+    /// TLS to the targets (`tls: {}` for the defaults: the system's root certificates, the
+    /// target's host as the server name). Health checks use it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsFile>,
+    /// HTTP/2 connection settings, for `protocol: h2`, `h2c` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<UpstreamHttp2File>,
     /// Per-target circuit breaker. On by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerFile>,
@@ -131,6 +141,63 @@ pub enum BalanceFile {
     P2cEwma,
     /// A hash ring: the same key goes to the same target; adding a target moves ~1/N keys.
     ConsistentHash,
+}
+
+/// The protocol spoken to an upstream's targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolFile {
+    /// HTTP/1.1, one request at a time per pooled connection (over TLS when `tls` is set).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (needs `tls`): requests multiplexed over few connections.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge (no `tls`), as gRPC services inside a
+    /// trusted network usually speak it.
+    H2c,
+    /// Over TLS, whatever ALPN agrees (`h2` preferred, else HTTP/1.1); in cleartext, HTTP/1.1.
+    Auto,
+}
+
+/// TLS to an upstream's targets (rustls: TLS 1.2 and 1.3).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// The server name sent (SNI) and verified in the certificate. Default: the target's
+    /// host (a name, or an IP address checked against the certificate's IP entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file of the certificate authorities to trust instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM certificate chain presented to targets that ask for one (mutual TLS); reloaded
+    /// when the file changes. Needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Accept any certificate (encryption without authentication). For tests only:
+    /// `levee check` warns about it. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// HTTP/2 to an upstream's targets.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHttp2File {
+    /// Requests in flight on one connection at most (per worker); one more opens another
+    /// connection. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<usize>,
+    /// A PING is sent on a connection silent this long, to find dead ones (`0s`: never).
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval: Option<DurationStr>,
+    /// A connection whose PING is not answered within this is closed. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_timeout: Option<DurationStr>,
 }
 
 /// Upstream timeouts.

@@ -17,6 +17,7 @@ pub mod policies;
 mod routes;
 mod slo;
 mod telemetry;
+mod upstream_transport;
 mod upstreams;
 mod warnings;
 
@@ -106,13 +107,14 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         redis_url,
         postgres_url,
         host_name,
+        upstream_tls,
     } = resolve_secrets(file);
     let (listeners, binds) = check_listeners(file, tls, p);
     let admin = file
         .admin
         .as_ref()
         .and_then(|a| check_admin(a, &binds, admin_token, p));
-    let (upstreams, upstream_index) = check_upstreams(file, p);
+    let (upstreams, upstream_index) = check_upstreams(file, upstream_tls, p);
     let consumers = check_consumers(file, p);
     let jwt = file
         .jwt

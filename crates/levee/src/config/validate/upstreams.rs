@@ -2,7 +2,7 @@
 //! bulkhead, health checks, outlier ejection and circuit breakers (the breaker settings are
 //! shared with LLM models).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -10,21 +10,24 @@ use http::HeaderName;
 
 use levee_resilience::BreakerConfig;
 
+use super::upstream_transport::check_transport;
 use super::Problems;
 use crate::config::file::{
     BalanceFile, CircuitBreakerFile, ConfigFile, HealthCheckFile, OutlierFile, TargetFile, UpstreamFile,
 };
+use crate::config::secrets::UpstreamTlsFiles;
 use crate::config::spec::*;
 
 /// Every upstream that passes its checks, with each one's index by name.
 pub(super) fn check_upstreams(
     file: &ConfigFile,
+    mut tls_files: BTreeMap<String, UpstreamTlsFiles>,
     p: &mut Problems,
 ) -> (Vec<UpstreamSpec>, HashMap<String, usize>) {
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
     for (name, upstream) in &file.upstreams {
-        if let Some(spec) = check_upstream(name, upstream, p) {
+        if let Some(spec) = check_upstream(name, upstream, tls_files.remove(name), p) {
             upstream_index.insert(name.clone(), upstreams.len());
             upstreams.push(spec);
         }
@@ -33,7 +36,12 @@ pub(super) fn check_upstreams(
 }
 
 /// One upstream; `None` (after reporting why) when any of its settings is wrong.
-fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<UpstreamSpec> {
+fn check_upstream(
+    name: &str,
+    u: &UpstreamFile,
+    tls_files: Option<UpstreamTlsFiles>,
+    p: &mut Problems,
+) -> Option<UpstreamSpec> {
     let path = format!("upstreams.{name}");
     let mut ok = true;
     if name.is_empty()
@@ -65,6 +73,7 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         &mut ok,
     );
     let (max_concurrent, queue) = check_bulkhead(u, &path, p, &mut ok);
+    let (protocol, tls, http2) = check_transport(u, &path, tls_files, p, &mut ok);
     let health_check = u
         .health_check
         .as_ref()
@@ -76,6 +85,9 @@ fn check_upstream(name: &str, u: &UpstreamFile, p: &mut Problems) -> Option<Upst
         &mut ok,
     );
     ok.then(|| UpstreamSpec {
+        protocol,
+        tls,
+        http2,
         health_check,
         outlier,
         circuit_breaker,

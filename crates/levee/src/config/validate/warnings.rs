@@ -38,6 +38,18 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
         if !used.contains(&**name) {
             p.at(&path, format!("upstream `{name}` is not used by any route"));
         }
+        if upstream.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            p.at(
+                &format!("{path}.tls.insecure_skip_verify"),
+                format!("upstream `{name}` does not verify its targets' certificates: anyone on the path can impersonate them; trust their CA with ca_file instead"),
+            );
+        }
+        if upstream.protocol == UpstreamProtocol::Auto && upstream.tls.is_none() {
+            p.at(
+                &format!("{path}.protocol"),
+                format!("upstream `{name}` has `protocol: auto` without `tls`: ALPN needs TLS, so it speaks HTTP/1.1; use h2c for HTTP/2 in cleartext"),
+            );
+        }
     }
     for (i, route) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
