@@ -46,10 +46,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     || { apt_install python3-venv && python3 -m venv "$VENV"; } \
     || echo "cannot create a Python virtualenv"
 fi
-# ... and the official OpenAI SDK drives the AI gateway as a real client would.
-if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator, openai' 2>/dev/null; then
-  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' \
-    || echo "openapi-spec-validator or openai could not be installed"
+# ... the official OpenAI SDK drives the AI gateway as a real client would, and grpcio is
+# the real gRPC server and client of the gRPC tests.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator, openai, grpc, grpc_health.v1' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' 'grpcio>=1.60' 'grpcio-health-checking>=1.60' \
+    || echo "openapi-spec-validator, openai or grpcio could not be installed"
 fi
 # The dashboard's browser tests: Debian's Chromium, driven by Python Playwright. Playwright's
 # own browser download is never used (it cannot work here): the tests launch /usr/bin/chromium.

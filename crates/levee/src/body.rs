@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::grpc::web::WebResponse;
 use crate::record::RequestRecord;
 use crate::stale::Capture;
 use crate::upstream::pool::PooledBody;
@@ -20,6 +21,7 @@ pin_project! {
     #[project = SourceProj]
     enum Source {
         Upstream { #[pin] body: PooledBody },
+        GrpcWeb { body: WebResponse<PooledBody> },
         Full { data: Option<Bytes> },
         Boxed { body: http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error> },
     }
@@ -65,6 +67,20 @@ impl ResponseBody {
     pub fn upstream(body: PooledBody) -> ResponseBody {
         ResponseBody {
             source: Source::Upstream { body },
+            finisher: Finisher {
+                record: None,
+                capture: None,
+                sent: 0,
+            },
+        }
+    }
+
+    /// An upstream's gRPC answer bridged to a gRPC-Web client (`text`: base64).
+    pub fn grpc_web(body: PooledBody, text: bool) -> ResponseBody {
+        ResponseBody {
+            source: Source::GrpcWeb {
+                body: WebResponse::new(body, text),
+            },
             finisher: Finisher {
                 record: None,
                 capture: None,
@@ -135,11 +151,25 @@ impl Body for ResponseBody {
         let mut this = self.project();
         let polled = match this.source.as_mut().project() {
             SourceProj::Upstream { body } => ready!(body.poll_frame(cx)),
+            SourceProj::GrpcWeb { body } => {
+                let polled = ready!(Pin::new(&mut *body).poll_frame(cx));
+                if let (Some(status), Some(record)) = (body.status(), this.finisher.record.as_mut()) {
+                    record.grpc_status = Some(status);
+                }
+                polled
+            }
             SourceProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
             SourceProj::Boxed { body } => ready!(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
             Some(Ok(frame)) => {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.finisher.record.as_mut())
+                {
+                    // A gRPC call's outcome arrives last.
+                    if let Some(status) = crate::grpc::status(trailers) {
+                        record.grpc_status = Some(status);
+                    }
+                }
                 if let Some(data) = frame.data_ref() {
                     this.finisher.sent += data.len() as u64;
                     if let Some(capture) = this.finisher.capture.as_mut() {
@@ -149,6 +179,7 @@ impl Body for ResponseBody {
                 // hyper stops polling once a sized body is exhausted, so notice the end here.
                 let ended = match this.source.as_ref().get_ref() {
                     Source::Upstream { body } => body.is_end_stream(),
+                    Source::GrpcWeb { body } => body.is_end_stream(),
                     Source::Full { data } => data.is_none(),
                     Source::Boxed { body } => body.is_end_stream(),
                 };
@@ -165,6 +196,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Upstream { body } => body.is_end_stream(),
+            Source::GrpcWeb { body } => body.is_end_stream(),
             Source::Full { data } => data.is_none(),
             Source::Boxed { body } => body.is_end_stream(),
         }
@@ -173,6 +205,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Upstream { body } => body.size_hint(),
+            Source::GrpcWeb { body } => body.size_hint(),
             Source::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Source::Boxed { body } => body.size_hint(),
         }

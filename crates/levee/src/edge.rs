@@ -9,7 +9,8 @@
 //! `{"error": {"type", "code", "message", "request_id"}}` (with OpenAI's error class as
 //! `type`), OpenAI's (the same plus `param`, on AI gateway routes, so OpenAI SDKs raise their
 //! usual exceptions), or Anthropic's `{"type": "error", "error": {"type", "message"}}` (for
-//! clients of the Messages API).
+//! clients of the Messages API), or, for gRPC calls, no body and the status in `grpc-status`
+//! (see [`Rejection::grpc_code`] for the mapping).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::body::ResponseBody;
+use crate::grpc;
 use crate::headers::X_REQUEST_ID;
 use crate::llm::ApiError;
 use crate::upstream::UpstreamError;
@@ -74,6 +76,9 @@ pub enum Shape {
     Levee,
     OpenAi,
     Anthropic,
+    /// A gRPC (or gRPC-Web) call: HTTP 200, no body, the status in `grpc-status` and
+    /// `grpc-message` headers (a "trailers-only" answer).
+    Grpc(grpc::Flavor),
 }
 
 impl Rejection {
@@ -134,6 +139,27 @@ impl Rejection {
                 UpstreamError::NoTarget { .. } | UpstreamError::BulkheadFull { .. } => "upstream_unavailable",
             },
             Rejection::Llm(error) => error.code,
+        }
+    }
+
+    /// The gRPC status a gRPC client gets for this rejection.
+    pub fn grpc_code(&self) -> grpc::Code {
+        use grpc::Code;
+        match self {
+            Rejection::RateLimited | Rejection::BodyTooLarge | Rejection::HeadersTooLarge => {
+                Code::ResourceExhausted
+            }
+            Rejection::Auth(AuthError::Forbidden) | Rejection::SubscriptionRequired => Code::PermissionDenied,
+            Rejection::Auth(_) => Code::Unauthenticated,
+            Rejection::NoRoute | Rejection::Gone(_) => Code::Unimplemented,
+            Rejection::BadRequest => Code::Internal,
+            Rejection::RequestTimeout
+            | Rejection::Upstream(UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. }) => {
+                Code::DeadlineExceeded
+            }
+            Rejection::Overloaded | Rejection::Upstream(_) => Code::Unavailable,
+            Rejection::FaultInjected(status) => grpc_code_for_http(*status),
+            Rejection::Llm(error) => grpc_code_for_http(error.status),
         }
     }
 
@@ -204,6 +230,19 @@ pub fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
+/// The gRPC status for an HTTP status, as gRPC clients map one they receive
+/// (grpc/doc/http-grpc-status-mapping.md).
+fn grpc_code_for_http(status: StatusCode) -> grpc::Code {
+    match status.as_u16() {
+        400 => grpc::Code::Internal,
+        401 => grpc::Code::Unauthenticated,
+        403 => grpc::Code::PermissionDenied,
+        404 => grpc::Code::Unimplemented,
+        429 | 502 | 503 | 504 => grpc::Code::Unavailable,
+        _ => grpc::Code::Unknown,
+    }
+}
+
 /// Anthropic's error class for a status (its Messages API error reference).
 fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -237,7 +276,7 @@ fn error_body(
         param: (shape == Shape::OpenAi).then_some(()),
     };
     let written = match shape {
-        Shape::Levee | Shape::OpenAi => serde_json::to_vec(&LeveeBody { error: detail }),
+        Shape::Levee | Shape::OpenAi | Shape::Grpc(_) => serde_json::to_vec(&LeveeBody { error: detail }),
         Shape::Anthropic => serde_json::to_vec(&AnthropicBody {
             kind: "error",
             error: AnthropicDetail {
@@ -335,6 +374,36 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     response
 }
 
+/// A rejection as a gRPC client expects it: HTTP 200 with no body and the status in the
+/// headers (trailers-only), so every gRPC library reports the gateway's refusal as the
+/// status it is (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`...), with Levee's code in the message.
+fn grpc_rejection(
+    rejection: &Rejection,
+    flavor: grpc::Flavor,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    let content_type = match flavor {
+        grpc::Flavor::Grpc => "application/grpc",
+        grpc::Flavor::Web { text: false } => "application/grpc-web+proto",
+        grpc::Flavor::Web { text: true } => "application/grpc-web-text+proto",
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        grpc::GRPC_STATUS.clone(),
+        HeaderValue::from(rejection.grpc_code() as u16),
+    );
+    let message = format!("{} ({})", rejection.public_message(), rejection.code());
+    headers.insert(grpc::GRPC_MESSAGE.clone(), grpc::encode_message(&message));
+    if let Some(after) = rejection.retry_after() {
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
 /// The whole HTTP/1.1 answer written straight to a connection refused at accept, past a
 /// connection cap: no request was parsed (so there is no request id), and the same JSON
 /// shape as every other error.
@@ -359,6 +428,9 @@ pub fn connection_refusal() -> Vec<u8> {
 
 /// The response for a rejection, in the client's shape, with the headers that belong to it.
 pub fn reject(rejection: &Rejection, shape: Shape, request_id: &HeaderValue) -> Response<ResponseBody> {
+    if let Shape::Grpc(flavor) = shape {
+        return grpc_rejection(rejection, flavor, request_id);
+    }
     let status = rejection.status();
     let body = error_body(
         shape,

@@ -74,6 +74,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod grpc;
 pub mod headers;
 pub mod hex;
 pub mod host;

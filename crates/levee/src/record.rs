@@ -87,6 +87,9 @@ pub struct RequestRecord {
     pub sent_to: Option<Arc<str>>,
     /// The chaos experiment running on the route, which counts this request in its report.
     pub experiment: Option<Arc<crate::chaos::experiments::Experiment>>,
+    /// A gRPC call's final `grpc-status` (from the answer's headers or trailers, or the
+    /// gateway's own refusal).
+    pub grpc_status: Option<u16>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -166,6 +169,9 @@ impl RequestRecord {
             if let Some(up) = &self.upstream {
                 shard.record_upstream(&up.upstream, &up.target, up.outcome, up.elapsed);
             }
+            if let (Some(code), Some(route)) = (self.grpc_status, &self.route) {
+                shard.record_grpc(route, code);
+            }
             if let Some(call) = &self.llm {
                 call.settle();
                 let usage = call.usage();
@@ -188,6 +194,7 @@ impl RequestRecord {
                 crate::slo::Answered {
                     status: self.status,
                     replaced: self.fallback_for,
+                    grpc_status: self.grpc_status,
                 },
                 elapsed,
                 self.fault.is_some(),
@@ -229,6 +236,7 @@ impl RequestRecord {
             completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
             cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
             fault: self.fault.map(Cow::Borrowed),
+            grpc_status: self.grpc_status,
             // The PostgreSQL writer stores the replica's node id with every row.
             node: None,
         });
@@ -266,6 +274,7 @@ impl RequestRecord {
             consumer: self.consumer.take(),
             llm: self.llm.take(),
             fault: self.fault,
+            grpc_status: self.grpc_status,
         });
     }
 }

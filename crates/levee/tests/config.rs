@@ -768,3 +768,48 @@ routes:
         );
     }
 }
+
+#[test]
+fn grpc_health_checks_retries_and_slo_statuses_are_validated() {
+    let yaml = "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+upstreams:
+  a:
+    targets: [127.0.0.1:1]
+    health_check: { kind: grpc }
+  b:
+    targets: [127.0.0.1:2]
+    protocol: h2c
+    health_check: { kind: grpc, path: /healthz }
+  c:
+    targets: [127.0.0.1:3]
+    health_check: { kind: http }
+routes:
+  - name: a
+    match: { path_prefix: /a }
+    upstream: a
+    retry: { on: [grpc:unavailable, grpc:ok, grpc:nope] }
+slos:
+  - { name: s, route: a, objective: 99.9, sli: availability, bad_grpc_statuses: [unavailable, teapot] }
+";
+    let errs = errors(yaml);
+    let expected = [
+        ("levee.yaml:5:27: ", "gRPC health checks need HTTP/2"),
+        (
+            "levee.yaml:9:39: ",
+            "`path` is only used by health checks of kind http",
+        ),
+        ("levee.yaml:12:19: ", "a health check of kind http needs a `path`"),
+        ("levee.yaml:17:37: ", "unknown gRPC status in `grpc:ok`"),
+        ("levee.yaml:17:46: ", "unknown gRPC status in `grpc:nope`"),
+        // The route was refused, so the SLO names a route that does not exist.
+        ("levee.yaml:19:23: ", "no route named `a`"),
+        ("levee.yaml:19:95: ", "`teapot` is not a gRPC error status"),
+    ];
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    for (err, (at, text)) in errs.iter().zip(expected) {
+        assert!(
+            err.starts_with(at) && err.contains(text),
+            "{err} should be {at}{text}; all: {errs:#?}"
+        );
+    }
+}

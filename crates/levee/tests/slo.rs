@@ -32,6 +32,7 @@ fn spec(name: &str, objective: f64, sli: Sli) -> SloSpec {
         objective,
         window: Duration::from_secs(30 * 86_400),
         sli,
+        bad_grpc_statuses: None,
     }
 }
 
@@ -143,6 +144,29 @@ async fn latency_slis_consumers_and_injected_faults() {
     let all = engine.get("users-availability").unwrap().status().unwrap();
     assert_eq!((all.window.total, all.window.bad), (4, 1));
     assert_eq!((all.window.injected, all.window.injected_bad), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_count_by_their_status_the_default_set_or_the_slos_own() {
+    let engine = SloEngine::new(Clock::starting_at(0), None);
+    let mut strict = spec("users-grpc-strict", 99.0, Sli::Availability);
+    // RESOURCE_EXHAUSTED (8) counts too; DEADLINE_EXCEEDED (4) does not.
+    strict.bad_grpc_statuses = Some(vec![14, 8]);
+    engine.apply(&[strict, spec("users-availability", 99.0, Sli::Availability)]);
+    for code in [0, 14, 13, 2, 4, 3, 8, 5] {
+        let answered = levee::slo::Answered {
+            status: 200,
+            replaced: None,
+            grpc_status: Some(code),
+        };
+        engine.record("users", None, Some("u"), answered, Duration::ZERO, false);
+    }
+    engine.evaluate();
+    let default = engine.get("users-availability").unwrap().status().unwrap();
+    // UNAVAILABLE, INTERNAL, UNKNOWN and DEADLINE_EXCEEDED, though every call answered 200.
+    assert_eq!((default.window.total, default.window.bad), (8, 4));
+    let strict = engine.get("users-grpc-strict").unwrap().status().unwrap();
+    assert_eq!((strict.window.total, strict.window.bad), (8, 2));
 }
 
 /// Steps one minute at a time through a two-minute outage and returns, per severity, the
@@ -664,6 +688,7 @@ async fn an_slo_on_one_upstream_judges_what_it_answered_even_behind_a_fallback()
     let hidden = levee::slo::Answered {
         status: 200,
         replaced: Some(503),
+        grpc_status: None,
     };
     engine.record("users", None, Some("v2"), hidden, Duration::ZERO, false);
     engine.record("users", None, Some("stable"), 200.into(), Duration::ZERO, false);

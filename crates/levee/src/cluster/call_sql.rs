@@ -23,19 +23,19 @@ use crate::observability::call_log::{
 /// The columns a call record is read from and written to, in this order.
 const COLUMNS: &str = "node, time_ms, request_id, trace_id, route, consumer, method, path, status, error, \
      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
-     provider, model, prompt_tokens, completion_tokens, cost_usd, fault";
+     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status";
 
 /// One statement for a whole batch: each column arrives as an array, so the statement has
-/// 23 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
+/// 24 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
 /// 65,535-parameter limit at `batch: 2850`).
 const INSERT: &str =
     "INSERT INTO levee_calls (node, time_ms, request_id, trace_id, route, consumer, method, \
      path, status, error, upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
-     provider, model, prompt_tokens, completion_tokens, cost_usd, fault)
+     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status)
      SELECT $1::text, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::int4[], \
      $14::float8[], $15::float8[], $16::int8[], $17::int8[], $18::text[], $19::text[], \
-     $20::int8[], $21::int8[], $22::float8[], $23::text[])";
+     $20::int8[], $21::int8[], $22::float8[], $23::text[], $24::int4[])";
 
 /// How many rows the analytics scan would read, one more than the cut at most.
 const SCANNED: &str = "SELECT count(*) FROM (SELECT 1 FROM levee_calls \
@@ -149,6 +149,7 @@ struct Columns {
     texts: [Vec<Option<String>>; 12],
     optional_ints: [Vec<Option<i64>>; 2],
     optional_floats: [Vec<Option<f64>>; 2],
+    grpc_status: Vec<Option<i32>>,
 }
 
 impl Columns {
@@ -189,11 +190,12 @@ impl Columns {
                 batch.iter().map(|c| c.upstream_ms).collect(),
                 batch.iter().map(|c| c.cost_usd).collect(),
             ],
+            grpc_status: batch.iter().map(|c| c.grpc_status.map(i32::from)).collect(),
         }
     }
 
     /// The parameters of [`INSERT`], `node` first.
-    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 23] {
+    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 24] {
         let [time, bytes_in, bytes_out] = &self.ints;
         let [status, attempts] = &self.int4;
         let [request_id, trace_id, route, consumer, method, path, error, upstream, target, provider, model, fault] =
@@ -224,6 +226,7 @@ impl Columns {
             completion,
             cost,
             fault,
+            &self.grpc_status,
         ]
     }
 }
@@ -265,6 +268,9 @@ fn record(row: &Row) -> Result<CallRecord, tokio_postgres::Error> {
         completion_tokens: row.try_get::<_, Option<i64>>(20)?.map(count),
         cost_usd: row.try_get(21)?,
         fault: row.try_get::<_, Option<String>>(22)?.map(Cow::Owned),
+        grpc_status: row
+            .try_get::<_, Option<i32>>(23)?
+            .and_then(|s| u16::try_from(s).ok()),
     })
 }
 

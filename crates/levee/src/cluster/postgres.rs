@@ -25,9 +25,11 @@ use crate::config::spec::PostgresSpec;
 /// 1. The call log (`crate::cluster::calls`): the columns of the SQLite call log, plus the
 ///    `node` that served each call; an index on time serves retention, the newest-first
 ///    listing and the analytics range scan.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE levee_calls (
+/// 2. `grpc_status`: a gRPC call's final status.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE levee_calls (
         id BIGSERIAL PRIMARY KEY,
         node TEXT NOT NULL,
         time_ms BIGINT NOT NULL,
@@ -54,7 +56,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         fault TEXT
     );
     CREATE INDEX levee_calls_time ON levee_calls (time_ms);",
-)];
+    ),
+    (2, "ALTER TABLE levee_calls ADD COLUMN grpc_status INTEGER;"),
+];
 
 /// Any number that is the same for every Levee: the lock that makes migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x4c65_7665_6531; // "Levee1"

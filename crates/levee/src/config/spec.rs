@@ -181,6 +181,9 @@ pub struct SloSpec {
     pub objective: f64,
     pub window: Duration,
     pub sli: Sli,
+    /// The gRPC statuses an availability SLO counts as bad; `None`: the default set
+    /// (`crate::grpc::DEFAULT_BAD`).
+    pub bad_grpc_statuses: Option<Vec<u16>>,
 }
 
 impl SloSpec {
@@ -205,6 +208,12 @@ impl SloSpec {
         }
         if let Some(r) = &self.release {
             text.push_str(&format!(";release={r}"));
+        }
+        // Only a list of its own changes the definition: histories from before gRPC
+        // statuses were counted keep their meaning.
+        if let Some(codes) = &self.bad_grpc_statuses {
+            let codes: Vec<String> = codes.iter().map(u16::to_string).collect();
+            text.push_str(&format!(";bad_grpc={}", codes.join(",")));
         }
         format!("{text};{sli}")
     }
@@ -451,8 +460,10 @@ pub struct UpstreamSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckSpec {
-    /// `None`: a TCP connect is the check.
+    /// `None`: a TCP connect is the check (unless `grpc_service` is set).
     pub path: Option<http::uri::PathAndQuery>,
+    /// `Some`: a gRPC health check of this service (`""`: the whole server).
+    pub grpc_service: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_after: u32,
@@ -676,6 +687,8 @@ pub struct RetryOn {
     pub timeout: bool,
     pub any_5xx: bool,
     pub statuses: Vec<u16>,
+    /// gRPC status codes (`grpc:unavailable`), read from a trailers-only answer's headers.
+    pub grpc: Vec<u16>,
 }
 
 impl RetryOn {

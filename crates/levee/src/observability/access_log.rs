@@ -50,6 +50,8 @@ pub struct AccessRecord {
     pub llm: Option<Arc<super::llm_call::LlmCall>>,
     /// An injected fault: `abort` or `delay`.
     pub fault: Option<&'static str>,
+    /// A gRPC call's final `grpc-status`.
+    pub grpc_status: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +87,8 @@ struct Line<'a> {
     llm: Option<LlmLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fault: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_status: Option<u16>,
 }
 
 /// The `llm` object of an AI gateway request's line.
@@ -160,6 +164,7 @@ impl AccessRecord {
                 }
             }),
             fault: self.fault,
+            grpc_status: self.grpc_status,
         };
         let _ = serde_json::to_writer(out, &line);
     }

@@ -51,6 +51,8 @@ pub struct CallRecord {
     pub cost_usd: Option<f64>,
     /// An injected fault (`abort`, `delay`), so reports can set chaos apart.
     pub fault: Option<Cow<'static, str>>,
+    /// A gRPC call's final `grpc-status`.
+    pub grpc_status: Option<u16>,
     /// In cluster mode, the replica (`cluster.node_id`) that served the call; absent on a
     /// gateway on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,7 +185,8 @@ CREATE TABLE IF NOT EXISTS calls (
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     cost_usd REAL,
-    fault TEXT
+    fault TEXT,
+    grpc_status INTEGER
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
 ";
@@ -214,6 +217,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         ("completion_tokens", "INTEGER"),
         ("cost_usd", "REAL"),
         ("fault", "TEXT"),
+        ("grpc_status", "INTEGER"),
     ] {
         if !present.iter().any(|p| p == column) {
             conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} {kind}"))?;
@@ -230,9 +234,9 @@ impl CallStore for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
                      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                     provider, model, prompt_tokens, completion_tokens, cost_usd, fault)
+                     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                             ?17, ?18, ?19, ?20, ?21, ?22)",
+                             ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                 )
                 .map_err(|e| e.to_string())?;
             for c in batch {
@@ -259,7 +263,8 @@ impl CallStore for SqliteStore {
                         c.prompt_tokens.map(|t| t as i64),
                         c.completion_tokens.map(|t| t as i64),
                         c.cost_usd,
-                        c.fault
+                        c.fault,
+                        c.grpc_status
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -376,7 +381,7 @@ impl CallStore for SqliteStore {
             .prepare_cached(
                 "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
                         attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                        provider, model, prompt_tokens, completion_tokens, cost_usd, fault
+                        provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status
                  FROM calls
                  WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
@@ -417,6 +422,7 @@ impl CallStore for SqliteStore {
                         completion_tokens: row.get::<_, Option<i64>>(19)?.map(|t| t.max(0) as u64),
                         cost_usd: row.get(20)?,
                         fault: row.get::<_, Option<String>>(21)?.map(Cow::Owned),
+                        grpc_status: row.get(22)?,
                         node: None,
                     })
                 },

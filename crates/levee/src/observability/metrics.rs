@@ -80,6 +80,8 @@ pub struct Shard {
     llm_cache: (u64, u64),
     /// (route, kind) -> faults injected.
     faults: Map<(Arc<str>, &'static str), u64>,
+    /// (route, gRPC status code) -> gRPC calls.
+    grpc: Map<(Arc<str>, u16), u64>,
     /// (route, consumer label) -> requests to a deprecated route.
     deprecated: Map<(Arc<str>, Arc<str>), u64>,
 }
@@ -163,6 +165,13 @@ impl Shard {
     /// Counts one injected fault.
     pub fn record_fault(&mut self, route: &Arc<str>, kind: &'static str) {
         *self.faults.entry((route.clone(), kind)).or_default() += 1;
+    }
+
+    /// Counts one gRPC call by its final status (codes past the known ones as `UNKNOWN`,
+    /// so the label set stays bounded).
+    pub fn record_grpc(&mut self, route: &Arc<str>, code: u16) {
+        let code = if code > 16 { 2 } else { code };
+        *self.grpc.entry((route.clone(), code)).or_default() += 1;
     }
 
     /// Counts one request to a deprecated route, under its consumer's name while `cap`
@@ -358,6 +367,7 @@ struct Totals {
     /// Answer-cache hits and misses.
     llm_cache: (u64, u64),
     faults: BTreeMap<(Arc<str>, &'static str), u64>,
+    grpc: BTreeMap<(Arc<str>, u16), u64>,
     deprecated: BTreeMap<(Arc<str>, Arc<str>), u64>,
 }
 
@@ -382,6 +392,9 @@ impl Totals {
         }
         for (key, count) in &shard.faults {
             *self.faults.entry(key.clone()).or_default() += count;
+        }
+        for (key, count) in &shard.grpc {
+            *self.grpc.entry(key.clone()).or_default() += count;
         }
         for (key, count) in &shard.deprecated {
             *self.deprecated.entry(key.clone()).or_default() += count;
@@ -532,7 +545,8 @@ impl Totals {
         }
     }
 
-    /// LLM tokens and cost per provider model, injected faults, and answer-cache lookups.
+    /// LLM tokens and cost per provider model, injected faults, gRPC statuses, and
+    /// answer-cache lookups.
     fn render_llm(&self, out: &mut String) {
         family(
             out,
@@ -588,6 +602,19 @@ impl Totals {
                 out,
                 "levee_faults_injected_total{{route=\"{}\",kind=\"{kind}\"}} {count}",
                 escape(route)
+            );
+        }
+        family(
+            out,
+            "levee_grpc_requests_total",
+            "counter",
+            "gRPC calls per route by final status (grpc-status as its name: OK, UNAVAILABLE...).",
+        );
+        for ((route, code), count) in &self.grpc {
+            let (route, name) = (escape(route), crate::grpc::code_name(*code));
+            let _ = writeln!(
+                out,
+                "levee_grpc_requests_total{{route=\"{route}\",grpc_code=\"{name}\"}} {count}"
             );
         }
         family(

@@ -73,7 +73,8 @@ pub async fn handle(
     // 3. Route match.
     let gateway = &worker.gateway;
     let Some((route_index, route)) = gateway.router.route(&parts) else {
-        return answer(Rejection::NoRoute, Shape::Levee, record);
+        let shape = crate::grpc::flavor(&parts.headers).map_or(Shape::Levee, Shape::Grpc);
+        return answer(Rejection::NoRoute, shape, record);
     };
     record.route = worker.route_names.get(route_index).cloned();
     let shape = shape_for(route, &parts);
@@ -173,7 +174,9 @@ async fn serve_route(
             return answer_stale(entry, age, status, record);
         }
     }
-    if let (Some(fallback), true) = (&route.fallback, matches!(status.as_u16(), 502..=504)) {
+    // A gRPC client could not read a static fallback: it gets the status instead.
+    let replaceable = matches!(status.as_u16(), 502..=504) && !matches!(shape, Shape::Grpc(_));
+    if let (Some(fallback), true) = (&route.fallback, replaceable) {
         return answer_fallback(fallback, status, record);
     }
     match result {
@@ -256,13 +259,17 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         fault: None,
         experiment: None,
         sent_to: None,
+        grpc_status: None,
         emitted: false,
     }
 }
 
-/// The shape of the errors a route's clients expect: OpenAI's on an AI gateway route
-/// (Anthropic's for its Messages API), Levee's elsewhere.
+/// The shape of the errors a route's clients expect: gRPC statuses for gRPC calls, OpenAI's
+/// on an AI gateway route (Anthropic's for its Messages API), Levee's elsewhere.
 fn shape_for(route: &RouteSpec, parts: &Parts) -> Shape {
+    if let Some(flavor) = crate::grpc::flavor(&parts.headers) {
+        return Shape::Grpc(flavor);
+    }
     match route.llm {
         true if parts.uri.path().ends_with("/messages") => Shape::Anthropic,
         true => Shape::OpenAi,
@@ -352,6 +359,9 @@ fn respond(
     mut record: RequestRecord,
 ) -> Response<ResponseBody> {
     record.status = response.status().as_u16();
+    // A trailers-only gRPC answer has its status in the headers (else it comes in the
+    // trailers, which the response body reads).
+    record.grpc_status = crate::grpc::status(response.headers());
     // Route rewrites first, so the gateway's own headers always win.
     route.response_headers.apply(response.headers_mut());
     let capture = match &stale {
@@ -465,6 +475,7 @@ fn answer(rejection: Rejection, shape: Shape, mut record: RequestRecord) -> Resp
     }
     let response = edge::reject(&rejection, shape, &record.request_id);
     record.status = response.status().as_u16();
+    record.grpc_status = crate::grpc::status(response.headers());
     record.error = Some(rejection.code());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_record(record))

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
@@ -21,6 +21,8 @@ use crate::body::ResponseBody;
 use crate::config::spec::{CanaryTarget, RouteSpec, DEFAULT_MAX_REPLAY_BODY};
 use crate::edge::Rejection;
 use crate::gateway::WorkerContext;
+use crate::grpc::web::TextDecoder;
+use crate::grpc::Flavor;
 use crate::headers;
 use crate::observability::metrics::Outcome;
 use crate::observability::traces::{TRACEPARENT, TRACESTATE};
@@ -31,7 +33,7 @@ use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::pool::PooledBody;
 use crate::upstream::{
-    health, BreakerTicket, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream,
+    health, BreakerTicket, ClientBody, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream,
 };
 
 /// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
@@ -61,9 +63,9 @@ impl RetryReason {
 /// first piece, and a place in the upstream's bulkhead.
 async fn enter_upstream<'w>(
     worker: &'w WorkerContext,
-    route_index: usize,
-    route: &RouteSpec,
+    (route_index, route): (usize, &RouteSpec),
     body: Incoming,
+    grpc: Option<Flavor>,
     record: &mut RequestRecord,
 ) -> Result<(&'w Arc<WorkerUpstream>, ReplayableBody), Rejection> {
     // A canary takes its share of the route's requests, unless it was rolled back.
@@ -93,12 +95,19 @@ async fn enter_upstream<'w>(
         .as_ref()
         .map_or(0, |p| p.max_replay_body)
         .max(if refusable { DEFAULT_MAX_REPLAY_BODY } else { 0 });
+    let body = match grpc {
+        Some(Flavor::Web { text: true }) => ClientBody::WebText(TextDecoder::new(body)),
+        _ => ClientBody::Plain(body),
+    };
     let body = ReplayableBody::new(body, replay_cap, route.max_body_bytes);
-    match tokio::time::timeout(worker.limits.header_read_timeout, body.prefetch()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(PrefetchError::TooLarge)) => return Err(Rejection::BodyTooLarge),
-        Ok(Err(PrefetchError::Malformed)) => return Err(Rejection::BadRequest),
-        Err(_) => return Err(Rejection::RequestTimeout),
+    // A streaming gRPC call may rightly wait for the server before sending anything.
+    if grpc.is_none() {
+        match tokio::time::timeout(worker.limits.header_read_timeout, body.prefetch()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(PrefetchError::TooLarge)) => return Err(Rejection::BodyTooLarge),
+            Ok(Err(PrefetchError::Malformed)) => return Err(Rejection::BadRequest),
+            Err(_) => return Err(Rejection::RequestTimeout),
+        }
     }
     record.bytes_in = body.received();
 
@@ -129,25 +138,29 @@ pub(super) async fn forward(
     body: Incoming,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let (upstream, body) = enter_upstream(worker, route_index, route, body, record).await?;
+    let grpc = crate::grpc::flavor(&parts.headers);
+    let (upstream, body) = enter_upstream(worker, (route_index, route), body, grpc, record).await?;
 
-    // A protocol switch (WebSocket) is only possible from HTTP/1.1.
-    let client_upgrade = if parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers) {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
+    let client = ClientSide::of(&mut parts, grpc);
+    let upgrade = client.upgrade.is_some();
     let RetryPlan {
         policy,
         any_reason,
         mut max_attempts,
         per_try_timeout,
         budget,
-    } = RetryPlan::new(worker, route_index, route, &parts, client_upgrade.is_some());
+    } = RetryPlan::new(worker, route_index, route, &parts, upgrade);
+    let per_try_timeout = match grpc {
+        Some(_) => grpc_deadline(&mut parts, per_try_timeout, upstream),
+        None => per_try_timeout,
+    };
 
     // Rewrite the request for the upstream, once for every attempt.
     let path = upstream_path(route, &parts);
-    rewrite_for_upstream(route, conn, record, &mut parts, client_upgrade.is_some());
+    rewrite_for_upstream(route, conn, record, &mut parts, upgrade);
+    if let Some(Flavor::Web { .. }) = grpc {
+        crate::grpc::web::request_headers(&mut parts.headers);
+    }
 
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 1;
@@ -166,7 +179,7 @@ pub(super) async fn forward(
         ) {
             Ok(picked) => picked,
             // No target is left for the retry: the attempt before it stands.
-            Err(error) => return no_target_left(previous, error, record, client_upgrade),
+            Err(error) => return no_target_left(previous, error, record, client),
         };
         if let Some((_, facts, reason)) = previous.take() {
             count_retry(worker, route_index, &facts, reason);
@@ -216,7 +229,7 @@ pub(super) async fn forward(
         });
         let Some(reason) = retry else {
             record.upstream = Some(facts);
-            return final_answer(result, &body, client_upgrade);
+            return final_answer(result, &body, client);
         };
         previous = Some((result, facts, reason));
         if reason == RetryReason::RefusedStream {
@@ -256,10 +269,10 @@ fn settle(
 fn final_answer(
     result: Result<Response<PooledBody>, UpstreamError>,
     body: &ReplayableBody,
-    client_upgrade: Option<OnUpgrade>,
+    client: ClientSide,
 ) -> Result<Response<ResponseBody>, Rejection> {
     match result {
-        Ok(response) => Ok(finish_response(response, client_upgrade)),
+        Ok(response) => Ok(finish_response(response, client)),
         // The upstream attempt failed because the client's body went over the limit.
         Err(_) if body.too_large() => Err(Rejection::BodyTooLarge),
         Err(_) if body.client_failed() => Err(Rejection::BadRequest),
@@ -278,13 +291,13 @@ fn no_target_left(
     previous: Option<PreviousAttempt>,
     error: UpstreamError,
     record: &mut RequestRecord,
-    client_upgrade: Option<OnUpgrade>,
+    client: ClientSide,
 ) -> Result<Response<ResponseBody>, Rejection> {
     match previous {
         Some((result, facts, _)) => {
             record.upstream = Some(facts);
             result
-                .map(|response| finish_response(response, client_upgrade))
+                .map(|response| finish_response(response, client))
                 .map_err(Rejection::from)
         }
         None => Err(error.into()),
@@ -387,7 +400,17 @@ fn rewrite_for_upstream(
     // `host::settle` made Host the request's host (the URI's authority when it has one).
     let original_host: Option<HeaderValue> = parts.headers.get(HOST).cloned();
     parts.version = Version::HTTP_11;
+    // `te: trailers` is hop-by-hop, but on a gRPC call it says the client reads trailers,
+    // which gRPC needs end to end (Envoy and nginx's grpc_pass keep it too).
+    let trailers = crate::grpc::flavor(&parts.headers).is_some()
+        && parts
+            .headers
+            .get(TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if trailers {
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     // Route rewrites first, so the gateway's own headers below always win.
     route.request_headers.apply(&mut parts.headers);
     if let Some(host) = &original_host {
@@ -431,10 +454,16 @@ fn classify(
     match result {
         Ok(response) => {
             let status = response.status().as_u16();
-            let retry = any_reason && on.is_some_and(|o| o.status(status));
+            // A failed gRPC call answers 200 with its status in the headers (trailers-only):
+            // the statuses of a server failing count as failures, and those the policy
+            // lists are retried whatever the method (gRPC methods are all POSTs).
+            let grpc = crate::grpc::status(response.headers());
+            let failed = status >= 500 || grpc.is_some_and(crate::grpc::server_failure);
+            let retry = (any_reason && on.is_some_and(|o| o.status(status)))
+                || grpc.is_some_and(|code| on.is_some_and(|o| o.grpc.contains(&code)));
             (
                 Outcome::from_status(status),
-                status >= 500,
+                failed,
                 retry.then_some(RetryReason::Status),
             )
         }
@@ -478,20 +507,71 @@ fn classify(
     }
 }
 
-/// Cleans the upstream's response for the client and starts a protocol switch if agreed.
-fn finish_response(
-    response: Response<PooledBody>,
-    client_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
+/// What the answer must suit on the client's side: a protocol switch it asked for, or the
+/// gRPC-Web bridge (`Some(text)`).
+struct ClientSide {
+    upgrade: Option<OnUpgrade>,
+    grpc_web_text: Option<bool>,
+}
+
+impl ClientSide {
+    /// Takes the client's side of a protocol switch (WebSocket: only possible from
+    /// HTTP/1.1) out of the request.
+    fn of(parts: &mut Parts, grpc: Option<Flavor>) -> ClientSide {
+        let wants_upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+        ClientSide {
+            upgrade: wants_upgrade
+                .then(|| parts.extensions.remove::<OnUpgrade>())
+                .flatten(),
+            grpc_web_text: match grpc {
+                Some(Flavor::Web { text }) => Some(text),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Cleans the upstream's response for the client, starts a protocol switch if agreed, and
+/// bridges a gRPC answer to a gRPC-Web client.
+fn finish_response(response: Response<PooledBody>, client: ClientSide) -> Response<ResponseBody> {
     let (mut rparts, rbody) = response.into_parts();
-    let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+    let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS && client.upgrade.is_some();
     if let (true, Some(client_side), Some(upstream_side)) =
-        (switching, client_upgrade, rparts.extensions.remove::<OnUpgrade>())
+        (switching, client.upgrade, rparts.extensions.remove::<OnUpgrade>())
     {
         tokio::spawn(tunnel(client_side, upstream_side));
     }
     headers::remove_hop_by_hop(&mut rparts.headers, switching);
-    Response::from_parts(rparts, ResponseBody::upstream(rbody))
+    let body = match client.grpc_web_text {
+        Some(text) => {
+            crate::grpc::web::response_headers(&mut rparts.headers, text);
+            ResponseBody::grpc_web(rbody, text)
+        }
+        None => ResponseBody::upstream(rbody),
+    };
+    Response::from_parts(rparts, body)
+}
+
+/// A gRPC call's deadline (`grpc-timeout`) caps the attempt's timeout, and the upstream is
+/// told the deadline it has (never a later one than the client's).
+fn grpc_deadline(
+    parts: &mut Parts,
+    per_try: Option<Duration>,
+    upstream: &WorkerUpstream,
+) -> Option<Duration> {
+    let Some(deadline) = parts
+        .headers
+        .get(&crate::grpc::GRPC_TIMEOUT)
+        .and_then(crate::grpc::parse_timeout)
+    else {
+        return per_try;
+    };
+    let capped = per_try.unwrap_or(upstream.spec().request_timeout).min(deadline);
+    parts.headers.insert(
+        crate::grpc::GRPC_TIMEOUT.clone(),
+        crate::grpc::format_timeout(capped),
+    );
+    Some(capped)
 }
 
 /// The path (and query) to send upstream, with the route's prefix stripped if asked.

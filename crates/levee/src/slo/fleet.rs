@@ -500,6 +500,7 @@ mod tests {
             objective: 99.0,
             window: Duration::from_secs(86_400),
             sli: crate::config::spec::Sli::Availability,
+            bad_grpc_statuses: None,
         }
     }
 

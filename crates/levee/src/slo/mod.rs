@@ -101,6 +101,8 @@ impl Clock {
 pub struct Answered {
     pub status: u16,
     pub replaced: Option<u16>,
+    /// A gRPC call's final status.
+    pub grpc_status: Option<u16>,
 }
 
 impl From<u16> for Answered {
@@ -108,6 +110,7 @@ impl From<u16> for Answered {
         Answered {
             status,
             replaced: None,
+            grpc_status: None,
         }
     }
 }
@@ -266,10 +269,17 @@ impl SloState {
         }
     }
 
-    /// Whether an answer with `status` after `elapsed` is a good event.
-    pub fn is_good(&self, status: u16, elapsed: Duration) -> bool {
+    /// Whether an answer with `status` (and, for a gRPC call, `grpc` status) after
+    /// `elapsed` is a good event.
+    pub fn is_good(&self, status: u16, grpc: Option<u16>, elapsed: Duration) -> bool {
         match self.spec.sli {
-            Sli::Availability => status < 500,
+            Sli::Availability => {
+                let bad_grpc = |code: u16| match &self.spec.bad_grpc_statuses {
+                    Some(codes) => codes.contains(&code),
+                    None => crate::grpc::DEFAULT_BAD.contains(&code),
+                };
+                status < 500 && !grpc.is_some_and(bad_grpc)
+            }
             Sli::LatencyBelow(threshold) => elapsed < threshold,
         }
     }
@@ -574,7 +584,8 @@ impl SloEngine {
                 Some(_) => answered.replaced.unwrap_or(answered.status),
                 None => answered.status,
             };
-            slo.record(minute, Counts::one(slo.is_good(status, elapsed), injected));
+            let good = slo.is_good(status, answered.grpc_status, elapsed);
+            slo.record(minute, Counts::one(good, injected));
         }
     }
 
@@ -709,6 +720,7 @@ mod tests {
                 objective: 99.9,
                 window: Duration::from_secs(86_400),
                 sli: Sli::Availability,
+                bad_grpc_statuses: None,
             },
             true,
             false,

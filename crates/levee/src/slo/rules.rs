@@ -109,6 +109,7 @@ mod tests {
             objective: 99.9,
             window: Duration::from_secs(30 * 86_400),
             sli: Sli::Availability,
+            bad_grpc_statuses: None,
         };
         let value = rules_value(&[slo]);
         let alerts = value["groups"][1]["rules"].as_array().unwrap();

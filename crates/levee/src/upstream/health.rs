@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::time::Instant;
 
@@ -171,37 +171,42 @@ async fn check_target(upstream: Arc<Upstream>, index: usize, spec: HealthCheckSp
 }
 
 /// One check, through the upstream's own transport (TLS and protocol included): a new
-/// connection, then (with a path) a GET whose status must be expected.
+/// connection, then (with a path) a GET whose status must be expected, or (gRPC) a
+/// `grpc.health.v1.Health/Check` that must answer `SERVING`.
 async fn probe(
     transport: &Transport,
     target: &TargetAddr,
     authority: &http::uri::Authority,
     spec: &HealthCheckSpec,
 ) -> bool {
-    let Ok(conn) = transport.connect::<Empty<Bytes>>(target).await else {
+    let Ok(conn) = transport.connect::<Full<Bytes>>(target).await else {
         return false;
     };
+    let scheme = if transport.tls() { "https" } else { "http" };
+    if let Some(service) = &spec.grpc_service {
+        let Conn::H2(sender) = conn else {
+            return false;
+        };
+        return grpc_probe(sender, &format!("{scheme}://{authority}"), service).await;
+    }
     let Some(path) = &spec.path else {
         return true;
     };
     let request = |uri: String| {
         Request::get(uri)
             .header(http::header::HOST, authority.as_str())
-            .header(http::header::USER_AGENT, "levee-health-check")
-            .body(Empty::<Bytes>::new())
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(Full::new(Bytes::new()))
     };
     let response = match conn {
         Conn::H1(mut sender) => match request(path.to_string()) {
             Ok(request) => sender.send_request(request).await.ok(),
             Err(_) => None,
         },
-        Conn::H2(mut sender) => {
-            let scheme = if transport.tls() { "https" } else { "http" };
-            match request(format!("{scheme}://{authority}{path}")) {
-                Ok(request) => sender.send_request(request).await.ok(),
-                Err(_) => None,
-            }
-        }
+        Conn::H2(mut sender) => match request(format!("{scheme}://{authority}{path}")) {
+            Ok(request) => sender.send_request(request).await.ok(),
+            Err(_) => None,
+        },
     };
     response.is_some_and(|response| {
         let status = response.status().as_u16();
@@ -211,6 +216,37 @@ async fn probe(
             spec.expected_statuses.contains(&status)
         }
     })
+}
+
+const USER_AGENT: &str = "levee-health-check";
+
+/// The standard gRPC health check: `SERVING` with `grpc-status` 0 passes; anything else
+/// (`NOT_SERVING`, `SERVICE_UNKNOWN`, an error status, a broken answer) fails.
+async fn grpc_probe(
+    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    base: &str,
+    service: &str,
+) -> bool {
+    let request = Request::post(format!("{base}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(Full::new(crate::grpc::health_check_request(service)));
+    let Ok(request) = request else {
+        return false;
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        return false;
+    };
+    if response.status() != http::StatusCode::OK {
+        return false;
+    }
+    let head_status = crate::grpc::status(response.headers());
+    let Ok(collected) = response.into_body().collect().await else {
+        return false;
+    };
+    let status = collected.trailers().and_then(crate::grpc::status).or(head_status);
+    status == Some(0) && crate::grpc::health_check_serving(&collected.to_bytes())
 }
 
 #[cfg(test)]

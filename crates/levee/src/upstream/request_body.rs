@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::grpc;
+
 /// The client's body, shared by every attempt of one request.
 ///
 /// Frames are streamed upstream as they arrive (nothing waits for the whole body) and, up to
@@ -21,7 +23,7 @@ use hyper::body::Incoming;
 /// makes the request unretryable, so memory per request stays bounded.
 #[derive(Debug)]
 struct ReplaySource {
-    incoming: Option<Incoming>,
+    incoming: Option<ClientBody>,
     kept: Vec<Bytes>,
     kept_bytes: usize,
     cap: usize,
@@ -39,6 +41,53 @@ struct ReplaySource {
     /// The attempt allowed to read: an older one still being sent by an abandoned
     /// connection must not take frames a newer one needs.
     generation: u64,
+}
+
+/// The client's body as the upstream gets it: as it arrived, or decoded from base64 (a
+/// gRPC-Web `-text` call).
+pub enum ClientBody {
+    Plain(Incoming),
+    WebText(grpc::web::TextDecoder<Incoming>),
+}
+
+impl std::fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientBody::Plain(_) => "ClientBody::Plain",
+            ClientBody::WebText(_) => "ClientBody::WebText",
+        })
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Plain(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as BoxError))),
+            ClientBody::WebText(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Plain(body) => body.is_end_stream(),
+            ClientBody::WebText(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Plain(body) => body.size_hint(),
+            ClientBody::WebText(body) => body.size_hint(),
+        }
+    }
 }
 
 /// Why the start of a body was refused.
@@ -69,7 +118,7 @@ pub struct ReplayableBody {
 impl ReplayableBody {
     /// Wraps the client's body, keeping up to `cap` bytes for replays. An empty body costs
     /// nothing.
-    pub fn new(incoming: Incoming, cap: usize, max_bytes: u64) -> ReplayableBody {
+    pub fn new(incoming: ClientBody, cap: usize, max_bytes: u64) -> ReplayableBody {
         if incoming.is_end_stream() {
             return ReplayableBody { source: None };
         }
@@ -274,7 +323,7 @@ impl Body for RequestBody {
                 source.incoming = None;
             }
         }
-        Poll::Ready(polled.map(|frame| frame.map_err(|e| Box::new(e) as BoxError)))
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {

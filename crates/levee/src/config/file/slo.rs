@@ -24,6 +24,11 @@ pub struct SloFile {
     /// What a good event is: `availability` (any status below 500) or
     /// `{ latency_below: 300ms }` (answered within the threshold).
     pub sli: SliFile,
+    /// For `availability` on a route with gRPC calls: the gRPC statuses that make a call bad
+    /// whatever its HTTP status (a failed call answers 200). Default: `unavailable`,
+    /// `internal`, `unknown`, `deadline_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_grpc_statuses: Option<Vec<String>>,
 }
 
 /// An SLI: `availability` or `{ latency_below: DURATION }`.

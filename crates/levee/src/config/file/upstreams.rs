@@ -235,13 +235,31 @@ pub struct QueueFile {
     pub timeout: DurationStr,
 }
 
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKindFile {
+    /// A GET of `path` whose status must be expected.
+    Http,
+    /// Opening a connection (TCP, and TLS when the upstream has it).
+    Tcp,
+    /// `grpc.health.v1.Health/Check` (for `service`), which must answer `SERVING`.
+    Grpc,
+}
+
 /// Active health checking of each target.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
-    /// Path to GET, e.g. `/healthz`; without one a TCP connect is the check.
+    /// `http`, `tcp` or `grpc`. Default: `http` when a `path` is given, else `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<HealthKindFile>,
+    /// Path to GET, e.g. `/healthz` (kind `http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The service name asked about (kind `grpc`). Default `""`: the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Time between checks of a target. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<DurationStr>,

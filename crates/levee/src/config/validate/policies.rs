@@ -41,6 +41,15 @@ pub(super) fn check_retry(file: &RetryFile, path: &str, p: &mut Problems) -> Res
                         "reset" => on.reset = true,
                         "timeout" => on.timeout = true,
                         "5xx" => on.any_5xx = true,
+                        other if other.starts_with("grpc:") => {
+                            match crate::grpc::code_by_name(other.trim_start_matches("grpc:")) {
+                                Some(0) | None => p.at(
+                                    &format!("{path}.on[{i}]"),
+                                    format!("unknown gRPC status in `{other}`: use a code name such as grpc:unavailable or grpc:resource_exhausted"),
+                                ),
+                                Some(code) => on.grpc.push(code),
+                            }
+                        }
                         other => {
                             let hint =
                                 nearest(other, ["connect_failure", "reset", "timeout", "5xx"].into_iter())
@@ -48,7 +57,7 @@ pub(super) fn check_retry(file: &RetryFile, path: &str, p: &mut Problems) -> Res
                                     .unwrap_or_default();
                             p.at(
                                 &format!("{path}.on[{i}]"),
-                                format!("unknown retry condition `{other}`{hint}: use connect_failure, reset, timeout, 5xx or a status code"),
+                                format!("unknown retry condition `{other}`{hint}: use connect_failure, reset, timeout, 5xx, a status code or grpc:STATUS"),
                             )
                         }
                     },

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{label_safe, Problems};
-use crate::config::file::{AlertingFile, ConfigFile, SliFile};
+use crate::config::file::{AlertingFile, ConfigFile, SliFile, SloFile};
 use crate::config::parse::nearest;
 use crate::config::spec::*;
 
@@ -97,6 +97,7 @@ pub(super) fn check_slos(
             objective: slo.objective,
             window,
             sli,
+            bad_grpc_statuses: check_grpc_statuses(slo, sli, &path, p),
         });
     }
     slos
@@ -257,4 +258,28 @@ pub(super) fn check_alerting(a: &AlertingFile, p: &mut Problems) -> AlertingSpec
         alertmanager,
         webhooks,
     }
+}
+
+/// An SLO's `bad_grpc_statuses`: gRPC status names, for availability SLOs only.
+fn check_grpc_statuses(slo: &SloFile, sli: Sli, path: &str, p: &mut Problems) -> Option<Vec<u16>> {
+    let names = slo.bad_grpc_statuses.as_ref()?;
+    if sli != Sli::Availability {
+        p.at(
+            &format!("{path}.bad_grpc_statuses"),
+            "bad_grpc_statuses is only used by `sli: availability`",
+        );
+    }
+    let mut codes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match crate::grpc::code_by_name(name) {
+            Some(0) | None => p.at(
+                &format!("{path}.bad_grpc_statuses[{i}]"),
+                format!(
+                    "`{name}` is not a gRPC error status: use names such as unavailable or deadline_exceeded"
+                ),
+            ),
+            Some(code) => codes.push(code),
+        }
+    }
+    Some(codes)
 }

@@ -13,7 +13,8 @@ use levee_resilience::BreakerConfig;
 use super::upstream_transport::check_transport;
 use super::Problems;
 use crate::config::file::{
-    BalanceFile, CircuitBreakerFile, ConfigFile, HealthCheckFile, OutlierFile, TargetFile, UpstreamFile,
+    BalanceFile, CircuitBreakerFile, ConfigFile, HealthCheckFile, HealthKindFile, OutlierFile, TargetFile,
+    UpstreamFile,
 };
 use crate::config::secrets::UpstreamTlsFiles;
 use crate::config::spec::*;
@@ -78,6 +79,14 @@ fn check_upstream(
         .health_check
         .as_ref()
         .and_then(|h| check_health(h, &format!("{path}.health_check"), p, &mut ok));
+    let grpc_checked = health_check.as_ref().is_some_and(|h| h.grpc_service.is_some());
+    if grpc_checked && !protocol.may_use_h2(tls.is_some()) {
+        p.at(
+            &format!("{path}.health_check.kind"),
+            "gRPC health checks need HTTP/2: set `protocol: h2c` (or h2 with tls)",
+        );
+        ok = false;
+    }
     let outlier = check_outlier(
         u.outlier_detection.as_ref(),
         &format!("{path}.outlier_detection"),
@@ -263,6 +272,23 @@ fn check_health(
     ok: &mut bool,
 ) -> Option<HealthCheckSpec> {
     let before = p.errors.len();
+    let kind = file.kind.unwrap_or(if file.path.is_some() {
+        HealthKindFile::Http
+    } else {
+        HealthKindFile::Tcp
+    });
+    match (kind, &file.path, &file.service) {
+        (HealthKindFile::Http, None, _) => p.at(path, "a health check of kind http needs a `path` to GET"),
+        (HealthKindFile::Tcp | HealthKindFile::Grpc, Some(_), _) => p.at(
+            &format!("{path}.path"),
+            "`path` is only used by health checks of kind http",
+        ),
+        (HealthKindFile::Http | HealthKindFile::Tcp, _, Some(_)) => p.at(
+            &format!("{path}.service"),
+            "`service` is only used by health checks of kind grpc",
+        ),
+        _ => {}
+    }
     let check_path = match &file.path {
         None => None,
         Some(text) if text.starts_with('/') => match http::uri::PathAndQuery::try_from(text.as_str()) {
@@ -322,6 +348,7 @@ fn check_health(
     }
     Some(HealthCheckSpec {
         path: check_path,
+        grpc_service: (kind == HealthKindFile::Grpc).then(|| file.service.clone().unwrap_or_default()),
         interval,
         timeout,
         unhealthy_after,
