@@ -90,6 +90,8 @@ pub struct RequestRecord {
     /// A gRPC call's final `grpc-status` (from the answer's headers or trailers, or the
     /// gateway's own refusal).
     pub grpc_status: Option<u16>,
+    /// The request's count on its client connection (which is not idle while any is held).
+    pub connection: Option<crate::admission::LoadPermit>,
     /// Set once metrics and the log line are written, so that happens exactly once.
     pub emitted: bool,
 }
@@ -119,6 +121,7 @@ impl RequestRecord {
         self.inflight = None;
         self.bulkhead = None;
         self.admission = None;
+        self.connection = None;
         if self.status == 0 {
             // Dropped before any response existed: the client went away (nginx's 499).
             self.status = 499;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,22 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// The connection arrived over TLS.
     pub tls: bool,
+    /// Requests started on the connection so far.
+    pub started: AtomicU64,
+    /// Requests whose answers are not finished yet (each record holds a permit on it).
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, listener: Arc<str>, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            listener,
+            tls,
+            started: AtomicU64::new(0),
+            in_flight: Arc::default(),
+        }
+    }
 }
 
 /// Where the config comes from, and the lock that makes reloads one at a time.

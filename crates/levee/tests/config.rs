@@ -683,6 +683,19 @@ fn limits_are_validated_where_they_are_written() {
         config.limits.http2_keepalive_timeout,
         std::time::Duration::from_secs(10)
     );
+    assert_eq!(
+        config.limits.http2_idle_timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
+    let config = levee::load_str(
+        &format!("{BASE}limits:\n  http2_idle_timeout: 0s\n{routes}"),
+        "levee.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.limits.http2_idle_timeout, None,
+        "0s keeps idle connections"
+    );
 }
 
 #[test]

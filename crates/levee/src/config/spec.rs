@@ -411,6 +411,8 @@ pub struct LimitsSpec {
     /// PING liveness of HTTP/2 client connections: `None` sends no PINGs.
     pub http2_keepalive_interval: Option<Duration>,
     pub http2_keepalive_timeout: Duration,
+    /// Client connections with no request in flight this long are closed; `None`: never.
+    pub http2_idle_timeout: Option<Duration>,
 }
 
 impl LimitsSpec {
@@ -758,3 +760,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// 30 s finds it within 40 s, for 17 bytes each way.
 pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle client connections are closed after this: longer than any client's pause between
+/// bursts that is worth a warm connection, short enough that abandoned connections do not
+/// pile up against `max_connections` (nginx closes idle HTTP/2 connections after 75 s, Envoy
+/// after an hour; gRPC clients reconnect on a GOAWAY without failing a call).
+pub const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

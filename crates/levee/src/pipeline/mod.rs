@@ -229,6 +229,7 @@ async fn llm_backend(
 
 /// The record of a request that just arrived (request id and trace context included).
 fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> RequestRecord {
+    conn.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     RequestRecord {
         recorder: worker.recorder.clone(),
         started: Instant::now(),
@@ -260,6 +261,7 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         experiment: None,
         sent_to: None,
         grpc_status: None,
+        connection: LoadPermit::try_take(&conn.in_flight, usize::MAX),
         emitted: false,
     }
 }

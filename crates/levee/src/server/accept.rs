@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -23,6 +22,8 @@ use crate::pipeline;
 use crate::state::{ConnInfo, SharedState};
 use crate::strict::HeadGuard;
 
+use super::lifetime::{Drain, IdleWatch, Verdict};
+
 /// What the accept loops of one worker share.
 #[derive(Clone)]
 pub(super) struct Serving {
@@ -30,7 +31,7 @@ pub(super) struct Serving {
     pub worker: Arc<ArcSwap<WorkerContext>>,
     pub builder: auto::Builder<TokioExecutor>,
     /// Tells open connections to finish when the worker drains.
-    pub graceful: Arc<GracefulShutdown>,
+    pub drain: Arc<Drain>,
     pub state: Arc<SharedState>,
 }
 
@@ -75,17 +76,12 @@ pub(super) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
-            info: Arc::new(ConnInfo {
-                peer,
-                listener: name.clone(),
-                tls: tls.is_some(),
-            }),
+            info: Arc::new(ConnInfo::new(peer, name.clone(), tls.is_some())),
             worker: serving.worker.clone(),
             state: serving.state.clone(),
             builder: serving.builder.clone(),
-            // A watcher, not the shutdown handle: the drain waits for it (bounded by the
-            // timeouts below) and the handle stays unique for the worker to trigger.
-            watcher: serving.graceful.watcher(),
+            // The drain waits for every watcher (each bounded by the timeouts below).
+            drain: serving.drain.watcher(),
             _permits: permits,
         };
         // Telling HTTP/1 from HTTP/2, and the TLS handshake, are bounded like a request
@@ -118,7 +114,7 @@ struct Connection {
     worker: Arc<ArcSwap<WorkerContext>>,
     state: Arc<SharedState>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    drain: watch::Receiver<()>,
     _permits: Permits,
 }
 
@@ -160,10 +156,11 @@ impl Connection {
             worker,
             state,
             builder,
-            watcher,
+            mut drain,
             _permits,
         } = self;
         let peer = info.peer;
+        let mut watch = IdleWatch::new(info.clone(), &worker.load().limits);
         // Each request takes the worker's context as it is when the request starts, and
         // keeps it to the end: a reload never changes the rules under a running request.
         let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -191,7 +188,30 @@ impl Connection {
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(HeadGuard::new(stream)), service)
             .into_owned();
-        if let Err(error) = watcher.watch(connection).await {
+        tokio::pin!(connection);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + watch.tick, watch.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drained = false;
+        let ended = loop {
+            tokio::select! {
+                ended = connection.as_mut() => break ended,
+                // The sender gone is a drain too (the worker is stopping).
+                _ = drain.changed(), if !drained => {
+                    drained = true;
+                    watch.draining();
+                    connection.as_mut().graceful_shutdown();
+                }
+                now = ticks.tick() => match watch.check(now) {
+                    Verdict::Serve => {}
+                    Verdict::Finish => connection.as_mut().graceful_shutdown(),
+                    Verdict::Drop => {
+                        tracing::debug!(%peer, "client connection closed: no request in time, or idle");
+                        break Ok(());
+                    }
+                },
+            }
+        };
+        if let Err(error) = ended {
             tracing::debug!(%error, %peer, "client connection ended with an error");
         }
     }

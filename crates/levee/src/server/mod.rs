@@ -35,6 +35,7 @@ use crate::state::{Reloader, SharedState};
 
 mod accept;
 mod control;
+mod lifetime;
 mod listeners;
 mod shutdown;
 mod workers;

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
-
+use super::lifetime::Drain;
 use super::RunningGateway;
 
 /// How long a draining worker keeps serving busy keep-alive connections (each answer closing
@@ -18,7 +17,7 @@ const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// A worker's drain, once its listeners are closed: busy keep-alive connections get one
 /// more answer, marked `Connection: close`, before idle ones are closed (Envoy's drain does
 /// the same); then open connections get what is left of `grace` to finish.
-pub(super) async fn drain(connections: &AtomicUsize, graceful: Arc<GracefulShutdown>, grace: Duration) {
+pub(super) async fn drain(connections: &AtomicUsize, drain: Arc<Drain>, grace: Duration) {
     let drain_started = tokio::time::Instant::now();
     let linger = DRAIN_LINGER.min(grace);
     while connections.load(Ordering::Relaxed) > 0 && drain_started.elapsed() < linger {
@@ -26,8 +25,8 @@ pub(super) async fn drain(connections: &AtomicUsize, graceful: Arc<GracefulShutd
     }
     let grace = grace.saturating_sub(drain_started.elapsed());
     // Let open connections finish what they are doing.
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if let Ok(drain) = Arc::try_unwrap(drain) {
+        if tokio::time::timeout(grace, drain.drain()).await.is_err() {
             tracing::warn!(grace = ?grace, "shutdown grace period ended with connections still open");
         }
     }

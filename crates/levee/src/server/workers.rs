@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::lifetime::Drain;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -91,10 +91,10 @@ impl Worker {
         let serving = Serving {
             worker: context.clone(),
             builder: http_builder(&limits),
-            graceful: Arc::new(GracefulShutdown::new()),
+            drain: Arc::new(Drain::new()),
             state,
         };
-        let graceful = serving.graceful.clone();
+        let drain = serving.drain.clone();
         let mut accept_loops = tokio::task::JoinSet::new();
         for ListenerSocket {
             name,
@@ -122,7 +122,7 @@ impl Worker {
         while accept_loops.join_next().await.is_some() {}
         follower.abort();
         let connections = context.load().connections.clone();
-        super::shutdown::drain(&connections, graceful, grace).await;
+        super::shutdown::drain(&connections, drain, grace).await;
     }
 }
 

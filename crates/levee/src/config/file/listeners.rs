@@ -77,4 +77,8 @@ pub struct LimitsFile {
     /// Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_keepalive_timeout: Option<DurationStr>,
+    /// A client connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY); `0s` keeps idle connections. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_idle_timeout: Option<DurationStr>,
 }

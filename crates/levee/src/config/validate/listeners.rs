@@ -126,6 +126,8 @@ pub(super) fn check_limits(file: &ConfigFile, p: &mut Problems) -> LimitsSpec {
         .filter(|d| !d.is_zero()),
         http2_keepalive_timeout: limit(file, |l| l.http2_keepalive_timeout)
             .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT),
+        http2_idle_timeout: Some(limit(file, |l| l.http2_idle_timeout).unwrap_or(DEFAULT_HTTP2_IDLE_TIMEOUT))
+            .filter(|d| !d.is_zero()),
     };
     if limits.http2_keepalive_timeout.is_zero() {
         p.at(
