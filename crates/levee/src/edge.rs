@@ -404,6 +404,33 @@ fn grpc_rejection(
     response
 }
 
+/// The JSON body of an answer to a request hyper's HTTP/1 parser refused (400, 414 or
+/// 431), which Levee writes in place of hyper's bare one.
+pub fn parse_error_body(status: StatusCode, request_id: &str) -> Vec<u8> {
+    let (code, message) = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            Rejection::HeadersTooLarge.code(),
+            Rejection::HeadersTooLarge.public_message(),
+        ),
+        StatusCode::URI_TOO_LONG => (
+            "uri_too_long",
+            Cow::Borrowed("The request's URI is longer than this gateway accepts."),
+        ),
+        _ => (
+            Rejection::BadRequest.code(),
+            Rejection::BadRequest.public_message(),
+        ),
+    };
+    error_body(
+        Shape::Levee,
+        status,
+        error_type(status),
+        code,
+        &message,
+        request_id,
+    )
+}
+
 /// The whole HTTP/1.1 answer written straight to a connection refused at accept, past a
 /// connection cap: no request was parsed (so there is no request id), and the same JSON
 /// shape as every other error.

@@ -76,6 +76,17 @@ async fn smuggling_shapes_get_400_and_never_reach_the_upstream() {
     for (name, bytes) in cases {
         let answer = raw_exchange(addr, bytes).await;
         assert_eq!(status_of(&answer), 400, "{name}: {answer:?}");
+        // Refused by hyper's parser or by the pipeline, every one is the contract's JSON
+        // with a request id.
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("{name}: no x-request-id in {head}"));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "bad_request", "{name}");
+        assert_eq!(json["error"]["request_id"], id, "{name}");
     }
     assert_eq!(upstream.hits(), 0, "nothing malformed reached the upstream");
     assert_eq!(upstream.connections(), 0);
@@ -106,6 +117,11 @@ async fn oversized_heads_get_a_json_431() {
     )
     .await;
     assert_eq!(status_of(&answer), 431, "{answer:?}");
+    // hyper's own refusal, rewritten into the contract: JSON with a request id.
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\nx-request-id: "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"]["code"], "headers_too_large");
     assert_eq!(upstream.hits(), 0);
 }
 

@@ -22,6 +22,7 @@ use crate::pipeline;
 use crate::state::{ConnInfo, SharedState};
 use crate::strict::HeadGuard;
 
+use super::bare_errors::ErrorRewriter;
 use super::lifetime::{Drain, IdleWatch, Verdict};
 
 /// What the accept loops of one worker share.
@@ -186,7 +187,7 @@ impl Connection {
             }
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(HeadGuard::new(stream)), service)
+            .serve_connection_with_upgrades(TokioIo::new(ErrorRewriter::new(HeadGuard::new(stream))), service)
             .into_owned();
         tokio::pin!(connection);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + watch.tick, watch.tick);

@@ -34,6 +34,7 @@ use crate::slo::SloEngine;
 use crate::state::{Reloader, SharedState};
 
 mod accept;
+mod bare_errors;
 mod control;
 mod lifetime;
 mod listeners;
