@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The layers of the `levee` crate, bottom (0) to top, as drawn in docs/architecture.md.
 LAYERS = {
     "levee": [
-        ["headers", "hex", "host", "outbound", "strict", "admission", "restart", "admin_client", "grpc"],
+        ["headers", "hex", "host", "outbound", "strict", "admission", "restart", "admin_client", "grpc", "client_body"],
         ["config"],
         ["observability"],
         ["cluster"],

@@ -67,6 +67,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod chaos;
+pub mod client_body;
 pub mod cluster;
 pub mod config;
 pub mod demo;

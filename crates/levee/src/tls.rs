@@ -91,6 +91,21 @@ impl ReloadingCert {
     }
 }
 
+impl ReloadingCert {
+    /// A rustls server config for QUIC (HTTP/3): TLS 1.3 only, ALPN `h3`, the same reloading
+    /// certificate. No early data (0-RTT requests could be replayed).
+    pub fn quic_server_config(self: &Arc<Self>) -> Result<ServerConfig, rustls::Error> {
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h3".to_vec()];
+        config.max_early_data_size = 0;
+        Ok(config)
+    }
+}
+
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())

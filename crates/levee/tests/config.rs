@@ -826,3 +826,18 @@ slos:
         );
     }
 }
+
+#[test]
+fn http3_needs_a_tls_listener() {
+    let errs = errors(
+        "listeners: [{ name: p, bind: 127.0.0.1:8080, http3: true }]
+upstreams: { u: { targets: [127.0.0.1:1] } }
+routes: [{ name: r, upstream: u }]
+",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("levee.yaml:1:53: http3 needs tls"),
+        "{errs:#?}"
+    );
+}

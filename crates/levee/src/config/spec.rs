@@ -282,6 +282,8 @@ pub struct ListenerSpec {
     pub bind: SocketAddr,
     pub tls: Option<TlsSpec>,
     pub max_connections: Option<usize>,
+    /// HTTP/3 on the same port over UDP (TLS listeners only).
+    pub http3: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

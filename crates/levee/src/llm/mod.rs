@@ -44,12 +44,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
@@ -125,7 +125,7 @@ impl ApiError {
 pub async fn serve(
     backend: &Backend<'_>,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     dispatch(backend, parts, body, record).await
@@ -186,7 +186,7 @@ impl Backend<'_> {
 async fn dispatch(
     b: &Backend<'_>,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let llm = b.llm;
@@ -331,7 +331,7 @@ async fn complete(
 async fn serve_messages(
     b: &Backend<'_>,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let input = read_object(b, body, record).await?;
@@ -374,7 +374,7 @@ async fn run_prompt(
     b: &Backend<'_>,
     prompt: &crate::config::spec::LlmPromptSpec,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, ApiError> {
     if parts.method != Method::POST {
@@ -664,7 +664,7 @@ fn models(llm: &LlmSpec) -> Response<ResponseBody> {
 /// The request body as a JSON object (its size goes to the record).
 async fn read_object(
     b: &Backend<'_>,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Map<String, Value>, ApiError> {
     let bytes = read_request(body, b.max_body_bytes, b.read_timeout).await?;
@@ -675,7 +675,7 @@ async fn read_object(
     }
 }
 
-async fn read_request(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
+async fn read_request(body: ClientBody, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -29,10 +29,10 @@ mod proxy;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::client_body::ClientBody;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
@@ -50,7 +50,7 @@ use crate::state::ConnInfo;
 pub async fn handle(
     worker: &WorkerContext,
     conn: &ConnInfo,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = request.into_parts();
 
@@ -95,7 +95,7 @@ async fn serve_route(
     conn: &ConnInfo,
     (route_index, route, shape): (usize, &RouteSpec, Shape),
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     mut record: RequestRecord,
 ) -> Response<ResponseBody> {
     let gateway = &worker.gateway;
@@ -199,7 +199,7 @@ async fn llm_backend(
     route: &RouteSpec,
     key: Option<&Arc<crate::management::KeyGrant>>,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let gateway = &worker.gateway;

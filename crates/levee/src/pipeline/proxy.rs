@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client_body::ClientBody;
 use http::header::{HeaderValue, HOST, TE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use levee_resilience::full_jitter;
@@ -33,7 +33,7 @@ use crate::state::ConnInfo;
 use crate::upstream::balancer::PickContext;
 use crate::upstream::pool::PooledBody;
 use crate::upstream::{
-    health, BreakerTicket, ClientBody, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream,
+    health, BreakerTicket, Picked, PrefetchError, ReplayableBody, UpstreamError, WorkerUpstream,
 };
 
 /// Why an attempt may be retried (the `reason` label of `levee_retries_total`).
@@ -64,7 +64,7 @@ impl RetryReason {
 async fn enter_upstream<'w>(
     worker: &'w WorkerContext,
     (route_index, route): (usize, &RouteSpec),
-    body: Incoming,
+    body: ClientBody,
     grpc: Option<Flavor>,
     record: &mut RequestRecord,
 ) -> Result<(&'w Arc<WorkerUpstream>, ReplayableBody), Rejection> {
@@ -95,9 +95,10 @@ async fn enter_upstream<'w>(
         .as_ref()
         .map_or(0, |p| p.max_replay_body)
         .max(if refusable { DEFAULT_MAX_REPLAY_BODY } else { 0 });
+    // A gRPC-Web `-text` body reaches the upstream decoded from base64.
     let body = match grpc {
-        Some(Flavor::Web { text: true }) => ClientBody::WebText(TextDecoder::new(body)),
-        _ => ClientBody::Plain(body),
+        Some(Flavor::Web { text: true }) => ClientBody::boxed(TextDecoder::new(body)),
+        _ => body,
     };
     let body = ReplayableBody::new(body, replay_cap, route.max_body_bytes);
     // A streaming gRPC call may rightly wait for the server before sending anything.
@@ -135,7 +136,7 @@ pub(super) async fn forward(
     route_index: usize,
     route: &RouteSpec,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let grpc = crate::grpc::flavor(&parts.headers);

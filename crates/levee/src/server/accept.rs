@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_body::ClientBody;
 use crate::gateway::{LoadPermit, WorkerContext};
 use crate::pipeline;
 use crate::state::{ConnInfo, SharedState};
@@ -38,13 +40,14 @@ pub(super) struct Serving {
 
 /// A connection's places under the process-wide cap and its listener's cap, given back
 /// when it ends.
-type Permits = (LoadPermit, Option<LoadPermit>);
+pub(super) type Permits = (LoadPermit, Option<LoadPermit>);
 
-/// Accepts connections on `listener` (named `name`, with TLS when `tls` is given, at most
-/// `max_connections` open on this worker) until `shutdown` turns true.
+/// Accepts connections on `listener` (named `name`, announcing HTTP/3 with `alt_svc`, with
+/// TLS when `tls` is given, at most `max_connections` open on this worker) until `shutdown`
+/// turns true.
 pub(super) async fn accept_loop(
     listener: TcpListener,
-    name: Arc<str>,
+    (name, alt_svc): (Arc<str>, Option<HeaderValue>),
     tls: Option<TlsAcceptor>,
     max_connections: Option<usize>,
     serving: Serving,
@@ -81,6 +84,7 @@ pub(super) async fn accept_loop(
             worker: serving.worker.clone(),
             state: serving.state.clone(),
             builder: serving.builder.clone(),
+            alt_svc: alt_svc.clone(),
             // The drain waits for every watcher (each bounded by the timeouts below).
             drain: serving.drain.watcher(),
             _permits: permits,
@@ -97,7 +101,7 @@ pub(super) async fn accept_loop(
 
 /// A place under the process-wide connection cap and, when the listener has one, under its
 /// cap; `None` when either is full.
-fn take_permits(
+pub(super) fn take_permits(
     context: &WorkerContext,
     listener_connections: &Arc<AtomicUsize>,
     listener_cap: Option<usize>,
@@ -115,6 +119,7 @@ struct Connection {
     worker: Arc<ArcSwap<WorkerContext>>,
     state: Arc<SharedState>,
     builder: auto::Builder<TokioExecutor>,
+    alt_svc: Option<HeaderValue>,
     drain: watch::Receiver<()>,
     _permits: Permits,
 }
@@ -157,6 +162,7 @@ impl Connection {
             worker,
             state,
             builder,
+            alt_svc,
             mut drain,
             _permits,
         } = self;
@@ -168,9 +174,10 @@ impl Connection {
             let context = worker.load_full();
             let info = info.clone();
             let state = state.clone();
+            let alt_svc = alt_svc.clone();
             async move {
                 let http1 = request.version() < http::Version::HTTP_2;
-                let mut response = pipeline::handle(&context, &info, request).await;
+                let mut response = pipeline::handle(&context, &info, request.map(ClientBody::Hyper)).await;
                 // While draining, each HTTP/1 answer closes its connection (HTTP/2 gets a
                 // GOAWAY from the graceful shutdown): a keep-alive client then opens a new
                 // connection, to a successor or another instance, instead of racing the
@@ -182,6 +189,9 @@ impl Connection {
                     response
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                if let Some(alt_svc) = alt_svc {
+                    response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
                 }
                 Ok::<_, Infallible>(response)
             }

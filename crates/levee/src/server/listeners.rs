@@ -7,9 +7,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_rustls::TlsAcceptor;
 
+use super::http3::QuicSocket;
 use super::StartError;
 use crate::config::spec::ListenerSpec;
 use crate::config::Config;
@@ -24,6 +26,10 @@ pub(super) struct ListenerSocket {
     pub tls: Option<TlsAcceptor>,
     /// This worker's share of the listener's connection cap.
     pub max_connections: Option<usize>,
+    /// This worker's UDP socket for HTTP/3, when the listener serves it.
+    pub quic: Option<QuicSocket>,
+    /// `Alt-Svc` for the listener's HTTP/1.1 and HTTP/2 answers, when it serves HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 /// The data-plane sockets by listener name, and the admin socket.
@@ -79,7 +85,7 @@ fn bind_listener(
     taken: Vec<TcpListener>,
     bound: &mut Bound,
 ) -> Result<(), StartError> {
-    let acceptor = match &spec.tls {
+    let cert = match &spec.tls {
         Some(tls) => {
             let cert =
                 Arc::new(
@@ -89,9 +95,19 @@ fn bind_listener(
                     })?,
                 );
             bound.certs.push((cert.clone(), tls.reload_interval));
-            Some(TlsAcceptor::from(cert.server_config()))
+            Some(cert)
         }
         None => None,
+    };
+    let acceptor = cert.as_ref().map(|c| TlsAcceptor::from(c.server_config()));
+    let quic_tls = match (&cert, spec.http3) {
+        (Some(cert), true) => Some(Arc::new(cert.quic_server_config().map_err(|e| {
+            StartError::Tls {
+                name: spec.name.to_string(),
+                message: e.to_string(),
+            }
+        })?)),
+        _ => None,
     };
     let bind_err = |source| StartError::Bind {
         name: spec.name.to_string(),
@@ -120,6 +136,9 @@ fn bind_listener(
             .push((spec.name.clone(), socket.try_clone().map_err(bind_err)?));
     }
     let listener_cap = spec.max_connections.map(|m| m.div_ceil(workers).max(1));
+    let alt_svc = quic_tls
+        .as_ref()
+        .and_then(|_| super::http3::alt_svc(actual.port()));
     // Fewer workers than inherited sockets: some workers serve more than one.
     let assigned = per_worker
         .into_iter()
@@ -129,12 +148,22 @@ fn bind_listener(
         let Some(slot) = bound.per_worker.get_mut(worker) else {
             continue;
         };
+        // HTTP/3 sockets are never handed to a successor: a restart starts them afresh.
+        let quic = match &quic_tls {
+            Some(tls) => Some(QuicSocket {
+                socket: super::http3::bind_udp(actual).map_err(bind_err)?,
+                tls: tls.clone(),
+            }),
+            None => None,
+        };
         // A worker-local copy of the name: it is cloned per request for the logs.
         slot.push(ListenerSocket {
             name: Arc::from(&*spec.name),
             socket,
             tls: acceptor.clone(),
             max_connections: listener_cap,
+            quic,
+            alt_svc: alt_svc.clone(),
         });
     }
     Ok(())

@@ -36,6 +36,7 @@ use crate::state::{Reloader, SharedState};
 mod accept;
 mod bare_errors;
 mod control;
+mod http3;
 mod lifetime;
 mod listeners;
 mod shutdown;

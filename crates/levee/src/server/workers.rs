@@ -101,14 +101,26 @@ impl Worker {
             socket,
             tls,
             max_connections,
+            quic,
+            alt_svc,
         } in sockets
         {
+            if let Some(quic) = quic {
+                let (serving, shutdown) = (serving.clone(), shutdown.clone());
+                accept_loops.spawn(super::http3::serve(
+                    quic,
+                    name.clone(),
+                    max_connections,
+                    serving,
+                    shutdown,
+                ));
+            }
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     let (serving, shutdown) = (serving.clone(), shutdown.clone());
                     accept_loops.spawn(accept_loop(
                         listener,
-                        name,
+                        (name, alt_svc),
                         tls,
                         max_connections,
                         serving,

@@ -20,7 +20,7 @@ use crate::config::spec::{TargetSpec, UpstreamSpec};
 use balancer::{Balancer, PickContext};
 pub use levee_resilience::BulkheadPermit;
 use levee_resilience::{Bulkhead, CircuitBreaker, Permit, State};
-pub use request_body::{ClientBody, PrefetchError, ReplayableBody, RequestBody};
+pub use request_body::{PrefetchError, ReplayableBody, RequestBody};
 
 /// Why an upstream attempt failed. Each variant knows whether a retry could help.
 #[derive(Debug, thiserror::Error)]

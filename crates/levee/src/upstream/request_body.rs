@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use crate::client_body::{BoxError, ClientBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use crate::grpc;
 
 /// The client's body, shared by every attempt of one request.
 ///
@@ -41,53 +39,6 @@ struct ReplaySource {
     /// The attempt allowed to read: an older one still being sent by an abandoned
     /// connection must not take frames a newer one needs.
     generation: u64,
-}
-
-/// The client's body as the upstream gets it: as it arrived, or decoded from base64 (a
-/// gRPC-Web `-text` call).
-pub enum ClientBody {
-    Plain(Incoming),
-    WebText(grpc::web::TextDecoder<Incoming>),
-}
-
-impl std::fmt::Debug for ClientBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ClientBody::Plain(_) => "ClientBody::Plain",
-            ClientBody::WebText(_) => "ClientBody::WebText",
-        })
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Plain(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as BoxError))),
-            ClientBody::WebText(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Plain(body) => body.is_end_stream(),
-            ClientBody::WebText(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Plain(body) => body.size_hint(),
-            ClientBody::WebText(body) => body.size_hint(),
-        }
-    }
 }
 
 /// Why the start of a body was refused.
@@ -254,8 +205,6 @@ impl RequestBody {
         }
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for RequestBody {
     type Data = Bytes;

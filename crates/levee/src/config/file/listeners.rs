@@ -20,6 +20,10 @@ pub struct ListenerFile {
     /// process-wide `limits.max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Also serve HTTP/3 (QUIC) on the same port number over UDP, advertised with `Alt-Svc`
+    /// on HTTP/1.1 and HTTP/2 answers. Needs `tls`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http3: Option<bool>,
 }
 
 /// TLS for a listener: PEM files, reloaded when they change.

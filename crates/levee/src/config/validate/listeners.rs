@@ -52,11 +52,19 @@ pub(super) fn check_listeners(
                     "max_connections must be from 1 to 10000000",
                 );
             }
+            let http3 = l.http3.unwrap_or(false);
+            if http3 && l.tls.is_none() {
+                p.at(
+                    &format!("{path}.http3"),
+                    "http3 needs tls: QUIC is always encrypted (add `tls: { cert, key }`)",
+                );
+            }
             listeners.push(ListenerSpec {
                 name: l.name.as_str().into(),
                 bind,
                 tls,
                 max_connections: l.max_connections,
+                http3,
             });
         }
     }
