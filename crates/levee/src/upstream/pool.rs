@@ -98,6 +98,10 @@ struct TargetConns {
     speaks_h2: Option<bool>,
     /// Held while a connection that may speak HTTP/2 is being opened.
     opening: Arc<tokio::sync::Mutex<()>>,
+    /// When the last attempt to open one failed: requests that waited for it fail too
+    /// rather than each trying again in turn (a dead target would make the last of a
+    /// hundred waiters wait a hundred connect timeouts).
+    open_failed_at: Option<Instant>,
 }
 
 thread_local! {
@@ -215,11 +219,21 @@ impl Pool {
         // One opening at a time per target: whoever waited here may find room on the
         // connection the one before it opened.
         let opening = with_target(key, |t| t.opening.clone());
+        let waiting_since = Instant::now();
         let _turn = opening.lock().await;
         if let Some(lease) = take_stream(key, max) {
             return Ok(lease);
         }
-        self.open(key, target).await
+        if with_target(key, |t| t.open_failed_at.is_some_and(|at| at >= waiting_since)) {
+            return Err(SendError::Connect(ConnectError::Failed(std::io::Error::other(
+                "the connection this request waited for could not be opened",
+            ))));
+        }
+        let opened = self.open(key, target).await;
+        if opened.is_err() {
+            with_target(key, |t| t.open_failed_at = Some(Instant::now()));
+        }
+        opened
     }
 
     /// A new connection; an HTTP/2 one joins the pool at once, with this exchange's stream.
@@ -679,5 +693,55 @@ mod tests {
         drop(opening);
         sweep(&[pool.id()]);
         assert!(!present(), "an empty target is swept once nobody opens for it");
+    }
+
+    /// A loopback address whose accept queue is full: connections to it hang until their
+    /// timeout (the listener, returned, must be kept).
+    async fn unanswered() -> (TargetAddr, socket2::Socket, Vec<tokio::net::TcpStream>) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(addr)).await
+            {
+                held.push(stream);
+            }
+        }
+        (
+            TargetAddr::new(&addr.to_string(), "127.0.0.1", None),
+            socket,
+            held,
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_an_http2_connection_that_fails_fail_with_it() {
+        let (target, _listener, _held) = unanswered().await;
+        let transport = Arc::new(Transport::cleartext_h2c(Duration::from_millis(200)));
+        let pool = Pool::new(4, IDLE_TIMEOUT, transport);
+        let send = || {
+            let request = Request::builder()
+                .uri("/")
+                .header("host", "origin")
+                .body(RequestBody::empty())
+                .unwrap();
+            pool.send(0, &target, request)
+        };
+        let results = futures_util::future::join_all((0..4).map(|_| send())).await;
+        let timed_out = results
+            .iter()
+            .filter(|r| matches!(r, Err(SendError::Connect(ConnectError::TimedOut))))
+            .count();
+        let waited = results
+            .iter()
+            .filter(|r| matches!(r, Err(SendError::Connect(ConnectError::Failed(_)))))
+            .count();
+        // One attempt timed out; the three that waited for it were not each tried in turn.
+        assert_eq!((timed_out, waited), (1, 3), "{results:?}");
     }
 }

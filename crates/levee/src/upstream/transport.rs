@@ -158,6 +158,15 @@ impl Transport {
         }
     }
 
+    /// HTTP/2 in cleartext (for the pool's own tests).
+    #[cfg(test)]
+    pub fn cleartext_h2c(connect_timeout: Duration) -> Transport {
+        Transport {
+            protocol: UpstreamProtocol::H2c,
+            ..Transport::cleartext_http1(connect_timeout)
+        }
+    }
+
     /// Whether connections speak TLS.
     pub fn tls(&self) -> bool {
         self.tls.is_some()
