@@ -54,8 +54,11 @@ fi
 ports_free $UP_PORT $UP_TLS_PORT $NGX_H2_PORT $GRPC_PORT $LEVEE_PORT $LEVEE_ADMIN
 setup_tmp
 
+# A leaf certificate (not a CA: webpki refuses a CA certificate as a server's), trusted
+# directly through `tls.ca_file`.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
   -keyout "$TMP/origin.key" -out "$TMP/origin.pem" 2>/dev/null
 start_nginx_upstream $UP_PORT "
     upstream origin { server 127.0.0.1:$UP_PORT; keepalive 64; }
