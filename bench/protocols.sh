@@ -12,7 +12,8 @@
 #
 # Started on loopback:
 #   127.0.0.1:18281  nginx origin, 200 "ok\n"           127.0.0.1:18282  the same over TLS
-#   127.0.0.1:18283  nginx http2 proxy to 18281         127.0.0.1:18284  the gRPC echo server
+#   127.0.0.1:18283  nginx http2 proxy to 18281 (its own nginx, 2 workers, as Levee has)
+#   127.0.0.1:18284  the gRPC echo server
 #   127.0.0.1:18285  Levee (admin 19906): /clear, /tls, /bench.Echo/, / (to 18281)
 #
 # Rounds alternate the two sides of each comparison; medians and ratios are printed and
@@ -61,17 +62,32 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
   -keyout "$TMP/origin.key" -out "$TMP/origin.pem" 2>/dev/null
 start_nginx_upstream $UP_PORT "
-    upstream origin { server 127.0.0.1:$UP_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$UP_TLS_PORT ssl;
         ssl_certificate $TMP/origin.pem;
         ssl_certificate_key $TMP/origin.key;
         location / { return 200 \"ok\n\"; }
-    }
+    }"
+# The peer proxy is an nginx of its own with 2 workers, as Levee has 2 (the origin's single
+# worker is the same for both).
+mkdir -p "$TMP/nginx-h2"
+cat >"$TMP/nginx-h2/nginx.conf" <<CONF
+worker_processes 2;
+pid $TMP/nginx-h2/nginx.pid;
+error_log $TMP/nginx-h2/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    http2_max_requests 1000000;
+    upstream origin { server 127.0.0.1:$UP_PORT; keepalive 128; }
     server {
         listen 127.0.0.1:$NGX_H2_PORT http2;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }"
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+CONF
+start_bg "$TMP/nginx-h2/stdout.log" "$NGINX" -p "$TMP/nginx-h2/" -c "$TMP/nginx-h2/nginx.conf" -g 'daemon off;'
 start_bg "$TMP/grpc-echo.log" "$GRPC_BENCH_BIN" echo "127.0.0.1:$GRPC_PORT"
 cat >"$TMP/levee.yaml" <<EOF
 listeners:
@@ -97,6 +113,7 @@ access_log: { enabled: false }
 EOF
 start_bg "$TMP/levee.log" "$LEVEE_BIN" run --config "$TMP/levee.yaml"
 wait_http "http://127.0.0.1:$UP_PORT/"
+for ((i = 0; i < 50; i++)); do port_open $NGX_H2_PORT && break; sleep 0.1; done
 wait_http "http://127.0.0.1:$LEVEE_PORT/clear"
 curl -sf -o /dev/null "http://127.0.0.1:$LEVEE_PORT/tls" || die "Levee cannot reach the TLS origin"
 
