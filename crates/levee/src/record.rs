@@ -177,15 +177,13 @@ impl RequestRecord {
             }
             if let Some(call) = &self.llm {
                 call.settle();
-                let usage = call.usage();
-                shard.record_llm(
-                    &call.provider,
-                    &call.model,
-                    usage.prompt,
-                    usage.completion,
-                    call.cost_usd(),
-                    self.attempts > 1,
-                );
+                let key = (call.provider.clone(), call.model.clone());
+                shard
+                    .ai
+                    .record_llm(&key, call.usage(), call.cost_usd(), self.attempts > 1);
+                if let (Some(route), Some(overhead)) = (&self.route, self.overhead()) {
+                    shard.ai.record_overhead(route, overhead + call.levee_time());
+                }
             }
         }
         // SLO counters: injected faults count like real ones, marked as injected.
@@ -212,6 +210,7 @@ impl RequestRecord {
         let Some(calls) = &self.recorder.call_log else {
             return;
         };
+        let usage = self.llm.as_ref().map(|c| c.usage());
         calls.log(CallRecord {
             time_ms: self
                 .wall_start
@@ -225,7 +224,7 @@ impl RequestRecord {
             method: method_text(&self.method),
             path: self.path.clone(),
             status: self.status,
-            error: self.error.map(Cow::Borrowed),
+            error: self.error.or_else(|| self.llm_interrupted()).map(Cow::Borrowed),
             upstream: self.upstream.as_ref().map(|u| u.upstream.clone()),
             target: self.upstream.as_ref().map(|u| u.target.clone()),
             attempts: self.attempts,
@@ -235,14 +234,26 @@ impl RequestRecord {
             bytes_out,
             provider: self.llm.as_ref().map(|c| c.provider.clone()),
             model: self.llm.as_ref().map(|c| c.model.clone()),
-            prompt_tokens: self.llm.as_ref().map(|c| c.usage().prompt),
-            completion_tokens: self.llm.as_ref().map(|c| c.usage().completion),
+            prompt_tokens: usage.map(|u| u.prompt),
+            completion_tokens: usage.map(|u| u.completion),
+            cached_tokens: usage.map(|u| u.cached),
+            cache_write_tokens: usage.map(|u| u.cache_write),
+            reasoning_tokens: usage.map(|u| u.reasoning),
             cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
             fault: self.fault.map(Cow::Borrowed),
             grpc_status: self.grpc_status,
             // The PostgreSQL writer stores the replica's node id with every row.
             node: None,
         });
+    }
+
+    /// The error a call log row shows for an LLM stream that broke off after its head
+    /// (the status stays the 200 the client got).
+    fn llm_interrupted(&self) -> Option<&'static str> {
+        self.llm
+            .as_ref()
+            .filter(|c| c.interrupted())
+            .map(|_| "llm_stream_interrupted")
     }
 
     /// The access log line; it takes the record's strings, so it comes last.
@@ -265,7 +276,7 @@ impl RequestRecord {
             upstream,
             target,
             status: self.status,
-            error: self.error,
+            error: self.error.or_else(|| self.llm_interrupted()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms,
             bytes_in,

@@ -70,6 +70,96 @@ except Exception as error:  # the SDK maps the OpenAI-shaped 404 to its own exce
 print("sdk ok")
 "#;
 
+/// Runs `script` with the test Python and `args`; the combined output, and whether it
+/// succeeded.
+async fn run_python(python: String, script: &'static str, args: Vec<String>) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.py");
+    std::fs::write(&path, script).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(&path)
+            .args(args)
+            .env_remove("OPENAI_BASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+const CUT_CLIENT: &str = r#"
+import sys
+from openai import OpenAI, APIError
+
+client = OpenAI(base_url=sys.argv[1], api_key="levee-test", max_retries=0)
+text = ""
+try:
+    for chunk in client.chat.completions.create(
+        model="smart", stream=True, messages=[{"role": "user", "content": "Hi"}]
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    raise SystemExit("the cut stream ended as if whole: " + repr(text))
+except APIError as error:
+    assert "broke off" in str(error), repr(error)
+    assert text == "Hello", text
+print("cut ok")
+"#;
+
+/// A provider that sends the first events of a stream, then drops the connection.
+async fn cutting_provider(first: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let first = first.clone();
+            tokio::spawn(async move {
+                // The request is small: its head and body arrive before the answer starts.
+                let mut buf = vec![0u8; 65536];
+                let _ = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{:x}\r\n{first}\r\n", first.len());
+                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
+                let _ = socket.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_midway_reaches_the_openai_sdk_as_an_error() {
+    let Ok(python) = std::env::var("LEVEE_TEST_PYTHON") else {
+        common::missing_tool("LEVEE_TEST_PYTHON not set: the OpenAI SDK test is skipped");
+        return;
+    };
+    // The recorded stream up to its first content ("Hello"), then the connection dies.
+    let events: Vec<&str> = STREAM.split("\n\n").take(2).collect();
+    let provider = cutting_provider(format!("{}\n\n", events.join("\n\n"))).await;
+    let h = Harness::start(&format!(
+        "llm:
+  providers:
+    local: {{ kind: openai_compatible, base_url: \"http://{provider}/v1\" }}
+  models:
+    - {{ name: smart, targets: [{{ provider: local, model: gpt-4o }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+"
+    ));
+    let (ok, report) = run_python(python, CUT_CLIENT, vec![h.url("/v1")]).await;
+    assert!(ok && report.contains("cut ok"), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_against_levee() {
     let Ok(python) = std::env::var("LEVEE_TEST_PYTHON") else {
@@ -106,26 +196,8 @@ routes:
 ",
         provider.addr
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("client.py");
-    std::fs::write(&script, CLIENT).unwrap();
-    let base = h.url("/v1");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(&script)
-            .arg(base)
-            .env_remove("OPENAI_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && report.contains("sdk ok"), "{report}");
+    let (ok, report) = run_python(python, CLIENT, vec![h.url("/v1")]).await;
+    assert!(ok && report.contains("sdk ok"), "{report}");
     // The tool definitions reached the provider unchanged.
     let with_tools = provider
         .seen()

@@ -31,6 +31,11 @@ pub struct ModelTotals {
     pub model: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Parts of the prompt tokens read from, and written to, the provider's prompt cache.
+    pub cached_prompt_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Part of the completion tokens spent reasoning.
+    pub reasoning_tokens: u64,
     pub cost_usd: f64,
     /// Calls this model answered after an earlier target of theirs failed or was passed
     /// over (`levee_llm_fallbacks_total`).
@@ -94,16 +99,17 @@ pub fn build(state: &SharedState) -> LlmOverview {
     LlmOverview {
         models: models
             .into_iter()
-            .map(
-                |((provider, model), (prompt, completion, cost, fallbacks))| ModelTotals {
-                    provider: provider.to_string(),
-                    model: model.to_string(),
-                    prompt_tokens: prompt,
-                    completion_tokens: completion,
-                    cost_usd: cost,
-                    fallbacks,
-                },
-            )
+            .map(|((provider, model), totals)| ModelTotals {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                prompt_tokens: totals.usage.prompt,
+                completion_tokens: totals.usage.completion,
+                cached_prompt_tokens: totals.usage.cached,
+                cache_write_tokens: totals.usage.cache_write,
+                reasoning_tokens: totals.usage.reasoning,
+                cost_usd: totals.cost_usd,
+                fallbacks: totals.fallbacks,
+            })
             .collect(),
         cache: CacheView {
             hits,

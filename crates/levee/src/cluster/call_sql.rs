@@ -23,19 +23,22 @@ use crate::observability::call_log::{
 /// The columns a call record is read from and written to, in this order.
 const COLUMNS: &str = "node, time_ms, request_id, trace_id, route, consumer, method, path, status, error, \
      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
-     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status";
+     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status, \
+     cached_tokens, cache_write_tokens, reasoning_tokens";
 
 /// One statement for a whole batch: each column arrives as an array, so the statement has
-/// 24 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
+/// 27 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
 /// 65,535-parameter limit at `batch: 2850`).
 const INSERT: &str =
     "INSERT INTO levee_calls (node, time_ms, request_id, trace_id, route, consumer, method, \
      path, status, error, upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
-     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status)
+     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status, \
+     cached_tokens, cache_write_tokens, reasoning_tokens)
      SELECT $1::text, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::int4[], \
      $14::float8[], $15::float8[], $16::int8[], $17::int8[], $18::text[], $19::text[], \
-     $20::int8[], $21::int8[], $22::float8[], $23::text[], $24::int4[])";
+     $20::int8[], $21::int8[], $22::float8[], $23::text[], $24::int4[], $25::int8[], \
+     $26::int8[], $27::int8[])";
 
 /// How many rows the analytics scan would read, one more than the cut at most.
 const SCANNED: &str = "SELECT count(*) FROM (SELECT 1 FROM levee_calls \
@@ -147,7 +150,8 @@ struct Columns {
     int4: [Vec<i32>; 2],
     floats: Vec<f64>,
     texts: [Vec<Option<String>>; 12],
-    optional_ints: [Vec<Option<i64>>; 2],
+    /// Prompt, completion, cached, cache-write and reasoning tokens.
+    optional_ints: [Vec<Option<i64>>; 5],
     optional_floats: [Vec<Option<f64>>; 2],
     grpc_status: Vec<Option<i32>>,
 }
@@ -185,6 +189,9 @@ impl Columns {
             optional_ints: [
                 batch.iter().map(|c| c.prompt_tokens.map(big)).collect(),
                 batch.iter().map(|c| c.completion_tokens.map(big)).collect(),
+                batch.iter().map(|c| c.cached_tokens.map(big)).collect(),
+                batch.iter().map(|c| c.cache_write_tokens.map(big)).collect(),
+                batch.iter().map(|c| c.reasoning_tokens.map(big)).collect(),
             ],
             optional_floats: [
                 batch.iter().map(|c| c.upstream_ms).collect(),
@@ -195,12 +202,12 @@ impl Columns {
     }
 
     /// The parameters of [`INSERT`], `node` first.
-    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 24] {
+    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 27] {
         let [time, bytes_in, bytes_out] = &self.ints;
         let [status, attempts] = &self.int4;
         let [request_id, trace_id, route, consumer, method, path, error, upstream, target, provider, model, fault] =
             &self.texts;
-        let [prompt, completion] = &self.optional_ints;
+        let [prompt, completion, cached, cache_write, reasoning] = &self.optional_ints;
         let [upstream_ms, cost] = &self.optional_floats;
         [
             node,
@@ -227,6 +234,9 @@ impl Columns {
             cost,
             fault,
             &self.grpc_status,
+            cached,
+            cache_write,
+            reasoning,
         ]
     }
 }
@@ -271,6 +281,9 @@ fn record(row: &Row) -> Result<CallRecord, tokio_postgres::Error> {
         grpc_status: row
             .try_get::<_, Option<i32>>(23)?
             .and_then(|s| u16::try_from(s).ok()),
+        cached_tokens: row.try_get::<_, Option<i64>>(24)?.map(count),
+        cache_write_tokens: row.try_get::<_, Option<i64>>(25)?.map(count),
+        reasoning_tokens: row.try_get::<_, Option<i64>>(26)?.map(count),
     })
 }
 

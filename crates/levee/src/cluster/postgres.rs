@@ -26,6 +26,8 @@ use crate::config::spec::PostgresSpec;
 ///    `node` that served each call; an index on time serves retention, the newest-first
 ///    listing and the analytics range scan.
 /// 2. `grpc_status`: a gRPC call's final status.
+/// 3. The details of an LLM call's tokens: cached and cache-write prompt tokens, reasoning
+///    tokens.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -58,6 +60,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX levee_calls_time ON levee_calls (time_ms);",
     ),
     (2, "ALTER TABLE levee_calls ADD COLUMN grpc_status INTEGER;"),
+    (
+        3,
+        "ALTER TABLE levee_calls ADD COLUMN cached_tokens BIGINT, \
+         ADD COLUMN cache_write_tokens BIGINT, ADD COLUMN reasoning_tokens BIGINT;",
+    ),
 ];
 
 /// Any number that is the same for every Levee: the lock that makes migrations one at a time.

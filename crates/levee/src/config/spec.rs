@@ -68,11 +68,21 @@ pub struct Config {
 pub struct LlmSpec {
     pub providers: Vec<LlmProviderSpec>,
     pub models: Vec<LlmModelSpec>,
-    /// USD per million (input, output) tokens by provider model name, from `llm.pricing`.
-    pub pricing: Vec<(String, f64, f64)>,
+    /// Prices by provider model name, from `llm.pricing`.
+    pub pricing: Vec<LlmPriceSpec>,
     /// (TTL, entries, bytes) of the answer cache, when on.
     pub cache: Option<(Duration, usize, usize)>,
     pub prompts: Vec<LlmPromptSpec>,
+}
+
+/// One `llm.pricing` entry: USD per million tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmPriceSpec {
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -19,8 +19,10 @@ use serde_json::{json, Map, Value};
 
 use super::provider::{lenient, Answer, Outgoing, Provider};
 use super::sse::Event;
-use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
-use super::usage::Usage;
+use super::translate::{
+    content_texts, push_turn, refuse_unsupported, write_chunk, write_end, write_interrupted, Translate,
+};
+use super::usage::{openai_usage, Usage};
 use super::ApiError;
 use crate::config::spec::LlmProviderSpec;
 
@@ -106,6 +108,9 @@ struct Block {
     kind: Option<String>,
     #[serde(default, deserialize_with = "lenient::option")]
     text: Option<String>,
+    /// A `thinking` block's text (extended thinking).
+    #[serde(default, deserialize_with = "lenient::option")]
+    thinking: Option<String>,
     #[serde(default)]
     id: Value,
     #[serde(default)]
@@ -122,15 +127,38 @@ struct MessageUsage {
     input_tokens: Option<u64>,
     #[serde(default, deserialize_with = "lenient::option")]
     output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 impl MessageUsage {
+    /// In OpenAI's terms: Anthropic's `input_tokens` counts only the input neither read
+    /// from nor written to the cache, so the prompt is the sum of the three.
     fn usage(&self) -> Usage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
         Usage {
-            prompt: self.input_tokens.unwrap_or(0),
+            prompt: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(cached)
+                .saturating_add(cache_write),
             completion: self.output_tokens.unwrap_or(0),
+            cached,
+            cache_write,
+            reasoning: 0,
         }
     }
+}
+
+/// Thinking tokens within `output_tokens`. Anthropic bills extended thinking as output and
+/// reports it only inside `output_tokens`, so the total and the cost are exact; the split
+/// is Levee's count of the thinking text (four bytes a token, as the prompt estimate),
+/// never above the output.
+fn thinking_tokens(thinking_bytes: usize, output: u64) -> u64 {
+    (thinking_bytes as u64).div_ceil(4).min(output)
 }
 
 /// The Messages API request for an OpenAI chat request, or the reason it cannot be expressed.
@@ -291,7 +319,14 @@ pub fn chat_answer(answer: &Message, created: u64) -> (Value, Usage) {
             })
         })
         .collect();
-    let usage = answer.usage.as_ref().map(MessageUsage::usage).unwrap_or_default();
+    let mut usage = answer.usage.as_ref().map(MessageUsage::usage).unwrap_or_default();
+    let thinking: usize = blocks
+        .iter()
+        .filter(|b| b.kind.as_deref() == Some("thinking"))
+        .filter_map(|b| b.thinking.as_deref())
+        .map(str::len)
+        .sum();
+    usage.reasoning = thinking_tokens(thinking, usage.completion);
     let mut message = json!({
         "role": "assistant",
         "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) },
@@ -311,11 +346,7 @@ pub fn chat_answer(answer: &Message, created: u64) -> (Value, Usage) {
             "logprobs": null,
             "finish_reason": finish_reason(answer.stop_reason.as_deref()),
         }],
-        "usage": {
-            "prompt_tokens": usage.prompt,
-            "completion_tokens": usage.completion,
-            "total_tokens": usage.prompt + usage.completion,
-        },
+        "usage": openai_usage(&usage),
     });
     (completion, usage)
 }
@@ -346,6 +377,10 @@ pub struct StreamTranslator {
     usage: Usage,
     /// Content deltas relayed (for counting when no usage arrives).
     deltas: u64,
+    /// Bytes of thinking text seen (extended thinking), for the reasoning split.
+    thinking_bytes: usize,
+    /// `message_stop` arrived.
+    complete: bool,
     done: bool,
 }
 
@@ -359,12 +394,31 @@ impl StreamTranslator {
             tools: Vec::new(),
             usage: Usage::default(),
             deltas: 0,
+            thinking_bytes: 0,
+            complete: false,
             done: false,
         }
     }
 
     fn chunk(&self, delta: Value, finish_reason: Value, out: &mut Vec<u8>) {
         write_chunk(&self.id, self.created, &self.model, delta, finish_reason, out);
+    }
+
+    /// `message_delta`'s usage: the output count so far, and (in newer API versions) the
+    /// input counts again.
+    fn delta_usage(&mut self, usage: Option<&Value>) {
+        let Some(report) = usage.and_then(|u| MessageUsage::deserialize(u).ok()) else {
+            return;
+        };
+        if report.input_tokens.is_some() {
+            let output = self.usage.completion;
+            self.usage = report.usage();
+            self.usage.completion = output;
+        }
+        if let Some(output) = report.output_tokens {
+            self.usage.completion = output;
+        }
+        self.usage.reasoning = thinking_tokens(self.thinking_bytes, self.usage.completion);
     }
 }
 
@@ -441,6 +495,10 @@ impl Translate for StreamTranslator {
                         let text = delta.get("text").cloned().unwrap_or_default();
                         self.chunk(json!({ "content": text }), Value::Null, out);
                     }
+                    Some("thinking_delta") => {
+                        let thinking = delta.get("thinking").and_then(Value::as_str);
+                        self.thinking_bytes += thinking.map_or(0, str::len);
+                    }
                     Some("input_json_delta") => {
                         let ordinal = self
                             .tools
@@ -459,13 +517,7 @@ impl Translate for StreamTranslator {
                 false
             }
             "message_delta" => {
-                if let Some(output) = data
-                    .get("usage")
-                    .and_then(|u| u.get("output_tokens"))
-                    .and_then(Value::as_u64)
-                {
-                    self.usage.completion = output;
-                }
+                self.delta_usage(data.get("usage"));
                 let reason = data
                     .get("delta")
                     .and_then(|d| d.get("stop_reason"))
@@ -474,14 +526,18 @@ impl Translate for StreamTranslator {
                 true
             }
             "message_stop" => {
+                self.complete = true;
                 self.finish(out);
                 false
             }
             "error" => {
-                // Nothing standard exists for an error mid-stream; end the stream as OpenAI
-                // does when a connection breaks.
+                // Anthropic failed the stream (`overloaded_error`...): the client learns it.
                 tracing::debug!(error = %event.data, "provider stream error");
-                self.finish(out);
+                let message = data
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("The provider's stream failed.");
+                self.fail(&format!("The provider's stream failed: {message}"), out);
                 false
             }
             _ => false, // ping, content_block_stop
@@ -496,6 +552,17 @@ impl Translate for StreamTranslator {
         self.done = true;
         let usage = self.include_usage.then_some(self.usage);
         write_end(&self.id, self.created, &self.model, usage, out);
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
+
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        if !self.done {
+            self.done = true;
+            write_interrupted(message, out);
+        }
     }
 }
 
@@ -563,13 +630,7 @@ mod tests {
     fn a_stream_translates_to_openai_chunks_however_it_is_split() {
         let bytes = STREAM.as_bytes();
         let (whole, usage) = translate(&[bytes]);
-        assert_eq!(
-            usage,
-            Usage {
-                prompt: 25,
-                completion: 15
-            }
-        );
+        assert_eq!(usage, Usage::plain(25, 15));
         let chunks: Vec<Value> = whole
             .split("\n\n")
             .filter_map(|frame| frame.strip_prefix("data: "))
@@ -616,13 +677,7 @@ mod tests {
             {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}
         ], "usage": {"input_tokens": 5, "output_tokens": "many"}}"#;
         let (completion, usage) = chat_answer(&serde_json::from_str(answer).unwrap(), 7);
-        assert_eq!(
-            usage,
-            Usage {
-                prompt: 5,
-                completion: 0
-            }
-        );
+        assert_eq!(usage, Usage::plain(5, 0));
         let message = &completion["choices"][0]["message"];
         assert_eq!(message["content"], "Hi");
         assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");

@@ -171,10 +171,7 @@ async fn read_whole(
         };
         match answer.usage {
             Some(usage) => call.report(usage),
-            None => call.estimate(Usage {
-                prompt: prompt_estimate,
-                completion: 0,
-            }),
+            None => call.estimate(Usage::plain(prompt_estimate, 0)),
         }
         answer.body
     } else {

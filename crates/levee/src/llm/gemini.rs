@@ -19,8 +19,10 @@ use serde_json::{json, Map, Value};
 
 use super::provider::{lenient, percent_encode_segment, Answer, Outgoing, Provider};
 use super::sse::Event;
-use super::translate::{content_texts, push_turn, refuse_unsupported, write_chunk, write_end, Translate};
-use super::usage::Usage;
+use super::translate::{
+    content_texts, push_turn, refuse_unsupported, write_chunk, write_end, write_interrupted, Translate,
+};
+use super::usage::{openai_usage, Usage};
 use super::ApiError;
 use crate::config::spec::LlmProviderSpec;
 
@@ -327,6 +329,10 @@ struct UsageMetadata {
     prompt_token_count: Option<u64>,
     #[serde(default, deserialize_with = "lenient::option")]
     candidates_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    cached_content_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    thoughts_token_count: Option<u64>,
 }
 
 fn finish_reason(reason: Option<&str>, called: bool) -> Value {
@@ -341,9 +347,16 @@ fn finish_reason(reason: Option<&str>, called: bool) -> Value {
 
 fn usage_of(answer: &GenerateContentResponse) -> Option<Usage> {
     let usage = answer.usage_metadata.as_ref()?;
+    // In OpenAI's terms: Gemini's prompt count includes the cached part, but its candidates
+    // count leaves out the thoughts, which are billed as output too.
+    let prompt = usage.prompt_token_count.unwrap_or(0);
+    let thoughts = usage.thoughts_token_count.unwrap_or(0);
     Some(Usage {
-        prompt: usage.prompt_token_count.unwrap_or(0),
-        completion: usage.candidates_token_count.unwrap_or(0),
+        prompt,
+        completion: usage.candidates_token_count.unwrap_or(0).saturating_add(thoughts),
+        cached: usage.cached_content_token_count.unwrap_or(0).min(prompt),
+        cache_write: 0,
+        reasoning: thoughts,
     })
 }
 
@@ -414,11 +427,7 @@ pub fn chat_answer(answer: &GenerateContentResponse, model: &str, created: u64) 
             "logprobs": null,
             "finish_reason": finish_reason(reason, called),
         }],
-        "usage": {
-            "prompt_tokens": usage.prompt,
-            "completion_tokens": usage.completion,
-            "total_tokens": usage.prompt + usage.completion,
-        },
+        "usage": openai_usage(&usage),
     });
     Some((completion, usage))
 }
@@ -447,6 +456,8 @@ pub struct StreamTranslator {
     calls: usize,
     usage: Usage,
     deltas: u64,
+    /// A finish reason arrived (Gemini's streams have no end event of their own).
+    complete: bool,
     done: bool,
 }
 
@@ -461,6 +472,7 @@ impl StreamTranslator {
             calls: 0,
             usage: Usage::default(),
             deltas: 0,
+            complete: false,
             done: false,
         }
     }
@@ -507,6 +519,7 @@ impl Translate for StreamTranslator {
             self.usage = usage;
         }
         if reason.is_some() {
+            self.complete = true;
             self.chunk(json!({}), finish_reason(reason, self.calls > 0), out);
         }
         // Gemini repeats usageMetadata as it goes; the one with the finish reason is final.
@@ -532,6 +545,17 @@ impl Translate for StreamTranslator {
         self.done = true;
         let usage = self.include_usage.then_some(self.usage);
         write_end(&self.id, self.created, &self.model, usage, out);
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
+
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        if !self.done {
+            self.done = true;
+            write_interrupted(message, out);
+        }
     }
 }
 
@@ -588,13 +612,7 @@ mod tests {
         ]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3}}"#;
         let answer: GenerateContentResponse = serde_json::from_str(answer).unwrap();
         let (completion, usage) = chat_answer(&answer, "gemini-2.5-flash", 7).unwrap();
-        assert_eq!(
-            usage,
-            Usage {
-                prompt: 3,
-                completion: 0
-            }
-        );
+        assert_eq!(usage, Usage::plain(3, 0));
         assert_eq!(completion["id"], "gemini");
         assert_eq!(completion["model"], "gemini-2.5-flash");
         let message = &completion["choices"][0]["message"];
@@ -625,13 +643,7 @@ mod tests {
     fn a_stream_translates_however_it_is_split() {
         let bytes = STREAM.as_bytes();
         let (whole, usage) = translate(&[bytes]);
-        assert_eq!(
-            usage,
-            Usage {
-                prompt: 8,
-                completion: 13
-            }
-        );
+        assert_eq!(usage, Usage::plain(8, 13));
         let text: String = whole
             .split("\n\n")
             .filter_map(|f| f.strip_prefix("data: "))

@@ -329,6 +329,20 @@ impl EventsBody {
         }
     }
 
+    /// The stream broke off: Anthropic's `error` event in place of `message_stop` (what
+    /// Anthropic sends when a stream fails; its SDKs raise on it).
+    fn fail(&mut self, message: &Value, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        EventsBody::emit(
+            "error",
+            json!({ "type": "error", "error": { "type": "api_error", "message": message } }),
+            out,
+        );
+    }
+
     fn finish(&mut self, out: &mut Vec<u8>) {
         if self.ended {
             return;
@@ -366,20 +380,28 @@ impl Body for EventsBody {
                     };
                     let this = &mut *self;
                     if this.parser.push(data, &mut this.events).is_err() {
-                        this.finish(&mut out);
+                        this.fail(
+                            &Value::from("The answer had an event too large to translate."),
+                            &mut out,
+                        );
                     } else {
                         let events: Vec<Event> = this.events.drain(..).collect();
                         for event in events {
                             if event.data == "[DONE]" {
                                 this.finish(&mut out);
                             } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-                                this.chunk(&chunk, &mut out);
+                                match chunk.pointer("/error/message") {
+                                    Some(message) => this.fail(message, &mut out),
+                                    None => this.chunk(&chunk, &mut out),
+                                }
                             }
                         }
                     }
                 }
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                None => self.finish(&mut out),
+                Some(Err(_)) | None => {
+                    let message = Value::from("The answer broke off before it was complete.");
+                    self.fail(&message, &mut out);
+                }
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));

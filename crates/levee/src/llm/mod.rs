@@ -273,7 +273,7 @@ async fn complete(
     let key = cache.map(|_| cache::key(record.consumer.as_deref(), &request));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(hit) = cache.get(key, Instant::now()) {
-            b.metrics.lock().record_llm_cache(true);
+            b.metrics.lock().ai.record_cache(true);
             // Served from memory: no provider call, no tokens.
             record.llm = Some(Arc::new(LlmCall::new(
                 hit.provider.clone(),
@@ -283,7 +283,7 @@ async fn complete(
             let body = hit.body.clone();
             return Ok((cached_answer(hit), Some(body)));
         }
-        b.metrics.lock().record_llm_cache(false);
+        b.metrics.lock().ai.record_cache(false);
     }
     let admitted = admit_quotas(b, &request, prompt_estimate, record).await?;
     let called = call_targets(b, model, endpoint, request, stream, prompt_estimate, record).await;

@@ -70,6 +70,20 @@ struct UsageReport {
     prompt_tokens: u64,
     #[serde(default, deserialize_with = "lenient::option")]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<TokenDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<TokenDetails>,
+}
+
+/// `prompt_tokens_details` and `completion_tokens_details` (the fields of both; each has
+/// only its own).
+#[derive(Debug, Default, Deserialize)]
+struct TokenDetails {
+    #[serde(default, deserialize_with = "lenient::option")]
+    cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::option")]
+    reasoning_tokens: Option<u64>,
 }
 
 /// Rewrites a client's request for provider model `model`.
@@ -88,9 +102,17 @@ pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
 /// The `usage` object of a response or of a stream's last chunk.
 pub fn usage(body: &Value) -> Option<Usage> {
     let report = UsageReport::deserialize(body.get("usage")?).ok()?;
+    let completion = report.completion_tokens.unwrap_or(0);
+    let detail = |details: &Option<TokenDetails>, pick: fn(&TokenDetails) -> Option<u64>| {
+        details.as_ref().and_then(pick).unwrap_or(0)
+    };
     Some(Usage {
         prompt: report.prompt_tokens,
-        completion: report.completion_tokens.unwrap_or(0),
+        completion,
+        // Parts of the totals: a provider reporting more is believed only up to the total.
+        cached: detail(&report.prompt_tokens_details, |d| d.cached_tokens).min(report.prompt_tokens),
+        cache_write: 0,
+        reasoning: detail(&report.completion_tokens_details, |d| d.reasoning_tokens).min(completion),
     })
 }
 
@@ -134,13 +156,7 @@ mod tests {
     #[test]
     fn usage_and_content_are_read_from_chunks() {
         let last = json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}});
-        assert_eq!(
-            usage(&last),
-            Some(Usage {
-                prompt: 9,
-                completion: 12
-            })
-        );
+        assert_eq!(usage(&last), Some(Usage::plain(9, 12)));
         assert!(carries_content(
             &json!({"choices": [{"delta": {"content": "Hi"}}]})
         ));

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::Event;
-use super::usage::Usage;
+use super::usage::{openai_usage, Usage};
 
 /// A translator from one provider's stream events to OpenAI chunks.
 pub trait Translate: Send {
@@ -19,6 +19,28 @@ pub trait Translate: Send {
     fn done(&self) -> bool;
     /// The usage chunk (when asked for) and `[DONE]`, once.
     fn finish(&mut self, out: &mut Vec<u8>);
+    /// The provider's stream reached its proper end (Anthropic `message_stop`, Gemini a
+    /// finish reason). A stream that stops before it was cut, and must not reach the client
+    /// as a clean end.
+    fn complete(&self) -> bool;
+    /// The stream broke off: an error frame in place of the end, once (see
+    /// [`write_interrupted`]).
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>);
+}
+
+/// The frame that ends a stream which broke off: an OpenAI error object as the stream's
+/// last `data:` (what OpenAI sends when a stream fails, and what its SDKs raise `APIError`
+/// on), with no `[DONE]` after it, so no client mistakes a cut answer for a whole one.
+pub fn write_interrupted(message: &str, out: &mut Vec<u8>) {
+    let error = json!({
+        "error": {
+            "message": message,
+            "type": "api_error",
+            "code": "stream_interrupted",
+            "param": null,
+        }
+    });
+    write_data(&error.to_string(), out);
 }
 
 /// One SSE `data:` frame.
@@ -57,11 +79,7 @@ pub fn write_end(id: &str, created: u64, model: &str, usage: Option<Usage>, out:
             "created": created,
             "model": model,
             "choices": [],
-            "usage": {
-                "prompt_tokens": usage.prompt,
-                "completion_tokens": usage.completion,
-                "total_tokens": usage.prompt + usage.completion,
-            },
+            "usage": openai_usage(&usage),
         });
         write_data(&chunk.to_string(), out);
     }

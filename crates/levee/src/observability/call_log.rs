@@ -48,6 +48,11 @@ pub struct CallRecord {
     pub model: Option<Arc<str>>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Parts of the prompt read from and written to the provider's prompt cache, and of the
+    /// completion spent reasoning (see `llm::usage`).
+    pub cached_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     /// An injected fault (`abort`, `delay`), so reports can set chaos apart.
     pub fault: Option<Cow<'static, str>>,
@@ -186,7 +191,10 @@ CREATE TABLE IF NOT EXISTS calls (
     completion_tokens INTEGER,
     cost_usd REAL,
     fault TEXT,
-    grpc_status INTEGER
+    grpc_status INTEGER,
+    cached_tokens INTEGER,
+    cache_write_tokens INTEGER,
+    reasoning_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
 ";
@@ -218,6 +226,9 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         ("cost_usd", "REAL"),
         ("fault", "TEXT"),
         ("grpc_status", "INTEGER"),
+        ("cached_tokens", "INTEGER"),
+        ("cache_write_tokens", "INTEGER"),
+        ("reasoning_tokens", "INTEGER"),
     ] {
         if !present.iter().any(|p| p == column) {
             conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} {kind}"))?;
@@ -234,9 +245,10 @@ impl CallStore for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
                      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status)
+                     provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status,
+                     cached_tokens, cache_write_tokens, reasoning_tokens)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                             ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                             ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
                 )
                 .map_err(|e| e.to_string())?;
             for c in batch {
@@ -264,7 +276,10 @@ impl CallStore for SqliteStore {
                         c.completion_tokens.map(|t| t as i64),
                         c.cost_usd,
                         c.fault,
-                        c.grpc_status
+                        c.grpc_status,
+                        c.cached_tokens.map(|t| t as i64),
+                        c.cache_write_tokens.map(|t| t as i64),
+                        c.reasoning_tokens.map(|t| t as i64)
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -381,7 +396,8 @@ impl CallStore for SqliteStore {
             .prepare_cached(
                 "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
                         attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
-                        provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status
+                        provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status,
+                        cached_tokens, cache_write_tokens, reasoning_tokens
                  FROM calls
                  WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
@@ -423,6 +439,9 @@ impl CallStore for SqliteStore {
                         cost_usd: row.get(20)?,
                         fault: row.get::<_, Option<String>>(21)?.map(Cow::Owned),
                         grpc_status: row.get(22)?,
+                        cached_tokens: row.get::<_, Option<i64>>(23)?.map(|t| t.max(0) as u64),
+                        cache_write_tokens: row.get::<_, Option<i64>>(24)?.map(|t| t.max(0) as u64),
+                        reasoning_tokens: row.get::<_, Option<i64>>(25)?.map(|t| t.max(0) as u64),
                         node: None,
                     })
                 },

@@ -53,10 +53,8 @@ struct TargetStats {
     duration: Histogram,
 }
 
-/// An LLM provider's name and its model's name.
-pub type ProviderModel = (Arc<str>, Arc<str>);
-/// Prompt tokens, completion tokens, US dollars, and calls answered after a fallback.
-pub type LlmTotals = (u64, u64, f64, u64);
+use super::ai_metrics::{AiShard, AiTotals};
+pub use super::ai_metrics::{LlmTotals, ProviderModel};
 
 /// The shards' maps: keyed by config names, hashed on every request, so with a fast hasher
 /// (foldhash) rather than SipHash, which guards against keys an attacker picks; these keys
@@ -75,9 +73,8 @@ pub struct Shard {
     bulkhead_rejected: Map<Arc<str>, u64>,
     /// upstream -> target -> stats; nested so that lookups borrow `&str` and never clone.
     targets: Map<Arc<str>, Map<Arc<str>, TargetStats>>,
-    llm: Map<ProviderModel, LlmTotals>,
-    /// Answer-cache hits and misses.
-    llm_cache: (u64, u64),
+    /// The AI gateway's counters.
+    pub ai: AiShard,
     /// (route, kind) -> faults injected.
     faults: Map<(Arc<str>, &'static str), u64>,
     /// (route, gRPC status code) -> gRPC calls.
@@ -145,23 +142,6 @@ impl Shard {
         }
     }
 
-    /// Counts one LLM call's tokens and cost.
-    pub fn record_llm(
-        &mut self,
-        provider: &Arc<str>,
-        model: &Arc<str>,
-        prompt: u64,
-        completion: u64,
-        cost: f64,
-        fell_back: bool,
-    ) {
-        let entry = self.llm.entry((provider.clone(), model.clone())).or_default();
-        entry.0 += prompt;
-        entry.1 += completion;
-        entry.2 += cost;
-        entry.3 += u64::from(fell_back);
-    }
-
     /// Counts one injected fault.
     pub fn record_fault(&mut self, route: &Arc<str>, kind: &'static str) {
         *self.faults.entry((route.clone(), kind)).or_default() += 1;
@@ -184,15 +164,6 @@ impl Shard {
         }
         let label = cap.label(&key.0, &key.1);
         *self.deprecated.entry((key.0, label)).or_default() += 1;
-    }
-
-    /// Counts one answer-cache lookup.
-    pub fn record_llm_cache(&mut self, hit: bool) {
-        if hit {
-            self.llm_cache.0 += 1;
-        } else {
-            self.llm_cache.1 += 1;
-        }
     }
 
     /// Counts one upstream attempt.
@@ -342,7 +313,7 @@ impl Metrics {
     /// misses; since the process started.
     pub fn llm_totals(&self) -> (BTreeMap<ProviderModel, LlmTotals>, (u64, u64)) {
         let totals = self.totals();
-        (totals.llm, totals.llm_cache)
+        (totals.ai.llm, totals.ai.cache)
     }
 
     fn totals(&self) -> Totals {
@@ -363,9 +334,7 @@ struct Totals {
     retries: BTreeMap<(Arc<str>, &'static str), u64>,
     bulkhead: BTreeMap<Arc<str>, u64>,
     rate_limited: BTreeMap<Arc<str>, u64>,
-    llm: BTreeMap<ProviderModel, LlmTotals>,
-    /// Answer-cache hits and misses.
-    llm_cache: (u64, u64),
+    ai: AiTotals,
     faults: BTreeMap<(Arc<str>, &'static str), u64>,
     grpc: BTreeMap<(Arc<str>, u16), u64>,
     deprecated: BTreeMap<(Arc<str>, Arc<str>), u64>,
@@ -399,15 +368,7 @@ impl Totals {
         for (key, count) in &shard.deprecated {
             *self.deprecated.entry(key.clone()).or_default() += count;
         }
-        self.llm_cache.0 += shard.llm_cache.0;
-        self.llm_cache.1 += shard.llm_cache.1;
-        for (key, (prompt, completion, cost, fallbacks)) in &shard.llm {
-            let entry = self.llm.entry(key.clone()).or_default();
-            entry.0 += prompt;
-            entry.1 += completion;
-            entry.2 += cost;
-            entry.3 += fallbacks;
-        }
+        self.ai.add(&shard.ai);
         for (upstream, count) in &shard.bulkhead_rejected {
             *self.bulkhead.entry(upstream.clone()).or_default() += count;
         }
@@ -545,52 +506,9 @@ impl Totals {
         }
     }
 
-    /// LLM tokens and cost per provider model, injected faults, gRPC statuses, and
-    /// answer-cache lookups.
+    /// The AI gateway's families ([`super::ai_metrics`]), injected faults and gRPC statuses.
     fn render_llm(&self, out: &mut String) {
-        family(
-            out,
-            "levee_llm_tokens_total",
-            "counter",
-            "Tokens of LLM calls per provider and provider model; kind is prompt or completion.",
-        );
-        for ((provider, model), (prompt, completion, _, _)) in &self.llm {
-            for (kind, count) in [("prompt", prompt), ("completion", completion)] {
-                let _ = writeln!(
-                    out,
-                    "levee_llm_tokens_total{{provider=\"{}\",model=\"{}\",kind=\"{kind}\"}} {count}",
-                    escape(provider),
-                    escape(model)
-                );
-            }
-        }
-        family(
-            out,
-            "levee_llm_cost_usd_total",
-            "counter",
-            "Cost of LLM calls in US dollars, from the configured or built-in prices.",
-        );
-        for ((provider, model), (_, _, cost, _)) in &self.llm {
-            let _ = writeln!(
-                out,
-                "levee_llm_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {cost}",
-                escape(provider),
-                escape(model)
-            );
-        }
-        family(
-            out,
-            "levee_llm_fallbacks_total",
-            "counter",
-            "LLM calls answered by a later target of their model after an earlier one failed or was passed over.",
-        );
-        for ((provider, model), (_, _, _, n)) in &self.llm {
-            let (provider, model) = (escape(provider), escape(model));
-            let _ = writeln!(
-                out,
-                "levee_llm_fallbacks_total{{provider=\"{provider}\",model=\"{model}\"}} {n}"
-            );
-        }
+        self.ai.render(out);
         family(
             out,
             "levee_faults_injected_total",
@@ -616,15 +534,6 @@ impl Totals {
                 out,
                 "levee_grpc_requests_total{{route=\"{route}\",grpc_code=\"{name}\"}} {count}"
             );
-        }
-        family(
-            out,
-            "levee_llm_cache_total",
-            "counter",
-            "AI gateway answer-cache lookups by result (hit or miss).",
-        );
-        for (result, count) in [("hit", self.llm_cache.0), ("miss", self.llm_cache.1)] {
-            let _ = writeln!(out, "levee_llm_cache_total{{result=\"{result}\"}} {count}");
         }
     }
 }

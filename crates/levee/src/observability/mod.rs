@@ -7,6 +7,7 @@
 //! uncontended lock.
 
 pub mod access_log;
+pub mod ai_metrics;
 pub mod call_log;
 pub mod deprecated;
 pub mod histogram;

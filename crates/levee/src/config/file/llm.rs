@@ -103,12 +103,18 @@ pub struct LlmTimeoutsFile {
     pub total: Option<DurationStr>,
 }
 
-/// A model's price in USD per million tokens.
+/// A model's price in USD per million tokens. Reasoning tokens are output tokens.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LlmPriceFile {
     pub input: f64,
     pub output: f64,
+    /// Input read from the provider's prompt cache. Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// Input written to the provider's prompt cache (Anthropic). Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
 }
 
 /// Answer-cache settings.

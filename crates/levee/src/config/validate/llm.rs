@@ -160,17 +160,26 @@ fn check_model(
 }
 
 /// `llm.pricing`: finite prices, not negative.
-fn check_pricing(file: &LlmFile, p: &mut Problems) -> Vec<(String, f64, f64)> {
+fn check_pricing(file: &LlmFile, p: &mut Problems) -> Vec<LlmPriceSpec> {
     let mut pricing = Vec::new();
     for (model, price) in &file.pricing {
-        if !(price.input >= 0.0 && price.output >= 0.0 && price.input.is_finite() && price.output.is_finite())
-        {
+        let optional = [price.cached_input, price.cache_write];
+        let all = [price.input, price.output]
+            .into_iter()
+            .chain(optional.into_iter().flatten());
+        if !all.into_iter().all(|v| v >= 0.0 && v.is_finite()) {
             p.at(
                 &format!("llm.pricing.{model}"),
                 "prices must be finite and not negative",
             );
         }
-        pricing.push((model.clone(), price.input, price.output));
+        pricing.push(LlmPriceSpec {
+            model: model.clone(),
+            input: price.input,
+            output: price.output,
+            cached_input: price.cached_input,
+            cache_write: price.cache_write,
+        });
     }
     pricing
 }
