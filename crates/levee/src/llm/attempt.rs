@@ -162,6 +162,9 @@ async fn read_whole(
         Ok(Err(_)) => return Err(unavailable(Outcome::Reset, "The provider's answer broke off.")),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    // Reading the answer into the client's shape is Levee's time, though spent inside the
+    // attempt (which counts as the provider's wait).
+    let reading = Instant::now();
     let bytes = if status.is_success() {
         let Some(answer) = provider.answer(bytes, &call.model, unix_seconds()) else {
             return Err(unavailable(
@@ -177,6 +180,7 @@ async fn read_whole(
     } else {
         provider.error_answer(bytes)
     };
+    call.add_levee_time(reading.elapsed());
     let mut response = Response::new(ResponseBody::full(bytes.clone()));
     *response.status_mut() = status;
     response.headers_mut().insert(
