@@ -27,7 +27,7 @@ LAYERS = {
         ["config"],
         ["observability"],
         ["cluster"],
-        ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls"],
+        ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls", "guardrails"],
         ["body", "record"],
         ["llm"],
         ["management"],

@@ -76,6 +76,7 @@ pub mod edge;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
+pub mod guardrails;
 pub mod headers;
 pub mod hex;
 pub mod host;

@@ -83,6 +83,8 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
     /// The LLM call's accounting, on AI gateway routes.
     pub llm: Option<Arc<LlmCall>>,
+    /// What the route's guardrails did (shared with a streamed answer's guard).
+    pub guard_verdicts: Option<Arc<crate::observability::verdicts::GuardVerdicts>>,
     /// The upstream the request was sent to (the route's own, or its canary).
     pub sent_to: Option<Arc<str>>,
     /// The chaos experiment running on the route, which counts this request in its report.
@@ -175,6 +177,13 @@ impl RequestRecord {
             if let (Some(code), Some(route)) = (self.grpc_status, &self.route) {
                 shard.record_grpc(route, code);
             }
+            if let (Some(verdicts), Some(route)) = (&self.guard_verdicts, &self.route) {
+                for verdict in verdicts.all() {
+                    shard
+                        .ai
+                        .record_guardrail(route, &verdict.guardrail, verdict.action);
+                }
+            }
             if let Some(call) = &self.llm {
                 call.settle();
                 let key = (call.provider.clone(), call.model.clone());
@@ -242,6 +251,11 @@ impl RequestRecord {
             cost_usd: self.llm.as_ref().map(|c| c.cost_usd()),
             fault: self.fault.map(Cow::Borrowed),
             grpc_status: self.grpc_status,
+            guardrails: self
+                .guard_verdicts
+                .as_ref()
+                .and_then(|v| v.json())
+                .and_then(|text| serde_json::from_str(&text).ok()),
             // The PostgreSQL writer stores the replica's node id with every row.
             node: None,
         });

@@ -841,3 +841,42 @@ routes: [{ name: r, upstream: u }]
         "{errs:#?}"
     );
 }
+
+#[test]
+fn guardrails_are_validated_where_they_are_written() {
+    let errs = errors(
+        "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+llm:
+  providers: { p: { kind: openai_compatible, base_url: \"http://127.0.0.1:1/v1\" } }
+  models: [{ name: m, targets: [{ provider: p, model: x }] }]
+upstreams: { u: { targets: [127.0.0.1:1] } }
+routes:
+  - name: proxied
+    match: { path_prefix: /p }
+    upstream: u
+    guardrails: [{ name: a, pii: [email] }]
+  - name: ai
+    llm: true
+    guardrails:
+      - { name: two, pii: [email], max_prompt_tokens: 5 }
+      - { name: bad, deny: { patterns: [\"(unclosed\"] } }
+      - { name: bad, deny: { words: [ok] } }
+      - { name: hook, webhook: { url: \"ftp://x\" } }
+      - { name: size, max_prompt_tokens: 9, on: [response] }
+",
+    );
+    assert_exactly(
+        &errs,
+        &[
+            ("levee.yaml:10:17", "guardrails check prompts and answers"),
+            (
+                "levee.yaml:14:9",
+                "exactly one of `pii`, `deny`, `max_prompt_tokens` and `webhook`",
+            ),
+            ("levee.yaml:15:41", "not a valid pattern: unclosed group"),
+            ("levee.yaml:16:17", "a second guardrail named `bad`"),
+            ("levee.yaml:17:39", "an http:// or https:// URL"),
+            ("levee.yaml:18:49", "`max_prompt_tokens` checks requests only"),
+        ],
+    );
+}

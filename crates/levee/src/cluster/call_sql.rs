@@ -24,21 +24,21 @@ use crate::observability::call_log::{
 const COLUMNS: &str = "node, time_ms, request_id, trace_id, route, consumer, method, path, status, error, \
      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
      provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status, \
-     cached_tokens, cache_write_tokens, reasoning_tokens";
+     cached_tokens, cache_write_tokens, reasoning_tokens, guardrails";
 
 /// One statement for a whole batch: each column arrives as an array, so the statement has
-/// 27 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
+/// 28 parameters whatever the batch size (a row per parameter set would hit PostgreSQL's
 /// 65,535-parameter limit at `batch: 2850`).
 const INSERT: &str =
     "INSERT INTO levee_calls (node, time_ms, request_id, trace_id, route, consumer, method, \
      path, status, error, upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out, \
      provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status, \
-     cached_tokens, cache_write_tokens, reasoning_tokens)
+     cached_tokens, cache_write_tokens, reasoning_tokens, guardrails)
      SELECT $1::text, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::int4[], \
      $14::float8[], $15::float8[], $16::int8[], $17::int8[], $18::text[], $19::text[], \
      $20::int8[], $21::int8[], $22::float8[], $23::text[], $24::int4[], $25::int8[], \
-     $26::int8[], $27::int8[])";
+     $26::int8[], $27::int8[], $28::text[])";
 
 /// How many rows the analytics scan would read, one more than the cut at most.
 const SCANNED: &str = "SELECT count(*) FROM (SELECT 1 FROM levee_calls \
@@ -154,6 +154,7 @@ struct Columns {
     optional_ints: [Vec<Option<i64>>; 5],
     optional_floats: [Vec<Option<f64>>; 2],
     grpc_status: Vec<Option<i32>>,
+    guardrails: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -198,11 +199,15 @@ impl Columns {
                 batch.iter().map(|c| c.cost_usd).collect(),
             ],
             grpc_status: batch.iter().map(|c| c.grpc_status.map(i32::from)).collect(),
+            guardrails: batch
+                .iter()
+                .map(|c| c.guardrails.as_ref().map(serde_json::Value::to_string))
+                .collect(),
         }
     }
 
     /// The parameters of [`INSERT`], `node` first.
-    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 27] {
+    fn params<'a>(&'a self, node: &'a String) -> [&'a (dyn ToSql + Sync); 28] {
         let [time, bytes_in, bytes_out] = &self.ints;
         let [status, attempts] = &self.int4;
         let [request_id, trace_id, route, consumer, method, path, error, upstream, target, provider, model, fault] =
@@ -237,6 +242,7 @@ impl Columns {
             cached,
             cache_write,
             reasoning,
+            &self.guardrails,
         ]
     }
 }
@@ -284,6 +290,9 @@ fn record(row: &Row) -> Result<CallRecord, tokio_postgres::Error> {
         cached_tokens: row.try_get::<_, Option<i64>>(24)?.map(count),
         cache_write_tokens: row.try_get::<_, Option<i64>>(25)?.map(count),
         reasoning_tokens: row.try_get::<_, Option<i64>>(26)?.map(count),
+        guardrails: row
+            .try_get::<_, Option<String>>(27)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 

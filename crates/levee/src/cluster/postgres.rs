@@ -26,8 +26,8 @@ use crate::config::spec::PostgresSpec;
 ///    `node` that served each call; an index on time serves retention, the newest-first
 ///    listing and the analytics range scan.
 /// 2. `grpc_status`: a gRPC call's final status.
-/// 3. The details of an LLM call's tokens: cached and cache-write prompt tokens, reasoning
-///    tokens.
+/// 3. The details of an LLM call's tokens (cached and cache-write prompt tokens, reasoning
+///    tokens) and its guardrails' verdicts (JSON text).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -63,7 +63,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         3,
         "ALTER TABLE levee_calls ADD COLUMN cached_tokens BIGINT, \
-         ADD COLUMN cache_write_tokens BIGINT, ADD COLUMN reasoning_tokens BIGINT;",
+         ADD COLUMN cache_write_tokens BIGINT, ADD COLUMN reasoning_tokens BIGINT, \
+         ADD COLUMN guardrails TEXT;",
     ),
 ];
 

@@ -8,6 +8,7 @@
 mod changes;
 pub mod duration;
 pub mod file;
+pub mod guardrails;
 pub mod matcher;
 mod parse;
 pub mod prompt;

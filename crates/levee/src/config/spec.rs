@@ -526,6 +526,8 @@ pub struct RouteSpec {
     pub upstream: Option<usize>,
     /// Serves the AI gateway API from `Config::llm`.
     pub llm: bool,
+    /// The route's guardrails, in order (AI gateway routes only).
+    pub guardrails: Arc<[super::guardrails::GuardrailSpec]>,
     pub strip_prefix: bool,
     pub request_headers: HeaderRewrite,
     pub response_headers: HeaderRewrite,

@@ -29,6 +29,7 @@ pub mod azure;
 pub mod cache;
 pub mod fleet_quota;
 pub mod gemini;
+mod guarded;
 pub mod messages_api;
 pub mod openai;
 pub mod prompt;
@@ -165,6 +166,8 @@ pub struct Backend<'a> {
     pub canary: Option<&'a Canary>,
     pub max_body_bytes: u64,
     pub read_timeout: Duration,
+    /// The route's guardrails (empty: none).
+    pub guardrails: Arc<[crate::config::guardrails::GuardrailSpec]>,
 }
 
 impl Backend<'_> {
@@ -230,7 +233,7 @@ async fn dispatch(
 async fn complete(
     b: &Backend<'_>,
     endpoint: &'static str,
-    request: Map<String, Value>,
+    mut request: Map<String, Value>,
     headers: &http::HeaderMap,
     record: &mut RequestRecord,
 ) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
@@ -266,6 +269,11 @@ async fn complete(
         .get("messages")
         .or_else(|| request.get("input"))
         .map_or(0, |m| m.to_string().len() as u64 / 4);
+    if !b.guardrails.is_empty() {
+        let verdicts = record.guard_verdicts.get_or_insert_with(Default::default).clone();
+        let context = guard_context(b, record);
+        guarded::check_request(&b.guardrails, &mut request, prompt_estimate, &context, &verdicts).await?;
+    }
     // The answer cache: deterministic, non-streamed chat requests.
     let cache = b
         .cache
@@ -305,7 +313,8 @@ async fn complete(
             }
         }
     }
-    let (mut response, whole) = called?;
+    let (response, whole) = called?;
+    let (mut response, whole) = guard_answer(b, response, whole, stream, record).await?;
     if let (Some(cache), Some(key)) = (cache, key) {
         response
             .headers_mut()
@@ -324,6 +333,51 @@ async fn complete(
         }
     }
     Ok((response, whole))
+}
+
+/// What a webhook guardrail is told about the call.
+fn guard_context<'a>(b: &'a Backend<'_>, record: &'a RequestRecord) -> crate::guardrails::Context<'a> {
+    crate::guardrails::Context {
+        client: b.client,
+        route: record.route.as_deref().unwrap_or_default(),
+        consumer: record.consumer.as_deref(),
+    }
+}
+
+/// The answer's guardrails: a stream is guarded as it streams, a whole answer now (the
+/// cache and a translation to the Messages API then see the guarded answer).
+async fn guard_answer(
+    b: &Backend<'_>,
+    response: Response<ResponseBody>,
+    whole: Option<Bytes>,
+    stream: bool,
+    record: &mut RequestRecord,
+) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
+    if !b.guardrails.iter().any(|g| g.on_response) || !response.status().is_success() {
+        return Ok((response, whole));
+    }
+    let verdicts = record.guard_verdicts.get_or_insert_with(Default::default).clone();
+    if stream {
+        let guardrails = b.guardrails.clone();
+        let response =
+            response.map(|body| ResponseBody::boxed(guarded::GuardedStream::new(body, guardrails, verdicts)));
+        return Ok((response, whole));
+    }
+    let Some(bytes) = &whole else {
+        return Ok((response, whole));
+    };
+    let context = guard_context(b, record);
+    match guarded::check_answer(&b.guardrails, bytes, &context, &verdicts).await? {
+        None => Ok((response, whole)),
+        Some(guarded) => {
+            let (mut head, _) = response.into_parts();
+            head.headers.remove(http::header::CONTENT_LENGTH);
+            Ok((
+                Response::from_parts(head, ResponseBody::full(guarded.clone())),
+                Some(guarded),
+            ))
+        }
+    }
 }
 
 /// `POST …/v1/messages`: a client speaking Anthropic's Messages API, served through the same

@@ -58,6 +58,8 @@ pub struct CallRecord {
     pub fault: Option<Cow<'static, str>>,
     /// A gRPC call's final `grpc-status`.
     pub grpc_status: Option<u16>,
+    /// What the route's guardrails did: `[{"guardrail", "stage", "action", "found"}]`.
+    pub guardrails: Option<serde_json::Value>,
     /// In cluster mode, the replica (`cluster.node_id`) that served the call; absent on a
     /// gateway on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,7 +196,8 @@ CREATE TABLE IF NOT EXISTS calls (
     grpc_status INTEGER,
     cached_tokens INTEGER,
     cache_write_tokens INTEGER,
-    reasoning_tokens INTEGER
+    reasoning_tokens INTEGER,
+    guardrails TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time_ms);
 ";
@@ -229,6 +232,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         ("cached_tokens", "INTEGER"),
         ("cache_write_tokens", "INTEGER"),
         ("reasoning_tokens", "INTEGER"),
+        ("guardrails", "TEXT"),
     ] {
         if !present.iter().any(|p| p == column) {
             conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} {kind}"))?;
@@ -246,9 +250,9 @@ impl CallStore for SqliteStore {
                     "INSERT INTO calls (time_ms, request_id, trace_id, route, consumer, method, path, status, error,
                      upstream, target, attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
                      provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status,
-                     cached_tokens, cache_write_tokens, reasoning_tokens)
+                     cached_tokens, cache_write_tokens, reasoning_tokens, guardrails)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                             ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                             ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                 )
                 .map_err(|e| e.to_string())?;
             for c in batch {
@@ -279,7 +283,8 @@ impl CallStore for SqliteStore {
                         c.grpc_status,
                         c.cached_tokens.map(|t| t as i64),
                         c.cache_write_tokens.map(|t| t as i64),
-                        c.reasoning_tokens.map(|t| t as i64)
+                        c.reasoning_tokens.map(|t| t as i64),
+                        c.guardrails.as_ref().map(serde_json::Value::to_string)
                     ])
                     .map_err(|e| e.to_string())?;
             }
@@ -397,7 +402,7 @@ impl CallStore for SqliteStore {
                 "SELECT time_ms, request_id, trace_id, route, consumer, method, path, status, error, upstream, target,
                         attempts, latency_ms, upstream_ms, bytes_in, bytes_out,
                         provider, model, prompt_tokens, completion_tokens, cost_usd, fault, grpc_status,
-                        cached_tokens, cache_write_tokens, reasoning_tokens
+                        cached_tokens, cache_write_tokens, reasoning_tokens, guardrails
                  FROM calls
                  WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR consumer = ?2) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR time_ms >= ?4) AND (?5 IS NULL OR time_ms < ?5)
@@ -442,6 +447,9 @@ impl CallStore for SqliteStore {
                         cached_tokens: row.get::<_, Option<i64>>(23)?.map(|t| t.max(0) as u64),
                         cache_write_tokens: row.get::<_, Option<i64>>(24)?.map(|t| t.max(0) as u64),
                         reasoning_tokens: row.get::<_, Option<i64>>(25)?.map(|t| t.max(0) as u64),
+                        guardrails: row
+                            .get::<_, Option<String>>(26)?
+                            .and_then(|text| serde_json::from_str(&text).ok()),
                         node: None,
                     })
                 },

@@ -19,6 +19,7 @@ mod outcome;
 pub mod process;
 pub mod series;
 pub mod traces;
+pub mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -223,6 +223,7 @@ async fn llm_backend(
         canary: gateway.canaries.get(route_index).and_then(Option::as_deref),
         max_body_bytes: route.max_body_bytes,
         read_timeout: worker.limits.header_read_timeout,
+        guardrails: route.guardrails.clone(),
     };
     Ok(crate::llm::serve(&backend, parts, body, record).await?)
 }
@@ -257,6 +258,7 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         degraded: None,
         consumer: None,
         llm: None,
+        guard_verdicts: None,
         fault: None,
         experiment: None,
         sent_to: None,

@@ -9,6 +9,7 @@
 
 mod auth;
 mod cluster;
+mod guardrails;
 mod listeners;
 mod llm;
 mod routes;
@@ -18,6 +19,7 @@ mod upstreams;
 
 pub use auth::*;
 pub use cluster::*;
+pub use guardrails::*;
 pub use listeners::*;
 pub use llm::*;
 pub use routes::*;

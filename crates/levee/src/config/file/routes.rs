@@ -25,6 +25,9 @@ pub struct RouteFile {
     /// `/v1/embeddings`, `/v1/models`) from the models under `llm`. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub llm: bool,
+    /// Checks on the prompts and answers of an AI gateway route (`llm: true`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<super::GuardrailFile>,
     /// Remove the matched `path_prefix` before forwarding. Default false.
     #[serde(default)]
     pub strip_prefix: bool,

@@ -10,6 +10,7 @@
 mod auth;
 mod chaos;
 mod cluster;
+mod guardrails;
 mod lifecycle;
 mod listeners;
 mod llm;

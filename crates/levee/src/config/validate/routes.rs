@@ -126,6 +126,7 @@ fn check_route(
         );
     }
     let fault = check_route_fault(route, path, p);
+    let guardrails = super::guardrails::check_guardrails(route, path, p);
     let (publish, lifecycle) = check_publish_and_lifecycle(route, &auth, path, p);
     let canary = route.canary.as_ref().and_then(|c| {
         let models: HashSet<&str> = file
@@ -155,6 +156,7 @@ fn check_route(
             false => Some(upstream?),
         },
         llm: route.llm,
+        guardrails,
         strip_prefix: route.strip_prefix,
         request_headers: request_headers?,
         response_headers: response_headers?,

@@ -53,6 +53,16 @@ pub(super) fn warn(config: &Config, p: &mut Problems) {
     }
     for (i, route) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
+        for (j, guardrail) in route.guardrails.iter().enumerate() {
+            if guardrail.on_response
+                && matches!(guardrail.check, crate::config::guardrails::GuardCheck::Webhook(_))
+            {
+                p.at(
+                    &format!("{path}.guardrails[{j}].on"),
+                    format!("the webhook guardrail `{}` sees whole answers only: streamed answers on route `{}` pass it unchecked", guardrail.name, route.name),
+                );
+            }
+        }
         if let Some(policy) = &route.retry {
             if policy.attempts > 1 && policy.budget >= 1.0 {
                 p.at(
