@@ -25,6 +25,7 @@ const O3_ANSWER: &str = include_str!("fixtures/openai/chat_completion_reasoning.
 const O3_STREAM: &str = include_str!("fixtures/openai/chat_completion_reasoning_stream.sse");
 const CLAUDE_ANSWER: &str = include_str!("fixtures/anthropic/message_cache_thinking.json");
 const CLAUDE_STREAM: &str = include_str!("fixtures/anthropic/stream_cache_thinking.sse");
+const RESPONSE_STREAM: &str = include_str!("fixtures/openai/response_stream.sse");
 const GEMINI_ANSWER: &str = include_str!("fixtures/gemini/generate_content_thoughts.json");
 
 /// A mock provider replaying `answer`, or `stream` (split every 41 bytes) when asked to stream.
@@ -299,6 +300,45 @@ async fn a_stream_that_breaks_off_ends_with_an_error_event_never_a_clean_end() {
         let row = call_of(&h, &answer).await;
         assert_eq!(row["error"], "llm_stream_interrupted", "{model}: {row}");
     }
+    // A relayed Responses API stream cut after its first events ends with the Responses
+    // `error` event.
+    let first_events: Vec<&str> = RESPONSE_STREAM.split("\n\n").take(4).collect();
+    let first: &'static str = Box::leak(format!("{}\n\n", first_events.join("\n\n")).into_boxed_str());
+    let responses = cutting(first).await;
+    std::env::set_var("LEVEE_TEST_KEY", "sk-test");
+    let r = Harness::start(&format!(
+        "llm:
+  providers:
+    openai: {{ kind: openai, base_url: \"http://{responses}/v1\", api_key_env: LEVEE_TEST_KEY }}
+  models:
+    - {{ name: gpt, targets: [{{ provider: openai, model: gpt-4.1 }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+"
+    ));
+    let answer = send(
+        &client(false),
+        http::Request::post(r.url("/v1/responses"))
+            .header("content-type", "application/json")
+            .body(full(
+                json!({"model": "gpt", "input": "Hi", "stream": true}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    let text = answer.text();
+    assert!(text.starts_with("event: response.created"), "{text}");
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error\n"), "{text}");
+    let error: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("stream_interrupted"))
+    );
+    assert_eq!(error["sequence_number"], 4, "numbered after the relayed events");
+
     // A client speaking Anthropic's Messages API gets Anthropic's `error` event instead.
     let answer = send(
         &client(false),

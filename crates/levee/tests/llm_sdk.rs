@@ -207,3 +207,139 @@ routes:
     let sent: serde_json::Value = serde_json::from_slice(&with_tools.body).unwrap();
     assert_eq!(sent["tools"][0]["function"]["name"], "get_current_weather");
 }
+
+const RESPONSE: &str = include_str!("fixtures/openai/response.json");
+const RESPONSE_STREAM: &str = include_str!("fixtures/openai/response_stream.sse");
+const CLAUDE_MESSAGE: &str = include_str!("fixtures/anthropic/message.json");
+const CLAUDE_STREAM: &str = include_str!("fixtures/anthropic/stream.sse");
+
+const RESPONSES_CLIENT: &str = r#"
+import json, sys
+from openai import OpenAI
+
+client = OpenAI(base_url=sys.argv[1], api_key="levee-test", max_retries=0)
+expected = json.loads(sys.argv[2])
+for model, (whole_text, streamed_text) in expected.items():
+    plain = client.responses.create(model=model, instructions="Be brief.", input="Tell me a story.")
+    assert plain.output_text == whole_text, (model, plain)
+    assert plain.usage.total_tokens == plain.usage.input_tokens + plain.usage.output_tokens, plain.usage
+    text, completed, types = "", None, []
+    for event in client.responses.create(model=model, input=[{"role": "user", "content": "Hi"}], stream=True):
+        types.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type == "response.completed":
+            completed = event.response
+    assert text == streamed_text, (model, text)
+    assert types[0] == "response.created" and types[-1] == "response.completed", types
+    assert completed is not None and completed.usage.output_tokens > 0, completed
+    print(model, plain.usage.input_tokens, plain.usage.output_tokens,
+          completed.usage.input_tokens, completed.usage.output_tokens)
+print("responses ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdks_responses_api_works_relayed_and_translated() {
+    let Ok(python) = std::env::var("LEVEE_TEST_PYTHON") else {
+        common::missing_tool("LEVEE_TEST_PYTHON not set: the OpenAI SDK test is skipped");
+        return;
+    };
+    let chunked = |text: &'static str| text.as_bytes().chunks(61).map(Bytes::copy_from_slice).collect();
+    let openai = MockUpstream::start(move |seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        assert!(
+            seen.uri.path().ends_with("/responses"),
+            "relayed as a Responses call"
+        );
+        if request["stream"] == true {
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunked(RESPONSE_STREAM), Duration::from_millis(1))
+        } else {
+            Reply::ok(RESPONSE).header("content-type", "application/json")
+        }
+    })
+    .await;
+    let claude = MockUpstream::start(move |seen| {
+        let request: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        if request["stream"] == true {
+            Reply::ok("")
+                .header("content-type", "text/event-stream")
+                .chunks(chunked(CLAUDE_STREAM), Duration::from_millis(1))
+        } else {
+            Reply::ok(CLAUDE_MESSAGE).header("content-type", "application/json")
+        }
+    })
+    .await;
+    std::env::set_var("LEVEE_TEST_SDK_KEY", "sk-test");
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(&format!(
+        "data_dir: \"{}\"
+llm:
+  providers:
+    openai: {{ kind: openai, base_url: \"http://{}/v1\", api_key_env: LEVEE_TEST_SDK_KEY }}
+    claude: {{ kind: anthropic, base_url: \"http://{}\", api_key_env: LEVEE_TEST_SDK_KEY }}
+  models:
+    - {{ name: gpt, targets: [{{ provider: openai, model: gpt-4.1 }}] }}
+    - {{ name: claude, targets: [{{ provider: claude, model: claude-sonnet-4-5 }}] }}
+routes:
+  - name: ai
+    match: {{ path_prefix: /v1 }}
+    llm: true
+",
+        dir.path().display(),
+        openai.addr,
+        claude.addr
+    ));
+    let story = serde_json::from_str::<serde_json::Value>(RESPONSE).unwrap()["output"][0]["content"][0]
+        ["text"]
+        .clone();
+    let expected = serde_json::json!({
+        "gpt": [story, "Hi there! How can I assist you today?"],
+        "claude": ["Hi! My name is Claude.", "Hello!"],
+    });
+    let (ok, report) = run_python(python, RESPONSES_CLIENT, vec![h.url("/v1"), expected.to_string()]).await;
+    assert!(ok && report.contains("responses ok"), "{report}");
+    // The SDK read the mocks' own figures, and the call log holds the same.
+    assert!(report.contains("gpt 36 87 37 11"), "{report}");
+    assert!(report.contains("claude 2095 503 25 15"), "{report}");
+    let url = format!("{}/api/v1/calls?limit=10", h.admin);
+    eventually("the four calls are stored", || async {
+        get(&url, &[]).await.json()["calls"]
+            .as_array()
+            .is_some_and(|c| c.len() == 4)
+    })
+    .await;
+    let calls = get(&url, &[]).await.json()["calls"].clone();
+    let mut usage: Vec<(String, u64, u64)> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let tokens = |k: &str| c[k].as_u64().unwrap_or(0);
+            (
+                c["model"].as_str().unwrap_or("").to_owned(),
+                tokens("prompt_tokens"),
+                tokens("completion_tokens"),
+            )
+        })
+        .collect();
+    usage.sort();
+    let expected_usage: Vec<(String, u64, u64)> = vec![
+        ("claude-sonnet-4-5".into(), 25, 15),
+        ("claude-sonnet-4-5".into(), 2095, 503),
+        ("gpt-4.1".into(), 36, 87),
+        ("gpt-4.1".into(), 37, 11),
+    ];
+    assert_eq!(usage, expected_usage);
+    // The relayed request kept its shape; only the model changed.
+    let sent: serde_json::Value = serde_json::from_slice(&openai.seen()[0].body).unwrap();
+    assert_eq!(
+        (sent["model"].as_str(), sent["instructions"].as_str()),
+        (Some("gpt-4.1"), Some("Be brief."))
+    );
+    assert!(
+        sent.get("stream_options").is_none(),
+        "the Responses API has no include_usage"
+    );
+}

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::provider::{provider_for, Outgoing, Provider, Verdict};
 use super::usage::{LlmCall, Usage};
-use super::{relay, ApiError, LlmClient};
+use super::{relay, responses_api, ApiError, LlmClient};
 use crate::body::ResponseBody;
 use crate::config::spec::LlmProviderSpec;
 use crate::observability::metrics::Outcome;
@@ -29,6 +29,16 @@ pub(super) struct Attempt {
     outgoing: Outgoing,
     /// `Some(include_usage)` for a streamed request.
     stream: Option<bool>,
+    /// How a Responses API request reaches this provider (`None`: not one).
+    responses: Option<Responses>,
+}
+
+/// A Responses API call: relayed to a provider that serves the API, or translated into a
+/// chat call and its answer back ([`responses_api`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Responses {
+    Relayed,
+    ViaChat,
 }
 
 /// Why a try failed, and what the client gets if no target is left.
@@ -44,6 +54,22 @@ pub(super) fn outgoing(
     stream: bool,
 ) -> Result<Attempt, ApiError> {
     let api = provider_for(provider.kind);
+    if endpoint == "responses" && !api.speaks_responses() {
+        let mut chat = responses_api::to_chat_request(request).map_err(ApiError::bad_request)?;
+        if stream {
+            // The usage chunk carries what the Response's `usage` reports.
+            chat.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+        return Ok(Attempt {
+            provider: api,
+            outgoing: api.outgoing(provider, "chat/completions", &chat, model, stream)?,
+            stream: stream.then_some(true),
+            responses: Some(Responses::ViaChat),
+        });
+    }
     let include_usage = request
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -53,6 +79,7 @@ pub(super) fn outgoing(
         provider: api,
         outgoing: api.outgoing(provider, endpoint, request, model, stream)?,
         stream: stream.then_some(include_usage),
+        responses: (endpoint == "responses").then_some(Responses::Relayed),
     })
 }
 
@@ -70,6 +97,7 @@ pub(super) async fn try_target(
         provider,
         outgoing,
         stream,
+        responses,
     } = attempt;
     let mut builder = Request::post(outgoing.uri).header(CONTENT_TYPE, "application/json");
     for (name, value) in outgoing.headers {
@@ -102,16 +130,8 @@ pub(super) async fn try_target(
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
     let Some(include_usage) = stream.filter(|_| status.is_success()) else {
         // A whole answer (or a provider's 4xx, returned as it is).
-        return read_whole(
-            provider,
-            incoming,
-            status,
-            content_type,
-            deadline,
-            call,
-            prompt_estimate,
-        )
-        .await;
+        let read = read_whole(provider, incoming, status, deadline, call, prompt_estimate).await?;
+        return Ok(answered(read, content_type, responses));
     };
     // Commit to this provider only once its stream has started.
     let mut incoming = incoming;
@@ -133,8 +153,15 @@ pub(super) async fn try_target(
         call.clone(),
         prompt_estimate,
         translator,
+        responses == Some(Responses::Relayed),
     );
-    let mut response = Response::new(ResponseBody::boxed(relay));
+    let body = match responses {
+        Some(Responses::ViaChat) => {
+            ResponseBody::boxed(responses_api::EventsBody::new(ResponseBody::boxed(relay)))
+        }
+        _ => ResponseBody::boxed(relay),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -145,16 +172,37 @@ pub(super) async fn try_target(
     Ok((status.as_u16(), response, None))
 }
 
+/// The client's answer for a whole answer read: as it is, or, for a Responses request
+/// served through chat, its chat completion as a Response object.
+fn answered(
+    (status, bytes): (StatusCode, Bytes),
+    content_type: Option<HeaderValue>,
+    responses: Option<Responses>,
+) -> (u16, Response<ResponseBody>, Option<Bytes>) {
+    let bytes = match responses {
+        Some(Responses::ViaChat) if status.is_success() => serde_json::from_slice::<Value>(&bytes)
+            .map(|completion| Bytes::from(responses_api::from_chat(&completion).to_string()))
+            .unwrap_or(bytes),
+        _ => bytes,
+    };
+    let mut response = Response::new(ResponseBody::full(bytes.clone()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    (status.as_u16(), response, Some(bytes))
+}
+
 /// A whole answer, read by `provider` into OpenAI's shape (an error answer too) and accounted.
 async fn read_whole(
     provider: &dyn Provider,
     incoming: Incoming,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
     deadline: Instant,
     call: &LlmCall,
     prompt_estimate: u64,
-) -> Result<(u16, Response<ResponseBody>, Option<Bytes>), Failure> {
+) -> Result<(StatusCode, Bytes), Failure> {
     let collected =
         tokio::time::timeout_at(deadline, Limited::new(incoming, MAX_ANSWER_BYTES).collect()).await;
     let bytes = match collected {
@@ -181,13 +229,7 @@ async fn read_whole(
         provider.error_answer(bytes)
     };
     call.add_levee_time(reading.elapsed());
-    let mut response = Response::new(ResponseBody::full(bytes.clone()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
-    );
-    Ok((status.as_u16(), response, Some(bytes)))
+    Ok((status, bytes))
 }
 
 /// The failure for an answer whose status moves the call to the next target.

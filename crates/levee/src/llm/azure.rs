@@ -25,7 +25,7 @@ impl Provider for AzureOpenAi {
         stream: bool,
     ) -> Result<Outgoing, ApiError> {
         let mut body = request.clone();
-        openai::prepare(&mut body, model, stream);
+        openai::prepare(&mut body, model, stream && endpoint != "responses");
         Ok(Outgoing {
             uri: format!(
                 "{}/openai/deployments/{}/{endpoint}?api-version={}",
@@ -53,5 +53,9 @@ impl Provider for AzureOpenAi {
 
     fn stream_translator(&self, _: bool, _: &str, _: u64) -> Option<Box<dyn Translate>> {
         None
+    }
+
+    fn speaks_responses(&self) -> bool {
+        true
     }
 }

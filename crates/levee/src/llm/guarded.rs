@@ -70,38 +70,67 @@ fn request_slots(request: &mut Map<String, Value>) -> Vec<&mut String> {
                     }
                 }
             }
-            ("input", Value::String(text)) => slots.push(text),
-            ("input", Value::Array(items)) => slots.extend(items.iter_mut().filter_map(|item| match item {
-                Value::String(text) => Some(text),
-                _ => None,
-            })),
+            ("input" | "instructions", Value::String(text)) => slots.push(text),
+            // Embeddings inputs, or Responses API input items (messages with text parts).
+            ("input", Value::Array(items)) => {
+                for item in items {
+                    match item {
+                        Value::String(text) => slots.push(text),
+                        Value::Object(item) => match item.get_mut("content") {
+                            Some(Value::String(text)) => slots.push(text),
+                            Some(Value::Array(parts)) => slots.extend(parts.iter_mut().filter_map(text_part)),
+                            _ => {}
+                        },
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
     slots
 }
 
-/// The text of a `{"type": "text", "text": ...}` content part.
+/// The text of a `{"type": "text", "text": ...}` content part (`input_text` and
+/// `output_text` in the Responses API).
 fn text_part(part: &mut Value) -> Option<&mut String> {
-    let is_text = part.get("type").and_then(Value::as_str) == Some("text");
+    let kind = part.get("type").and_then(Value::as_str);
+    let is_text = matches!(kind, Some("text" | "input_text" | "output_text"));
     match part.get_mut("text") {
         Some(Value::String(text)) if is_text => Some(text),
         _ => None,
     }
 }
 
-/// The answer texts of a whole chat completion.
+/// The answer texts of a whole chat completion, or of a Response object.
 fn answer_slots(answer: &mut Value) -> Vec<&mut String> {
-    let Some(Value::Array(choices)) = answer.get_mut("choices") else {
+    let Some(answer) = answer.as_object_mut() else {
         return Vec::new();
     };
-    choices
-        .iter_mut()
-        .filter_map(|c| match c.pointer_mut("/message/content") {
-            Some(Value::String(text)) => Some(text),
-            _ => None,
-        })
-        .collect()
+    let mut slots = Vec::new();
+    for (key, value) in answer.iter_mut() {
+        match (key.as_str(), value) {
+            ("output", Value::Array(output)) => {
+                for item in output {
+                    if let Some(Value::Array(parts)) = item.get_mut("content") {
+                        slots.extend(parts.iter_mut().filter_map(text_part));
+                    }
+                }
+            }
+            ("choices", Value::Array(choices)) => {
+                slots.extend(
+                    choices
+                        .iter_mut()
+                        .filter_map(|c| match c.pointer_mut("/message/content") {
+                            Some(Value::String(text)) => Some(text),
+                            _ => None,
+                        }),
+                );
+            }
+            _ => {}
+        }
+    }
+    slots
 }
 
 /// Runs `stage`'s guardrails over `slots`, writing back what they changed.

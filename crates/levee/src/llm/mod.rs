@@ -36,6 +36,7 @@ pub mod prompt;
 mod provider;
 pub mod quota;
 pub mod relay;
+pub mod responses_api;
 pub mod sse;
 pub mod targets;
 pub mod translate;
@@ -205,6 +206,8 @@ async fn dispatch(
     }
     let endpoint = if path.ends_with("/chat/completions") {
         "chat/completions"
+    } else if path.ends_with("/responses") {
+        "responses"
     } else if path.ends_with("/embeddings") {
         "embeddings"
     } else {
@@ -262,8 +265,8 @@ async fn complete(
     let model = b.choose_model(model, &llm.models);
     // What the request was sent to: the model's name is what a model canary's SLO counts.
     record.sent_to = Some(model.name.clone());
-    let stream =
-        endpoint == "chat/completions" && request.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream = matches!(endpoint, "chat/completions" | "responses")
+        && request.get("stream").and_then(Value::as_bool) == Some(true);
     // For counting when the provider reports nothing: about four bytes per token.
     let prompt_estimate = request
         .get("messages")
@@ -314,7 +317,7 @@ async fn complete(
         }
     }
     let (response, whole) = called?;
-    let (mut response, whole) = guard_answer(b, response, whole, stream, record).await?;
+    let (mut response, whole) = guard_answer(b, response, whole, (stream, endpoint), record).await?;
     if let (Some(cache), Some(key)) = (cache, key) {
         response
             .headers_mut()
@@ -350,10 +353,14 @@ async fn guard_answer(
     b: &Backend<'_>,
     response: Response<ResponseBody>,
     whole: Option<Bytes>,
-    stream: bool,
+    (stream, endpoint): (bool, &str),
     record: &mut RequestRecord,
 ) -> Result<(Response<ResponseBody>, Option<Bytes>), ApiError> {
     if !b.guardrails.iter().any(|g| g.on_response) || !response.status().is_success() {
+        return Ok((response, whole));
+    }
+    // A Responses API event stream is not guarded as it streams (its whole answers are).
+    if stream && endpoint == "responses" {
         return Ok((response, whole));
     }
     let verdicts = record.guard_verdicts.get_or_insert_with(Default::default).clone();

@@ -29,7 +29,7 @@ impl Provider for OpenAi {
         stream: bool,
     ) -> Result<Outgoing, ApiError> {
         let mut body = request.clone();
-        prepare(&mut body, model, stream);
+        prepare(&mut body, model, stream && endpoint != "responses");
         Ok(Outgoing {
             uri: format!("{}/{endpoint}", spec.base_url),
             headers: spec
@@ -52,6 +52,10 @@ impl Provider for OpenAi {
 
     fn stream_translator(&self, _: bool, _: &str, _: u64) -> Option<Box<dyn Translate>> {
         None
+    }
+
+    fn speaks_responses(&self) -> bool {
+        true
     }
 }
 
@@ -99,9 +103,14 @@ pub fn prepare(request: &mut Map<String, Value>, model: &str, stream: bool) {
     }
 }
 
-/// The `usage` object of a response or of a stream's last chunk.
+/// The `usage` object of a response or of a stream's last chunk (the Chat Completions
+/// API's, or the Responses API's).
 pub fn usage(body: &Value) -> Option<Usage> {
-    let report = UsageReport::deserialize(body.get("usage")?).ok()?;
+    let usage = body.get("usage")?;
+    if usage.get("prompt_tokens").is_none() {
+        return responses_usage(usage);
+    }
+    let report = UsageReport::deserialize(usage).ok()?;
     let completion = report.completion_tokens.unwrap_or(0);
     let detail = |details: &Option<TokenDetails>, pick: fn(&TokenDetails) -> Option<u64>| {
         details.as_ref().and_then(pick).unwrap_or(0)
@@ -113,6 +122,23 @@ pub fn usage(body: &Value) -> Option<Usage> {
         cached: detail(&report.prompt_tokens_details, |d| d.cached_tokens).min(report.prompt_tokens),
         cache_write: 0,
         reasoning: detail(&report.completion_tokens_details, |d| d.reasoning_tokens).min(completion),
+    })
+}
+
+/// A Responses API `usage`: `input_tokens` and `output_tokens` with their details.
+fn responses_usage(usage: &Value) -> Option<Usage> {
+    let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64);
+    let (prompt, completion) = (count("/input_tokens")?, count("/output_tokens").unwrap_or(0));
+    Some(Usage {
+        prompt,
+        completion,
+        cached: count("/input_tokens_details/cached_tokens")
+            .unwrap_or(0)
+            .min(prompt),
+        cache_write: 0,
+        reasoning: count("/output_tokens_details/reasoning_tokens")
+            .unwrap_or(0)
+            .min(completion),
     })
 }
 

@@ -43,6 +43,12 @@ pub trait Provider: Send + Sync {
     fn stream_translator(&self, include_usage: bool, model: &str, created: u64)
         -> Option<Box<dyn Translate>>;
 
+    /// The provider serves OpenAI's Responses API itself (`…/responses` is relayed to it);
+    /// otherwise a Responses request is translated into a chat request for it.
+    fn speaks_responses(&self) -> bool {
+        false
+    }
+
     /// What an answer with `status` means for the call. Connect failures and timeouts always
     /// move to the next target.
     fn verdict(&self, status: StatusCode) -> Verdict {

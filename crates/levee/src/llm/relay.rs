@@ -57,6 +57,12 @@ pub struct Relay {
     translator: Option<Box<dyn Translate>>,
     /// A relayed stream carried its end: `[DONE]`, or the provider's own error event.
     ended_properly: bool,
+    /// The relayed stream is the Responses API's (its end is `response.completed`,
+    /// `response.incomplete` or `response.failed`, and a cut is told with its `error`
+    /// event).
+    responses: bool,
+    /// Responses events relayed, for the sequence number of an `error` event Levee adds.
+    sequence: u64,
     /// The last frame is out (the stream's end, or the error event in its place).
     closed: bool,
 }
@@ -69,10 +75,13 @@ impl Relay {
         call: Arc<LlmCall>,
         prompt_estimate: u64,
         translator: Option<Box<dyn Translate>>,
+        responses: bool,
     ) -> Relay {
         let mut relay = Relay {
             translator,
             ended_properly: false,
+            responses,
+            sequence: 0,
             closed: false,
             first: None,
             body,
@@ -134,7 +143,9 @@ impl Relay {
             self.ended_properly = true;
             return;
         }
-        for event in self.events.drain(..) {
+        // Taken out and put back, so the buffer's capacity is kept across frames.
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
             if event.data == "[DONE]" {
                 self.ended_properly = true;
                 continue;
@@ -142,6 +153,11 @@ impl Relay {
             let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&event.data) else {
                 continue;
             };
+            if self.responses {
+                self.sequence += 1;
+                self.read_responses_event(&chunk);
+                continue;
+            }
             if let Some(usage) = openai::usage(&chunk) {
                 self.call.report(usage);
             }
@@ -153,6 +169,28 @@ impl Relay {
                 self.ended_properly = true;
                 self.call.mark_interrupted();
             }
+        }
+        self.events = events;
+    }
+
+    /// One event of a relayed Responses API stream.
+    fn read_responses_event(&mut self, event: &serde_json::Value) {
+        match event.get("type").and_then(serde_json::Value::as_str) {
+            Some("response.output_text.delta" | "response.function_call_arguments.delta") => {
+                self.chunks_with_content += 1;
+            }
+            Some("response.completed" | "response.incomplete") => {
+                self.ended_properly = true;
+                if let Some(usage) = event.get("response").and_then(openai::usage) {
+                    self.call.report(usage);
+                }
+            }
+            Some("response.failed" | "error") => {
+                // The provider's own failure already tells the client.
+                self.ended_properly = true;
+                self.call.mark_interrupted();
+            }
+            _ => {}
         }
     }
 
@@ -174,6 +212,10 @@ impl Relay {
             Some(translator) if translator.complete() => translator.finish(&mut out),
             Some(translator) => translator.fail(why, &mut out),
             None if self.ended_properly => {}
+            None if self.responses => {
+                let event = super::responses_api::error_event("stream_interrupted", why, self.sequence);
+                out.extend_from_slice(event.as_bytes());
+            }
             None => write_interrupted(why, &mut out),
         }
         let complete = self
