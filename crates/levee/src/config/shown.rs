@@ -85,7 +85,42 @@ pub(super) fn redacted(file: &ConfigFile) -> Value {
                     }
                 }
             }
+            // Guardrail webhooks: a token may be in the URL or any header.
+            for guardrail in route
+                .get_mut("guardrails")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(webhook) = guardrail.get_mut("webhook") {
+                    if let Some(url) = webhook.get_mut("url") {
+                        redact_url(url);
+                    }
+                    redact_values(webhook.get_mut("headers"));
+                }
+            }
         }
     }
+    // MCP servers: their headers and the environment of local ones carry credentials.
+    for server in value
+        .pointer_mut("/mcp/servers")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|servers| servers.values_mut())
+    {
+        redact_values(server.get_mut("headers"));
+        redact_values(server.get_mut("env"));
+    }
     value
+}
+
+/// Every value of a map, redacted (its keys stay, so the shape can be read).
+fn redact_values(map: Option<&mut Value>) {
+    for value in map
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|m| m.values_mut())
+    {
+        *value = Value::from("<redacted>");
+    }
 }

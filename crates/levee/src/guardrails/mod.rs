@@ -60,6 +60,10 @@ pub async fn check(
     context: &Context<'_>,
     verdicts: &GuardVerdicts,
 ) -> Result<(), Refusal> {
+    if texts.iter().all(String::is_empty) && prompt_tokens == 0 {
+        // Nothing to check (an answer that is only tool calls, say).
+        return Ok(());
+    }
     for guardrail in guardrails.iter().filter(|g| g.applies(stage)) {
         let note = |action: &'static str, found: &[&'static str]| {
             verdicts.record(&guardrail.name, stage.name(), action, found);

@@ -280,7 +280,8 @@ fn ip(text: &str, start: usize, end: usize) -> Option<usize> {
         let ok = candidate.parse::<std::net::Ipv4Addr>().is_ok() && bounded(b".");
         return ok.then_some(end);
     }
-    let ok = candidate.parse::<std::net::Ipv6Addr>().is_ok() && bounded(b":");
+    // Not a dotted tail either: `::ffff:192.0.2.1` is one address, not `::ffff:192` and more.
+    let ok = candidate.parse::<std::net::Ipv6Addr>().is_ok() && bounded(b":.");
     ok.then_some(end)
 }
 

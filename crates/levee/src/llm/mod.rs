@@ -281,7 +281,15 @@ async fn complete(
     let cache = b
         .cache
         .filter(|_| endpoint == "chat/completions" && cache::wanted(&request, headers.get(&X_LEVEE_CACHE)));
-    let key = cache.map(|_| cache::key(record.consumer.as_deref(), &request));
+    // A route with guardrails keeps its answers apart: another route's may not be masked.
+    let owner = match (b.guardrails.is_empty(), &record.route) {
+        (false, Some(route)) => Some(format!(
+            "{route}\0{}",
+            record.consumer.as_deref().unwrap_or_default()
+        )),
+        _ => record.consumer.as_deref().map(str::to_owned),
+    };
+    let key = cache.map(|_| cache::key(owner.as_deref(), &request));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(hit) = cache.get(key, Instant::now()) {
             b.metrics.lock().ai.record_cache(true);

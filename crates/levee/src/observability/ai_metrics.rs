@@ -174,7 +174,7 @@ impl AiTotals {
             out,
             "levee_guardrail_actions_total",
             "counter",
-            "Guardrail verdicts by route, guardrail and action (redact, block, log, allow, rewrite, error).",
+            "Guardrail verdicts by route, guardrail and action (redact, block, log, allow, rewrite, fail_open, fail_closed).",
         );
         for ((route, guardrail, action), count) in &self.guardrails {
             let (route, guardrail) = (escape(route), escape(guardrail));
