@@ -29,7 +29,7 @@ LAYERS = {
         ["cluster"],
         ["auth", "jwt", "chaos", "slo", "router", "ratelimit", "upstream", "stale", "tls", "guardrails"],
         ["body", "record"],
-        ["llm"],
+        ["llm", "mcp"],
         ["management"],
         ["gateway", "edge"],
         ["state"],
@@ -41,7 +41,7 @@ LAYERS = {
 }
 # Imports allowed inside a layer (the arrows drawn within it).
 SIDEWAYS = {
-    "levee": {("headers", "hex"), ("auth", "jwt"), ("chaos", "slo"), ("body", "record"), ("upstream", "tls")}
+    "levee": {("headers", "hex"), ("auth", "jwt"), ("chaos", "slo"), ("body", "record"), ("upstream", "tls"), ("mcp", "llm")}
 }
 
 

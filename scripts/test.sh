@@ -48,9 +48,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # ... the official OpenAI SDK drives the AI gateway as a real client would, and grpcio is
 # the real gRPC server and client of the gRPC tests.
-if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator, openai, grpc, grpc_health.v1' 2>/dev/null; then
-  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' 'grpcio>=1.60' 'grpcio-health-checking>=1.60' \
-    || echo "openapi-spec-validator, openai or grpcio could not be installed"
+# The official MCP SDK is the MCP gateway's client and servers, its 1.x line (FastMCP): the
+# protocol revisions Levee serves (2024-11-05 to 2025-11-25).
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import openapi_spec_validator, openai, grpc, grpc_health.v1, mcp.server.fastmcp' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet 'openapi-spec-validator>=0.7' 'openai>=1.50' 'grpcio>=1.60' 'grpcio-health-checking>=1.60' 'mcp>=1.12,<2' \
+    || echo "openapi-spec-validator, openai, grpcio or mcp could not be installed"
 fi
 # The dashboard's browser tests: Debian's Chromium, driven by Python Playwright. Playwright's
 # own browser download is never used (it cannot work here): the tests launch /usr/bin/chromium.

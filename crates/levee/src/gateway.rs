@@ -50,6 +50,9 @@ pub struct Gateway {
     /// Each LLM provider's bulkhead (`None` where the provider has no cap), process-wide
     /// like an upstream's, and kept across a reload while the provider's spec is equal.
     pub llm_bulkheads: Vec<Option<Arc<levee_resilience::Bulkhead>>>,
+    /// The MCP gateway's servers and sessions (`None` without an `mcp` block); kept across a
+    /// reload while the block is unchanged, so local servers keep running.
+    pub mcp: Option<Arc<crate::mcp::Hub>>,
     /// Each route's canary (`None` where the route has none); kept, rolled back or not,
     /// while the route's `canary` block is unchanged.
     pub canaries: Vec<Option<Arc<crate::slo::canary::Canary>>>,
@@ -60,6 +63,25 @@ pub struct Gateway {
     /// The management plane's keys, teams and subscriptions (kept by every reload: they
     /// live in their store, not in the config).
     pub management: Arc<crate::management::Management>,
+}
+
+/// The MCP hub: the running one while `mcp` is unchanged, else a new one (the old one stops
+/// with the gateway that holds it, and its processes with it).
+fn mcp_hub(config: &Config, previous: Option<&Gateway>) -> Option<Arc<crate::mcp::Hub>> {
+    let spec = config.mcp.as_ref()?;
+    if let Some(kept) = previous
+        .and_then(|old| old.mcp.as_ref())
+        .filter(|hub| hub.spec == *spec)
+    {
+        return Some(kept.clone());
+    }
+    match crate::mcp::Hub::start(spec) {
+        Ok(hub) => Some(Arc::new(hub)),
+        Err(error) => {
+            tracing::error!(%error, "the MCP gateway could not start");
+            None
+        }
+    }
 }
 
 impl Gateway {
@@ -155,6 +177,7 @@ impl Gateway {
                 .collect(),
         };
         let llm_bulkheads = llm_bulkheads(&config, previous);
+        let mcp = mcp_hub(&config, previous);
         let canaries = config
             .routes
             .iter()
@@ -173,6 +196,7 @@ impl Gateway {
             })
             .collect();
         Gateway {
+            mcp,
             canaries,
             llm_targets,
             llm_bulkheads,

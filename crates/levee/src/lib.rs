@@ -83,6 +83,7 @@ pub mod host;
 pub mod jwt;
 pub mod llm;
 pub mod management;
+pub mod mcp;
 pub mod observability;
 pub mod outbound;
 pub mod pipeline;

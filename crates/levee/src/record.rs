@@ -83,6 +83,8 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
     /// The LLM call's accounting, on AI gateway routes.
     pub llm: Option<Arc<LlmCall>>,
+    /// An MCP tool call: its server, the tool (as the client named it) and its outcome.
+    pub mcp_call: Option<(Arc<str>, Arc<str>, &'static str)>,
     /// What the route's guardrails did (shared with a streamed answer's guard).
     pub guard_verdicts: Option<Arc<crate::observability::verdicts::GuardVerdicts>>,
     /// The upstream the request was sent to (the route's own, or its canary).
@@ -233,9 +235,21 @@ impl RequestRecord {
             method: method_text(&self.method),
             path: self.path.clone(),
             status: self.status,
-            error: self.error.or_else(|| self.llm_interrupted()).map(Cow::Borrowed),
-            upstream: self.upstream.as_ref().map(|u| u.upstream.clone()),
-            target: self.upstream.as_ref().map(|u| u.target.clone()),
+            error: self
+                .error
+                .or_else(|| self.llm_interrupted())
+                .or_else(|| self.mcp_call.as_ref().map(|c| c.2).filter(|o| *o != "ok"))
+                .map(Cow::Borrowed),
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(|u| u.upstream.clone())
+                .or_else(|| self.mcp_call.as_ref().map(|c| c.0.clone())),
+            target: self
+                .upstream
+                .as_ref()
+                .map(|u| u.target.clone())
+                .or_else(|| self.mcp_call.as_ref().map(|c| c.1.clone())),
             attempts: self.attempts,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms: self.upstream.as_ref().map(|u| u.elapsed.as_secs_f64() * 1000.0),

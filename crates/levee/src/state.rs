@@ -124,6 +124,14 @@ impl SharedState {
                 });
             }
         }
+        for server in gateway.mcp.iter().flat_map(|hub| hub.servers.iter()) {
+            gauges.push(Gauge {
+                name: "levee_mcp_server_up",
+                help: "1 while an MCP server answers (its breaker closed, its process running), else 0: it is left out of tool lists.",
+                labels: vec![("server", server.spec.name.to_string())],
+                value: if server.up() { 1.0 } else { 0.0 },
+            });
+        }
         for canary in gateway.canaries.iter().flatten() {
             gauges.push(Gauge {
                 name: "levee_canary_rolled_back",

@@ -880,3 +880,37 @@ routes:
         ],
     );
 }
+
+#[test]
+fn the_mcp_block_and_mcp_routes_are_validated_where_they_are_written() {
+    let errs = errors(
+        "listeners: [{ name: p, bind: 127.0.0.1:8080 }]
+mcp:
+  servers:
+    good: { url: \"http://127.0.0.1:1/mcp\" }
+    both: { url: \"http://127.0.0.1:1/mcp\", command: x }
+    bad__name: { command: x }
+    old: { url: \"http://127.0.0.1:1/sse\", transport: sse }
+    slow: { command: x, rate_limit: fast }
+  access:
+    - { consumers: [a], servers: [nowhere], tools: [good_tool] }
+routes:
+  - { name: m, match: { path: /mcp }, mcp: true, mcp_servers: [good, missing] }
+",
+    );
+    assert_exactly(
+        &errs,
+        &[
+            (
+                "levee.yaml:5:11",
+                "needs exactly one of `url` (remote) and `command`",
+            ),
+            ("levee.yaml:6:16", "server name `bad__name`"),
+            ("levee.yaml:7:54", "the older HTTP+SSE transport is not built yet"),
+            ("levee.yaml:8:37", "invalid rate `fast`"),
+            ("levee.yaml:10:35", "no MCP server named `nowhere`"),
+            ("levee.yaml:10:53", "`good_tool` is not `server__tool`"),
+            ("levee.yaml:12:70", "no MCP server named `missing`"),
+        ],
+    );
+}

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod file;
 pub mod guardrails;
 pub mod matcher;
+pub mod mcp;
 mod parse;
 pub mod prompt;
 pub mod secrets;

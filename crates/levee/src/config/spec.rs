@@ -47,6 +47,8 @@ pub struct Config {
     pub call_log: Option<CallLogSpec>,
     pub tracing: Option<TracingSpec>,
     pub llm: Option<LlmSpec>,
+    /// The MCP gateway's servers and access rules (`None` without an `mcp` block).
+    pub mcp: Option<super::mcp::McpSpec>,
     pub slos: Vec<SloSpec>,
     pub alerting: AlertingSpec,
     /// Cluster mode (`None`: this replica is on its own, with in-process state).
@@ -526,6 +528,9 @@ pub struct RouteSpec {
     pub upstream: Option<usize>,
     /// Serves the AI gateway API from `Config::llm`.
     pub llm: bool,
+    /// The MCP servers this route federates into one MCP endpoint (`mcp: true`); `None`
+    /// for other routes.
+    pub mcp: Option<Arc<[Arc<str>]>>,
     /// The route's guardrails, in order (AI gateway routes only).
     pub guardrails: Arc<[super::guardrails::GuardrailSpec]>,
     pub strip_prefix: bool,

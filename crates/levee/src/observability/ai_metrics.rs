@@ -52,9 +52,19 @@ pub struct AiShard {
     overhead: Map<Arc<str>, Histogram<Overhead>>,
     /// (route, guardrail, action) -> verdicts.
     guardrails: Map<(Arc<str>, Arc<str>, &'static str), u64>,
+    /// (route, MCP server, outcome) -> tool calls.
+    mcp: Map<(Arc<str>, Arc<str>, &'static str), u64>,
 }
 
 impl AiShard {
+    /// Counts one MCP tool call.
+    pub fn record_mcp(&mut self, route: &Arc<str>, server: &Arc<str>, outcome: &'static str) {
+        *self
+            .mcp
+            .entry((route.clone(), server.clone(), outcome))
+            .or_default() += 1;
+    }
+
     /// Counts one LLM call's tokens and cost.
     pub fn record_llm(&mut self, key: &ProviderModel, usage: Usage, cost_usd: f64, fell_back: bool) {
         let totals = LlmTotals {
@@ -104,6 +114,7 @@ pub struct AiTotals {
     pub cache: (u64, u64),
     overhead: BTreeMap<Arc<str>, Histogram<Overhead>>,
     guardrails: BTreeMap<(Arc<str>, Arc<str>, &'static str), u64>,
+    mcp: BTreeMap<(Arc<str>, Arc<str>, &'static str), u64>,
 }
 
 impl AiTotals {
@@ -119,11 +130,15 @@ impl AiTotals {
         for (key, count) in &shard.guardrails {
             *self.guardrails.entry(key.clone()).or_default() += count;
         }
+        for (key, count) in &shard.mcp {
+            *self.mcp.entry(key.clone()).or_default() += count;
+        }
     }
 
     /// The text exposition of the AI gateway's families.
     pub fn render(&self, out: &mut String) {
         self.render_tokens(out);
+        self.render_mcp(out);
         family(
             out,
             "levee_llm_cost_usd_total",
@@ -181,6 +196,22 @@ impl AiTotals {
             let _ = writeln!(
                 out,
                 "levee_guardrail_actions_total{{route=\"{route}\",guardrail=\"{guardrail}\",action=\"{action}\"}} {count}"
+            );
+        }
+    }
+
+    fn render_mcp(&self, out: &mut String) {
+        family(
+            out,
+            "levee_mcp_tool_calls_total",
+            "counter",
+            "MCP tool calls by route, server and outcome (ok, tool_error, error, refused, unavailable, timeout, circuit_open, rate_limited, bad_answer).",
+        );
+        for ((route, server, outcome), count) in &self.mcp {
+            let (route, server) = (escape(route), escape(server));
+            let _ = writeln!(
+                out,
+                "levee_mcp_tool_calls_total{{route=\"{route}\",server=\"{server}\",outcome=\"{outcome}\"}} {count}"
             );
         }
     }

@@ -156,6 +156,8 @@ async fn serve_route(
     // the retry loop).
     let result = if route.llm {
         llm_backend(worker, route_index, route, key.as_ref(), parts, body, &mut record).await
+    } else if let Some(servers) = &route.mcp {
+        mcp_backend(worker, route, servers, key.as_ref(), parts, body, &mut record).await
     } else {
         proxy::forward(worker, conn, route_index, route, parts, body, &mut record).await
     };
@@ -228,6 +230,37 @@ async fn llm_backend(
     Ok(crate::llm::serve(&backend, parts, body, record).await?)
 }
 
+/// The backend of an MCP route: the hub, the route's servers, the caller's access.
+async fn mcp_backend(
+    worker: &WorkerContext,
+    route: &RouteSpec,
+    servers: &[Arc<str>],
+    key: Option<&Arc<crate::management::KeyGrant>>,
+    parts: Parts,
+    body: ClientBody,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, Rejection> {
+    let gateway = &worker.gateway;
+    let (Some(hub), Some(spec)) = (&gateway.mcp, &gateway.config.mcp) else {
+        return Ok(crate::mcp::not_running());
+    };
+    let consumer = record.consumer.clone();
+    let backend = crate::mcp::Backend {
+        hub,
+        servers,
+        access: &spec.access,
+        caller: crate::mcp::Caller {
+            consumer: consumer.as_deref(),
+            key: key.map(|k| &*k.id),
+            team: key.and_then(|k| k.team.as_deref()),
+        },
+        metrics: &worker.recorder.metrics,
+        max_body_bytes: route.max_body_bytes,
+        read_timeout: worker.limits.header_read_timeout,
+    };
+    Ok(crate::mcp::serve(&backend, parts, body, record).await)
+}
+
 /// The record of a request that just arrived (request id and trace context included).
 fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> RequestRecord {
     conn.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -258,6 +291,7 @@ fn start_record(worker: &WorkerContext, conn: &ConnInfo, parts: &Parts) -> Reque
         degraded: None,
         consumer: None,
         llm: None,
+        mcp_call: None,
         guard_verdicts: None,
         fault: None,
         experiment: None,

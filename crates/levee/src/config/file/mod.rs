@@ -12,6 +12,7 @@ mod cluster;
 mod guardrails;
 mod listeners;
 mod llm;
+mod mcp;
 mod routes;
 mod slo;
 mod telemetry;
@@ -22,6 +23,7 @@ pub use cluster::*;
 pub use guardrails::*;
 pub use listeners::*;
 pub use llm::*;
+pub use mcp::*;
 pub use routes::*;
 pub use slo::*;
 pub use telemetry::*;
@@ -81,6 +83,9 @@ pub struct ConfigFile {
     /// The AI gateway: LLM providers and the model names clients use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmFile>,
+    /// The MCP gateway: MCP servers that `mcp: true` routes federate into one endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpFile>,
     /// OpenTelemetry traces: a span per request and per upstream attempt, exported over
     /// OTLP/HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]

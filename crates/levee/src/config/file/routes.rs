@@ -25,6 +25,13 @@ pub struct RouteFile {
     /// `/v1/embeddings`, `/v1/models`) from the models under `llm`. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub llm: bool,
+    /// Serve one MCP endpoint (Streamable HTTP) here that federates the tools, resources and
+    /// prompts of the servers under `mcp`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp: bool,
+    /// The MCP servers this endpoint federates (default: every server of `mcp.servers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<String>>,
     /// Checks on the prompts and answers of an AI gateway route (`llm: true`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guardrails: Vec<super::GuardrailFile>,

@@ -14,6 +14,7 @@ mod guardrails;
 mod lifecycle;
 mod listeners;
 mod llm;
+mod mcp;
 pub mod policies;
 mod routes;
 mod slo;
@@ -124,6 +125,7 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
     let call_log = check_call_log(file, p);
     let tracing = file.tracing.as_ref().and_then(|t| check_tracing(t, p));
     let llm = file.llm.as_ref().and_then(|l| check_llm(l, provider_keys, p));
+    let mcp = file.mcp.as_ref().map(|m| mcp::check_mcp(m, p));
     let mut routes = check_routes(file, &upstream_index, p);
     lifecycle::check_services(file, p);
     check_prompt_routes(llm.as_ref(), &routes, p);
@@ -166,6 +168,7 @@ fn check(file: &ConfigFile, p: &mut Problems) -> Option<Config> {
         call_log,
         tracing,
         llm,
+        mcp,
         slos,
         alerting,
         cluster,

@@ -127,6 +127,7 @@ fn check_route(
     }
     let fault = check_route_fault(route, path, p);
     let guardrails = super::guardrails::check_guardrails(route, path, p);
+    let mcp = super::mcp::check_mcp_route(route, path, file.mcp.as_ref(), p);
     let (publish, lifecycle) = check_publish_and_lifecycle(route, &auth, path, p);
     let canary = route.canary.as_ref().and_then(|c| {
         let models: HashSet<&str> = file
@@ -151,10 +152,11 @@ fn check_route(
         fallback,
         name: route.name.as_str().into(),
         matcher: matcher?,
-        upstream: match route.llm {
+        upstream: match route.llm || route.mcp {
             true => None,
             false => Some(upstream?),
         },
+        mcp,
         llm: route.llm,
         guardrails,
         strip_prefix: route.strip_prefix,
@@ -175,6 +177,15 @@ fn route_upstream(
     match upstream_index.get(&route.upstream) {
         _ if route.llm => {
             check_llm_route(route, path, file, p);
+            None
+        }
+        _ if route.mcp => {
+            if !route.upstream.is_empty() {
+                p.at(
+                    &format!("{path}.upstream"),
+                    format!("route `{}` is an MCP endpoint (`mcp: true`): its servers are under `mcp.servers`, not an upstream", route.name),
+                );
+            }
             None
         }
         Some(i) => Some(*i),
