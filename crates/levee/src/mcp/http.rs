@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 
-use super::{McpError, CLIENT_INFO, PROTOCOL_VERSION};
+use super::{client_info, McpError, PROTOCOL_VERSION};
 use crate::llm::sse::SseParser;
 
 pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -39,7 +39,7 @@ impl Remote {
     pub async fn open(&self, client: &Client) -> Result<Session, McpError> {
         let request = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": { "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO() },
+            "params": { "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": client_info() },
         });
         let (answer, id) = self.post(client, &Session::default(), &request).await?;
         let result =

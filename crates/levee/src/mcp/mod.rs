@@ -45,8 +45,8 @@ pub const PROTOCOL_VERSION: &str = "2025-06-18";
 /// The versions a client may ask for (Levee's answers are the same in each).
 const VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
-#[allow(non_snake_case)]
-fn CLIENT_INFO() -> Value {
+/// What Levee tells servers it is.
+fn client_info() -> Value {
     json!({ "name": "levee", "version": env!("CARGO_PKG_VERSION") })
 }
 

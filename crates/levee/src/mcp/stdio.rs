@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{McpError, CLIENT_INFO, PROTOCOL_VERSION};
+use super::{client_info, McpError, PROTOCOL_VERSION};
 
 /// Calls queued for the process at most.
 const QUEUE: usize = 1024;
@@ -231,7 +231,7 @@ async fn answer(
 async fn initialize(stdin: &mut ChildStdin, lines: &mut Lines) -> Result<(), String> {
     let request = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": { "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO() },
+        "params": { "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": client_info() },
     });
     write(stdin, &request).await.map_err(|e| e.to_string())?;
     let answered = async {
