@@ -69,9 +69,10 @@ pub struct Gateway {
 /// with the gateway that holds it, and its processes with it).
 fn mcp_hub(config: &Config, previous: Option<&Gateway>) -> Option<Arc<crate::mcp::Hub>> {
     let spec = config.mcp.as_ref()?;
+    // Access rules are read from the config per request: only a change of servers restarts.
     if let Some(kept) = previous
         .and_then(|old| old.mcp.as_ref())
-        .filter(|hub| hub.spec == *spec)
+        .filter(|hub| hub.spec.servers == spec.servers)
     {
         return Some(kept.clone());
     }

@@ -365,10 +365,11 @@ fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn the_grafana_dashboard_and_the_docs_name_only_exposed_metrics() {
     let upstream = MockUpstream::fixed("ok").await;
-    // With an SLO, a canary, an alert receiver and cluster mode (its Redis refuses: the
-    // cluster families are exposed all the same), so that their families are exposed too.
+    // With an SLO, a canary, an alert receiver, cluster mode (its Redis refuses: the
+    // cluster families are exposed all the same) and an MCP server (never called), so that
+    // their families are exposed too.
     let h = Harness::start(&format!(
-        "{}slos:\n  - {{ name: all-availability, route: all, objective: 99.9, sli: availability }}\nalerting:\n  evaluation_interval: 1s\n  webhooks: [ {{ url: \"http://{}/hook\" }} ]\ncluster:\n  node_id: docs\n  redis: {{ url: \"redis://127.0.0.1:1/0\" }}\n",
+        "{}mcp:\n  servers:\n    docs: {{ url: \"http://127.0.0.1:1/mcp\" }}\nslos:\n  - {{ name: all-availability, route: all, objective: 99.9, sli: availability }}\nalerting:\n  evaluation_interval: 1s\n  webhooks: [ {{ url: \"http://{}/hook\" }} ]\ncluster:\n  node_id: docs\n  redis: {{ url: \"redis://127.0.0.1:1/0\" }}\n",
         single_upstream(
             &[upstream.addr],
             &format!("  v2:\n    targets: [\"{}\"]\n", upstream.addr),

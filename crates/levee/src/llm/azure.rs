@@ -26,13 +26,22 @@ impl Provider for AzureOpenAi {
     ) -> Result<Outgoing, ApiError> {
         let mut body = request.clone();
         openai::prepare(&mut body, model, stream && endpoint != "responses");
-        Ok(Outgoing {
-            uri: format!(
+        // The Responses API is not under a deployment: the body's `model` names it.
+        let uri = match endpoint {
+            "responses" => format!(
+                "{}/openai/responses?api-version={}",
+                spec.base_url,
+                percent_encode_segment(&spec.api_version)
+            ),
+            _ => format!(
                 "{}/openai/deployments/{}/{endpoint}?api-version={}",
                 spec.base_url,
                 percent_encode_segment(model),
                 percent_encode_segment(&spec.api_version)
             ),
+        };
+        Ok(Outgoing {
+            uri,
             headers: spec
                 .api_key
                 .as_ref()

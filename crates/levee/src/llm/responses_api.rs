@@ -35,9 +35,16 @@ const UNTRANSLATABLE: &[&str] = &[
 
 /// The chat request for a Responses request, or what is wrong with it.
 pub fn to_chat_request(request: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    // Empty values (`include: []`, `reasoning: {}`) ask for nothing and pass.
+    let given = |v: &Value| match v {
+        Value::Null => false,
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => !fields.is_empty(),
+        _ => true,
+    };
     if let Some(field) = UNTRANSLATABLE
         .iter()
-        .find(|f| request.get(**f).is_some_and(|v| !v.is_null()))
+        .find(|f| request.get(**f).is_some_and(given))
     {
         return Err(format!("`{field}` is not supported by this model's provider."));
     }

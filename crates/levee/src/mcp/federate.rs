@@ -148,7 +148,21 @@ impl Call<'_, '_> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let (server, tool) = self.target(&name, PREFIX_SEPARATOR)?;
+        let (server, tool) = match self.target(&name, PREFIX_SEPARATOR) {
+            Ok(target) => target,
+            Err(refused) => {
+                // A server of the route the caller may not use: recorded like a tool refused.
+                let named = name
+                    .split_once(PREFIX_SEPARATOR)
+                    .map(|(s, _)| s)
+                    .unwrap_or_default();
+                if let Some(server) = self.backend.servers.iter().find(|s| ***s == *named).cloned() {
+                    self.record.mcp_call = Some((server.clone(), Arc::from(name.as_str()), "refused"));
+                    self.count(&server, "refused");
+                }
+                return Err(refused);
+            }
+        };
         let rules = self.rules();
         let server_name: Arc<str> = Arc::from(server.as_str());
         let record_as = |record: &mut RequestRecord, outcome: &'static str| {

@@ -13,7 +13,8 @@ use crate::config::duration::DurationStr;
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct McpFile {
-    /// By name (letters, digits, `-`; the name prefixes its tools as `name__tool`).
+    /// By name (letters, digits, `-`, and single `_` inside; the name prefixes its tools as
+    /// `name__tool`).
     #[serde(default)]
     pub servers: BTreeMap<String, McpServerFile>,
     /// Who may use which servers and tools. A caller no rule names may use all of them.

@@ -20,11 +20,13 @@ pub(super) fn check_mcp(file: &McpFile, p: &mut Problems) -> McpSpec {
         let at = format!("mcp.servers.{name}");
         let valid_name = !name.is_empty()
             && !name.contains(PREFIX_SEPARATOR)
+            && !name.starts_with('_')
+            && !name.ends_with('_')
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid_name {
-            p.at(&at, format!("server name `{name}`: letters, digits, `-` and single `_` only (it prefixes its tools as `{name}{PREFIX_SEPARATOR}tool`)"));
+            p.at(&at, format!("server name `{name}`: letters, digits, `-` and single `_` inside only (it prefixes its tools as `{name}{PREFIX_SEPARATOR}tool`)"));
         }
         if let Some(spec) = check_server(name, server, &at, p) {
             servers.push(spec);
