@@ -906,7 +906,6 @@ routes:
                 "needs exactly one of `url` (remote) and `command`",
             ),
             ("levee.yaml:6:16", "server name `bad__name`"),
-            ("levee.yaml:7:54", "the older HTTP+SSE transport is not built yet"),
             ("levee.yaml:8:37", "invalid rate `fast`"),
             ("levee.yaml:10:35", "no MCP server named `nowhere`"),
             ("levee.yaml:10:53", "`good_tool` is not `server__tool`"),

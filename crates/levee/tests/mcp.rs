@@ -38,10 +38,11 @@ fn free_port() -> u16 {
 struct HttpServer(Child);
 
 impl HttpServer {
-    async fn start(python: &str, port: u16) -> HttpServer {
+    /// `transport`: `http` (Streamable HTTP) or `sse` (the older HTTP+SSE transport).
+    async fn start(python: &str, transport: &str, port: u16) -> HttpServer {
         let child = Command::new(python)
             .arg(fixture("server.py"))
-            .args(["weather", "http", &port.to_string()])
+            .args(["weather", transport, &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -62,7 +63,14 @@ impl Drop for HttpServer {
     }
 }
 
-fn gateway(python: &str, port: u16, data_dir: &std::path::Path) -> Harness {
+/// Levee with the `weather` server on `port`, the `files` server it starts itself, and
+/// `legacy` (the weather tools over the older transport) on `sse_port` when given.
+fn gateway(python: &str, port: u16, sse_port: Option<u16>, data_dir: &std::path::Path) -> Harness {
+    let legacy = sse_port
+        .map(|p| {
+            format!("    legacy: {{ url: \"http://127.0.0.1:{p}/sse\", transport: sse, timeout: 5s }}\n")
+        })
+        .unwrap_or_default();
     Harness::start(&format!(
         "data_dir: \"{}\"
 consumers:
@@ -72,7 +80,7 @@ mcp:
   servers:
     weather: {{ url: \"http://127.0.0.1:{port}/mcp\", timeout: 5s }}
     files: {{ command: \"{python}\", args: [\"{}\", files, stdio], timeout: 5s }}
-  access:
+{legacy}  access:
     - {{ consumers: [bob], tools: [weather__forecast] }}
 routes:
   - name: tools
@@ -116,75 +124,8 @@ fn python() -> Option<String> {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_lists_and_calls_both_servers_tools_and_a_key_sees_only_its_tool() {
-    let Some(python) = python() else { return };
-    let port = free_port();
-    let _weather = HttpServer::start(&python, port).await;
-    let dir = tempfile::tempdir().unwrap();
-    let h = gateway(&python, port, dir.path());
-    let url = h.url("/mcp");
-    let seen = client(
-        &python,
-        &url,
-        "alice-key",
-        json!([["weather__forecast", {"city": "Oslo"}], ["files__read_note", {"name": "todo"}], ["nope__x", {}]]),
-    )
-    .await;
-    assert_eq!(
-        seen["tools"],
-        json!([
-            "files__crash",
-            "files__read_note",
-            "weather__alerts",
-            "weather__forecast"
-        ]),
-        "{seen}"
-    );
-    assert_eq!(seen["calls"][0]["text"], "Sunny in Oslo", "{seen}");
-    assert!(
-        seen["calls"][1]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("note todo"),
-        "{seen}"
-    );
-    assert!(
-        seen["calls"][2]["refused"]
-            .as_str()
-            .unwrap()
-            .contains("Unknown name"),
-        "{seen}"
-    );
-    assert_eq!(seen["prompts"], json!(["weather__packing"]), "{seen}");
-    assert_eq!(seen["resources"], json!(["files+notes://today"]), "{seen}");
-
-    // Bob's rule allows one tool: he sees it alone, and may call nothing else.
-    let seen = client(
-        &python,
-        &url,
-        "bob-key",
-        json!([["weather__forecast", {"city": "Rome"}], ["weather__alerts", {"region": "x"}], ["files__read_note", {"name": "a"}]]),
-    )
-    .await;
-    assert_eq!(seen["tools"], json!(["weather__forecast"]), "{seen}");
-    assert_eq!(seen["calls"][0]["text"], "Sunny in Rome");
-    assert!(
-        seen["calls"][1]["refused"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed"),
-        "{seen}"
-    );
-    assert!(
-        seen["calls"][2]["refused"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed"),
-        "{seen}"
-    );
-
-    // Each tool call is a call-log record: server, tool, outcome, consumer.
+/// Each tool call of the first test is a call-log record: server, tool, outcome, consumer.
+async fn assert_tool_calls_logged(h: &Harness) {
     let calls_url = format!("{}/api/v1/calls?limit=200", h.admin);
     eventually("the tool calls are stored", || async {
         let calls = get(&calls_url, &[]).await.json()["calls"].clone();
@@ -216,6 +157,7 @@ async fn the_sdk_lists_and_calls_both_servers_tools_and_a_key_sees_only_its_tool
     for expected in [
         ("alice", "weather", "weather__forecast", Value::Null),
         ("alice", "files", "files__read_note", Value::Null),
+        ("alice", "legacy", "legacy__forecast", Value::Null),
         ("bob", "weather", "weather__forecast", Value::Null),
         ("bob", "weather", "weather__alerts", json!("refused")),
     ] {
@@ -230,6 +172,94 @@ async fn the_sdk_lists_and_calls_both_servers_tools_and_a_key_sees_only_its_tool
             "{expected:?} not in {tool_calls:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_lists_and_calls_both_servers_tools_and_a_key_sees_only_its_tool() {
+    let Some(python) = python() else { return };
+    let port = free_port();
+    let _weather = HttpServer::start(&python, "http", port).await;
+    let sse_port = free_port();
+    let _legacy = HttpServer::start(&python, "sse", sse_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = gateway(&python, port, Some(sse_port), dir.path());
+    let url = h.url("/mcp");
+    let seen = client(
+        &python,
+        &url,
+        "alice-key",
+        json!([
+            ["weather__forecast", {"city": "Oslo"}],
+            ["files__read_note", {"name": "todo"}],
+            ["nope__x", {}],
+            ["legacy__forecast", {"city": "Bergen"}]
+        ]),
+    )
+    .await;
+    assert_eq!(
+        seen["tools"],
+        json!([
+            "files__crash",
+            "files__read_note",
+            "legacy__alerts",
+            "legacy__forecast",
+            "weather__alerts",
+            "weather__forecast"
+        ]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["calls"][3]["text"], "Sunny in Bergen",
+        "over the older transport: {seen}"
+    );
+    assert_eq!(seen["calls"][0]["text"], "Sunny in Oslo", "{seen}");
+    assert!(
+        seen["calls"][1]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("note todo"),
+        "{seen}"
+    );
+    assert!(
+        seen["calls"][2]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown name"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["prompts"],
+        json!(["legacy__packing", "weather__packing"]),
+        "{seen}"
+    );
+    assert_eq!(seen["resources"], json!(["files+notes://today"]), "{seen}");
+
+    // Bob's rule allows one tool: he sees it alone, and may call nothing else.
+    let seen = client(
+        &python,
+        &url,
+        "bob-key",
+        json!([["weather__forecast", {"city": "Rome"}], ["weather__alerts", {"region": "x"}], ["files__read_note", {"name": "a"}]]),
+    )
+    .await;
+    assert_eq!(seen["tools"], json!(["weather__forecast"]), "{seen}");
+    assert_eq!(seen["calls"][0]["text"], "Sunny in Rome");
+    assert!(
+        seen["calls"][1]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{seen}"
+    );
+    assert!(
+        seen["calls"][2]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{seen}"
+    );
+
+    assert_tool_calls_logged(&h).await;
     let metrics = get(&format!("{}/metrics", h.admin), &[]).await.text();
     assert!(
         metrics.contains("levee_mcp_tool_calls_total{route=\"tools\",server=\"weather\",outcome=\"ok\"} 2"),
@@ -246,9 +276,9 @@ async fn the_sdk_lists_and_calls_both_servers_tools_and_a_key_sees_only_its_tool
 async fn a_crashed_stdio_server_comes_back_and_a_down_server_leaves_the_others_usable() {
     let Some(python) = python() else { return };
     let port = free_port();
-    let weather = HttpServer::start(&python, port).await;
+    let weather = HttpServer::start(&python, "http", port).await;
     let dir = tempfile::tempdir().unwrap();
-    let h = gateway(&python, port, dir.path());
+    let h = gateway(&python, port, None, dir.path());
     let url = h.url("/mcp");
     let seen = client(&python, &url, "alice-key", json!([["files__crash", {}]])).await;
     assert!(

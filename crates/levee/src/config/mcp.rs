@@ -31,6 +31,11 @@ pub enum McpTransport {
         url: http::Uri,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
+    /// The older HTTP+SSE transport: `url` is the event stream's endpoint.
+    Sse {
+        url: http::Uri,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
     /// A local process over stdio.
     Stdio {
         command: String,

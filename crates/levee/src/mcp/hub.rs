@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::http::{Remote, Session};
+use super::sse::{Legacy, LegacySession};
 use super::stdio::{Program, StdioServer};
 use super::McpError;
 use crate::config::mcp::{McpServerSpec, McpSpec, McpTransport};
@@ -39,7 +40,15 @@ pub struct Server {
 
 enum Way {
     Remote(Remote),
+    Legacy(Legacy),
     Local(StdioServer),
+}
+
+/// A client session's session with one remote server.
+#[derive(Clone)]
+enum Upstream {
+    Streamable(Session),
+    Legacy(Arc<LegacySession>),
 }
 
 impl Server {
@@ -50,7 +59,7 @@ impl Server {
             .as_ref()
             .is_none_or(|b| b.would_admit(Instant::now()));
         let alive = match &self.way {
-            Way::Remote(_) => self.reached.load(Ordering::Relaxed),
+            Way::Remote(_) | Way::Legacy(_) => self.reached.load(Ordering::Relaxed),
             Way::Local(process) => process.up.load(Ordering::Relaxed),
         };
         admitted && alive
@@ -60,7 +69,7 @@ impl Server {
     pub fn starts(&self) -> Option<u64> {
         match &self.way {
             Way::Local(process) => Some(process.starts.load(Ordering::Relaxed)),
-            Way::Remote(_) => None,
+            Way::Remote(_) | Way::Legacy(_) => None,
         }
     }
 }
@@ -68,7 +77,7 @@ impl Server {
 /// A client session: its sessions with remote servers, by server index.
 struct ClientSession {
     used: Instant,
-    remote: HashMap<usize, Session>,
+    remote: HashMap<usize, Upstream>,
 }
 
 /// The servers, the sessions, and the thread their calls run on.
@@ -174,6 +183,10 @@ impl Hub {
         let removed = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         let Some(session) = removed else { return false };
         for (index, remote) in session.remote {
+            // A legacy session ends as it drops (its stream closes).
+            let Upstream::Streamable(remote) = remote else {
+                continue;
+            };
             if let Some(Way::Remote(way)) = self.servers.get(index).map(|s| &s.way) {
                 let client = self.client.clone();
                 let (url, headers) = (way.url.clone(), way.headers.clone());
@@ -244,24 +257,33 @@ impl Hub {
         method: &str,
         params: Value,
     ) -> Result<Value, McpError> {
-        let remote = match &server.way {
-            Way::Local(process) => return process.request(method, params, server.spec.timeout).await,
-            Way::Remote(remote) => remote,
-        };
+        if let Way::Local(process) = &server.way {
+            return process.request(method, params, server.spec.timeout).await;
+        }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         for _ in 0..2 {
             let upstream = match self.remote_session(session, index) {
                 Some(upstream) => upstream,
                 None => {
-                    let opened = remote.open(&self.client).await?;
+                    let opened = self.open_remote(&server.way).await?;
                     self.keep_remote_session(session, index, opened.clone());
                     opened
                 }
             };
-            match remote
-                .request(&self.client, &upstream, id, method, params.clone())
-                .await
-            {
+            let answered = match (&server.way, &upstream) {
+                (Way::Remote(remote), Upstream::Streamable(upstream)) => {
+                    remote
+                        .request(&self.client, upstream, id, method, params.clone())
+                        .await
+                }
+                (Way::Legacy(legacy), Upstream::Legacy(upstream)) => {
+                    legacy
+                        .request(&self.client, upstream, id, method, params.clone())
+                        .await
+                }
+                _ => Err(McpError::SessionExpired),
+            };
+            match answered {
                 Err(McpError::SessionExpired) => self.forget_remote_session(session, index),
                 other => return other,
             }
@@ -271,12 +293,24 @@ impl Hub {
         ))
     }
 
-    fn remote_session(&self, session: &str, index: usize) -> Option<Session> {
+    /// A new session with a remote server.
+    async fn open_remote(&self, way: &Way) -> Result<Upstream, McpError> {
+        match way {
+            Way::Remote(remote) => Ok(Upstream::Streamable(remote.open(&self.client).await?)),
+            Way::Legacy(legacy) => {
+                let id = self.ids.fetch_add(1, Ordering::Relaxed);
+                Ok(Upstream::Legacy(Arc::new(legacy.open(&self.client, id).await?)))
+            }
+            Way::Local(_) => Err(McpError::NoServer),
+        }
+    }
+
+    fn remote_session(&self, session: &str, index: usize) -> Option<Upstream> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.get(session)?.remote.get(&index).cloned()
     }
 
-    fn keep_remote_session(&self, session: &Arc<str>, index: usize, upstream: Session) {
+    fn keep_remote_session(&self, session: &Arc<str>, index: usize, upstream: Upstream) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sessions.entry(session.clone()).or_insert_with(|| ClientSession {
             used: Instant::now(),
@@ -296,6 +330,10 @@ impl Hub {
 fn server(spec: &McpServerSpec, runtime: &tokio::runtime::Handle) -> Server {
     let way = match &spec.transport {
         McpTransport::Http { url, headers } => Way::Remote(Remote {
+            url: url.clone(),
+            headers: headers.clone(),
+        }),
+        McpTransport::Sse { url, headers } => Way::Legacy(Legacy {
             url: url.clone(),
             headers: headers.clone(),
         }),

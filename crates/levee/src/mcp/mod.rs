@@ -23,6 +23,7 @@
 mod federate;
 pub mod http;
 pub mod hub;
+mod sse;
 mod stdio;
 
 use std::sync::Arc;

@@ -87,13 +87,10 @@ fn check_server(name: &str, server: &McpServerFile, at: &str, p: &mut Problems) 
                 }
             };
             let headers = headers(server, at, p);
-            if server.transport == Some(McpTransportFile::Sse) {
-                p.at(
-                    &format!("{at}.transport"),
-                    "the older HTTP+SSE transport is not built yet: use a server's Streamable HTTP endpoint",
-                );
+            match server.transport {
+                Some(McpTransportFile::Sse) => McpTransport::Sse { url: url?, headers },
+                _ => McpTransport::Http { url: url?, headers },
             }
-            McpTransport::Http { url: url?, headers }
         }
         (None, Some(command)) => {
             if server.transport.is_some() || !server.headers.is_empty() {
