@@ -11,7 +11,8 @@
 #
 # Environment: RATES (default "50 200"), RUN_SECONDS per run (default 10), LEVEE_BIN,
 # LOAD_BIN (default: built in release), PYTHON (default: the test virtualenv's, with the
-# SDK: scripts/test.sh installs it), KEEP_TMP=1.
+# SDK: scripts/test.sh installs it), LEVEE_WORKERS (Levee's `workers`; default auto, one
+# per core), KEEP_TMP=1.
 set -euo pipefail
 
 RATES="${RATES:-50 200}"
@@ -66,6 +67,7 @@ cat >"$TMP/levee.yaml" <<YAML
 listeners: [{ name: public, bind: "127.0.0.1:$LEVEE_PORT" }]
 admin: { bind: "127.0.0.1:$LEVEE_ADMIN" }
 access_log: { enabled: false }
+workers: ${LEVEE_WORKERS:-auto}
 mcp:
   servers:
     weather: { url: "http://127.0.0.1:$MCP_PORT/mcp" }
@@ -122,7 +124,7 @@ for rate in $RATES; do
   added="$(python3 -c "print(f'{$lp50-$dp50:.3f} / {$lp99-$dp99:.3f}')")"
   d_err="$(( $(field "$d" errors) + $(field "$d" missed) ))"; l_err="$(( $(field "$l" errors) + $(field "$l" missed) ))"
   printf '%5s/s  direct %s/%s  levee %s/%s  added %s\n' "$rate" "$dp50" "$dp99" "$lp50" "$lp99" "$added"
-  row="| $(date -u '+%Y-%m-%d %H:%M') | $commit | $(nproc) cores | $rate | $dp50 / $dp99 | $lp50 / $lp99 | $added | $d_err / $l_err |"
+  row="| $(date -u '+%Y-%m-%d %H:%M') | $commit | $(nproc) cores, workers ${LEVEE_WORKERS:-auto} | $rate | $dp50 / $dp99 | $lp50 / $lp99 | $added | $d_err / $l_err |"
   awk -v row="$row" -v marker="$marker" '$0 == marker { print row } { print }' "$RESULTS_FILE" >"$TMP/results.md"
   cat "$TMP/results.md" >"$RESULTS_FILE"
 done
