@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Harness;
+use common::{call_of, Harness};
 use http::StatusCode;
 use levee_test_support::*;
 use serde_json::{json, Value};
@@ -166,26 +166,6 @@ fn streamed_text(text: &str) -> (String, bool) {
         }
     }
     (content, text.trim_end().ends_with("data: [DONE]"))
-}
-
-/// The call log row of the request that got `answer` (polled until stored).
-async fn call_of(h: &Harness, answer: &Answer) -> Value {
-    let id = answer.header("x-request-id").unwrap().to_owned();
-    let calls = format!("{}/api/v1/calls?limit=500", h.admin);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let all = get(&calls, &[]).await.json()["calls"].clone();
-        let found = all
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["request_id"] == id.as_str());
-        if let Some(row) = found {
-            return row.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "call {id} not stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,17 +12,15 @@
 //! choice. A `block` there ends the stream with an error event (`guardrail_blocked`) in
 //! place of the rest of the answer.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body::{Body, Frame};
 use serde_json::{json, Map, Value};
 
-use super::sse::{Event, SseParser};
-use super::translate::write_data;
+use super::retell::{Retell, Retold};
+use super::sse::Event;
+use super::translate::{write_data, write_interrupted};
 use super::ApiError;
 use crate::body::ResponseBody;
 use crate::config::guardrails::{GuardAction, GuardStage, GuardrailSpec};
@@ -206,11 +204,8 @@ struct Choice {
 
 /// A streamed chat completion with the answer's `pii` and `deny` guardrails applied.
 pub struct GuardedStream {
-    inner: ResponseBody,
     guardrails: Arc<[GuardrailSpec]>,
     verdicts: Arc<GuardVerdicts>,
-    parser: SseParser,
-    events: Vec<Event>,
     choices: std::collections::BTreeMap<u64, Choice>,
     /// `id`, `created` and `model` of the last chunk, for a chunk Levee adds.
     last: Map<String, Value>,
@@ -225,17 +220,15 @@ impl GuardedStream {
         inner: ResponseBody,
         guardrails: Arc<[GuardrailSpec]>,
         verdicts: Arc<GuardVerdicts>,
-    ) -> GuardedStream {
-        GuardedStream {
-            inner,
+    ) -> Retold<GuardedStream> {
+        let retell = GuardedStream {
             guardrails,
             verdicts,
-            parser: SseParser::default(),
-            events: Vec::new(),
             choices: Default::default(),
             last: Map::new(),
             ended: false,
-        }
+        };
+        Retold::new(inner, retell)
     }
 
     /// Feeds `text` of a choice through its guardrails (or lets all it holds out when
@@ -348,7 +341,7 @@ impl GuardedStream {
         Ok(())
     }
 
-    fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> Result<(), Stop> {
+    fn guard_event(&mut self, event: &Event, out: &mut Vec<u8>) -> Result<(), Stop> {
         if event.data == "[DONE]" {
             self.flush_all(out)?;
             write_data("[DONE]", out);
@@ -379,49 +372,28 @@ impl GuardedStream {
     }
 }
 
-impl Body for GuardedStream {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl Retell for GuardedStream {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) {
+        if let Err(stop) = self.guard_event(event, out) {
+            self.blocked(stop, out);
+        }
+    }
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-            let mut out = Vec::new();
-            let this = &mut *self;
-            match polled {
-                Some(Ok(frame)) => {
-                    let Some(data) = frame.data_ref() else { continue };
-                    if this.parser.push(data, &mut this.events).is_err() {
-                        // Past an event too large to read, nothing can be checked: stop.
-                        this.ended = true;
-                        let why = "The answer had an event too large for its guardrails to check.";
-                        super::translate::write_interrupted(why, &mut out);
-                    }
-                    let events = std::mem::take(&mut this.events);
-                    for event in &events {
-                        if let Err(stop) = this.event(event, &mut out) {
-                            this.blocked(stop, &mut out);
-                            break;
-                        }
-                    }
+    /// What is still held goes out at the end; past an event too large to read, nothing
+    /// can be checked, so the stream stops with an error event instead.
+    fn end(&mut self, broke: Option<&str>, out: &mut Vec<u8>) {
+        match broke {
+            Some(why) => write_interrupted(why, out),
+            None => {
+                if let Err(stop) = self.flush_all(out) {
+                    self.blocked(stop, out);
                 }
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                None => {
-                    if let Err(stop) = this.flush_all(&mut out) {
-                        this.blocked(stop, &mut out);
-                    }
-                    this.ended = true;
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             }
         }
+        self.ended = true;
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
     }
 }

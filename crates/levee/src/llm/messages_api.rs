@@ -9,14 +9,10 @@
 //! `output_tokens`. A stream of OpenAI chunks becomes `message_start`,
 //! `content_block_start`/`delta`/`stop`, `message_delta` and `message_stop` events.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http_body::{Body, Frame};
 use serde_json::{json, Map, Value};
 
-use super::sse::{Event, SseParser};
+use super::retell::{Retell, Retold, BROKE};
+use super::sse::Event;
 use crate::body::ResponseBody;
 
 /// The OpenAI chat request for a Messages API request, or what is wrong with it.
@@ -201,9 +197,6 @@ pub fn to_error(error: &Value) -> Value {
 
 /// An OpenAI chunk stream re-told as Messages API events.
 pub struct EventsBody {
-    inner: ResponseBody,
-    parser: SseParser,
-    events: Vec<Event>,
     started: bool,
     /// The open content block: its index and whether it is text.
     block: Option<(u64, bool)>,
@@ -215,11 +208,8 @@ pub struct EventsBody {
 }
 
 impl EventsBody {
-    pub fn new(inner: ResponseBody) -> EventsBody {
-        EventsBody {
-            inner,
-            parser: SseParser::default(),
-            events: Vec::new(),
+    pub fn new(inner: ResponseBody) -> Retold<EventsBody> {
+        let retell = EventsBody {
             started: false,
             block: None,
             next_index: 0,
@@ -227,7 +217,8 @@ impl EventsBody {
             output_tokens: 0,
             input_tokens: 0,
             ended: false,
-        }
+        };
+        Retold::new(inner, retell)
     }
 
     fn emit(kind: &str, data: Value, out: &mut Vec<u8>) {
@@ -359,54 +350,25 @@ impl EventsBody {
     }
 }
 
-impl Body for EventsBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-            let mut out = Vec::new();
-            match polled {
-                Some(Ok(frame)) => {
-                    let Some(data) = frame.data_ref() else {
-                        continue;
-                    };
-                    let this = &mut *self;
-                    if this.parser.push(data, &mut this.events).is_err() {
-                        this.fail(
-                            &Value::from("The answer had an event too large to translate."),
-                            &mut out,
-                        );
-                    } else {
-                        let events: Vec<Event> = this.events.drain(..).collect();
-                        for event in events {
-                            if event.data == "[DONE]" {
-                                this.finish(&mut out);
-                            } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-                                match chunk.pointer("/error/message") {
-                                    Some(message) => this.fail(message, &mut out),
-                                    None => this.chunk(&chunk, &mut out),
-                                }
-                            }
-                        }
-                    }
-                }
-                Some(Err(_)) | None => {
-                    let message = Value::from("The answer broke off before it was complete.");
-                    self.fail(&message, &mut out);
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+impl Retell for EventsBody {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) {
+        if event.data == "[DONE]" {
+            self.finish(out);
+        } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+            match chunk.pointer("/error/message") {
+                Some(message) => self.fail(message, out),
+                None => self.chunk(&chunk, out),
             }
         }
+    }
+
+    /// A stream that ends before `[DONE]` broke off (a finished one is already ended).
+    fn end(&mut self, broke: Option<&str>, out: &mut Vec<u8>) {
+        self.fail(&Value::from(broke.unwrap_or(BROKE)), out);
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
     }
 }
 

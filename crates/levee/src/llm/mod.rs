@@ -37,6 +37,7 @@ mod provider;
 pub mod quota;
 pub mod relay;
 pub mod responses_api;
+mod retell;
 pub mod sse;
 pub mod targets;
 pub mod translate;

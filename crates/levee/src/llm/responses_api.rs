@@ -13,14 +13,10 @@
 //! translated (built-in tools, images and files, `previous_response_id`, structured output,
 //! reasoning settings) is refused with a 400 naming it, as for chat requests.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http_body::{Body, Frame};
 use serde_json::{json, Map, Value};
 
-use super::sse::{Event, SseParser};
+use super::retell::{Retell, Retold, BROKE};
+use super::sse::Event;
 use crate::body::ResponseBody;
 
 /// Request fields a chat call cannot honour.
@@ -330,9 +326,6 @@ enum Item {
 
 /// A chat chunk stream re-told as the Responses event stream.
 pub struct EventsBody {
-    inner: ResponseBody,
-    parser: SseParser,
-    events: Vec<Event>,
     sequence: u64,
     id: String,
     model: Value,
@@ -347,11 +340,8 @@ pub struct EventsBody {
 }
 
 impl EventsBody {
-    pub fn new(inner: ResponseBody) -> EventsBody {
-        EventsBody {
-            inner,
-            parser: SseParser::default(),
-            events: Vec::new(),
+    pub fn new(inner: ResponseBody) -> Retold<EventsBody> {
+        let retell = EventsBody {
             sequence: 0,
             id: "resp_levee".into(),
             model: Value::Null,
@@ -362,7 +352,8 @@ impl EventsBody {
             status: "completed",
             usage: None,
             ended: false,
-        }
+        };
+        Retold::new(inner, retell)
     }
 
     fn emit(&mut self, kind: &str, mut data: Value, out: &mut Vec<u8>) {
@@ -559,44 +550,25 @@ impl EventsBody {
     }
 }
 
-impl Body for EventsBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-            let mut out = Vec::new();
-            let this = &mut *self;
-            match polled {
-                Some(Ok(frame)) => {
-                    let Some(data) = frame.data_ref() else { continue };
-                    if this.parser.push(data, &mut this.events).is_err() {
-                        this.fail("The answer had an event too large to translate.", &mut out);
-                    }
-                    for event in std::mem::take(&mut this.events) {
-                        if event.data == "[DONE]" {
-                            this.finish(&mut out);
-                        } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-                            match chunk.pointer("/error/message").and_then(Value::as_str) {
-                                Some(message) => this.fail(message, &mut out),
-                                None => this.chunk(&chunk, &mut out),
-                            }
-                        }
-                    }
-                }
-                Some(Err(_)) | None => this.fail("The answer broke off before it was complete.", &mut out),
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+impl Retell for EventsBody {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) {
+        if event.data == "[DONE]" {
+            self.finish(out);
+        } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+            match chunk.pointer("/error/message").and_then(Value::as_str) {
+                Some(message) => self.fail(message, out),
+                None => self.chunk(&chunk, out),
             }
         }
+    }
+
+    /// A stream that ends before `[DONE]` broke off (a finished one is already ended).
+    fn end(&mut self, broke: Option<&str>, out: &mut Vec<u8>) {
+        self.fail(broke.unwrap_or(BROKE), out);
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
     }
 }
 

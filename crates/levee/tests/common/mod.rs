@@ -214,3 +214,24 @@ pub async fn admin_call(
     let body = body.map_or_else(empty, |b| full(b.to_string()));
     send(&client(false), request.body(body).unwrap()).await
 }
+
+/// The call-log row of the request that got `answer` (by its `x-request-id`), polled until
+/// the writer has stored it.
+pub async fn call_of(h: &Harness, answer: &levee_test_support::Answer) -> serde_json::Value {
+    let id = answer.header("x-request-id").unwrap().to_owned();
+    let calls = format!("{}/api/v1/calls?limit=500", h.admin);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let all = levee_test_support::get(&calls, &[]).await.json()["calls"].clone();
+        let found = all
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["request_id"] == id.as_str());
+        if let Some(row) = found {
+            return row.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "call {id} not stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
