@@ -282,6 +282,15 @@ async fn a_webhook_allows_rewrites_blocks_and_when_slow_follows_its_fail_mode() 
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(answer.json()["error"]["code"], "guardrail_blocked");
 
+    // A prompt with no text (an image only) is not sent to the service.
+    let asked = hook.seen().len();
+    let image = json!({"model": "smart", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    ]}]});
+    let answer = chat(&h, "/open", image).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(hook.seen().len(), asked, "the webhook was asked about no text");
+
     // Slower than the 200 ms timeout: open lets it through, closed refuses.
     let hits = openai.hits();
     let answer = chat(&h, "/open", ask("answer slowly", false)).await;

@@ -60,11 +60,17 @@ pub async fn check(
     context: &Context<'_>,
     verdicts: &GuardVerdicts,
 ) -> Result<(), Refusal> {
-    if texts.iter().all(String::is_empty) && prompt_tokens == 0 {
+    let no_text = texts.iter().all(String::is_empty);
+    if no_text && prompt_tokens == 0 {
         // Nothing to check (an answer that is only tool calls, say).
         return Ok(());
     }
     for guardrail in guardrails.iter().filter(|g| g.applies(stage)) {
+        // A service is not asked about no text (a prompt of images or tool results only);
+        // `max_prompt_tokens` still counts such a prompt.
+        if no_text && matches!(guardrail.check, GuardCheck::Webhook(_)) {
+            continue;
+        }
         let note = |action: &'static str, found: &[&'static str]| {
             verdicts.record(&guardrail.name, stage.name(), action, found);
         };
