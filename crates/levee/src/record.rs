@@ -237,7 +237,7 @@ impl RequestRecord {
             status: self.status,
             error: self
                 .error
-                .or_else(|| self.llm_interrupted())
+                .or_else(|| self.late_error())
                 .or_else(|| self.mcp_call.as_ref().map(|c| c.2).filter(|o| *o != "ok"))
                 .map(Cow::Borrowed),
             upstream: self
@@ -275,13 +275,19 @@ impl RequestRecord {
         });
     }
 
-    /// The error a call log row shows for an LLM stream that broke off after its head
-    /// (the status stays the 200 the client got).
-    fn llm_interrupted(&self) -> Option<&'static str> {
-        self.llm
+    /// The error the logs show for an LLM stream that ended in an error event after its
+    /// head (the status stays the 200 the client got): a guardrail stopped it, or it broke
+    /// off.
+    fn late_error(&self) -> Option<&'static str> {
+        self.guard_verdicts
             .as_ref()
-            .filter(|c| c.interrupted())
-            .map(|_| "llm_stream_interrupted")
+            .and_then(|v| v.stream_error())
+            .or_else(|| {
+                self.llm
+                    .as_ref()
+                    .filter(|c| c.interrupted())
+                    .map(|_| "llm_stream_interrupted")
+            })
     }
 
     /// The access log line; it takes the record's strings, so it comes last.
@@ -304,7 +310,7 @@ impl RequestRecord {
             upstream,
             target,
             status: self.status,
-            error: self.error.or_else(|| self.llm_interrupted()),
+            error: self.error.or_else(|| self.late_error()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms,
             bytes_in,

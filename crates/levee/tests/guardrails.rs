@@ -339,6 +339,8 @@ routes:
     assert_eq!(content, "The card is", "nothing of the card went out: {text}");
     assert!(text.contains("\"code\":\"guardrail_blocked\""), "{text}");
     let row = call_of(&h, &answer).await;
+    assert_eq!(row["status"], 200, "the client got its 200 before the block");
+    assert_eq!(row["error"], "guardrail_blocked");
     assert_eq!(
         row["guardrails"],
         json!([{"guardrail": "cards", "stage": "response", "action": "block", "found": ["card"]}])

@@ -156,9 +156,10 @@ pub(super) async fn try_target(
         responses == Some(Responses::Relayed),
     );
     let body = match responses {
-        Some(Responses::ViaChat) => {
-            ResponseBody::boxed(responses_api::EventsBody::new(ResponseBody::boxed(relay)))
-        }
+        Some(Responses::ViaChat) => ResponseBody::boxed(responses_api::EventsBody::new(
+            ResponseBody::boxed(relay),
+            Some(call.clone()),
+        )),
         _ => ResponseBody::boxed(relay),
     };
     let mut response = Response::new(body);

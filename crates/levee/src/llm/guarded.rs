@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use super::retell::{Retell, Retold};
 use super::sse::Event;
 use super::translate::{write_data, write_interrupted};
+use super::usage::LlmCall;
 use super::ApiError;
 use crate::body::ResponseBody;
 use crate::config::guardrails::{GuardAction, GuardStage, GuardrailSpec};
@@ -220,6 +221,7 @@ impl GuardedStream {
         inner: ResponseBody,
         guardrails: Arc<[GuardrailSpec]>,
         verdicts: Arc<GuardVerdicts>,
+        call: Option<Arc<LlmCall>>,
     ) -> Retold<GuardedStream> {
         let retell = GuardedStream {
             guardrails,
@@ -228,7 +230,7 @@ impl GuardedStream {
             last: Map::new(),
             ended: false,
         };
-        Retold::new(inner, retell)
+        Retold::new(inner, retell, call)
     }
 
     /// Feeds `text` of a choice through its guardrails (or lets all it holds out when
@@ -363,6 +365,7 @@ impl GuardedStream {
 
     fn blocked(&mut self, stop: Stop, out: &mut Vec<u8>) {
         self.ended = true;
+        self.verdicts.block_stream();
         let error = refusal(Refusal::Blocked {
             guardrail: stop.0,
             stage: GuardStage::Response,

@@ -9,10 +9,13 @@
 //! `output_tokens`. A stream of OpenAI chunks becomes `message_start`,
 //! `content_block_start`/`delta`/`stop`, `message_delta` and `message_stop` events.
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use super::retell::{Retell, Retold, BROKE};
 use super::sse::Event;
+use super::usage::LlmCall;
 use crate::body::ResponseBody;
 
 /// The OpenAI chat request for a Messages API request, or what is wrong with it.
@@ -208,7 +211,7 @@ pub struct EventsBody {
 }
 
 impl EventsBody {
-    pub fn new(inner: ResponseBody) -> Retold<EventsBody> {
+    pub fn new(inner: ResponseBody, call: Option<Arc<LlmCall>>) -> Retold<EventsBody> {
         let retell = EventsBody {
             started: false,
             block: None,
@@ -218,7 +221,7 @@ impl EventsBody {
             input_tokens: 0,
             ended: false,
         };
-        Retold::new(inner, retell)
+        Retold::new(inner, retell, call)
     }
 
     fn emit(kind: &str, data: Value, out: &mut Vec<u8>) {

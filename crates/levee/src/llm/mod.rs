@@ -375,8 +375,9 @@ async fn guard_answer(
     let verdicts = record.guard_verdicts.get_or_insert_with(Default::default).clone();
     if stream {
         let guardrails = b.guardrails.clone();
-        let response =
-            response.map(|body| ResponseBody::boxed(guarded::GuardedStream::new(body, guardrails, verdicts)));
+        let call = record.llm.clone();
+        let response = response
+            .map(|body| ResponseBody::boxed(guarded::GuardedStream::new(body, guardrails, verdicts, call)));
         return Ok((response, whole));
     }
     let Some(bytes) = &whole else {
@@ -415,7 +416,7 @@ async fn serve_messages(
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         return Ok(Response::from_parts(
             head,
-            ResponseBody::boxed(messages_api::EventsBody::new(inner)),
+            ResponseBody::boxed(messages_api::EventsBody::new(inner, record.llm.clone())),
         ));
     }
     let translated = whole

@@ -13,10 +13,13 @@
 //! translated (built-in tools, images and files, `previous_response_id`, structured output,
 //! reasoning settings) is refused with a 400 naming it, as for chat requests.
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use super::retell::{Retell, Retold, BROKE};
 use super::sse::Event;
+use super::usage::LlmCall;
 use crate::body::ResponseBody;
 
 /// Request fields a chat call cannot honour.
@@ -340,7 +343,7 @@ pub struct EventsBody {
 }
 
 impl EventsBody {
-    pub fn new(inner: ResponseBody) -> Retold<EventsBody> {
+    pub fn new(inner: ResponseBody, call: Option<Arc<LlmCall>>) -> Retold<EventsBody> {
         let retell = EventsBody {
             sequence: 0,
             id: "resp_levee".into(),
@@ -353,7 +356,7 @@ impl EventsBody {
             usage: None,
             ended: false,
         };
-        Retold::new(inner, retell)
+        Retold::new(inner, retell, call)
     }
 
     fn emit(&mut self, kind: &str, mut data: Value, out: &mut Vec<u8>) {

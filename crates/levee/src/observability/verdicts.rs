@@ -3,6 +3,7 @@
 //! head went out), with at most one entry per guardrail, side and action, so it is bounded
 //! by the route's config.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What one guardrail did on one side of a call.
@@ -22,7 +23,11 @@ pub struct GuardVerdict {
 
 /// A request's verdicts.
 #[derive(Debug, Default)]
-pub struct GuardVerdicts(Mutex<Vec<GuardVerdict>>);
+pub struct GuardVerdicts {
+    all: Mutex<Vec<GuardVerdict>>,
+    /// A guardrail stopped the streamed answer after its 200 went out: the logs' `error`.
+    stream_blocked: AtomicBool,
+}
 
 impl GuardVerdicts {
     /// Notes a verdict, merged into the entry of the same guardrail, side and action.
@@ -33,7 +38,7 @@ impl GuardVerdicts {
         action: &'static str,
         found: &[&'static str],
     ) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         let same =
             |v: &&mut GuardVerdict| v.guardrail == *guardrail && v.stage == stage && v.action == action;
         match all.iter_mut().find(|v| same(v)) {
@@ -54,7 +59,20 @@ impl GuardVerdicts {
     }
 
     pub fn all(&self) -> Vec<GuardVerdict> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.all.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes that a guardrail ended the streamed answer with an error event.
+    pub fn block_stream(&self) {
+        self.stream_blocked.store(true, Ordering::Relaxed);
+    }
+
+    /// The error the logs show for the call: `guardrail_blocked` when a guardrail ended
+    /// its streamed answer (the status stays the 200 the client got).
+    pub fn stream_error(&self) -> Option<&'static str> {
+        self.stream_blocked
+            .load(Ordering::Relaxed)
+            .then_some("guardrail_blocked")
     }
 
     /// The verdicts as the call log stores them (a JSON array), `None` without any.
