@@ -65,8 +65,8 @@ pub struct Gateway {
     pub management: Arc<crate::management::Management>,
 }
 
-/// The MCP hub: the running one while `mcp` is unchanged, else a new one (the old one stops
-/// with the gateway that holds it, and its processes with it).
+/// The MCP hub: the running one while `mcp.servers` is unchanged, else a new one (the old
+/// one stops with the gateway that holds it, and its processes with it).
 fn mcp_hub(config: &Config, previous: Option<&Gateway>) -> Option<Arc<crate::mcp::Hub>> {
     let spec = config.mcp.as_ref()?;
     // Access rules are read from the config per request: only a change of servers restarts.

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde_json::{json, Value};
 
 use super::{client_info, McpError, PROTOCOL_VERSION};
@@ -137,7 +137,11 @@ impl Remote {
                 let bytes = Limited::new(body, MAX_ANSWER)
                     .collect()
                     .await
-                    .map_err(|e| McpError::Unavailable(format!("the answer broke off: {e}")))?
+                    .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+                        // Too large is what the server said, not a connection that failed.
+                        Some(_) => McpError::Protocol(format!("an answer over {MAX_ANSWER} bytes")),
+                        None => McpError::Unavailable(format!("the answer broke off: {e}")),
+                    })?
                     .to_bytes();
                 serde_json::from_slice(&bytes)
                     .map_err(|e| McpError::Protocol(format!("unreadable answer: {e}")))?
