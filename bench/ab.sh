@@ -10,7 +10,9 @@
 #
 #   OLD=/path/to/levee-before NEW=/path/to/levee-after bench/ab.sh
 #
-# Environment: OLD, NEW (required), PAIRS (default 8), DURATION (seconds, default 5).
+# Environment: OLD, NEW (required), PAIRS (default 8), DURATION (seconds, default 5),
+# CLIENT (`h1`, the default: wrk -t2 -c64; `h2`: h2load -t2 -c16 -m10 over cleartext HTTP/2
+# with prior knowledge, which reports no percentiles, so p99 is left out).
 # Ports: 18081 (origin), 18093 (old), 18083 (new), admin 19911 and 19901.
 set -euo pipefail
 
@@ -51,8 +53,13 @@ done
 for i in $(seq 1 "$PAIRS"); do
   for side in old new; do
     port=$([ "$side" = old ] && echo 18093 || echo 18083)
-    wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
-      | awk -v i="$i" -v side="$side" '/Requests\/sec/{rps=$2} / 99%/{p99=$2} END{print i, side, rps, p99}'
+    if [ "${CLIENT:-h1}" = h2 ]; then
+      h2load -t2 -c16 -m10 -D"$DURATION" "http://127.0.0.1:$port/" \
+        | awk -v i="$i" -v side="$side" '/^finished in/{gsub(",", "", $4); rps=$4} END{print i, side, rps, "-"}'
+    else
+      wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
+        | awk -v i="$i" -v side="$side" '/Requests\/sec/{rps=$2} / 99%/{p99=$2} END{print i, side, rps, p99}'
+    fi
   done
 done | tee "$dir/pairs.txt"
 
@@ -62,10 +69,11 @@ rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 rps = {s: [float(r[2]) for r in rows if r[1] == s] for s in ("old", "new")}
 def ms(text):
     return float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-2]) if text.endswith("ms") else float(text[:-1]) * 1000
-p99 = {s: [ms(r[3]) for r in rows if r[1] == s] for s in ("old", "new")}
+p99 = {s: [ms(r[3]) for r in rows if r[1] == s and r[3] != "-"] for s in ("old", "new")}
 ratios = [n / o for n, o in zip(rps["new"], rps["old"])]
 print(f"req/s median: old {statistics.median(rps['old']):.0f}, new {statistics.median(rps['new']):.0f}")
 print("new/old per pair: " + " ".join(f"{r:.3f}" for r in ratios))
 print(f"new/old median {statistics.median(ratios):.3f}, mean {statistics.mean(ratios):.3f}")
-print(f"p99 ms median: old {statistics.median(p99['old']):.2f}, new {statistics.median(p99['new']):.2f}")
+if p99["old"] and p99["new"]:
+    print(f"p99 ms median: old {statistics.median(p99['old']):.2f}, new {statistics.median(p99['new']):.2f}")
 EOF

@@ -175,7 +175,10 @@ impl Connection {
             let info = info.clone();
             let state = state.clone();
             let alt_svc = alt_svc.clone();
-            async move {
+            // Boxed: the request's future holds every stage's state (several KiB), and
+            // hyper moves the future it is given (into each HTTP/2 stream's task, into the
+            // HTTP/1 dispatcher); a box makes each move a pointer's.
+            Box::pin(async move {
                 let http1 = request.version() < http::Version::HTTP_2;
                 let mut response = pipeline::handle(&context, &info, request.map(ClientBody::Hyper)).await;
                 // While draining, each HTTP/1 answer closes its connection (HTTP/2 gets a
@@ -194,7 +197,7 @@ impl Connection {
                     response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
                 }
                 Ok::<_, Infallible>(response)
-            }
+            })
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(ErrorRewriter::new(HeadGuard::new(stream))), service)
