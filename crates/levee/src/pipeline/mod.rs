@@ -153,9 +153,19 @@ async fn serve_route(
         .and_then(|cache| Some((cache, StaleCache::key(&parts)?)));
 
     // 5-6. The route's backend: the AI gateway's models, or the upstream (bulkhead, then
-    // the retry loop).
+    // the retry loop). The AI gateway's state is boxed: held inline it would more than
+    // double the size of every request's future, which is moved as a whole.
     let result = if route.llm {
-        llm_backend(worker, route_index, route, key.as_ref(), parts, body, &mut record).await
+        Box::pin(llm_backend(
+            worker,
+            route_index,
+            route,
+            key.as_ref(),
+            parts,
+            body,
+            &mut record,
+        ))
+        .await
     } else if let Some(servers) = &route.mcp {
         mcp_backend(worker, route, servers, key.as_ref(), parts, body, &mut record).await
     } else {

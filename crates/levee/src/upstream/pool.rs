@@ -238,9 +238,9 @@ impl Pool {
 
     /// A new connection; an HTTP/2 one joins the pool at once, with this exchange's stream.
     async fn open(&self, key: Key, target: &TargetAddr) -> Result<Lease, SendError> {
-        let conn = self
-            .transport
-            .connect::<RequestBody>(target)
+        // Boxed: a connect and TLS handshake's state (several KiB) would otherwise be held
+        // inline by every exchange's future, though most exchanges find a pooled connection.
+        let conn = Box::pin(self.transport.connect::<RequestBody>(target))
             .await
             .map_err(SendError::Connect)?;
         Ok(match conn {
