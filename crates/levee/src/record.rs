@@ -281,7 +281,7 @@ impl RequestRecord {
     fn late_error(&self) -> Option<&'static str> {
         self.guard_verdicts
             .as_ref()
-            .and_then(|v| v.stream_error())
+            .and_then(|v| v.answer_blocked())
             .or_else(|| {
                 self.llm
                     .as_ref()

@@ -365,7 +365,6 @@ impl GuardedStream {
 
     fn blocked(&mut self, stop: Stop, out: &mut Vec<u8>) {
         self.ended = true;
-        self.verdicts.block_stream();
         let error = refusal(Refusal::Blocked {
             guardrail: stop.0,
             stage: GuardStage::Response,

@@ -3,7 +3,6 @@
 //! head went out), with at most one entry per guardrail, side and action, so it is bounded
 //! by the route's config.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What one guardrail did on one side of a call.
@@ -25,8 +24,6 @@ pub struct GuardVerdict {
 #[derive(Debug, Default)]
 pub struct GuardVerdicts {
     all: Mutex<Vec<GuardVerdict>>,
-    /// A guardrail stopped the streamed answer after its 200 went out: the logs' `error`.
-    stream_blocked: AtomicBool,
 }
 
 impl GuardVerdicts {
@@ -62,16 +59,12 @@ impl GuardVerdicts {
         self.all.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Notes that a guardrail ended the streamed answer with an error event.
-    pub fn block_stream(&self) {
-        self.stream_blocked.store(true, Ordering::Relaxed);
-    }
-
-    /// The error the logs show for the call: `guardrail_blocked` when a guardrail ended
-    /// its streamed answer (the status stays the 200 the client got).
-    pub fn stream_error(&self) -> Option<&'static str> {
-        self.stream_blocked
-            .load(Ordering::Relaxed)
+    /// `guardrail_blocked` when a guardrail blocked the answer: for a streamed answer,
+    /// whose 200 went out before, the logs' only sign that the client got an error.
+    pub fn answer_blocked(&self) -> Option<&'static str> {
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .any(|v| v.stage == "response" && v.action == "block")
             .then_some("guardrail_blocked")
     }
 
